@@ -1,0 +1,245 @@
+//! Types shared by the xdpfwd eBPF program (`xdp-prog`) and user space (`xdpfwd`).
+//!
+//! Everything here crosses the kernel boundary as raw bytes, through BPF maps or through the
+//! XDP metadata area in front of a frame. So every type is `#[repr(C)]`, has no implicit
+//! padding, and its size is pinned by a compile-time assertion. User space gets
+//! `aya::Pod` implementations through the `user` feature.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Most rx queues per interface that xdpfwd steers; the XSKMAP holds `MAX_IFACES * MAX_QUEUES`
+/// sockets, keyed by [`xsk_key`].
+pub const MAX_QUEUES: u32 = 64;
+/// Most interfaces one xdpfwd instance manages.
+pub const MAX_IFACES: u32 = 64;
+/// Entries in the XSKMAP.
+pub const XSK_MAP_SIZE: u32 = MAX_IFACES * MAX_QUEUES;
+/// Capacity of each route trie.
+pub const MAX_ROUTES: u32 = 65_536;
+/// Capacity of each neighbour table.
+pub const MAX_NEIGHBOURS: u32 = 16_384;
+
+/// The XSKMAP key of the socket bound to queue `queue` of the interface in slot `slot`.
+#[inline(always)]
+pub const fn xsk_key(slot: u32, queue: u32) -> u32 {
+    slot * MAX_QUEUES + queue
+}
+
+/// `IfaceInfo::flags`: xdpfwd has AF_XDP sockets on every rx queue of this interface.
+pub const IFACE_MANAGED: u32 = 1;
+/// `IfaceInfo::flags`: the kernel forwards IPv4 arriving on this interface
+/// (`net.ipv4.conf.IFACE.forwarding`).
+pub const IFACE_KERNEL_FWD_V4: u32 = 1 << 1;
+/// `IfaceInfo::flags`: the kernel forwards IPv6 (`net.ipv6.conf.IFACE.forwarding`).
+pub const IFACE_KERNEL_FWD_V6: u32 = 1 << 2;
+/// `IfaceInfo::flags`: the link is administratively and operationally up.
+pub const IFACE_UP: u32 = 1 << 3;
+
+/// What the XDP program knows of an interface (map `IFACES`, key: ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    /// Slot of the interface in the XSKMAP (see [`xsk_key`]).
+    pub slot: u32,
+    /// `IFACE_*` bits.
+    pub flags: u32,
+    /// Largest IP packet the interface sends (its MTU).
+    pub mtu: u32,
+    /// The interface's own MAC address: the destination of frames it must route, the source of
+    /// frames it sends.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<IfaceInfo>() == 20);
+
+/// `Route*::kind`: a unicast route out of `oif`, through `gateway` (all zero: on-link).
+pub const ROUTE_UNICAST: u32 = 1;
+/// `Route*::kind`: the kernel must handle what this route matches (local and broadcast
+/// addresses, blackhole, unreachable, prohibit, multipath, any route xdpfwd does not mirror).
+pub const ROUTE_KERNEL: u32 = 2;
+
+/// Value of the IPv4 route trie (`ROUTES_V4`, key: `Key<[u8; 4]>`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteV4 {
+    pub kind: u32,
+    pub oif: u32,
+    pub gateway: [u8; 4],
+}
+const _: () = assert!(size_of::<RouteV4>() == 12);
+
+/// Value of the IPv6 route trie (`ROUTES_V6`, key: `Key<[u8; 16]>`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteV6 {
+    pub kind: u32,
+    pub oif: u32,
+    pub gateway: [u8; 16],
+}
+const _: () = assert!(size_of::<RouteV6>() == 24);
+
+/// Key of the IPv4 neighbour table (`NEIGH_V4`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NeighKeyV4 {
+    pub ifindex: u32,
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<NeighKeyV4>() == 8);
+
+/// Key of the IPv6 neighbour table (`NEIGH_V6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NeighKeyV6 {
+    pub ifindex: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<NeighKeyV6>() == 20);
+
+/// Value of both neighbour tables: the next hop's link-layer address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Neighbour {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Neighbour>() == 8);
+
+/// Marks valid [`XskMeta`]; the XDP program writes it last, right in front of the frame.
+pub const META_MAGIC: u32 = 0x7864_6677; // "xdfw"
+/// `XskMeta::flags`: the frame is IPv6 (IPv4 otherwise).
+pub const META_IPV6: u16 = 1;
+/// `XskMeta::flags`: the next hop has no known link-layer address; `addr` holds the next
+/// hop's IP address (IPv4 in the first 4 bytes) instead of MACs, and user space must hold the
+/// frame until the kernel has resolved it.
+pub const META_NEED_NEIGH: u16 = 1 << 1;
+
+/// What the XDP program tells user space about a frame it steers, in the XDP metadata area
+/// (`bpf_xdp_adjust_meta`) right in front of the frame; AF_XDP copies it with the frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskMeta {
+    /// Egress ifindex chosen by the route lookup.
+    pub oif: u32,
+    /// `META_*` bits.
+    pub flags: u16,
+    /// Offset of the IP header in the frame.
+    pub l3_off: u16,
+    /// Destination MAC in bytes 0..6 and source MAC in 6..12; or, with
+    /// [`META_NEED_NEIGH`], the next hop's IP address.
+    pub addr: [u8; 16],
+    /// [`META_MAGIC`].
+    pub magic: u32,
+}
+const _: () = assert!(size_of::<XskMeta>() == 28);
+/// Length of the metadata area (a multiple of 4, at most 32, as the kernel requires).
+pub const META_LEN: usize = size_of::<XskMeta>();
+
+/// Per-CPU counters kept by the XDP program (`COUNTERS`, a per-CPU array indexed by the
+/// discriminant). Every frame the program sees is counted once in `Rx` and once in exactly one
+/// verdict counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Frames seen.
+    Rx = 0,
+    /// Steered to an AF_XDP socket with a resolved next hop.
+    Steered,
+    /// Steered to an AF_XDP socket to wait for neighbour resolution.
+    SteeredNeighMiss,
+    /// Passed: the ingress interface is not managed (should not happen).
+    PassNotManaged,
+    /// Passed: destination MAC is not the interface's own (multicast, broadcast, other host).
+    PassNotForUs,
+    /// Passed: a VLAN tag (handled by the kernel's VLAN devices).
+    PassVlan,
+    /// Passed: not IPv4 or IPv6 (ARP, LLDP, ...).
+    PassNotIp,
+    /// Passed: truncated or malformed header, bad length or bad IPv4 header checksum.
+    PassMalformed,
+    /// Passed: IPv4 options or an IPv6 hop-by-hop header.
+    PassOptions,
+    /// Passed: TTL or hop limit ≤ 1 (the kernel sends ICMP time exceeded).
+    PassTtl,
+    /// Passed: martian, multicast, link-local or loopback source or destination.
+    PassSpecialAddr,
+    /// Passed: no route, or a route the kernel must handle (local, broadcast, unreachable...).
+    PassRoute,
+    /// Passed: the egress interface is not managed, down, or the ingress interface itself.
+    PassEgress,
+    /// Passed: the packet exceeds the egress MTU (the kernel fragments or sends ICMP).
+    PassMtu,
+    /// Passed: next hop unresolved and the kernel forwards on this interface, so it resolves
+    /// the neighbour and forwards this packet itself.
+    PassNeighMiss,
+    /// Passed: no AF_XDP socket in the slot for this rx queue.
+    PassNoSocket,
+    /// Passed: the driver gave no room for the metadata area.
+    PassNoMeta,
+}
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; 17] = [
+        Counter::Rx,
+        Counter::Steered,
+        Counter::SteeredNeighMiss,
+        Counter::PassNotManaged,
+        Counter::PassNotForUs,
+        Counter::PassVlan,
+        Counter::PassNotIp,
+        Counter::PassMalformed,
+        Counter::PassOptions,
+        Counter::PassTtl,
+        Counter::PassSpecialAddr,
+        Counter::PassRoute,
+        Counter::PassEgress,
+        Counter::PassMtu,
+        Counter::PassNeighMiss,
+        Counter::PassNoSocket,
+        Counter::PassNoMeta,
+    ];
+    /// Number of counters (size of the `COUNTERS` map).
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// A short snake_case name, used in logs and stats.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Rx => "rx",
+            Counter::Steered => "steered",
+            Counter::SteeredNeighMiss => "steered_neigh_miss",
+            Counter::PassNotManaged => "pass_not_managed",
+            Counter::PassNotForUs => "pass_not_for_us",
+            Counter::PassVlan => "pass_vlan",
+            Counter::PassNotIp => "pass_not_ip",
+            Counter::PassMalformed => "pass_malformed",
+            Counter::PassOptions => "pass_options",
+            Counter::PassTtl => "pass_ttl",
+            Counter::PassSpecialAddr => "pass_special_addr",
+            Counter::PassRoute => "pass_route",
+            Counter::PassEgress => "pass_egress",
+            Counter::PassMtu => "pass_mtu",
+            Counter::PassNeighMiss => "pass_neigh_miss",
+            Counter::PassNoSocket => "pass_no_socket",
+            Counter::PassNoMeta => "pass_no_meta",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is `#[repr(C)]`, made only of integers and byte arrays, with no
+    // implicit padding (sizes asserted above), so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::IfaceInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RouteV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RouteV6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NeighKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NeighKeyV6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Neighbour {}
+}

@@ -1,0 +1,280 @@
+//! `xdpfwd run`: validates the interfaces, loads and attaches the XDP program, opens the AF_XDP
+//! sockets, starts the control plane and the workers, prints counters, and tears everything
+//! down on SIGINT/SIGTERM (the XDP program first, so no frame is steered to a closing socket).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
+use xdpfwd_common::{Counter, MAX_IFACES, MAX_QUEUES, xsk_key};
+
+use crate::{
+    control::{Control, Maps},
+    iface::{self, Iface},
+    loader::{self, ModeArg},
+    privileges,
+    stats::{FrameAccount, FrameFigures, PortFigures, PortStats, Snapshot},
+    worker::{Shared, Worker},
+    xsk::{self, BindMode, XskConfig},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Interfaces to forward between (at least two, or one to route back out of itself is
+    /// left to the kernel).
+    #[arg(required = true, value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+    /// Force copy-mode AF_XDP sockets.
+    #[arg(long, conflicts_with = "zero_copy")]
+    pub copy: bool,
+    /// Force zero-copy AF_XDP sockets (fails where the driver lacks support).
+    #[arg(long)]
+    pub zero_copy: bool,
+    /// Worker threads (default: one per rx queue, at most one per CPU).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// UMEM frame size in bytes (2048 or 4096).
+    #[arg(long, default_value_t = 4096)]
+    pub frame_size: u32,
+    /// Size of every RX, TX, fill and completion ring (a power of two).
+    #[arg(long, default_value_t = 2048)]
+    pub ring_size: u32,
+    /// Frames received or completed per ring operation.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Seconds between one-line counter reports (0: none).
+    #[arg(long, default_value_t = 10.0)]
+    pub stats_interval: f64,
+}
+
+struct PortView {
+    iface: String,
+    queue: u32,
+    fd: i32,
+    stats: Arc<PortStats>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    privileges::check()?;
+    if args.interfaces.len() > MAX_IFACES as usize {
+        bail!("at most {MAX_IFACES} interfaces");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let ifaces = runtime.block_on(iface::discover(&args.interfaces))?;
+    drop(runtime);
+
+    let bind = match (args.copy, args.zero_copy) {
+        (true, _) => BindMode::Copy,
+        (_, true) => BindMode::ZeroCopy,
+        _ => BindMode::Auto,
+    };
+    let config = XskConfig {
+        frame_size: args.frame_size,
+        ring_size: args.ring_size,
+        frames_per_socket: args.ring_size * 2,
+        bind,
+    };
+    validate(&ifaces, &config)?;
+    loader::check_free(&ifaces)?;
+    raise_memlock();
+
+    let mut ebpf = loader::load()?;
+    let mut modes = Vec::new();
+    for iface in &ifaces {
+        let (_link, mode) = loader::attach(&mut ebpf, iface, args.mode)?;
+        modes.push(mode);
+    }
+
+    let take = |ebpf: &mut aya::Ebpf, name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing"));
+    let mut xsks = XskMap::try_from(take(&mut ebpf, "XSKS")?)?;
+    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
+    let maps = Maps {
+        ifaces: BpfHashMap::try_from(take(&mut ebpf, "IFACES")?)?,
+        routes_v4: LpmTrie::try_from(take(&mut ebpf, "ROUTES_V4")?)?,
+        routes_v6: LpmTrie::try_from(take(&mut ebpf, "ROUTES_V6")?)?,
+        neigh_v4: BpfHashMap::try_from(take(&mut ebpf, "NEIGH_V4")?)?,
+        neigh_v6: BpfHashMap::try_from(take(&mut ebpf, "NEIGH_V6")?)?,
+    };
+
+    let ifaces: Vec<Arc<Iface>> = ifaces.into_iter().map(Arc::new).collect();
+    let queues: Vec<(Arc<Iface>, u32)> =
+        ifaces.iter().flat_map(|i| (0..i.rx_queues).map(move |q| (i.clone(), q))).collect();
+    let sockets = xsk::open(&queues, &config)?;
+    for port in &sockets.ports {
+        xsks.set(xsk_key(port.iface.slot, port.queue), port.raw_fd(), 0)
+            .with_context(|| format!("inserting the socket of {} queue {} into XSKS", port.iface.name, port.queue))?;
+    }
+    let copy_mode = if sockets.zero_copy { "zero-copy" } else { "copy" };
+
+    // Control plane.
+    let shared = Arc::new(Shared::default());
+    let (resolve_tx, resolve_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let control = Control::new(maps, ifaces.iter().map(|i| (**i).clone()).collect(), shared.clone());
+    let control_thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
+        let shared = shared.clone();
+        move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let result = runtime.block_on(control.run(resolve_rx, ready_tx));
+            if result.is_err() {
+                shared.stop.store(true, Relaxed);
+            }
+            result
+        }
+    })?;
+    match ready_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => bail!("control plane failed to start: {err}"),
+        Err(_) => bail!("control plane did not sync with the kernel within 30 s"),
+    }
+
+    // Workers: worker w owns queue q of every interface where q % workers == w, so each
+    // worker has a socket on every interface to transmit on.
+    let min_queues = ifaces.iter().map(|i| i.rx_queues).min().unwrap_or(1) as usize;
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = args.workers.unwrap_or(min_queues.min(cpus)).clamp(1, min_queues);
+    let views: Vec<PortView> = sockets
+        .ports
+        .iter()
+        .map(|p| PortView { iface: p.iface.name.clone(), queue: p.queue, fd: p.raw_fd(), stats: p.stats.clone() })
+        .collect();
+    let mut per_worker: Vec<Vec<xsk::Port>> = (0..workers).map(|_| Vec::new()).collect();
+    for port in sockets.ports {
+        per_worker[port.queue as usize % workers].push(port);
+    }
+    let mut frames = sockets.frames;
+    let mut accounts = Vec::new();
+    let mut worker_threads = Vec::new();
+    for (w, ports) in per_worker.into_iter().enumerate() {
+        let share = ports.len() * config.frames_per_socket as usize;
+        let mine: Vec<_> = frames.drain(..share.min(frames.len())).collect();
+        let account = Arc::new(FrameAccount::default());
+        accounts.push(account.clone());
+        let worker = Worker::new(
+            sockets.umem.clone(),
+            ports,
+            mine,
+            args.batch,
+            config.ring_size,
+            shared.clone(),
+            resolve_tx.clone(),
+            account,
+        );
+        worker_threads.push(thread::Builder::new().name(format!("xdpfwd-w{w}")).spawn(move || worker.run())?);
+    }
+
+    let stop_signal = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop_signal.clone())?;
+    }
+    let names: Vec<_> = ifaces.iter().zip(&modes).map(|(i, m)| format!("{} ({m} XDP, {} queues)", i.name, i.rx_queues)).collect();
+    tracing::info!("forwarding between {} with {workers} worker(s), AF_XDP {copy_mode} mode", names.join(", "));
+    println!(
+        "xdpfwd: ready: {} | attach {} | {copy_mode} mode | {workers} worker(s)",
+        ifaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(" "),
+        modes.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+    );
+
+    let snapshot = |prev_frames: FrameFigures| -> Snapshot {
+        let ports = views
+            .iter()
+            .map(|v| PortFigures::read(&v.iface, v.queue, &v.stats, xsk::kernel_stats(v.fd).unwrap_or_default()))
+            .collect();
+        let mut frames = accounts.iter().map(|a| a.read()).fold(FrameFigures::default(), |a, f| FrameFigures {
+            total: a.total + f.total,
+            free: a.free + f.free,
+            fill: a.fill + f.fill,
+            kernel_tx: a.kernel_tx + f.kernel_tx,
+            held: a.held + f.held,
+        });
+        if frames.total == 0 {
+            frames = prev_frames;
+        }
+        let xdp = Counter::ALL
+            .iter()
+            .map(|c| counters.get(&(*c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0))
+            .collect();
+        Snapshot { ports, frames, xdp }
+    };
+
+    let start = Instant::now();
+    let mut last = (Instant::now(), snapshot(FrameFigures::default()));
+    while !stop_signal.load(Relaxed) && !shared.stop.load(Relaxed) {
+        thread::sleep(Duration::from_millis(50));
+        if args.stats_interval > 0.0 && last.0.elapsed().as_secs_f64() >= args.stats_interval {
+            let now = snapshot(last.1.frames);
+            tracing::info!("{}", now.line(&last.1, last.0.elapsed().as_secs_f64()));
+            last = (Instant::now(), now);
+        }
+    }
+
+    // Shutdown: detach first, let the workers flush what they hold, then stop them.
+    let failed = shared.stop.load(Relaxed) && !stop_signal.load(Relaxed);
+    drop(ebpf);
+    thread::sleep(Duration::from_millis(100));
+    shared.stop.store(true, Relaxed);
+    for t in worker_threads {
+        let _ = t.join();
+    }
+    let control_result = control_thread.join().unwrap_or_else(|_| Ok(()));
+    let fin = snapshot(last.1.frames);
+    let (pkts, bytes) = fin.forwarded();
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "xdpfwd: final: forwarded {pkts} packets {bytes} bytes in {secs:.1} s ({:.0} pps avg)",
+        pkts as f64 / secs.max(1e-9)
+    );
+    println!("{}", fin.report());
+    if failed {
+        control_result?;
+        bail!("stopped after a control plane failure");
+    }
+    Ok(())
+}
+
+/// Refuses configurations the data path cannot carry.
+fn validate(ifaces: &[Iface], config: &XskConfig) -> anyhow::Result<()> {
+    if !matches!(config.frame_size, 2048 | 4096) {
+        bail!("--frame-size must be 2048 or 4096, not {}", config.frame_size);
+    }
+    if !config.ring_size.is_power_of_two() || !(64..=16384).contains(&config.ring_size) {
+        bail!("--ring-size must be a power of two between 64 and 16384, not {}", config.ring_size);
+    }
+    let max_mtu = config.max_frame_len().saturating_sub(14 + 4 + 32);
+    for iface in ifaces {
+        if iface.mtu > max_mtu {
+            bail!(
+                "interface '{}' has MTU {}, but single-buffer AF_XDP with {}-byte frames carries at most \
+                 MTU {max_mtu}; lower it (`ip link set dev {} mtu 1500`) or use --frame-size 4096",
+                iface.name,
+                iface.mtu,
+                config.frame_size,
+                iface.name
+            );
+        }
+        if iface.rx_queues > MAX_QUEUES {
+            bail!("interface '{}' has {} rx queues; xdpfwd handles at most {MAX_QUEUES}", iface.name, iface.rx_queues);
+        }
+    }
+    Ok(())
+}
+
+/// Older kernels charge BPF maps and the UMEM to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: `limit` is a valid rlimit for the duration of the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}

@@ -1,0 +1,118 @@
+//! Loading the embedded XDP program and attaching it (through `bpf_link`, so that nothing
+//! stays attached when the process dies), with the checks that turn kernel errors into advice.
+
+use std::fmt;
+
+use aya::{
+    Ebpf, include_bytes_aligned,
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+
+use crate::iface::Iface;
+
+/// The program's name in the object (`#[xdp] fn xdpfwd`).
+pub const PROGRAM: &str = "xdpfwd";
+
+/// `--mode`: how to attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Native (driver) mode where the driver supports it, generic (skb) mode otherwise.
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Skb,
+}
+
+/// The mode an interface was attached in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    Native,
+    Skb,
+}
+
+impl fmt::Display for Attached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Attached::Native => "native",
+            Attached::Skb => "skb",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the embedded eBPF object failed: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("the eBPF object has no program '{PROGRAM}'")]
+    NoProgram,
+    #[error("loading the XDP program into the kernel failed (verifier or permissions): {0}")]
+    Program(#[source] aya::programs::ProgramError),
+    #[error(
+        "interface '{iface}' already has an XDP program attached: '{name}' (id {id}). \
+         Remove it first: `ip link set dev {iface} xdp off`; if it is held by a bpf_link \
+         (`bpftool link list`), stop the program that owns it{owner}"
+    )]
+    AlreadyAttached { iface: String, id: u32, name: String, owner: String },
+    #[error("attaching XDP to '{iface}' in {mode} mode failed: {source}")]
+    Attach { iface: String, mode: &'static str, source: aya::programs::ProgramError },
+}
+
+/// Loads the embedded object and verifies the program.
+pub fn load() -> Result<Ebpf, LoadError> {
+    let mut ebpf = Ebpf::load(include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-prog")))?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .ok_or(LoadError::NoProgram)?
+        .try_into()
+        .map_err(LoadError::Program)?;
+    prog.load().map_err(LoadError::Program)?;
+    Ok(ebpf)
+}
+
+/// Refuses interfaces that already carry an XDP program, naming it.
+pub fn check_free(ifaces: &[Iface]) -> Result<(), LoadError> {
+    for iface in ifaces {
+        if let Some(id) = iface.attached_prog {
+            let name = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .find(|p| p.id() == id)
+                .and_then(|p| p.name_as_str().map(str::to_owned))
+                .unwrap_or_else(|| "?".into());
+            let owner = if name == PROGRAM {
+                " (it is another xdpfwd: `pgrep -a xdpfwd`)".to_owned()
+            } else {
+                String::new()
+            };
+            return Err(LoadError::AlreadyAttached { iface: iface.name.clone(), id, name, owner });
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the loaded program to `iface`, honouring `mode`.
+pub fn attach(ebpf: &mut Ebpf, iface: &Iface, mode: ModeArg) -> Result<(XdpLinkId, Attached), LoadError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .ok_or(LoadError::NoProgram)?
+        .try_into()
+        .map_err(LoadError::Program)?;
+    let try_mode = |prog: &mut Xdp, m: XdpMode, name: &'static str| {
+        prog.attach_to_if_index(iface.ifindex, m).map_err(|source| LoadError::Attach {
+            iface: iface.name.clone(),
+            mode: name,
+            source,
+        })
+    };
+    match mode {
+        ModeArg::Native => Ok((try_mode(prog, XdpMode::Driver, "native")?, Attached::Native)),
+        ModeArg::Skb => Ok((try_mode(prog, XdpMode::Skb, "skb")?, Attached::Skb)),
+        ModeArg::Auto => match try_mode(prog, XdpMode::Driver, "native") {
+            Ok(id) => Ok((id, Attached::Native)),
+            Err(err) => {
+                tracing::info!(iface = %iface.name, "native XDP unavailable ({err}); using skb mode");
+                Ok((try_mode(prog, XdpMode::Skb, "skb")?, Attached::Skb))
+            }
+        },
+    }
+}

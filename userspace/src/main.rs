@@ -1,0 +1,63 @@
+//! `xdpfwd`: an AF_XDP kernel-bypass packet forwarder.
+//!
+//! Start with `docs/architecture.md`; the data path is `xdp-prog/src/main.rs` →
+//! [`worker`] → [`rewrite`], set up by [`forwarder`].
+
+mod control;
+mod forwarder;
+mod iface;
+mod loader;
+mod privileges;
+mod rewrite;
+mod routes;
+mod stats;
+mod worker;
+mod xsk;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// AF_XDP kernel-bypass packet forwarder: routes IPv4/IPv6 between interfaces as the kernel's
+/// FIB says, rewriting frames in place in a shared UMEM.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// More logging (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Forward between the given interfaces until SIGINT/SIGTERM.
+    ///
+    /// IPv4/IPv6 unicast that arrives on one interface and that the kernel's routes send out of
+    /// another is forwarded through AF_XDP (next-hop MAC from the kernel's neighbour table,
+    /// TTL / hop limit decremented). Everything else goes to the kernel untouched.
+    Run(forwarder::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match cli.command {
+        Command::Run(args) => forwarder::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xdpfwd: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! In-place header rewrite of a routed frame: what a Linux router changes, nothing else.
+//!
+//! Pure functions over byte slices; they never panic, never allocate and never touch the
+//! payload. The worker calls them on frames that live in the UMEM.
+
+use xdpfwd_common::{META_LEN, META_MAGIC, XskMeta};
+
+/// Length of an Ethernet header without VLAN tag.
+pub const ETH_HLEN: usize = 14;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+
+/// Why a frame could not be rewritten (it is then dropped and counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    #[error("frame shorter than its headers")]
+    Truncated,
+    #[error("IP header does not match the family the XDP program announced")]
+    BadVersion,
+    #[error("TTL or hop limit already at 1 or 0")]
+    Expired,
+}
+
+/// Reads the [`XskMeta`] the XDP program put in front of a frame; `None` unless its magic is
+/// there.
+pub fn parse_meta(bytes: &[u8; META_LEN]) -> Option<XskMeta> {
+    let word = |at: usize| u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let half = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+    let magic = word(24);
+    if magic != META_MAGIC {
+        return None;
+    }
+    let mut addr = [0u8; 16];
+    addr.copy_from_slice(&bytes[8..24]);
+    Some(XskMeta { oif: word(0), flags: half(4), l3_off: half(6), addr, magic })
+}
+
+/// Rewrites a routed frame in place and returns its new length.
+///
+/// Sets the destination and source MACs, decrements the IPv4 TTL (updating the header
+/// checksum incrementally, as the kernel does) or the IPv6 hop limit, and trims link-layer
+/// padding beyond the IP length (the kernel trims it on receive).
+pub fn route_frame(
+    frame: &mut [u8],
+    l3_off: usize,
+    ipv6: bool,
+    dst_mac: &[u8; 6],
+    src_mac: &[u8; 6],
+) -> Result<usize, RewriteError> {
+    if frame.len() < l3_off + IPV4_MIN_HLEN || l3_off < 12 {
+        return Err(RewriteError::Truncated);
+    }
+    let ip_len = if ipv6 {
+        decrement_hop_limit(frame.get_mut(l3_off..).ok_or(RewriteError::Truncated)?)?
+    } else {
+        decrement_ttl(frame.get_mut(l3_off..).ok_or(RewriteError::Truncated)?)?
+    };
+    frame[0..6].copy_from_slice(dst_mac);
+    frame[6..12].copy_from_slice(src_mac);
+    Ok(l3_off + ip_len)
+}
+
+/// Decrements the TTL of the IPv4 header at the start of `ip` and returns the IP total
+/// length.
+pub fn decrement_ttl(ip: &mut [u8]) -> Result<usize, RewriteError> {
+    if ip.len() < IPV4_MIN_HLEN {
+        return Err(RewriteError::Truncated);
+    }
+    if ip[0] >> 4 != 4 {
+        return Err(RewriteError::BadVersion);
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if total < IPV4_MIN_HLEN || total > ip.len() {
+        return Err(RewriteError::Truncated);
+    }
+    if ip[8] <= 1 {
+        return Err(RewriteError::Expired);
+    }
+    ip[8] -= 1;
+    let check = ttl_decrement_checksum([ip[10], ip[11]]);
+    ip[10..12].copy_from_slice(&check);
+    Ok(total)
+}
+
+/// The IPv4 header checksum after a TTL decrement, computed exactly as the kernel's
+/// `ip_decrease_ttl()` does (RFC 1624 incremental update, in memory byte order), so that a
+/// frame forwarded by xdpfwd is bit for bit the frame the kernel would have sent.
+pub fn ttl_decrement_checksum(check: [u8; 2]) -> [u8; 2] {
+    let mut sum = u32::from(u16::from_ne_bytes(check));
+    sum += u32::from(0x0100u16.to_be());
+    sum += u32::from(sum >= 0xffff);
+    (sum as u16).to_ne_bytes()
+}
+
+/// Decrements the hop limit of the IPv6 header at the start of `ip` and returns the IP
+/// length (header and payload).
+pub fn decrement_hop_limit(ip: &mut [u8]) -> Result<usize, RewriteError> {
+    if ip.len() < IPV6_HLEN {
+        return Err(RewriteError::Truncated);
+    }
+    if ip[0] >> 4 != 6 {
+        return Err(RewriteError::BadVersion);
+    }
+    let total = IPV6_HLEN + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if total > ip.len() {
+        return Err(RewriteError::Truncated);
+    }
+    if ip[7] <= 1 {
+        return Err(RewriteError::Expired);
+    }
+    ip[7] -= 1;
+    Ok(total)
+}
+
+/// The Internet checksum (RFC 1071) of `data`: what a full recomputation gives.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A 64-byte frame: UDP over IPv4 from 198.18.0.1 to 198.19.0.2, TTL 64, padded.
+    const UDP4: [u8; 60] = [
+        0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00, // Ethernet
+        0x45, 0x00, 0x00, 0x20, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, // IPv4 ...
+        198, 18, 0, 1, 198, 19, 0, 2, // ... addresses
+        0x30, 0x39, 0x23, 0x28, 0x00, 0x0c, 0x00, 0x00, b'p', b'i', b'n', b'g', // UDP
+        0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee,
+        0xee, // padding
+    ];
+
+    fn with_checksum(mut frame: [u8; 60]) -> [u8; 60] {
+        let check = internet_checksum(&frame[14..34]);
+        frame[24..26].copy_from_slice(&check.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn routes_ipv4_frame_byte_exact() {
+        let mut frame = with_checksum(UDP4);
+        let before = frame;
+        let len = route_frame(&mut frame, 14, false, &[0xaa; 6], &[0xbb; 6]).unwrap();
+        assert_eq!(len, 14 + 32, "padding trimmed to the IP total length");
+        assert_eq!(&frame[0..12], &[0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb]);
+        assert_eq!(frame[22], 63);
+        assert_eq!(internet_checksum(&frame[14..34]), 0, "header checksum still valid");
+        // Everything else is untouched, payload and padding included.
+        assert_eq!(frame[12..22], before[12..22]);
+        assert_eq!(frame[23], before[23]);
+        assert_eq!(frame[26..], before[26..]);
+    }
+
+    #[test]
+    fn routes_ipv6_frame() {
+        let mut frame = [0u8; 14 + 40 + 8];
+        frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+        frame[14] = 0x60;
+        frame[18..20].copy_from_slice(&8u16.to_be_bytes());
+        frame[20] = 17;
+        frame[21] = 2;
+        let len = route_frame(&mut frame, 14, true, &[1; 6], &[2; 6]).unwrap();
+        assert_eq!(len, frame.len());
+        assert_eq!(frame[21], 1);
+        assert_eq!(route_frame(&mut frame, 14, true, &[1; 6], &[2; 6]), Err(RewriteError::Expired));
+    }
+
+    #[test]
+    fn rejects_short_and_mismatched_frames() {
+        let mut frame = with_checksum(UDP4);
+        assert_eq!(route_frame(&mut frame, 14, true, &[0; 6], &[0; 6]), Err(RewriteError::Truncated));
+        frame[14] = 0x65;
+        assert_eq!(route_frame(&mut frame[..40], 14, false, &[0; 6], &[0; 6]), Err(RewriteError::Truncated));
+        for len in 0..34 {
+            let mut short = with_checksum(UDP4);
+            assert!(route_frame(&mut short[..len], 14, false, &[0; 6], &[0; 6]).is_err());
+        }
+        let mut ttl1 = UDP4;
+        ttl1[22] = 1;
+        assert_eq!(route_frame(&mut ttl1, 14, false, &[0; 6], &[0; 6]), Err(RewriteError::Expired));
+    }
+
+    #[test]
+    fn kernel_checksum_edge_cases() {
+        // 0xfeff + 0x0100 = 0xffff, which the kernel folds to 0x0000.
+        assert_eq!(ttl_decrement_checksum(0xfeffu16.to_be_bytes()), [0x00, 0x00]);
+        assert_eq!(ttl_decrement_checksum(0xff00u16.to_be_bytes()), [0x00, 0x01]);
+        assert_eq!(ttl_decrement_checksum(0x1234u16.to_be_bytes()), [0x13, 0x34]);
+    }
+
+    #[test]
+    fn meta_round_trip() {
+        let mut bytes = [0u8; META_LEN];
+        bytes[0..4].copy_from_slice(&7u32.to_ne_bytes());
+        bytes[4..6].copy_from_slice(&1u16.to_ne_bytes());
+        bytes[6..8].copy_from_slice(&14u16.to_ne_bytes());
+        bytes[8..24].copy_from_slice(&[9; 16]);
+        assert_eq!(parse_meta(&bytes), None, "no magic, no meta");
+        bytes[24..28].copy_from_slice(&META_MAGIC.to_ne_bytes());
+        let meta = parse_meta(&bytes).unwrap();
+        assert_eq!((meta.oif, meta.flags, meta.l3_off, meta.addr), (7, 1, 14, [9; 16]));
+    }
+
+    proptest! {
+        /// The incremental update equals a full recomputation for any valid IPv4 header.
+        #[test]
+        fn incremental_checksum_matches_full(
+            mut header in proptest::collection::vec(any::<u8>(), 20),
+            ttl in 2u8..=255,
+        ) {
+            header[0] = 0x45;
+            header[2..4].copy_from_slice(&20u16.to_be_bytes());
+            header[8] = ttl;
+            header[10] = 0;
+            header[11] = 0;
+            let check = internet_checksum(&header);
+            header[10..12].copy_from_slice(&check.to_be_bytes());
+            decrement_ttl(&mut header).unwrap();
+            let incremental = [header[10], header[11]];
+            header[10] = 0;
+            header[11] = 0;
+            prop_assert_eq!(incremental, internet_checksum(&header).to_be_bytes());
+        }
+
+        /// Arbitrary bytes never make the rewrite panic.
+        #[test]
+        fn never_panics(mut frame in proptest::collection::vec(any::<u8>(), 0..200), l3 in 0usize..40, v6: bool) {
+            let _ = route_frame(&mut frame, l3, v6, &[0; 6], &[0; 6]);
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The data path: one thread that owns some AF_XDP sockets ([`Port`]s) and a share of the
+//! UMEM's frames.
+//!
+//! Each iteration: reap completions (TX done → free), receive (RX → rewrite → pending TX of
+//! the egress port, or held for a neighbour, or dropped → free), submit pending TX and kick the
+//! kernel only when the ring asks for it, then refill the fill rings from the free list. With
+//! no work for a while the thread sleeps in `poll()`.
+//!
+//! A frame has exactly one owner at a time: the free list, a fill ring (kernel), an RX ring
+//! (kernel, then this worker), the pending TX list, a TX ring (kernel, until its completion),
+//! or the hold queue. Nothing here allocates or copies payload per packet; buffers are sized at
+//! start-up.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use xdpfwd_common::{META_IPV6, META_LEN, META_NEED_NEIGH, XskMeta};
+use tokio::sync::mpsc::UnboundedSender;
+use xsk_rs::{FrameDesc, Umem};
+
+use crate::{
+    rewrite,
+    stats::{FrameAccount, PortStats},
+    xsk::Port,
+};
+
+/// How long a frame waits for its next hop to be resolved before it is dropped (the kernel's
+/// default ARP retransmit × probes is about 3 s).
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most frames one worker holds for unresolved next hops.
+pub const HOLD_CAPACITY: usize = 256;
+/// Idle iterations before a worker sleeps in `poll()`.
+const SPIN_BEFORE_SLEEP: u32 = 2_000;
+
+/// A request to the control plane: make the kernel resolve `addr` on `ifindex`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolve {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+}
+
+/// Neighbours known to the control plane, read by workers for held frames only.
+pub type NeighbourTable = RwLock<HashMap<(u32, IpAddr), [u8; 6]>>;
+
+/// State shared by workers and the control plane.
+#[derive(Default)]
+pub struct Shared {
+    pub stop: AtomicBool,
+    pub neighbours: NeighbourTable,
+}
+
+struct Held {
+    desc: FrameDesc,
+    port: usize,
+    l3_off: usize,
+    ipv6: bool,
+    ifindex: u32,
+    next_hop: IpAddr,
+    deadline: Instant,
+}
+
+/// Per-port bookkeeping beside the rings.
+struct PortState {
+    pending: Vec<FrameDesc>,
+    in_fill: u32,
+    in_tx: u32,
+    fill_target: u32,
+}
+
+pub struct Worker {
+    umem: Umem,
+    ports: Vec<Port>,
+    state: Vec<PortState>,
+    free: Vec<FrameDesc>,
+    scratch: Vec<FrameDesc>,
+    held: Vec<Held>,
+    pollfds: Vec<libc::pollfd>,
+    ring_size: u32,
+    shared: Arc<Shared>,
+    resolve: UnboundedSender<Resolve>,
+    account: Arc<FrameAccount>,
+}
+
+impl Worker {
+    /// A worker owning `ports` and the `frames` (all of `umem`).
+    pub fn new(
+        umem: Umem,
+        ports: Vec<Port>,
+        frames: Vec<FrameDesc>,
+        batch: usize,
+        ring_size: u32,
+        shared: Arc<Shared>,
+        resolve: UnboundedSender<Resolve>,
+        account: Arc<FrameAccount>,
+    ) -> Self {
+        let total = frames.len();
+        let mut free = Vec::with_capacity(total);
+        free.extend(frames);
+        let state = ports
+            .iter()
+            .map(|_| PortState {
+                pending: Vec::with_capacity(ring_size as usize),
+                in_fill: 0,
+                in_tx: 0,
+                fill_target: ring_size,
+            })
+            .collect();
+        let pollfds = ports
+            .iter()
+            .map(|p| libc::pollfd { fd: p.raw_fd(), events: libc::POLLIN, revents: 0 })
+            .collect();
+        account.total.store(total as u64, Relaxed);
+        Self {
+            umem,
+            ports,
+            state,
+            free,
+            scratch: vec![FrameDesc::default(); batch.max(1)],
+            held: Vec::with_capacity(HOLD_CAPACITY),
+            pollfds,
+            ring_size,
+            shared,
+            resolve,
+            account,
+        }
+    }
+
+    /// Runs until `shared.stop` is set.
+    pub fn run(mut self) {
+        let mut idle = 0u32;
+        self.refill();
+        while !self.shared.stop.load(Relaxed) {
+            let mut work = self.reap_completions();
+            work += self.receive();
+            if !self.held.is_empty() {
+                self.service_held();
+            }
+            self.flush_tx();
+            self.refill();
+            self.publish();
+            if work == 0 {
+                idle += 1;
+                if idle >= SPIN_BEFORE_SLEEP {
+                    self.sleep();
+                    idle = 0;
+                }
+            } else {
+                idle = 0;
+            }
+        }
+        self.publish();
+    }
+
+    fn reap_completions(&mut self) -> usize {
+        let mut done = 0;
+        for (port, state) in self.ports.iter_mut().zip(&mut self.state) {
+            if state.in_tx == 0 {
+                continue;
+            }
+            // SAFETY: the descriptors are written by the consume and come from our one UMEM.
+            let n = unsafe { port.comp.consume(&mut self.scratch) };
+            state.in_tx -= n as u32;
+            self.free.extend_from_slice(&self.scratch[..n]);
+            done += n;
+        }
+        done
+    }
+
+    fn receive(&mut self) -> usize {
+        let mut received = 0;
+        for p in 0..self.ports.len() {
+            // SAFETY: the RX ring hands us frames of our UMEM that the kernel is done with.
+            let n = unsafe { self.ports[p].rx.consume(&mut self.scratch) };
+            if n == 0 {
+                continue;
+            }
+            self.state[p].in_fill -= n as u32;
+            received += n;
+            let mut bytes = 0;
+            for i in 0..n {
+                let desc = self.scratch[i];
+                bytes += desc.lengths().data() as u64;
+                self.route(p, desc);
+            }
+            let stats = &self.ports[p].stats;
+            PortStats::add(&stats.rx_packets, n as u64);
+            PortStats::add(&stats.rx_bytes, bytes);
+        }
+        received
+    }
+
+    /// Index of this worker's port on interface `ifindex`.
+    #[inline]
+    fn port_for(&self, ifindex: u32) -> Option<usize> {
+        self.ports.iter().position(|p| p.iface.ifindex == ifindex)
+    }
+
+    /// Decides the fate of one received frame.
+    #[inline]
+    fn route(&mut self, ingress: usize, mut desc: FrameDesc) {
+        // SAFETY: `desc` came from our RX ring, so it addresses a frame of `self.umem` that we
+        // own; the metadata area lies in that frame's headroom.
+        let meta = unsafe { read_meta(&self.umem, &desc) };
+        let Some((meta, egress)) = meta.and_then(|m| Some((m, self.port_for(m.oif)?))) else {
+            PortStats::add(&self.ports[ingress].stats.drop_invalid, 1);
+            self.free.push(desc);
+            return;
+        };
+        let ipv6 = meta.flags & META_IPV6 != 0;
+        let l3_off = usize::from(meta.l3_off);
+        if meta.flags & META_NEED_NEIGH != 0 {
+            self.hold(ingress, egress, desc, meta, l3_off, ipv6);
+            return;
+        }
+        let mut dst = [0u8; 6];
+        dst.copy_from_slice(&meta.addr[0..6]);
+        let mut src = [0u8; 6];
+        src.copy_from_slice(&meta.addr[6..12]);
+        if self.rewrite(&mut desc, l3_off, ipv6, &dst, &src) {
+            self.queue_tx(egress, desc);
+        } else {
+            PortStats::add(&self.ports[ingress].stats.drop_rewrite, 1);
+            self.free.push(desc);
+        }
+    }
+
+    #[inline]
+    fn rewrite(&self, desc: &mut FrameDesc, l3_off: usize, ipv6: bool, dst: &[u8; 6], src: &[u8; 6]) -> bool {
+        // SAFETY: we own the frame (it came from the RX ring or the hold queue).
+        let mut data = unsafe { self.umem.data_mut(desc) };
+        match rewrite::route_frame(data.contents_mut(), l3_off, ipv6, dst, src) {
+            Ok(len) => {
+                data.cursor().set_pos(len);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    #[inline]
+    fn queue_tx(&mut self, egress: usize, desc: FrameDesc) {
+        let pending = &mut self.state[egress].pending;
+        if pending.len() < pending.capacity() {
+            pending.push(desc);
+        } else {
+            PortStats::add(&self.ports[egress].stats.drop_tx_full, 1);
+            self.free.push(desc);
+        }
+    }
+
+    fn hold(&mut self, ingress: usize, egress: usize, desc: FrameDesc, meta: XskMeta, l3_off: usize, ipv6: bool) {
+        let stats = &self.ports[ingress].stats;
+        if self.held.len() == self.held.capacity() {
+            PortStats::add(&stats.held_dropped, 1);
+            self.free.push(desc);
+            return;
+        }
+        let next_hop = if ipv6 {
+            IpAddr::V6(Ipv6Addr::from(meta.addr))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(meta.addr[0], meta.addr[1], meta.addr[2], meta.addr[3]))
+        };
+        if !self.held.iter().any(|h| h.ifindex == meta.oif && h.next_hop == next_hop) {
+            // First frame for this next hop: ask the kernel to resolve it.
+            let _ = self.resolve.send(Resolve { ifindex: meta.oif, addr: next_hop });
+        }
+        PortStats::add(&stats.held, 1);
+        self.held.push(Held {
+            desc,
+            port: egress,
+            l3_off,
+            ipv6,
+            ifindex: meta.oif,
+            next_hop,
+            deadline: Instant::now() + HOLD_TIMEOUT,
+        });
+    }
+
+    /// Sends held frames whose next hop is now known, in arrival order; drops expired ones.
+    fn service_held(&mut self) {
+        let now = Instant::now();
+        let neighbours = Arc::clone(&self.shared);
+        let Ok(table) = neighbours.neighbours.read() else { return };
+        let mut keep = 0;
+        for i in 0..self.held.len() {
+            let h = &self.held[i];
+            let (port, l3_off, ipv6, mut desc) = (h.port, h.l3_off, h.ipv6, h.desc);
+            if let Some(mac) = table.get(&(h.ifindex, h.next_hop)) {
+                let src = self.ports[port].iface.mac;
+                if self.rewrite(&mut desc, l3_off, ipv6, mac, &src) {
+                    PortStats::add(&self.ports[port].stats.held_sent, 1);
+                    self.queue_tx(port, desc);
+                } else {
+                    PortStats::add(&self.ports[port].stats.drop_rewrite, 1);
+                    self.free.push(desc);
+                }
+            } else if now >= h.deadline {
+                PortStats::add(&self.ports[port].stats.held_dropped, 1);
+                self.free.push(desc);
+            } else {
+                self.held.swap(keep, i);
+                keep += 1;
+            }
+        }
+        self.held.truncate(keep);
+    }
+
+    fn flush_tx(&mut self) {
+        for (port, state) in self.ports.iter_mut().zip(&mut self.state) {
+            if !state.pending.is_empty() {
+                // SAFETY: every pending descriptor is a frame of our UMEM that we own; the TX
+                // ring takes ownership of the first `n`.
+                let n = unsafe { port.tx.produce(&state.pending) };
+                let bytes: usize = state.pending[..n].iter().map(|d| d.lengths().data()).sum();
+                PortStats::add(&port.stats.tx_packets, n as u64);
+                PortStats::add(&port.stats.tx_bytes, bytes as u64);
+                PortStats::add(&port.stats.drop_tx_full, (state.pending.len() - n) as u64);
+                state.in_tx += n as u32;
+                self.free.extend_from_slice(&state.pending[n..]);
+                state.pending.clear();
+            }
+            // Kick while descriptors wait in the ring: in copy mode each kick sends a bounded
+            // batch, so a partial batch must not wait for the next packet.
+            if state.in_tx > 0 && port.tx.needs_wakeup() && port.tx.nb_free_exact() < self.ring_size {
+                let _ = port.tx.wakeup();
+            }
+        }
+    }
+
+    fn refill(&mut self) {
+        for (port, state) in self.ports.iter_mut().zip(&mut self.state) {
+            let want = state.fill_target.saturating_sub(state.in_fill) as usize;
+            let k = want.min(self.free.len());
+            if k == 0 {
+                continue;
+            }
+            let start = self.free.len() - k;
+            // SAFETY: free frames are ours; the fill ring takes ownership of the first `n`.
+            let n = unsafe { port.fill.produce(&self.free[start..]) };
+            // The ring took `free[start..start + n]`; keep the rest.
+            self.free.copy_within(start + n.., start);
+            self.free.truncate(self.free.len() - n);
+            state.in_fill += n as u32;
+            if n > 0 && port.fill.needs_wakeup() {
+                let _ = port.fill.wakeup(port.rx.fd_mut(), 0);
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let (fill, tx) = self.state.iter().fold((0u64, 0u64), |(f, t), s| {
+            (f + u64::from(s.in_fill), t + u64::from(s.in_tx) + s.pending.len() as u64)
+        });
+        self.account.free.store(self.free.len() as u64, Relaxed);
+        self.account.fill.store(fill, Relaxed);
+        self.account.kernel_tx.store(tx, Relaxed);
+        self.account.held.store(self.held.len() as u64, Relaxed);
+    }
+
+    fn sleep(&mut self) {
+        let busy = !self.held.is_empty() || self.state.iter().any(|s| s.in_tx > 0);
+        let timeout = if busy { 1 } else { 100 };
+        // SAFETY: `pollfds` is a valid array of `len` pollfd structs for the call's duration.
+        unsafe { libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, timeout) };
+    }
+}
+
+/// Reads the metadata the XDP program put in front of the frame `desc`.
+///
+/// # Safety
+/// `desc` must address a received frame of `umem` owned by the caller.
+unsafe fn read_meta(umem: &Umem, desc: &FrameDesc) -> Option<XskMeta> {
+    if desc.addr() < META_LEN {
+        return None;
+    }
+    // SAFETY: per the contract, `desc` addresses a frame of `umem`.
+    let data = unsafe { umem.data(desc) };
+    let start = data.contents().as_ptr();
+    // SAFETY: the kernel places received data at least XDP_PACKET_HEADROOM (256) bytes into
+    // its UMEM frame, so the META_LEN bytes in front of it are inside the same frame of the
+    // mmap'd UMEM region, which we own together with the frame.
+    let bytes: [u8; META_LEN] = unsafe { start.sub(META_LEN).cast::<[u8; META_LEN]>().read_unaligned() };
+    rewrite::parse_meta(&bytes)
+}

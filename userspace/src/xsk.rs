@@ -1,0 +1,205 @@
+//! AF_XDP sockets over one shared UMEM.
+//!
+//! Owns the setup: the UMEM, one socket per (interface, rx queue), each with its own fill and
+//! completion rings (`XDP_SHARED_UMEM`, libxdp's `xsk_socket__create_shared`), and the choice
+//! between zero-copy and copy binds. It hands the sockets to workers as [`Port`]s and the
+//! frames as [`FrameDesc`]s; it never touches a frame itself.
+//!
+//! Invariant (from xsk-rs): a frame handed to a fill or TX ring is not touched until it comes
+//! back through an RX or completion ring, and descriptors never cross UMEMs (there is one).
+
+use std::{io, num::NonZeroU32, os::fd::AsRawFd, sync::Arc};
+
+use xsk_rs::{
+    CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem,
+    config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
+    socket::Socket,
+};
+
+use crate::{iface::Iface, stats::PortStats};
+
+/// How sockets are bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BindMode {
+    /// Zero-copy where the driver supports it, copy otherwise.
+    Auto,
+    /// Force copy mode.
+    Copy,
+    /// Force zero-copy mode (fails where the driver lacks it).
+    ZeroCopy,
+}
+
+/// Sizes of the UMEM and the rings.
+#[derive(Clone, Copy, Debug)]
+pub struct XskConfig {
+    pub frame_size: u32,
+    pub ring_size: u32,
+    pub frames_per_socket: u32,
+    pub bind: BindMode,
+}
+
+impl XskConfig {
+    /// Longest frame (Ethernet header included) a single UMEM frame carries: the frame minus
+    /// the headroom the kernel keeps for XDP (and the metadata in it).
+    pub fn max_frame_len(&self) -> u32 {
+        self.frame_size - XDP_PACKET_HEADROOM
+    }
+}
+
+/// `XDP_PACKET_HEADROOM` from the kernel: the room in front of every received frame.
+pub const XDP_PACKET_HEADROOM: u32 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    #[error("invalid AF_XDP configuration: {0}")]
+    Config(String),
+    #[error("creating the UMEM ({frames} frames of {frame_size} bytes) failed: {source}")]
+    Umem { frames: u32, frame_size: u32, source: io::Error },
+    #[error("binding an AF_XDP socket to {iface} queue {queue} in {mode} mode failed: {source}")]
+    Bind { iface: String, queue: u32, mode: &'static str, source: io::Error },
+}
+
+/// One AF_XDP socket: an rx queue of an interface, with its four rings.
+pub struct Port {
+    pub iface: Arc<Iface>,
+    pub queue: u32,
+    pub rx: RxQueue,
+    pub tx: TxQueue,
+    pub fill: FillQueue,
+    pub comp: CompQueue,
+    pub stats: Arc<PortStats>,
+}
+
+impl Port {
+    pub fn raw_fd(&self) -> i32 {
+        self.rx.fd().as_raw_fd()
+    }
+}
+
+/// Everything [`open`] made.
+pub struct Sockets {
+    pub umem: Umem,
+    pub ports: Vec<Port>,
+    pub frames: Vec<FrameDesc>,
+    pub zero_copy: bool,
+}
+
+/// Creates the UMEM and a socket on every `(iface, queue)` of `queues`.
+pub fn open(queues: &[(Arc<Iface>, u32)], config: &XskConfig) -> Result<Sockets, XskError> {
+    match config.bind {
+        BindMode::Copy => open_in(queues, config, false),
+        BindMode::ZeroCopy => open_in(queues, config, true),
+        BindMode::Auto => open_in(queues, config, true).or_else(|err| {
+            tracing::info!("zero-copy bind not available ({err}); using copy mode");
+            open_in(queues, config, false)
+        }),
+    }
+}
+
+fn open_in(queues: &[(Arc<Iface>, u32)], config: &XskConfig, zero_copy: bool) -> Result<Sockets, XskError> {
+    let ring = QueueSize::new(config.ring_size).map_err(|e| XskError::Config(e.to_string()))?;
+    let frame_size = FrameSize::new(config.frame_size).map_err(|e| XskError::Config(e.to_string()))?;
+    let umem_config = UmemConfig::builder()
+        .frame_size(frame_size)
+        .fill_queue_size(ring)
+        .comp_queue_size(ring)
+        .build()
+        .map_err(|e| XskError::Config(e.to_string()))?;
+    let total = config
+        .frames_per_socket
+        .checked_mul(queues.len() as u32)
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| XskError::Config("no queues or too many frames".into()))?;
+    let (umem, frames) = Umem::new(umem_config, total, false).map_err(|e| XskError::Umem {
+        frames: total.get(),
+        frame_size: config.frame_size,
+        source: io::Error::other(e.to_string()),
+    })?;
+    let mode = if zero_copy { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
+    let socket_config = SocketConfig::builder()
+        .rx_queue_size(ring)
+        .tx_queue_size(ring)
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(mode | BindFlags::XDP_USE_NEED_WAKEUP)
+        .build();
+    let mut ports = Vec::with_capacity(queues.len());
+    for (iface, queue) in queues {
+        let name = Interface::new(iface.cname());
+        let bind_err = |source: io::Error| XskError::Bind {
+            iface: iface.name.clone(),
+            queue: *queue,
+            mode: if zero_copy { "zero-copy" } else { "copy" },
+            source,
+        };
+        // SAFETY: each (interface, queue) pair appears once in `queues`, so no other socket of
+        // this process is bound to it; the XDP program was loaded by aya, hence the
+        // INHIBIT_PROG_LOAD flag.
+        let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &name, *queue) }
+            .map_err(|e| bind_err(io::Error::other(e.to_string())))?;
+        let (fill, comp) = rings.ok_or_else(|| {
+            bind_err(io::Error::other("no fill/completion rings: queue bound twice"))
+        })?;
+        let port = Port {
+            iface: iface.clone(),
+            queue: *queue,
+            rx,
+            tx,
+            fill,
+            comp,
+            stats: Arc::new(PortStats::default()),
+        };
+        if zero_copy && !is_zero_copy(port.raw_fd()) {
+            return Err(bind_err(io::Error::other("kernel fell back to copy mode")));
+        }
+        ports.push(port);
+    }
+    Ok(Sockets { umem, ports, frames, zero_copy })
+}
+
+/// Whether the socket was bound in zero-copy mode (`XDP_OPTIONS`).
+pub fn is_zero_copy(fd: i32) -> bool {
+    const SOL_XDP: i32 = 283;
+    const XDP_OPTIONS: i32 = 8;
+    const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+    let mut flags = 0u32;
+    let mut len = size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `flags` and `len` are valid for writes of the sizes passed.
+    let ret = unsafe {
+        libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&raw mut flags).cast(), &mut len)
+    };
+    ret == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
+}
+
+/// Kernel statistics of one socket (`XDP_STATISTICS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+/// Reads `XDP_STATISTICS` of the socket `fd`.
+pub fn kernel_stats(fd: i32) -> io::Result<KernelStats> {
+    const SOL_XDP: i32 = 283;
+    const XDP_STATISTICS: i32 = 7;
+    let mut raw = [0u64; 6];
+    let mut len = size_of_val(&raw) as libc::socklen_t;
+    // SAFETY: `raw` and `len` are valid for writes of the sizes passed.
+    let ret = unsafe {
+        libc::getsockopt(fd, SOL_XDP, XDP_STATISTICS, raw.as_mut_ptr().cast(), &mut len)
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(KernelStats {
+        rx_dropped: raw[0],
+        rx_invalid_descs: raw[1],
+        tx_invalid_descs: raw[2],
+        rx_ring_full: raw[3],
+        rx_fill_ring_empty_descs: raw[4],
+        tx_ring_empty_descs: raw[5],
+    })
+}
