@@ -1,1 +1,128 @@
-fn main() {}
+//! `cargo xtask`: bootstrap, build, run, demo and test xdpfwd.
+
+mod bootstrap;
+mod demo;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run, demo and test xdpfwd (run as root on Debian 12)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: Debian packages, nightly + rust-src, bpf-linker.
+    Bootstrap,
+    /// Build the eBPF object and `target/release/xdpfwd` with it embedded.
+    Build,
+    /// Build, then run `xdpfwd ARGS...`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then forward real traffic through veth pairs in namespaces and report.
+    Demo,
+    /// Build, then run every test: unit tests, then the privileged integration tests.
+    Test {
+        /// Only run integration tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Bootstrap => bootstrap::run(),
+        Cmd::Build => build().map(|_| ()),
+        Cmd::Run { args } => {
+            let bin = build()?;
+            let status = Command::new(bin).args(args).status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Demo => {
+            let bin = build()?;
+            demo::run(&bin)
+        }
+        Cmd::Test { filter } => test(filter),
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Runs a command with inherited output; fails on a non-zero exit.
+pub fn cmd(c: &mut Command) -> anyhow::Result<()> {
+    let status = c.status().with_context(|| format!("running {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout.
+pub fn cmd_output(c: &mut Command) -> anyhow::Result<String> {
+    let out = c.output().with_context(|| format!("running {c:?}"))?;
+    if !out.status.success() {
+        bail!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Builds the eBPF object with nightly, then the user-space binary embedding it.
+fn build_ebpf() -> anyhow::Result<PathBuf> {
+    bootstrap::run()?;
+    let prog = root().join("xdp-prog");
+    eprintln!("xtask: building the eBPF program (nightly, bpfel-unknown-none)");
+    cmd(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "build", "--release"])
+        .current_dir(&prog)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO"))?;
+    Ok(prog.join("target/bpfel-unknown-none/release/xdp-prog"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn build() -> anyhow::Result<PathBuf> {
+    let obj = build_ebpf()?;
+    eprintln!("xtask: building xdpfwd (release)");
+    cmd(cargo().args(["build", "--release", "-p", "xdpfwd"]).env("XDPFWD_EBPF_OBJ", &obj))?;
+    let bin = root().join("target/release/xdpfwd");
+    eprintln!("xtask: built {}", bin.display());
+    Ok(bin)
+}
+
+fn test(filter: Option<String>) -> anyhow::Result<()> {
+    let bin = build()?;
+    let obj = root().join("xdp-prog/target/bpfel-unknown-none/release/xdp-prog");
+    if filter.is_none() {
+        eprintln!("xtask: unit tests");
+        cmd(cargo().args(["test", "--workspace", "--exclude", "xdpfwd-tests"]).env("XDPFWD_EBPF_OBJ", &obj))?;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the integration tests create network namespaces and attach XDP programs: run as root");
+    }
+    eprintln!("xtask: integration tests (veth pairs in network namespaces)");
+    let mut c = cargo();
+    c.args(["test", "-p", "xdpfwd-tests", "--", "--test-threads=1"]).env("XDPFWD_BIN", &bin);
+    if let Some(f) = filter {
+        c.arg(f);
+    }
+    cmd(&mut c)
+}

@@ -1,0 +1,118 @@
+//! Raw frames on an interface (AF_PACKET), to send crafted traffic and capture what arrives.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+const ETH_P_ALL: u16 = 0x0003;
+const PACKET_OUTGOING: u8 = 4;
+
+/// An AF_PACKET socket bound to one interface. Open it inside the interface's namespace (see
+/// [`crate::in_netns`]).
+pub struct RawSocket {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl RawSocket {
+    pub fn open(ifname: &str) -> io::Result<Self> {
+        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(io::Error::from)? as i32;
+        // SAFETY: plain socket(2) call; the fd is owned right away.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(ETH_P_ALL.to_be())) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh, valid fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETH_P_ALL.to_be();
+        addr.sll_ifindex = ifindex;
+        // SAFETY: `addr` is a valid sockaddr_ll of the size passed.
+        let ret = unsafe {
+            libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), size_of::<libc::sockaddr_ll>() as u32)
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let size: libc::c_int = 16 << 20;
+        // SAFETY: `size` is a valid c_int for the duration of the call.
+        unsafe {
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&raw const size).cast(), 4)
+        };
+        Ok(Self { fd, ifindex })
+    }
+
+    /// Sends one complete Ethernet frame.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: `frame` is valid for reads of its length.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Receives the next frame that arrived on the interface (not one it sent), waiting at
+    /// most `timeout`.
+    pub fn recv_incoming(&self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) } <= 0 {
+                continue;
+            }
+            // SAFETY: sockaddr_ll is plain data.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = size_of::<libc::sockaddr_ll>() as u32;
+            // SAFETY: `buf`, `from` and `len` are valid for writes of the sizes passed.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&raw mut from).cast(),
+                    &mut len,
+                )
+            };
+            if n < 0 {
+                continue;
+            }
+            if from.sll_pkttype == PACKET_OUTGOING || from.sll_ifindex != self.ifindex {
+                continue;
+            }
+            return Some(buf[..n as usize].to_vec());
+        }
+    }
+
+    /// Every incoming frame until `quiet` passes without one (at most `limit` frames).
+    pub fn drain(&self, quiet: Duration, limit: usize) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        while frames.len() < limit {
+            match self.recv_incoming(quiet) {
+                Some(f) => frames.push(f),
+                None => break,
+            }
+        }
+        frames
+    }
+}
+
+/// The Internet checksum of `data` (0 when a header with its checksum field is valid).
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

@@ -1,0 +1,68 @@
+//! `cargo xtask demo`: a client and a server namespace joined through a forwarder namespace
+//! where xdpfwd runs, kernel forwarding off; ping and UDP streams (IPv4 and IPv6) through it;
+//! the forwarder's counters; and everything removed afterwards.
+
+use std::{
+    net::IpAddr,
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use xdpfwd_tests::{CLIENT_V4, CLIENT_V6, Forwarder, SERVER_V4, SERVER_V6, Topology, ns_sh};
+
+pub fn run(bin: &Path) -> anyhow::Result<()> {
+    // SAFETY: single-threaded at this point; the variable is read by the Forwarder helper.
+    unsafe { std::env::set_var("XDPFWD_BIN", bin) };
+    let topo = Topology::new("d", false).context("creating the demo topology")?;
+    println!("== topology (kernel forwarding OFF in the forwarder namespace)");
+    println!("   {} [{} 198.18.1.2 2001:2:0:1::2]", topo.client, topo.c0);
+    println!("     <-> [{} 198.18.1.1 | {} 198.18.2.1] {} (xdpfwd)", topo.f0, topo.f1, topo.fwd);
+    println!("     <-> [{} 198.18.2.2 2001:2:0:2::2] {}", topo.s0, topo.server);
+
+    let mut fwd = Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "1"])?;
+    println!("== {}", fwd.ready_line);
+
+    for (from, to, label) in [
+        (&topo.client, IpAddr::V4(SERVER_V4), "client -> server IPv4"),
+        (&topo.client, IpAddr::V6(SERVER_V6), "client -> server IPv6"),
+        (&topo.server, IpAddr::V4(CLIENT_V4), "server -> client IPv4"),
+        (&topo.server, IpAddr::V6(CLIENT_V6), "server -> client IPv6"),
+    ] {
+        let ok = topo.ping(from, to, 5);
+        println!("== ping {label}: {}", if ok { "5/5 replies" } else { "FAILED" });
+    }
+
+    for (server, label) in [(IpAddr::V4(SERVER_V4), "IPv4"), (IpAddr::V6(SERVER_V6), "IPv6")] {
+        println!("== UDP stream {label}: iperf3 -u -b 200M -t 3 -l 1200, client -> server");
+        let mut srv = Command::new("ip")
+            .args(["netns", "exec", &topo.server, "iperf3", "-s", "-1", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        thread::sleep(Duration::from_millis(500));
+        let out = ns_sh(
+            &topo.client,
+            &["iperf3", "-c", &server.to_string(), "-p", "5201", "-u", "-b", "200M", "-t", "3", "-l", "1200"],
+        );
+        match out {
+            Ok(text) => {
+                for line in text.lines().filter(|l| l.contains("sender") || l.contains("receiver")) {
+                    println!("   {}", line.trim());
+                }
+            }
+            Err(err) => println!("   iperf3 failed: {err}"),
+        }
+        let _ = srv.kill();
+        let _ = srv.wait();
+    }
+
+    let done = fwd.stop()?;
+    println!("== xdpfwd stopped (exit {:?}); its counters:", done.code);
+    print!("{}", done.stdout);
+    println!("== removing the namespaces");
+    drop(topo);
+    Ok(())
+}
