@@ -96,6 +96,9 @@ impl Topology {
         for ns in [&self.client, &self.fwd, &self.server] {
             sh(&["ip", "netns", "add", ns])?;
             ns_sh(ns, &["ip", "link", "set", "lo", "up"])?;
+            // No duplicate address detection: a fresh link's tentative link-local address
+            // would delay neighbour solicitations by a second or two.
+            ns_sh(ns, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
         }
         sh(&["ip", "link", "add", &self.c0, "netns", &self.client, "type", "veth", "peer", "name", &self.f0, "netns", &self.fwd])?;
         sh(&["ip", "link", "add", &self.s0, "netns", &self.server, "type", "veth", "peer", "name", &self.f1, "netns", &self.fwd])?;
