@@ -313,3 +313,31 @@ pub fn xdp_counter(stdout: &str, name: &str) -> u64 {
         .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{name}="))?.parse().ok()))
         .unwrap_or(0)
 }
+
+/// Runs `xdpfwd ARGS` in `ns` (optionally through a wrapper such as `setpriv`) and expects it to
+/// exit on its own within 20 s (for invalid invocations).
+pub fn run_to_exit(ns: &str, wrapper: &[&str], args: &[&str]) -> anyhow::Result<Finished> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(wrapper)
+        .arg(xdpfwd_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("xdpfwd {args:?} did not exit");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output()?;
+    Ok(Finished {
+        success: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}

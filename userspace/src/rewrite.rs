@@ -178,9 +178,11 @@ mod tests {
     #[test]
     fn rejects_short_and_mismatched_frames() {
         let mut frame = with_checksum(UDP4);
-        assert_eq!(route_frame(&mut frame, 14, true, &[0; 6], &[0; 6]), Err(RewriteError::Truncated));
-        frame[14] = 0x65;
-        assert_eq!(route_frame(&mut frame[..40], 14, false, &[0; 6], &[0; 6]), Err(RewriteError::Truncated));
+        assert_eq!(route_frame(&mut frame, 14, true, &[0; 6], &[0; 6]), Err(RewriteError::BadVersion));
+        assert_eq!(route_frame(&mut frame[..40], 14, false, &[0; 6], &[0; 6]), Err(RewriteError::Truncated), "IP length beyond the frame");
+        let mut v6 = frame;
+        v6[14] = 0x65;
+        assert_eq!(route_frame(&mut v6, 14, false, &[0; 6], &[0; 6]), Err(RewriteError::BadVersion));
         for len in 0..34 {
             let mut short = with_checksum(UDP4);
             assert!(route_frame(&mut short[..len], 14, false, &[0; 6], &[0; 6]).is_err());
