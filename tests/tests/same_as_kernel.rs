@@ -1,0 +1,169 @@
+//! The router rule: for every frame xdpfwd forwards, the receiver gets exactly the frame the
+//! Linux router would have delivered. A mixed stream goes through the kernel alone, then with
+//! xdpfwd beside it (kernel forwarding on in both runs), and the frames captured at the
+//! receiver are compared byte for byte.
+
+use std::{net::IpAddr, thread, time::Duration};
+
+use etherparse::PacketBuilder;
+use xdpfwd_tests::{
+    CLIENT_V4, CLIENT_V6, Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns,
+    packet::{RawSocket, checksum},
+    xdp_counter,
+};
+
+fn set_ipv4_checksum(frame: &mut [u8]) {
+    let ihl = usize::from(frame[14] & 0xf) * 4;
+    frame[24] = 0;
+    frame[25] = 0;
+    let c = checksum(&frame[14..14 + ihl]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+fn w<B: Build>(b: B, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    b.build(&mut v, payload);
+    v
+}
+
+/// The last step of an etherparse builder.
+trait Build {
+    fn build(self, out: &mut Vec<u8>, payload: &[u8]);
+}
+
+impl<T> Build for etherparse::PacketBuilderStep<T>
+where
+    etherparse::PacketBuilderStep<T>: WriteStep,
+{
+    fn build(self, out: &mut Vec<u8>, payload: &[u8]) {
+        self.write_step(out, payload);
+    }
+}
+
+trait WriteStep {
+    fn write_step(self, out: &mut Vec<u8>, payload: &[u8]);
+}
+
+macro_rules! write_step {
+    ($($t:ty),*) => {$(
+        impl WriteStep for etherparse::PacketBuilderStep<$t> {
+            fn write_step(self, out: &mut Vec<u8>, payload: &[u8]) {
+                self.write(out, payload).expect("frame builds");
+            }
+        }
+    )*};
+}
+write_step!(etherparse::UdpHeader, etherparse::TcpHeader, etherparse::Icmpv4Header, etherparse::Icmpv6Header);
+
+/// The mixed stream, from the client's interface to the forwarder's MAC.
+fn stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
+    let v4 = |ttl: u8| PacketBuilder::ethernet2(c_mac, f_mac).ipv4(CLIENT_V4.octets(), SERVER_V4.octets(), ttl);
+    let v6 = |hop: u8| PacketBuilder::ethernet2(c_mac, f_mac).ipv6(CLIENT_V6.octets(), SERVER_V6.octets(), hop);
+    let data = |n: usize| (0..n).map(|i| (i * 7 + 3) as u8).collect::<Vec<u8>>();
+    let mut out: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    let mut push = |name: &'static str, f: Vec<u8>| out.push((name, f));
+
+    // IPv4
+    let mut small = w(v4(64).udp(4000, 9000), &data(4));
+    small.resize(60, 0xab); // link-layer padding, trimmed by a router
+    push("udp4 small padded", small);
+    push("udp4 1200", w(v4(64).udp(4001, 9000), &data(1200)));
+    push("tcp4 syn", w(v4(64).tcp(4002, 80, 1000, 64240).syn(), &[]));
+    push("tcp4 data", w(v4(64).tcp(4002, 80, 1001, 64240).ack(77).psh(), &data(100)));
+    push("icmp4 echo", w(v4(64).icmpv4_echo_request(7, 1), &data(56)));
+    push("udp4 ttl 2", w(v4(2).udp(4003, 9000), &data(20)));
+    let mut df = w(v4(64).udp(4004, 9000), &data(1400));
+    df[20] |= 0x40;
+    set_ipv4_checksum(&mut df);
+    push("udp4 DF 1400", df);
+    // IP options (NOP NOP NOP EOL): the kernel's business.
+    let plain = w(v4(64).udp(4005, 9000), &data(30));
+    let mut opts = plain[..34].to_vec();
+    opts.extend_from_slice(&[1, 1, 1, 0]);
+    opts.extend_from_slice(&plain[34..]);
+    opts[14] = 0x46;
+    let total = u16::from_be_bytes([opts[16], opts[17]]) + 4;
+    opts[16..18].copy_from_slice(&total.to_be_bytes());
+    set_ipv4_checksum(&mut opts);
+    push("udp4 options", opts);
+    // Fragments: first (MF, offset 0) and last (offset 64 bytes).
+    let whole = w(v4(64).udp(4006, 9000), &data(100));
+    let l4 = &whole[34..];
+    let mut first = whole[..34].to_vec();
+    first.extend_from_slice(&l4[..64]);
+    first[16..18].copy_from_slice(&84u16.to_be_bytes());
+    first[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+    set_ipv4_checksum(&mut first);
+    push("udp4 first fragment", first);
+    let mut last = whole[..34].to_vec();
+    last.extend_from_slice(&l4[64..]);
+    last[16..18].copy_from_slice(&((20 + l4.len() - 64) as u16).to_be_bytes());
+    last[20..22].copy_from_slice(&8u16.to_be_bytes());
+    set_ipv4_checksum(&mut last);
+    push("udp4 last fragment", last);
+    let mut bad = w(v4(64).udp(4007, 9000), &data(10));
+    bad[24] ^= 0xff;
+    push("udp4 bad header checksum", bad);
+
+    // IPv6
+    push("udp6 small", w(v6(64).udp(4100, 9000), &data(2)));
+    push("udp6 1200", w(v6(64).udp(4101, 9000), &data(1200)));
+    push("tcp6 syn", w(v6(64).tcp(4102, 80, 5000, 64240).syn(), &[]));
+    push("icmp6 echo", w(v6(64).icmpv6_echo_request(9, 1), &data(56)));
+    push("udp6 hop limit 2", w(v6(2).udp(4103, 9000), &data(20)));
+    // Extension headers: destination options (forwarded as is) and hop-by-hop (kernel).
+    for (name, next) in [("udp6 destination options", 60u8), ("udp6 hop-by-hop", 0u8)] {
+        let plain = w(v6(64).udp(4104, 9000), &data(24));
+        let mut f = plain[..54].to_vec();
+        f.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]); // next = UDP, len 0, PadN(4)
+        f.extend_from_slice(&plain[54..]);
+        f[20] = next;
+        let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+        f[18..20].copy_from_slice(&len.to_be_bytes());
+        push(name, f);
+    }
+    out
+}
+
+/// Sends the stream from the client and returns the frames from the client that arrived at
+/// the server.
+fn run_stream(topo: &Topology) -> Vec<Vec<u8>> {
+    // Warm the neighbour caches, so no frame waits for resolution.
+    assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 2));
+    assert!(topo.ping(&topo.client, IpAddr::V6(SERVER_V6), 2));
+    thread::sleep(Duration::from_millis(200));
+    let s0 = topo.s0.clone();
+    let capture = in_netns(&topo.server, move || RawSocket::open(&s0)).unwrap().unwrap();
+    let c0 = topo.c0.clone();
+    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    for (_, frame) in stream(c_mac, f_mac) {
+        sender.send(&frame).unwrap();
+        thread::sleep(Duration::from_millis(5));
+    }
+    let from_client = |f: &Vec<u8>| {
+        (f.len() >= 34 && f[12..14] == [8, 0] && f[26..30] == CLIENT_V4.octets())
+            || (f.len() >= 54 && f[12..14] == [0x86, 0xdd] && f[22..38] == CLIENT_V6.octets())
+    };
+    capture.drain(Duration::from_millis(500), 1000).into_iter().filter(from_client).collect()
+}
+
+#[test]
+fn mixed_stream_through_xdpfwd_equals_the_kernels() {
+    let topo = Topology::new("s", true).unwrap();
+    let kernel = run_stream(&topo);
+    assert!(kernel.len() >= 15, "the kernel forwarded {} frames", kernel.len());
+
+    let mut fwd = Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    let ours = run_stream(&topo);
+    let done = fwd.stop().unwrap();
+    let steered = xdp_counter(&done.stdout, "steered");
+    assert!(steered >= 10, "xdpfwd forwarded most of the stream itself: {}", done.stdout);
+
+    let names: Vec<_> = stream([0; 6], [0; 6]).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(ours.len(), kernel.len(), "same number of frames ({names:?})");
+    for (i, (k, o)) in kernel.iter().zip(&ours).enumerate() {
+        assert_eq!(k, o, "frame {i} differs:\nkernel {k:02x?}\nxdpfwd {o:02x?}");
+    }
+}
