@@ -12,7 +12,13 @@ fn main() {
     let root = manifest.parent().expect("workspace root");
     let prog = root.join("xdp-prog");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-    for path in ["xdp-prog/src", "xdp-prog/Cargo.toml", "xdp-prog/Cargo.lock", "common/src", "common/Cargo.toml"] {
+    for path in [
+        "xdp-prog/src",
+        "xdp-prog/Cargo.toml",
+        "xdp-prog/Cargo.lock",
+        "common/src",
+        "common/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     println!("cargo:rerun-if-env-changed=XDPFWD_EBPF_OBJ");
@@ -32,13 +38,19 @@ fn main() {
         let key = key.to_string_lossy();
         if (key.starts_with("CARGO") && key != "CARGO_HOME")
             || key.starts_with("RUST")
-                && !matches!(key.as_ref(), "RUSTUP_HOME" | "RUSTUP_DIST_SERVER" | "RUSTUP_UPDATE_ROOT")
+                && !matches!(
+                    key.as_ref(),
+                    "RUSTUP_HOME" | "RUSTUP_DIST_SERVER" | "RUSTUP_UPDATE_ROOT"
+                )
         {
             cmd.env_remove(key.as_ref());
         }
     }
     let status = cmd.status().unwrap_or_else(|e| {
-        panic!("running `rustup run nightly cargo build` in {}: {e}; run `cargo xtask build`", prog.display())
+        panic!(
+            "running `rustup run nightly cargo build` in {}: {e}; run `cargo xtask build`",
+            prog.display()
+        )
     });
     if !status.success() {
         panic!("building the eBPF program failed; `cargo xtask build` installs what it needs");
@@ -47,5 +59,6 @@ fn main() {
 }
 
 fn copy(from: &Path, to: &Path) {
-    fs::copy(from, to).unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
+    fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
 }

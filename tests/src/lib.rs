@@ -32,7 +32,10 @@ pub mod packet;
 
 /// Runs a command, failing with its stderr.
 pub fn sh(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {args:?}"))?;
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
     if !out.status.success() {
         bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -75,7 +78,12 @@ impl Topology {
     /// Creates the topology with kernel forwarding `forwarding` in the forwarder namespace.
     pub fn new(tag: &str, forwarding: bool) -> anyhow::Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
-        let prefix = format!("xf{}{}{}", tag, std::process::id() % 10_000, N.fetch_add(1, Ordering::Relaxed));
+        let prefix = format!(
+            "xf{}{}{}",
+            tag,
+            std::process::id() % 10_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         // Interface names are at most 15 bytes.
         let prefix: String = prefix.chars().take(12).collect();
         let t = Topology {
@@ -98,10 +106,46 @@ impl Topology {
             ns_sh(ns, &["ip", "link", "set", "lo", "up"])?;
             // No duplicate address detection: a fresh link's tentative link-local address
             // would delay neighbour solicitations by a second or two.
-            ns_sh(ns, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+            ns_sh(
+                ns,
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ],
+            )?;
         }
-        sh(&["ip", "link", "add", &self.c0, "netns", &self.client, "type", "veth", "peer", "name", &self.f0, "netns", &self.fwd])?;
-        sh(&["ip", "link", "add", &self.s0, "netns", &self.server, "type", "veth", "peer", "name", &self.f1, "netns", &self.fwd])?;
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &self.c0,
+            "netns",
+            &self.client,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.f0,
+            "netns",
+            &self.fwd,
+        ])?;
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &self.s0,
+            "netns",
+            &self.server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.f1,
+            "netns",
+            &self.fwd,
+        ])?;
         let addr = |ns: &str, dev: &str, a: &str| -> anyhow::Result<()> {
             sh(&["ip", "-n", ns, "addr", "add", a, "dev", dev, "nodad"]).map(|_| ())
         };
@@ -113,7 +157,12 @@ impl Topology {
         addr(&self.fwd, &self.f1, "2001:2:0:2::1/64")?;
         addr(&self.server, &self.s0, "198.18.2.2/24")?;
         addr(&self.server, &self.s0, "2001:2:0:2::2/64")?;
-        for (ns, dev) in [(&self.client, &self.c0), (&self.fwd, &self.f0), (&self.fwd, &self.f1), (&self.server, &self.s0)] {
+        for (ns, dev) in [
+            (&self.client, &self.c0),
+            (&self.fwd, &self.f0),
+            (&self.fwd, &self.f1),
+            (&self.server, &self.s0),
+        ] {
             sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
         }
         sh(&["ip", "-n", &self.client, "route", "add", "default", "via", "198.18.1.1"])?;
@@ -141,7 +190,8 @@ impl Topology {
         let out = sh(&["ip", "-n", ns, "-o", "link", "show", dev])?;
         let text = out.split("link/ether ").nth(1).context("no link/ether")?;
         let mut mac = [0u8; 6];
-        for (i, part) in text.split_whitespace().next().unwrap_or("").split(':').enumerate().take(6) {
+        for (i, part) in text.split_whitespace().next().unwrap_or("").split(':').enumerate().take(6)
+        {
             mac[i] = u8::from_str_radix(part, 16)?;
         }
         Ok(mac)
@@ -150,7 +200,9 @@ impl Topology {
     /// Whether any XDP program is attached to the forwarder's interfaces.
     pub fn xdp_attached(&self) -> bool {
         [&self.f0, &self.f1].iter().any(|dev| {
-            sh(&["ip", "-n", &self.fwd, "link", "show", dev]).map(|o| o.contains("xdp")).unwrap_or(false)
+            sh(&["ip", "-n", &self.fwd, "link", "show", dev])
+                .map(|o| o.contains("xdp"))
+                .unwrap_or(false)
         })
     }
 
@@ -224,7 +276,8 @@ impl Forwarder {
             let _ = err.read_to_string(&mut s);
             s
         });
-        let mut fwd = Forwarder { child: Some(child), stdout: rx, stderr, ready_line: String::new() };
+        let mut fwd =
+            Forwarder { child: Some(child), stdout: rx, stderr, ready_line: String::new() };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             match fwd.stdout.recv_timeout(Duration::from_millis(100)) {
@@ -267,7 +320,9 @@ impl Forwarder {
             stdout.push_str(&line);
             stdout.push('\n');
         }
-        let stderr = std::mem::replace(&mut self.stderr, thread::spawn(String::new)).join().unwrap_or_default();
+        let stderr = std::mem::replace(&mut self.stderr, thread::spawn(String::new))
+            .join()
+            .unwrap_or_default();
         Ok(Finished { success: status.success(), code: status.code(), stdout, stderr })
     }
 
@@ -288,7 +343,10 @@ impl Drop for Forwarder {
 
 /// Runs `f` on a thread that has entered network namespace `ns`; sockets it creates stay in
 /// that namespace wherever they are used afterwards.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
     let path = format!("/run/netns/{ns}");
     thread::spawn(move || -> anyhow::Result<T> {
         let file = File::open(&path).with_context(|| format!("opening {path}"))?;
@@ -310,7 +368,9 @@ pub fn xdp_counter(stdout: &str, name: &str) -> u64 {
     stdout
         .lines()
         .find(|l| l.trim_start().starts_with("xdp:"))
-        .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{name}="))?.parse().ok()))
+        .and_then(|l| {
+            l.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{name}="))?.parse().ok())
+        })
         .unwrap_or(0)
 }
 

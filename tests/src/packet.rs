@@ -20,7 +20,8 @@ impl RawSocket {
     pub fn open(ifname: &str) -> io::Result<Self> {
         let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(io::Error::from)? as i32;
         // SAFETY: plain socket(2) call; the fd is owned right away.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(ETH_P_ALL.to_be())) };
+        let raw =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(ETH_P_ALL.to_be())) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -33,7 +34,11 @@ impl RawSocket {
         addr.sll_ifindex = ifindex;
         // SAFETY: `addr` is a valid sockaddr_ll of the size passed.
         let ret = unsafe {
-            libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), size_of::<libc::sockaddr_ll>() as u32)
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
         };
         if ret != 0 {
             return Err(io::Error::last_os_error());
@@ -41,7 +46,13 @@ impl RawSocket {
         let size: libc::c_int = 16 << 20;
         // SAFETY: `size` is a valid c_int for the duration of the call.
         unsafe {
-            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&raw const size).cast(), 4)
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const size).cast(),
+                4,
+            )
         };
         Ok(Self { fd, ifindex })
     }
@@ -66,7 +77,8 @@ impl RawSocket {
             if left.is_zero() {
                 return None;
             }
-            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd =
+                libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             if unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) } <= 0 {
                 continue;
@@ -110,7 +122,10 @@ impl RawSocket {
 
 /// The Internet checksum of `data` (0 when a header with its checksum field is valid).
 pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -22,14 +22,24 @@ fn unknown_interface_is_named() {
 fn interface_in_another_namespace_is_pointed_at() {
     let topo = Topology::new("n", false).unwrap();
     let expect = format!("exists in network namespace '{}'", topo.client);
-    refused(&topo, &[], &["run", &topo.f0, &topo.c0], &[&format!("'{}' does not exist", topo.c0), &expect]);
+    refused(
+        &topo,
+        &[],
+        &["run", &topo.f0, &topo.c0],
+        &[&format!("'{}' does not exist", topo.c0), &expect],
+    );
 }
 
 #[test]
 fn mtu_too_large_for_single_buffer_af_xdp_is_refused() {
     let topo = Topology::new("m", false).unwrap();
     sh(&["ip", "-n", &topo.fwd, "link", "set", &topo.f1, "mtu", "9000"]).unwrap();
-    refused(&topo, &[], &["run", &topo.f0, &topo.f1], &[&format!("'{}' has MTU 9000", topo.f1), "at most MTU"]);
+    refused(
+        &topo,
+        &[],
+        &["run", &topo.f0, &topo.f1],
+        &[&format!("'{}' has MTU 9000", topo.f1), "at most MTU"],
+    );
 }
 
 #[test]
@@ -38,7 +48,11 @@ fn second_instance_is_refused_and_names_the_first() {
     let mut first = Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1]).unwrap();
     let done = run_to_exit(&topo.fwd, &[], &["run", &topo.f0, &topo.f1]).unwrap();
     assert!(!done.success);
-    assert!(done.stderr.contains("already has an XDP program attached: 'xdpfwd'"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("already has an XDP program attached: 'xdpfwd'"),
+        "{}",
+        done.stderr
+    );
     assert!(done.stderr.contains("another xdpfwd"), "{}", done.stderr);
     assert!(first.stop().unwrap().success, "the first instance is unharmed");
 }
@@ -46,14 +60,37 @@ fn second_instance_is_refused_and_names_the_first() {
 #[test]
 fn missing_capabilities_are_named() {
     let topo = Topology::new("c", false).unwrap();
-    let wrapper = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"];
-    refused(&topo, &wrapper, &["run", &topo.f0, &topo.f1], &["lacks capabilities", "CAP_NET_ADMIN", "CAP_BPF"]);
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ];
+    refused(
+        &topo,
+        &wrapper,
+        &["run", &topo.f0, &topo.f1],
+        &["lacks capabilities", "CAP_NET_ADMIN", "CAP_BPF"],
+    );
 }
 
 #[test]
 fn invalid_flags_are_named() {
     let topo = Topology::new("f", false).unwrap();
-    refused(&topo, &[], &["run", &topo.f0, &topo.f1, "--ring-size", "1000"], &["--ring-size must be a power of two"]);
-    refused(&topo, &[], &["run", &topo.f0, &topo.f1, "--mode", "turbo"], &["invalid value 'turbo'"]);
+    refused(
+        &topo,
+        &[],
+        &["run", &topo.f0, &topo.f1, "--ring-size", "1000"],
+        &["--ring-size must be a power of two"],
+    );
+    refused(
+        &topo,
+        &[],
+        &["run", &topo.f0, &topo.f1, "--mode", "turbo"],
+        &["invalid value 'turbo'"],
+    );
     refused(&topo, &[], &["run", &topo.f0, &topo.f0], &["listed twice"]);
 }

@@ -14,14 +14,15 @@ use std::{
 };
 
 use xdpfwd_tests::{
-    CLIENT_V4, CLIENT_V6, FWD_V4_A, FWD_V4_B, FWD_V6_A, FWD_V6_B, Forwarder, SERVER_V4, SERVER_V6, Topology,
-    forwarded_packets, in_netns,
+    CLIENT_V4, CLIENT_V6, FWD_V4_A, FWD_V4_B, FWD_V6_A, FWD_V6_B, Forwarder, SERVER_V4, SERVER_V6,
+    Topology, forwarded_packets, in_netns,
     packet::{RawSocket, checksum},
     xdp_counter,
 };
 
 fn start(topo: &Topology) -> Forwarder {
-    Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).expect("xdpfwd starts")
+    Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"])
+        .expect("xdpfwd starts")
 }
 
 #[test]
@@ -40,14 +41,19 @@ fn ping_both_directions_ipv4_and_ipv6_with_kernel_forwarding_off() {
     let done = fwd.stop().unwrap();
     assert!(done.success, "clean exit: {done:?}");
     let forwarded = forwarded_packets(&done.stdout).unwrap();
-    assert!(forwarded >= 40, "4 × 5 echo requests and replies forwarded by xdpfwd, got {forwarded}");
+    assert!(
+        forwarded >= 40,
+        "4 × 5 echo requests and replies forwarded by xdpfwd, got {forwarded}"
+    );
 }
 
 #[test]
 fn traffic_to_the_forwarder_itself_is_answered_by_its_kernel() {
     let topo = Topology::new("l", false).unwrap();
     let mut fwd = start(&topo);
-    for addr in [IpAddr::V4(FWD_V4_A), IpAddr::V4(FWD_V4_B), IpAddr::V6(FWD_V6_A), IpAddr::V6(FWD_V6_B)] {
+    for addr in
+        [IpAddr::V4(FWD_V4_A), IpAddr::V4(FWD_V4_B), IpAddr::V6(FWD_V6_A), IpAddr::V6(FWD_V6_B)]
+    {
         assert!(topo.ping(&topo.client, addr, 3), "ping {addr}");
     }
     let done = fwd.stop().unwrap();
@@ -61,11 +67,25 @@ fn ttl_one_gets_time_exceeded_from_the_forwarders_kernel() {
     let mut fwd = start(&topo);
     assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 1));
     assert!(topo.ping(&topo.client, IpAddr::V6(SERVER_V6), 1));
-    for (flag, dst, expect) in
-        [("-4", SERVER_V4.to_string(), "Time to live exceeded"), ("-6", SERVER_V6.to_string(), "Time exceeded")]
-    {
+    for (flag, dst, expect) in [
+        ("-4", SERVER_V4.to_string(), "Time to live exceeded"),
+        ("-6", SERVER_V6.to_string(), "Time exceeded"),
+    ] {
         let out = Command::new("ip")
-            .args(["netns", "exec", &topo.client, "ping", flag, "-c", "1", "-t", "1", "-W", "2", &dst])
+            .args([
+                "netns",
+                "exec",
+                &topo.client,
+                "ping",
+                flag,
+                "-c",
+                "1",
+                "-t",
+                "1",
+                "-W",
+                "2",
+                &dst,
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -77,7 +97,15 @@ fn ttl_one_gets_time_exceeded_from_the_forwarders_kernel() {
 
 /// Sends `count` numbered datagrams from `from_ns` to `dst` and checks that every one arrives
 /// intact, and that captured frames carry the router's rewrite.
-fn udp_stream(topo: &Topology, from_ns: &str, to_ns: &str, to_dev: &str, egress_dev: &str, dst: IpAddr, count: u64) {
+fn udp_stream(
+    topo: &Topology,
+    from_ns: &str,
+    to_ns: &str,
+    to_dev: &str,
+    egress_dev: &str,
+    dst: IpAddr,
+    count: u64,
+) {
     const PORT: u16 = 9000;
     const LEN: usize = 64;
     let payload = |seq: u64| -> [u8; LEN] {
@@ -96,7 +124,9 @@ fn udp_stream(topo: &Topology, from_ns: &str, to_ns: &str, to_dev: &str, egress_
     let fd = std::os::fd::AsRawFd::as_raw_fd(&receiver);
     let size: libc::c_int = 64 << 20;
     // SAFETY: valid c_int option for the call's duration.
-    unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&raw const size).cast(), 4) };
+    unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&raw const size).cast(), 4)
+    };
     receiver.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let dev = to_dev.to_owned();
     let capture = in_netns(to_ns, move || RawSocket::open(&dev)).unwrap().unwrap();
@@ -181,12 +211,15 @@ fn udp_stream(topo: &Topology, from_ns: &str, to_ns: &str, to_dev: &str, egress_
 /// Offset of the UDP payload when `frame` is a UDP datagram to port 9000 for `dst`.
 fn udp_payload_offset(frame: &[u8], dst: IpAddr) -> Option<usize> {
     match dst {
-        IpAddr::V4(d) => {
-            (frame.len() >= 42 && frame[12..14] == [8, 0] && frame[23] == 17 && frame[30..34] == d.octets()
-                && frame[36..38] == 9000u16.to_be_bytes())
-            .then_some(42)
-        }
-        IpAddr::V6(d) => (frame.len() >= 62 && frame[12..14] == [0x86, 0xdd] && frame[20] == 17
+        IpAddr::V4(d) => (frame.len() >= 42
+            && frame[12..14] == [8, 0]
+            && frame[23] == 17
+            && frame[30..34] == d.octets()
+            && frame[36..38] == 9000u16.to_be_bytes())
+        .then_some(42),
+        IpAddr::V6(d) => (frame.len() >= 62
+            && frame[12..14] == [0x86, 0xdd]
+            && frame[20] == 17
             && frame[38..54] == d.octets()
             && frame[56..58] == 9000u16.to_be_bytes())
         .then_some(62),

@@ -53,12 +53,21 @@ macro_rules! write_step {
         }
     )*};
 }
-write_step!(etherparse::UdpHeader, etherparse::TcpHeader, etherparse::Icmpv4Header, etherparse::Icmpv6Header);
+write_step!(
+    etherparse::UdpHeader,
+    etherparse::TcpHeader,
+    etherparse::Icmpv4Header,
+    etherparse::Icmpv6Header
+);
 
 /// The mixed stream, from the client's interface to the forwarder's MAC.
 fn stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
-    let v4 = |ttl: u8| PacketBuilder::ethernet2(c_mac, f_mac).ipv4(CLIENT_V4.octets(), SERVER_V4.octets(), ttl);
-    let v6 = |hop: u8| PacketBuilder::ethernet2(c_mac, f_mac).ipv6(CLIENT_V6.octets(), SERVER_V6.octets(), hop);
+    let v4 = |ttl: u8| {
+        PacketBuilder::ethernet2(c_mac, f_mac).ipv4(CLIENT_V4.octets(), SERVER_V4.octets(), ttl)
+    };
+    let v6 = |hop: u8| {
+        PacketBuilder::ethernet2(c_mac, f_mac).ipv6(CLIENT_V6.octets(), SERVER_V6.octets(), hop)
+    };
     let data = |n: usize| (0..n).map(|i| (i * 7 + 3) as u8).collect::<Vec<u8>>();
     let mut out: Vec<(&'static str, Vec<u8>)> = Vec::new();
     let mut push = |name: &'static str, f: Vec<u8>| out.push((name, f));
@@ -155,7 +164,8 @@ fn mixed_stream_through_xdpfwd_equals_the_kernels() {
     let kernel = run_stream(&topo);
     assert!(kernel.len() >= 15, "the kernel forwarded {} frames", kernel.len());
 
-    let mut fwd = Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
     let ours = run_stream(&topo);
     let done = fwd.stop().unwrap();
     let steered = xdp_counter(&done.stdout, "steered");

@@ -19,22 +19,27 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::maps::{
+    HashMap as BpfHashMap, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     link::LinkMessage,
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    },
     route::{RouteMessage, RouteType},
 };
 use netlink_sys::AsyncSocket as _;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::mpsc::UnboundedReceiver;
 use xdpfwd_common::{
-    IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_UP, IfaceInfo, NeighKeyV4, NeighKeyV6,
-    Neighbour, ROUTE_KERNEL, ROUTE_UNICAST, RouteV4, RouteV6,
+    IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_UP, IfaceInfo, NeighKeyV4,
+    NeighKeyV6, Neighbour, ROUTE_KERNEL, ROUTE_UNICAST, RouteV4, RouteV6,
 };
 
 use crate::{
@@ -91,7 +96,12 @@ impl Control {
         mut resolve: UnboundedReceiver<Resolve>,
         ready: SyncSender<Result<(), String>>,
     ) -> anyhow::Result<()> {
-        let groups = [MulticastGroup::Link, MulticastGroup::Neigh, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route];
+        let groups = [
+            MulticastGroup::Link,
+            MulticastGroup::Neigh,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+        ];
         let (mut conn, mut handle, mut events) =
             rtnetlink::new_multicast_connection(&groups).context("opening the rtnetlink socket")?;
         // Route bursts (a link going down) must not overflow the socket.
@@ -128,16 +138,21 @@ impl Control {
         self.poll_forwarding();
         for i in 0..self.ifaces.len() {
             let info = self.info(i);
-            self.maps
-                .ifaces
-                .insert(self.ifaces[i].ifindex, info, 0)
-                .with_context(|| format!("writing interface {} into the IFACES map", self.ifaces[i].name))?;
+            self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0).with_context(|| {
+                format!("writing interface {} into the IFACES map", self.ifaces[i].name)
+            })?;
         }
-        let mut v4 = handle.route().get(rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()).execute();
+        let mut v4 = handle
+            .route()
+            .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
+            .execute();
         while let Some(route) = v4.try_next().await.context("dumping IPv4 routes")? {
             self.on_route(&route, true);
         }
-        let mut v6 = handle.route().get(rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()).execute();
+        let mut v6 = handle
+            .route()
+            .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build())
+            .execute();
         while let Some(route) = v6.try_next().await.context("dumping IPv6 routes")? {
             self.on_route(&route, true);
         }
@@ -224,7 +239,11 @@ impl Control {
         }
     }
 
-    fn write_route(&mut self, prefix: IpNet, action: Option<Action>) -> Result<(), aya::maps::MapError> {
+    fn write_route(
+        &mut self,
+        prefix: IpNet,
+        action: Option<Action>,
+    ) -> Result<(), aya::maps::MapError> {
         let (kind, oif, gateway) = match action {
             Some(Action::Unicast { oif, gateway }) => (ROUTE_UNICAST, oif, gateway),
             Some(Action::Kernel) => (ROUTE_KERNEL, 0, None),
@@ -258,16 +277,24 @@ impl Control {
 
     fn on_neighbour(&mut self, msg: &NeighbourMessage, add: bool) {
         let ifindex = msg.header.ifindex;
-        if !self.ifaces.iter().any(|i| i.ifindex == ifindex) || msg.header.flags.contains(NeighbourFlags::Proxy) {
+        if !self.ifaces.iter().any(|i| i.ifindex == ifindex)
+            || msg.header.flags.contains(NeighbourFlags::Proxy)
+        {
             return;
         }
         let mut addr = None;
         let mut mac = None;
         for attr in &msg.attributes {
             match attr {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(IpAddr::V4(*a)),
-                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => addr = Some(IpAddr::V6(*a)),
-                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 && l.iter().any(|b| *b != 0) => {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                    addr = Some(IpAddr::V4(*a))
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                    addr = Some(IpAddr::V6(*a))
+                }
+                NeighbourAttribute::LinkLayerAddress(l)
+                    if l.len() == 6 && l.iter().any(|b| *b != 0) =>
+                {
                     let mut m = [0u8; 6];
                     m.copy_from_slice(l);
                     mac = Some(m);
@@ -295,14 +322,22 @@ impl Control {
             };
         }
         let result = match (addr, mac) {
-            (IpAddr::V4(a), Some(m)) => {
-                self.maps.neigh_v4.insert(NeighKeyV4 { ifindex, addr: a.octets() }, Neighbour { mac: m, _pad: [0; 2] }, 0)
+            (IpAddr::V4(a), Some(m)) => self.maps.neigh_v4.insert(
+                NeighKeyV4 { ifindex, addr: a.octets() },
+                Neighbour { mac: m, _pad: [0; 2] },
+                0,
+            ),
+            (IpAddr::V4(a), None) => {
+                ignore_missing(self.maps.neigh_v4.remove(&NeighKeyV4 { ifindex, addr: a.octets() }))
             }
-            (IpAddr::V4(a), None) => ignore_missing(self.maps.neigh_v4.remove(&NeighKeyV4 { ifindex, addr: a.octets() })),
-            (IpAddr::V6(a), Some(m)) => {
-                self.maps.neigh_v6.insert(NeighKeyV6 { ifindex, addr: a.octets() }, Neighbour { mac: m, _pad: [0; 2] }, 0)
+            (IpAddr::V6(a), Some(m)) => self.maps.neigh_v6.insert(
+                NeighKeyV6 { ifindex, addr: a.octets() },
+                Neighbour { mac: m, _pad: [0; 2] },
+                0,
+            ),
+            (IpAddr::V6(a), None) => {
+                ignore_missing(self.maps.neigh_v6.remove(&NeighKeyV6 { ifindex, addr: a.octets() }))
             }
-            (IpAddr::V6(a), None) => ignore_missing(self.maps.neigh_v6.remove(&NeighKeyV6 { ifindex, addr: a.octets() })),
         };
         if let Err(err) = result {
             tracing::warn!(%addr, %err, "updating the neighbour map failed");
@@ -335,8 +370,12 @@ impl Control {
 
     /// Makes the kernel re-confirm stale neighbours, as it would if it forwarded to them.
     async fn refresh_stale(&mut self, handle: &mut Handle) {
-        let stale: Vec<_> =
-            self.neighbours.iter().filter(|(_, s)| **s == NeighbourState::Stale).map(|(k, _)| *k).collect();
+        let stale: Vec<_> = self
+            .neighbours
+            .iter()
+            .filter(|(_, s)| **s == NeighbourState::Stale)
+            .map(|(k, _)| *k)
+            .collect();
         for (ifindex, addr) in stale {
             let _ = neigh_use(handle, ifindex, addr).await;
         }
@@ -360,10 +399,10 @@ async fn neigh_use(handle: &mut Handle, ifindex: u32, addr: IpAddr) -> anyhow::R
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
     let mut response = handle.request(req)?;
     while let Some(reply) = response.next().await {
-        if let NetlinkPayload::Error(err) = reply.payload {
-            if err.code.is_some() {
-                anyhow::bail!("RTM_NEWNEIGH NTF_USE: {err}");
-            }
+        if let NetlinkPayload::Error(err) = reply.payload
+            && err.code.is_some()
+        {
+            anyhow::bail!("RTM_NEWNEIGH NTF_USE: {err}");
         }
     }
     Ok(())
@@ -372,7 +411,11 @@ async fn neigh_use(handle: &mut Handle, ifindex: u32, addr: IpAddr) -> anyhow::R
 fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match result {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

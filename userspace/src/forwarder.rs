@@ -22,7 +22,7 @@ use crate::{
     loader::{self, ModeArg},
     privileges,
     stats::{FrameAccount, FrameFigures, PortFigures, PortStats, Snapshot},
-    worker::{Shared, Worker},
+    worker::{Links, Shared, Sizes, Worker},
     xsk::{self, BindMode, XskConfig},
 };
 
@@ -96,7 +96,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         modes.push(mode);
     }
 
-    let take = |ebpf: &mut aya::Ebpf, name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing"));
+    let take = |ebpf: &mut aya::Ebpf, name: &str| {
+        ebpf.take_map(name).with_context(|| format!("map {name} missing"))
+    };
     let mut xsks = XskMap::try_from(take(&mut ebpf, "XSKS")?)?;
     let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
     let maps = Maps {
@@ -112,8 +114,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ifaces.iter().flat_map(|i| (0..i.rx_queues).map(move |q| (i.clone(), q))).collect();
     let sockets = xsk::open(&queues, &config)?;
     for port in &sockets.ports {
-        xsks.set(xsk_key(port.iface.slot, port.queue), port.raw_fd(), 0)
-            .with_context(|| format!("inserting the socket of {} queue {} into XSKS", port.iface.name, port.queue))?;
+        xsks.set(xsk_key(port.iface.slot, port.queue), port.raw_fd(), 0).with_context(|| {
+            format!("inserting the socket of {} queue {} into XSKS", port.iface.name, port.queue)
+        })?;
     }
     let copy_mode = if sockets.zero_copy { "zero-copy" } else { "copy" };
 
@@ -121,7 +124,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::default());
     let (resolve_tx, resolve_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-    let control = Control::new(maps, ifaces.iter().map(|i| (**i).clone()).collect(), shared.clone());
+    let control =
+        Control::new(maps, ifaces.iter().map(|i| (**i).clone()).collect(), shared.clone());
     let control_thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
         let shared = shared.clone();
         move || -> anyhow::Result<()> {
@@ -147,7 +151,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let views: Vec<PortView> = sockets
         .ports
         .iter()
-        .map(|p| PortView { iface: p.iface.name.clone(), queue: p.queue, fd: p.raw_fd(), stats: p.stats.clone() })
+        .map(|p| PortView {
+            iface: p.iface.name.clone(),
+            queue: p.queue,
+            fd: p.raw_fd(),
+            stats: p.stats.clone(),
+        })
         .collect();
     let mut per_worker: Vec<Vec<xsk::Port>> = (0..workers).map(|_| Vec::new()).collect();
     for port in sockets.ports {
@@ -165,21 +174,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             sockets.umem.clone(),
             ports,
             mine,
-            args.batch,
-            config.ring_size,
-            shared.clone(),
-            resolve_tx.clone(),
-            account,
+            Sizes { batch: args.batch, ring_size: config.ring_size },
+            Links { shared: shared.clone(), resolve: resolve_tx.clone(), account },
         );
-        worker_threads.push(thread::Builder::new().name(format!("xdpfwd-w{w}")).spawn(move || worker.run())?);
+        worker_threads
+            .push(thread::Builder::new().name(format!("xdpfwd-w{w}")).spawn(move || worker.run())?);
     }
 
     let stop_signal = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop_signal.clone())?;
     }
-    let names: Vec<_> = ifaces.iter().zip(&modes).map(|(i, m)| format!("{} ({m} XDP, {} queues)", i.name, i.rx_queues)).collect();
-    tracing::info!("forwarding between {} with {workers} worker(s), AF_XDP {copy_mode} mode", names.join(", "));
+    let names: Vec<_> = ifaces
+        .iter()
+        .zip(&modes)
+        .map(|(i, m)| format!("{} ({m} XDP, {} queues)", i.name, i.rx_queues))
+        .collect();
+    tracing::info!(
+        "forwarding between {} with {workers} worker(s), AF_XDP {copy_mode} mode",
+        names.join(", ")
+    );
     println!(
         "xdpfwd: ready: {} | attach {} | {copy_mode} mode | {workers} worker(s)",
         ifaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(" "),
@@ -189,15 +203,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let snapshot = |prev_frames: FrameFigures| -> Snapshot {
         let ports = views
             .iter()
-            .map(|v| PortFigures::read(&v.iface, v.queue, &v.stats, xsk::kernel_stats(v.fd).unwrap_or_default()))
+            .map(|v| {
+                PortFigures::read(
+                    &v.iface,
+                    v.queue,
+                    &v.stats,
+                    xsk::kernel_stats(v.fd).unwrap_or_default(),
+                )
+            })
             .collect();
-        let mut frames = accounts.iter().map(|a| a.read()).fold(FrameFigures::default(), |a, f| FrameFigures {
-            total: a.total + f.total,
-            free: a.free + f.free,
-            fill: a.fill + f.fill,
-            kernel_tx: a.kernel_tx + f.kernel_tx,
-            held: a.held + f.held,
-        });
+        let mut frames =
+            accounts.iter().map(|a| a.read()).fold(FrameFigures::default(), |a, f| FrameFigures {
+                total: a.total + f.total,
+                free: a.free + f.free,
+                fill: a.fill + f.fill,
+                kernel_tx: a.kernel_tx + f.kernel_tx,
+                held: a.held + f.held,
+            });
         if frames.total == 0 {
             frames = prev_frames;
         }
@@ -264,7 +286,11 @@ fn validate(ifaces: &[Iface], config: &XskConfig) -> anyhow::Result<()> {
             );
         }
         if iface.rx_queues > MAX_QUEUES {
-            bail!("interface '{}' has {} rx queues; xdpfwd handles at most {MAX_QUEUES}", iface.name, iface.rx_queues);
+            bail!(
+                "interface '{}' has {} rx queues; xdpfwd handles at most {MAX_QUEUES}",
+                iface.name,
+                iface.rx_queues
+            );
         }
     }
     Ok(())

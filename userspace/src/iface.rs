@@ -58,11 +58,15 @@ pub async fn discover(names: &[String]) -> Result<Vec<Iface>, IfaceError> {
         let msg = match reply {
             Ok(Some(msg)) => msg,
             Ok(None) | Err(rtnetlink::Error::NetlinkError(_)) => {
-                return Err(IfaceError::NotFound { name: name.clone(), hint: other_namespace_hint(name) });
+                return Err(IfaceError::NotFound {
+                    name: name.clone(),
+                    hint: other_namespace_hint(name),
+                });
             }
             Err(source) => return Err(IfaceError::Netlink { name: name.clone(), source }),
         };
-        let mut iface = from_link(&msg, slot as u32).ok_or_else(|| IfaceError::NotEthernet(name.clone()))?;
+        let mut iface =
+            from_link(&msg, slot as u32).ok_or_else(|| IfaceError::NotEthernet(name.clone()))?;
         iface.rx_queues = rx_queue_count(&iface.name, iface.ifindex).unwrap_or(iface.rx_queues);
         ifaces.push(iface);
     }
@@ -78,7 +82,8 @@ pub fn from_link(msg: &LinkMessage, slot: u32) -> Option<Iface> {
         mtu: 1500,
         rx_queues: 1,
         slot,
-        up: msg.header.flags.contains(LinkFlags::Up) && msg.header.flags.contains(LinkFlags::LowerUp),
+        up: msg.header.flags.contains(LinkFlags::Up)
+            && msg.header.flags.contains(LinkFlags::LowerUp),
         attached_prog: None,
     };
     let mut has_mac = false;

@@ -91,7 +91,11 @@ pub fn check_free(ifaces: &[Iface]) -> Result<(), LoadError> {
 }
 
 /// Attaches the loaded program to `iface`, honouring `mode`.
-pub fn attach(ebpf: &mut Ebpf, iface: &Iface, mode: ModeArg) -> Result<(XdpLinkId, Attached), LoadError> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &Iface,
+    mode: ModeArg,
+) -> Result<(XdpLinkId, Attached), LoadError> {
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM)
         .ok_or(LoadError::NoProgram)?

@@ -5,8 +5,6 @@
 
 use xdpfwd_common::{META_LEN, META_MAGIC, XskMeta};
 
-/// Length of an Ethernet header without VLAN tag.
-pub const ETH_HLEN: usize = 14;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 
@@ -24,7 +22,8 @@ pub enum RewriteError {
 /// Reads the [`XskMeta`] the XDP program put in front of a frame; `None` unless its magic is
 /// there.
 pub fn parse_meta(bytes: &[u8; META_LEN]) -> Option<XskMeta> {
-    let word = |at: usize| u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let word =
+        |at: usize| u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let half = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
     let magic = word(24);
     if magic != META_MAGIC {
@@ -113,6 +112,7 @@ pub fn decrement_hop_limit(ip: &mut [u8]) -> Result<usize, RewriteError> {
 }
 
 /// The Internet checksum (RFC 1071) of `data`: what a full recomputation gives.
+#[cfg(test)]
 pub fn internet_checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
@@ -152,7 +152,10 @@ mod tests {
         let before = frame;
         let len = route_frame(&mut frame, 14, false, &[0xaa; 6], &[0xbb; 6]).unwrap();
         assert_eq!(len, 14 + 32, "padding trimmed to the IP total length");
-        assert_eq!(&frame[0..12], &[0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb]);
+        assert_eq!(
+            &frame[0..12],
+            &[0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb]
+        );
         assert_eq!(frame[22], 63);
         assert_eq!(internet_checksum(&frame[14..34]), 0, "header checksum still valid");
         // Everything else is untouched, payload and padding included.
@@ -178,11 +181,21 @@ mod tests {
     #[test]
     fn rejects_short_and_mismatched_frames() {
         let mut frame = with_checksum(UDP4);
-        assert_eq!(route_frame(&mut frame, 14, true, &[0; 6], &[0; 6]), Err(RewriteError::BadVersion));
-        assert_eq!(route_frame(&mut frame[..40], 14, false, &[0; 6], &[0; 6]), Err(RewriteError::Truncated), "IP length beyond the frame");
+        assert_eq!(
+            route_frame(&mut frame, 14, true, &[0; 6], &[0; 6]),
+            Err(RewriteError::BadVersion)
+        );
+        assert_eq!(
+            route_frame(&mut frame[..40], 14, false, &[0; 6], &[0; 6]),
+            Err(RewriteError::Truncated),
+            "IP length beyond the frame"
+        );
         let mut v6 = frame;
         v6[14] = 0x65;
-        assert_eq!(route_frame(&mut v6, 14, false, &[0; 6], &[0; 6]), Err(RewriteError::BadVersion));
+        assert_eq!(
+            route_frame(&mut v6, 14, false, &[0; 6], &[0; 6]),
+            Err(RewriteError::BadVersion)
+        );
         for len in 0..34 {
             let mut short = with_checksum(UDP4);
             assert!(route_frame(&mut short[..len], 14, false, &[0; 6], &[0; 6]).is_err());

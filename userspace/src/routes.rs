@@ -69,8 +69,12 @@ impl Route {
         }
         let len = msg.header.destination_prefix_length;
         let prefix = match msg.header.address_family {
-            AddressFamily::Inet => IpNet::new(dst.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), len).ok()?,
-            AddressFamily::Inet6 => IpNet::new(dst.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), len).ok()?,
+            AddressFamily::Inet => {
+                IpNet::new(dst.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), len).ok()?
+            }
+            AddressFamily::Inet6 => {
+                IpNet::new(dst.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), len).ok()?
+            }
             _ => return None,
         };
         let unicast = msg.header.kind == RouteType::Unicast
@@ -120,11 +124,6 @@ impl RouteTable {
         action
     }
 
-    /// The effective action of a prefix.
-    pub fn action(&self, prefix: &IpNet) -> Option<Action> {
-        self.by_prefix.get(prefix).and_then(|r| Self::effective(r))
-    }
-
     /// Every prefix with its effective action.
     pub fn actions(&self) -> impl Iterator<Item = (IpNet, Action)> + '_ {
         self.by_prefix.iter().filter_map(|(p, r)| Some((*p, Self::effective(r)?)))
@@ -161,7 +160,8 @@ mod tests {
         Route { prefix: prefix.parse().unwrap(), table, metric, tos: 0, action }
     }
 
-    const VIA: Action = Action::Unicast { oif: 3, gateway: Some(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1))) };
+    const VIA: Action =
+        Action::Unicast { oif: 3, gateway: Some(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1))) };
     const DEV: Action = Action::Unicast { oif: 4, gateway: None };
 
     #[test]
@@ -178,7 +178,10 @@ mod tests {
     fn local_table_shadows_main() {
         let mut t = RouteTable::default();
         t.add(route("198.18.0.1/32", TABLE_MAIN, 0, DEV));
-        assert_eq!(t.add(route("198.18.0.1/32", TABLE_LOCAL, 0, Action::Kernel)), Some(Action::Kernel));
+        assert_eq!(
+            t.add(route("198.18.0.1/32", TABLE_LOCAL, 0, Action::Kernel)),
+            Some(Action::Kernel)
+        );
     }
 
     #[test]

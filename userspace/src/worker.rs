@@ -21,8 +21,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xdpfwd_common::{META_IPV6, META_LEN, META_NEED_NEIGH, XskMeta};
 use tokio::sync::mpsc::UnboundedSender;
+use xdpfwd_common::{META_IPV6, META_LEN, META_NEED_NEIGH, XskMeta};
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::{
@@ -74,6 +74,24 @@ struct PortState {
     fill_target: u32,
 }
 
+/// Batch and ring sizes of a worker.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    /// Descriptors taken from a ring at once.
+    pub batch: usize,
+    /// Size of every ring.
+    pub ring_size: u32,
+}
+
+/// What connects a worker to the rest of xdpfwd.
+pub struct Links {
+    pub shared: Arc<Shared>,
+    /// Requests for neighbour resolution, to the control plane.
+    pub resolve: UnboundedSender<Resolve>,
+    /// Where the worker publishes its frame accounting.
+    pub account: Arc<FrameAccount>,
+}
+
 pub struct Worker {
     umem: Umem,
     ports: Vec<Port>,
@@ -94,12 +112,11 @@ impl Worker {
         umem: Umem,
         ports: Vec<Port>,
         frames: Vec<FrameDesc>,
-        batch: usize,
-        ring_size: u32,
-        shared: Arc<Shared>,
-        resolve: UnboundedSender<Resolve>,
-        account: Arc<FrameAccount>,
+        sizes: Sizes,
+        links: Links,
     ) -> Self {
+        let Sizes { batch, ring_size } = sizes;
+        let Links { shared, resolve, account } = links;
         let total = frames.len();
         let mut free = Vec::with_capacity(total);
         free.extend(frames);
@@ -232,7 +249,14 @@ impl Worker {
     }
 
     #[inline]
-    fn rewrite(&self, desc: &mut FrameDesc, l3_off: usize, ipv6: bool, dst: &[u8; 6], src: &[u8; 6]) -> bool {
+    fn rewrite(
+        &self,
+        desc: &mut FrameDesc,
+        l3_off: usize,
+        ipv6: bool,
+        dst: &[u8; 6],
+        src: &[u8; 6],
+    ) -> bool {
         // SAFETY: we own the frame (it came from the RX ring or the hold queue).
         let mut data = unsafe { self.umem.data_mut(desc) };
         match rewrite::route_frame(data.contents_mut(), l3_off, ipv6, dst, src) {
@@ -255,7 +279,15 @@ impl Worker {
         }
     }
 
-    fn hold(&mut self, ingress: usize, egress: usize, desc: FrameDesc, meta: XskMeta, l3_off: usize, ipv6: bool) {
+    fn hold(
+        &mut self,
+        ingress: usize,
+        egress: usize,
+        desc: FrameDesc,
+        meta: XskMeta,
+        l3_off: usize,
+        ipv6: bool,
+    ) {
         let stats = &self.ports[ingress].stats;
         if self.held.len() == self.held.capacity() {
             PortStats::add(&stats.held_dropped, 1);
@@ -328,7 +360,8 @@ impl Worker {
             }
             // Kick while descriptors wait in the ring: in copy mode each kick sends a bounded
             // batch, so a partial batch must not wait for the next packet.
-            if state.in_tx > 0 && port.tx.needs_wakeup() && port.tx.nb_free_exact() < self.ring_size {
+            if state.in_tx > 0 && port.tx.needs_wakeup() && port.tx.nb_free_exact() < self.ring_size
+            {
                 let _ = port.tx.wakeup();
             }
         }
@@ -368,7 +401,9 @@ impl Worker {
         let busy = !self.held.is_empty() || self.state.iter().any(|s| s.in_tx > 0);
         let timeout = if busy { 1 } else { 100 };
         // SAFETY: `pollfds` is a valid array of `len` pollfd structs for the call's duration.
-        unsafe { libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, timeout) };
+        unsafe {
+            libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, timeout)
+        };
     }
 }
 
@@ -386,6 +421,7 @@ unsafe fn read_meta(umem: &Umem, desc: &FrameDesc) -> Option<XskMeta> {
     // SAFETY: the kernel places received data at least XDP_PACKET_HEADROOM (256) bytes into
     // its UMEM frame, so the META_LEN bytes in front of it are inside the same frame of the
     // mmap'd UMEM region, which we own together with the frame.
-    let bytes: [u8; META_LEN] = unsafe { start.sub(META_LEN).cast::<[u8; META_LEN]>().read_unaligned() };
+    let bytes: [u8; META_LEN] =
+        unsafe { start.sub(META_LEN).cast::<[u8; META_LEN]>().read_unaligned() };
     rewrite::parse_meta(&bytes)
 }

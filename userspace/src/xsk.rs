@@ -96,9 +96,14 @@ pub fn open(queues: &[(Arc<Iface>, u32)], config: &XskConfig) -> Result<Sockets,
     }
 }
 
-fn open_in(queues: &[(Arc<Iface>, u32)], config: &XskConfig, zero_copy: bool) -> Result<Sockets, XskError> {
+fn open_in(
+    queues: &[(Arc<Iface>, u32)],
+    config: &XskConfig,
+    zero_copy: bool,
+) -> Result<Sockets, XskError> {
     let ring = QueueSize::new(config.ring_size).map_err(|e| XskError::Config(e.to_string()))?;
-    let frame_size = FrameSize::new(config.frame_size).map_err(|e| XskError::Config(e.to_string()))?;
+    let frame_size =
+        FrameSize::new(config.frame_size).map_err(|e| XskError::Config(e.to_string()))?;
     let umem_config = UmemConfig::builder()
         .frame_size(frame_size)
         .fill_queue_size(ring)
@@ -164,9 +169,8 @@ pub fn is_zero_copy(fd: i32) -> bool {
     let mut flags = 0u32;
     let mut len = size_of::<u32>() as libc::socklen_t;
     // SAFETY: `flags` and `len` are valid for writes of the sizes passed.
-    let ret = unsafe {
-        libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&raw mut flags).cast(), &mut len)
-    };
+    let ret =
+        unsafe { libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&raw mut flags).cast(), &mut len) };
     ret == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
 }
 
@@ -188,9 +192,8 @@ pub fn kernel_stats(fd: i32) -> io::Result<KernelStats> {
     let mut raw = [0u64; 6];
     let mut len = size_of_val(&raw) as libc::socklen_t;
     // SAFETY: `raw` and `len` are valid for writes of the sizes passed.
-    let ret = unsafe {
-        libc::getsockopt(fd, SOL_XDP, XDP_STATISTICS, raw.as_mut_ptr().cast(), &mut len)
-    };
+    let ret =
+        unsafe { libc::getsockopt(fd, SOL_XDP, XDP_STATISTICS, raw.as_mut_ptr().cast(), &mut len) };
     if ret != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -254,7 +254,13 @@ fn special_v6(addr: &[u8; 16]) -> bool {
 }
 
 #[inline(always)]
-fn resolved(oif: u32, flags: u16, neigh: &Neighbour, out: &IfaceInfo, ingress: &IfaceInfo) -> Steer {
+fn resolved(
+    oif: u32,
+    flags: u16,
+    neigh: &Neighbour,
+    out: &IfaceInfo,
+    ingress: &IfaceInfo,
+) -> Steer {
     let mut addr = [0u8; 16];
     addr[0..6].copy_from_slice(&neigh.mac);
     addr[6..12].copy_from_slice(&out.mac);

@@ -41,7 +41,9 @@ pub fn run() -> anyhow::Result<()> {
 
 fn check_platform() -> anyhow::Result<()> {
     if !Path::new("/etc/debian_version").exists() {
-        bail!("xtask installs its dependencies with apt and supports Debian 12 only (no /etc/debian_version)");
+        bail!(
+            "xtask installs its dependencies with apt and supports Debian 12 only (no /etc/debian_version)"
+        );
     }
     Ok(())
 }
@@ -64,12 +66,18 @@ fn install_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing Debian packages {}: run as root (or `sudo apt-get install {}`)", missing.join(" "), missing.join(" "));
+        bail!(
+            "missing Debian packages {}: run as root (or `sudo apt-get install {}`)",
+            missing.join(" "),
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     let install = |missing: &[&str]| {
         let mut c = Command::new("apt-get");
-        c.args(["install", "-y", "-q", "--no-install-recommends"]).args(missing).env("DEBIAN_FRONTEND", "noninteractive");
+        c.args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing)
+            .env("DEBIAN_FRONTEND", "noninteractive");
         cmd(&mut c)
     };
     if install(&missing).is_err() {
@@ -81,22 +89,43 @@ fn install_packages() -> anyhow::Result<()> {
 }
 
 fn install_nightly() -> anyhow::Result<()> {
-    let toolchains = cmd_output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required")?;
+    let toolchains = cmd_output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is required")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         eprintln!("xtask: installing the nightly toolchain (for the eBPF program)");
-        cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let components =
-        cmd_output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    let components = cmd_output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: adding rust-src to nightly (to build core for bpfel-unknown-none)");
-        cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
-    Ok(PathBuf::from(cmd_output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?.trim()))
+    Ok(PathBuf::from(
+        cmd_output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?
+            .trim(),
+    ))
 }
 
 fn install_bpf_linker() -> anyhow::Result<()> {
@@ -127,7 +156,9 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&lib, &link)?;
-    eprintln!("xtask: building bpf-linker 0.13 against nightly's LLVM {major} (a few minutes, once)");
+    eprintln!(
+        "xtask: building bpf-linker 0.13 against nightly's LLVM {major} (a few minutes, once)"
+    );
     cmd(Command::new("rustup")
         .args(["run", "nightly", "cargo", "install", "bpf-linker", "--version", "^0.13"])
         .args(["--no-default-features", "--features", &format!("llvm-{major}")])

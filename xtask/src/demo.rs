@@ -45,11 +45,25 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
         thread::sleep(Duration::from_millis(500));
         let out = ns_sh(
             &topo.client,
-            &["iperf3", "-c", &server.to_string(), "-p", "5201", "-u", "-b", "200M", "-t", "3", "-l", "1200"],
+            &[
+                "iperf3",
+                "-c",
+                &server.to_string(),
+                "-p",
+                "5201",
+                "-u",
+                "-b",
+                "200M",
+                "-t",
+                "3",
+                "-l",
+                "1200",
+            ],
         );
         match out {
             Ok(text) => {
-                for line in text.lines().filter(|l| l.contains("sender") || l.contains("receiver")) {
+                for line in text.lines().filter(|l| l.contains("sender") || l.contains("receiver"))
+                {
                     println!("   {}", line.trim());
                 }
             }

@@ -112,11 +112,22 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     let bin = build()?;
     let obj = root().join("xdp-prog/target/bpfel-unknown-none/release/xdp-prog");
     if filter.is_none() {
+        eprintln!("xtask: formatting and lints");
+        cmd(Command::new("rustup")
+            .args(["run", "nightly", "cargo", "fmt", "--all", "--check"])
+            .current_dir(root()))?;
+        cmd(cargo()
+            .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+            .env("XDPFWD_EBPF_OBJ", &obj))?;
         eprintln!("xtask: unit tests");
-        cmd(cargo().args(["test", "--workspace", "--exclude", "xdpfwd-tests"]).env("XDPFWD_EBPF_OBJ", &obj))?;
+        cmd(cargo()
+            .args(["test", "--workspace", "--exclude", "xdpfwd-tests"])
+            .env("XDPFWD_EBPF_OBJ", &obj))?;
     }
     if !nix::unistd::geteuid().is_root() {
-        bail!("the integration tests create network namespaces and attach XDP programs: run as root");
+        bail!(
+            "the integration tests create network namespaces and attach XDP programs: run as root"
+        );
     }
     eprintln!("xtask: integration tests (veth pairs in network namespaces)");
     let mut c = cargo();
