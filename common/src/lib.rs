@@ -35,6 +35,9 @@ pub const IFACE_KERNEL_FWD_V4: u32 = 1 << 1;
 pub const IFACE_KERNEL_FWD_V6: u32 = 1 << 2;
 /// `IfaceInfo::flags`: the link is administratively and operationally up.
 pub const IFACE_UP: u32 = 1 << 3;
+/// `IfaceInfo::flags`: plain L3 forwarding out of this interface takes the in-kernel fast
+/// path (rewrite in the XDP program, `bpf_redirect_map` on `DEVMAP`) instead of AF_XDP.
+pub const IFACE_FAST_PATH: u32 = 1 << 4;
 
 /// What the XDP program knows of an interface (map `IFACES`, key: ifindex).
 #[repr(C)]
@@ -177,11 +180,15 @@ pub enum Counter {
     PassNoSocket,
     /// Passed: the driver gave no room for the metadata area.
     PassNoMeta,
+    /// Forwarded by the in-kernel fast path (rewritten and redirected to the egress device).
+    FastForwarded,
+    /// Dropped: the fast path rewrote the frame but the redirect failed.
+    FastFailed,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 19] = [
         Counter::Rx,
         Counter::Steered,
         Counter::SteeredNeighMiss,
@@ -199,6 +206,8 @@ impl Counter {
         Counter::PassNeighMiss,
         Counter::PassNoSocket,
         Counter::PassNoMeta,
+        Counter::FastForwarded,
+        Counter::FastFailed,
     ];
     /// Number of counters (size of the `COUNTERS` map).
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -223,6 +232,8 @@ impl Counter {
             Counter::PassNeighMiss => "pass_neigh_miss",
             Counter::PassNoSocket => "pass_no_socket",
             Counter::PassNoMeta => "pass_no_meta",
+            Counter::FastForwarded => "fast_forwarded",
+            Counter::FastFailed => "fast_failed",
         }
     }
 }

@@ -29,6 +29,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 pub mod packet;
+pub mod traffic;
 
 /// Runs a command, failing with its stderr.
 pub fn sh(args: &[&str]) -> anyhow::Result<String> {
@@ -174,6 +175,14 @@ impl Topology {
         // AF_XDP path forwards them as they are, so compute them in software on the senders.
         ns_sh(&self.client, &["ethtool", "-K", &self.c0, "tx", "off"])?;
         ns_sh(&self.server, &["ethtool", "-K", &self.s0, "tx", "off"])?;
+        Ok(())
+    }
+
+    /// Enables GRO on the client's and server's interfaces: a veth drops frames redirected
+    /// into it (XDP_REDIRECT, the fast path) unless its peer has GRO or an XDP program.
+    pub fn enable_gro(&self) -> anyhow::Result<()> {
+        ns_sh(&self.client, &["ethtool", "-K", &self.c0, "gro", "on"])?;
+        ns_sh(&self.server, &["ethtool", "-K", &self.s0, "gro", "on"])?;
         Ok(())
     }
 

@@ -158,22 +158,35 @@ fn run_stream(topo: &Topology) -> Vec<Vec<u8>> {
     capture.drain(Duration::from_millis(500), 1000).into_iter().filter(from_client).collect()
 }
 
-#[test]
-fn mixed_stream_through_xdpfwd_equals_the_kernels() {
-    let topo = Topology::new("s", true).unwrap();
+/// Runs the stream through the kernel, then through xdpfwd started with `args`, and compares
+/// what the server received; `counter` names the xdpfwd counter that must show the work.
+fn compare(tag: &str, args: &[&str], counter: &str) {
+    let topo = Topology::new(tag, true).unwrap();
+    topo.enable_gro().unwrap();
     let kernel = run_stream(&topo);
     assert!(kernel.len() >= 15, "the kernel forwarded {} frames", kernel.len());
 
-    let mut fwd =
-        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    let mut full = vec![topo.f0.as_str(), topo.f1.as_str(), "--stats-interval", "0"];
+    full.extend_from_slice(args);
+    let mut fwd = Forwarder::start(&topo.fwd, &full).unwrap();
     let ours = run_stream(&topo);
     let done = fwd.stop().unwrap();
-    let steered = xdp_counter(&done.stdout, "steered");
-    assert!(steered >= 10, "xdpfwd forwarded most of the stream itself: {}", done.stdout);
+    let work = xdp_counter(&done.stdout, counter);
+    assert!(work >= 10, "xdpfwd forwarded most of the stream itself ({counter}): {}", done.stdout);
 
     let names: Vec<_> = stream([0; 6], [0; 6]).into_iter().map(|(n, _)| n).collect();
     assert_eq!(ours.len(), kernel.len(), "same number of frames ({names:?})");
     for (i, (k, o)) in kernel.iter().zip(&ours).enumerate() {
         assert_eq!(k, o, "frame {i} differs:\nkernel {k:02x?}\nxdpfwd {o:02x?}");
     }
+}
+
+#[test]
+fn mixed_stream_through_xdpfwd_equals_the_kernels() {
+    compare("s", &[], "steered");
+}
+
+#[test]
+fn mixed_stream_through_the_fast_path_equals_the_kernels() {
+    compare("sf", &["--default-path", "fast"], "fast_forwarded");
 }

@@ -38,8 +38,8 @@ use netlink_sys::AsyncSocket as _;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::mpsc::UnboundedReceiver;
 use xdpfwd_common::{
-    IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_UP, IfaceInfo, NeighKeyV4,
-    NeighKeyV6, Neighbour, ROUTE_KERNEL, ROUTE_UNICAST, RouteV4, RouteV6,
+    IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_UP, IfaceInfo,
+    NeighKeyV4, NeighKeyV6, Neighbour, ROUTE_KERNEL, ROUTE_UNICAST, RouteV4, RouteV6,
 };
 
 use crate::{
@@ -73,11 +73,13 @@ pub struct Control {
     last_resolve: HashMap<(u32, IpAddr), Instant>,
     /// Kernel forwarding (IPv4, IPv6) per managed ifindex, from the sysctls.
     forwarding: HashMap<u32, (bool, bool)>,
+    /// Plain L3 forwarding takes the in-kernel fast path.
+    fast_path: bool,
     shared: Arc<Shared>,
 }
 
 impl Control {
-    pub fn new(maps: Maps, ifaces: Vec<Iface>, shared: Arc<Shared>) -> Self {
+    pub fn new(maps: Maps, ifaces: Vec<Iface>, fast_path: bool, shared: Arc<Shared>) -> Self {
         Self {
             maps,
             ifaces,
@@ -85,6 +87,7 @@ impl Control {
             neighbours: HashMap::new(),
             last_resolve: HashMap::new(),
             forwarding: HashMap::new(),
+            fast_path,
             shared,
         }
     }
@@ -434,6 +437,9 @@ impl Control {
         }
         if v6 {
             flags |= IFACE_KERNEL_FWD_V6;
+        }
+        if self.fast_path {
+            flags |= IFACE_FAST_PATH;
         }
         IfaceInfo { slot: iface.slot, flags, mtu: iface.mtu, mac: iface.mac, _pad: [0; 2] }
     }

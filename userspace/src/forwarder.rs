@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
+use aya::maps::{DevMap, HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
 use xdpfwd_common::{Counter, MAX_IFACES, MAX_QUEUES, xsk_key};
 
 use crate::{
@@ -53,9 +53,22 @@ pub struct RunArgs {
     /// Frames received or completed per ring operation.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Path of plain L3 forwarding: through AF_XDP sockets and user space, or the in-kernel
+    /// fast path (the same rewrite in the XDP program, then XDP_REDIRECT to the egress
+    /// device; on veth the egress peer needs an XDP program or GRO).
+    #[arg(long, value_enum, default_value_t = DefaultPath::AfXdp)]
+    pub default_path: DefaultPath,
     /// Seconds between one-line counter reports (0: none).
     #[arg(long, default_value_t = 10.0)]
     pub stats_interval: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DefaultPath {
+    /// AF_XDP sockets; user space rewrites and transmits.
+    AfXdp,
+    /// In-kernel fast path (XDP rewrite + DEVMAP redirect).
+    Fast,
 }
 
 struct PortView {
@@ -100,6 +113,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ebpf.take_map(name).with_context(|| format!("map {name} missing"))
     };
     let mut xsks = XskMap::try_from(take(&mut ebpf, "XSKS")?)?;
+    let mut devmap = DevMap::try_from(take(&mut ebpf, "DEVMAP")?)?;
+    for iface in &ifaces {
+        devmap
+            .set(iface.slot, iface.ifindex, None, 0)
+            .with_context(|| format!("inserting {} into DEVMAP", iface.name))?;
+    }
     let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
     let maps = Maps {
         ifaces: BpfHashMap::try_from(take(&mut ebpf, "IFACES")?)?,
@@ -124,8 +143,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::default());
     let (resolve_tx, resolve_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let fast = args.default_path == DefaultPath::Fast;
     let control =
-        Control::new(maps, ifaces.iter().map(|i| (**i).clone()).collect(), shared.clone());
+        Control::new(maps, ifaces.iter().map(|i| (**i).clone()).collect(), fast, shared.clone());
     let control_thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
         let shared = shared.clone();
         move || -> anyhow::Result<()> {
@@ -194,10 +214,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "forwarding between {} with {workers} worker(s), AF_XDP {copy_mode} mode",
         names.join(", ")
     );
+    let mut attach = modes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    if fast {
+        attach.push_str(" | fast path");
+    }
     println!(
-        "xdpfwd: ready: {} | attach {} | {copy_mode} mode | {workers} worker(s)",
+        "xdpfwd: ready: {} | attach {attach} | {copy_mode} mode | {workers} worker(s)",
         ifaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(" "),
-        modes.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
     );
 
     let snapshot = |prev_frames: FrameFigures| -> Snapshot {
@@ -254,7 +277,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (pkts, bytes) = fin.forwarded();
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "xdpfwd: final: forwarded {pkts} packets {bytes} bytes in {secs:.1} s ({:.0} pps avg)",
+        "xdpfwd: final: forwarded {pkts} packets {bytes} bytes in {secs:.1} s ({:.0} pps avg) | attach {attach} | {copy_mode} mode",
         pkts as f64 / secs.max(1e-9)
     );
     println!("{}", fin.report());

@@ -201,3 +201,72 @@ mod tests {
         assert_eq!(t.remove(&route("2001:db8::/32", TABLE_MAIN, 1024, b)), Some(a));
     }
 }
+
+#[cfg(test)]
+mod parse_tests {
+    use std::net::Ipv4Addr;
+
+    use netlink_packet_route::route::{RouteHeader, RouteNextHop};
+
+    use super::*;
+
+    fn message(table: u8, kind: RouteType, attrs: Vec<RouteAttribute>) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header = RouteHeader {
+            address_family: AddressFamily::Inet,
+            destination_prefix_length: 24,
+            table,
+            kind,
+            ..RouteHeader::default()
+        };
+        msg.attributes = attrs;
+        msg
+    }
+
+    fn dst() -> RouteAttribute {
+        RouteAttribute::Destination(RouteAddress::Inet(Ipv4Addr::new(198, 51, 100, 0)))
+    }
+
+    #[test]
+    fn next_hop_is_the_gateway_or_on_link() {
+        let gw = Ipv4Addr::new(198, 19, 0, 1);
+        let via = message(
+            254,
+            RouteType::Unicast,
+            vec![dst(), RouteAttribute::Gateway(RouteAddress::Inet(gw)), RouteAttribute::Oif(3)],
+        );
+        let r = Route::from_message(&via).unwrap();
+        assert_eq!(r.prefix, "198.51.100.0/24".parse::<IpNet>().unwrap());
+        assert_eq!(r.action, Action::Unicast { oif: 3, gateway: Some(IpAddr::V4(gw)) });
+        let dev = message(
+            254,
+            RouteType::Unicast,
+            vec![dst(), RouteAttribute::Oif(4), RouteAttribute::Priority(100)],
+        );
+        let r = Route::from_message(&dev).unwrap();
+        assert_eq!((r.action, r.metric), (Action::Unicast { oif: 4, gateway: None }, 100));
+    }
+
+    #[test]
+    fn special_routes_go_to_the_kernel() {
+        let local = message(255, RouteType::Local, vec![dst(), RouteAttribute::Oif(3)]);
+        assert_eq!(Route::from_message(&local).unwrap().action, Action::Kernel);
+        let blackhole = message(254, RouteType::BlackHole, vec![dst()]);
+        assert_eq!(Route::from_message(&blackhole).unwrap().action, Action::Kernel);
+        let multipath = message(
+            254,
+            RouteType::Unicast,
+            vec![dst(), RouteAttribute::MultiPath(vec![RouteNextHop::default()])],
+        );
+        assert_eq!(Route::from_message(&multipath).unwrap().action, Action::Kernel);
+        let other_table = message(100, RouteType::Unicast, vec![dst(), RouteAttribute::Oif(3)]);
+        assert_eq!(Route::from_message(&other_table), None);
+        let mut big_table = message(
+            252,
+            RouteType::Unicast,
+            vec![dst(), RouteAttribute::Oif(3), RouteAttribute::Table(254)],
+        );
+        big_table.header.table = 252;
+        assert!(Route::from_message(&big_table).is_some(), "RTA_TABLE wins over the header");
+    }
+}

@@ -14,16 +14,16 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_xdp_adjust_meta,
+    helpers::{bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
     macros::{map, xdp},
-    maps::{HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
+    maps::{DevMap, HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
     programs::XdpContext,
 };
 use xdpfwd_common::{
-    Counter, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_UP, IfaceInfo,
-    MAX_IFACES, MAX_NEIGHBOURS, MAX_ROUTES, META_IPV6, META_LEN, META_MAGIC, META_NEED_NEIGH,
-    NeighKeyV4, NeighKeyV6, Neighbour, ROUTE_UNICAST, RouteV4, RouteV6, XSK_MAP_SIZE, XskMeta,
-    xsk_key,
+    Counter, IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_UP,
+    IfaceInfo, MAX_IFACES, MAX_NEIGHBOURS, MAX_ROUTES, META_IPV6, META_LEN, META_MAGIC,
+    META_NEED_NEIGH, NeighKeyV4, NeighKeyV6, Neighbour, ROUTE_UNICAST, RouteV4, RouteV6,
+    XSK_MAP_SIZE, XskMeta, xsk_key,
 };
 
 #[map]
@@ -38,6 +38,9 @@ static ROUTES_V6: LpmTrie<[u8; 16], RouteV6> = LpmTrie::with_max_entries(MAX_ROU
 static NEIGH_V4: HashMap<NeighKeyV4, Neighbour> = HashMap::with_max_entries(MAX_NEIGHBOURS, 0);
 #[map]
 static NEIGH_V6: HashMap<NeighKeyV6, Neighbour> = HashMap::with_max_entries(MAX_NEIGHBOURS, 0);
+/// Egress devices of the fast path, keyed by interface slot.
+#[map]
+static DEVMAP: DevMap = DevMap::with_max_entries(MAX_IFACES, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
@@ -49,16 +52,26 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPV6_HLEN: usize = 40;
 const NEXTHDR_HOP: u8 = 0;
 
-/// A frame to steer: the metadata for user space and the ingress interface's XSKMAP slot.
+/// A frame to forward: the metadata for user space and the ingress interface's XSKMAP slot;
+/// with `fast`, the egress slot in `DEVMAP` for the in-kernel fast path instead.
 struct Steer {
     meta: XskMeta,
     slot: u32,
+    fast: Option<Fast>,
+}
+
+/// The in-kernel fast path's part of a decision.
+struct Fast {
+    egress_slot: u32,
+    /// IP length (header included): the frame is trimmed to `ETH_HLEN + ip_len`.
+    ip_len: usize,
 }
 
 #[xdp]
 pub fn xdpfwd(ctx: XdpContext) -> u32 {
     count(Counter::Rx);
     match classify(&ctx) {
+        Ok(Steer { meta, fast: Some(fast), .. }) => fast_forward(&ctx, &meta, &fast),
         Ok(steer) => redirect(&ctx, steer),
         Err(reason) => {
             count(reason);
@@ -174,7 +187,7 @@ fn ipv4(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
     let key = NeighKeyV4 { ifindex: route.oif, addr: next_hop };
     // SAFETY: copied out at once, as in `iface`.
     match unsafe { NEIGH_V4.get(&key) }.copied() {
-        Some(neigh) => Ok(resolved(route.oif, 0, &neigh, &out, ingress)),
+        Some(neigh) => Ok(resolved(route.oif, 0, &neigh, &out, ingress, total_len)),
         None if ingress.flags & IFACE_KERNEL_FWD_V4 != 0 => Err(Counter::PassNeighMiss),
         None => {
             let mut addr = [0u8; 16];
@@ -229,7 +242,9 @@ fn ipv6(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
     let key = NeighKeyV6 { ifindex: route.oif, addr: next_hop };
     // SAFETY: copied out at once, as in `iface`.
     match unsafe { NEIGH_V6.get(&key) }.copied() {
-        Some(neigh) => Ok(resolved(route.oif, META_IPV6, &neigh, &out, ingress)),
+        Some(neigh) => {
+            Ok(resolved(route.oif, META_IPV6, &neigh, &out, ingress, IPV6_HLEN + payload_len))
+        }
         None if ingress.flags & IFACE_KERNEL_FWD_V6 != 0 => Err(Counter::PassNeighMiss),
         None => Ok(unresolved(route.oif, META_IPV6, next_hop, ingress)),
     }
@@ -260,13 +275,16 @@ fn resolved(
     neigh: &Neighbour,
     out: &IfaceInfo,
     ingress: &IfaceInfo,
+    ip_len: usize,
 ) -> Steer {
     let mut addr = [0u8; 16];
     addr[0..6].copy_from_slice(&neigh.mac);
     addr[6..12].copy_from_slice(&out.mac);
+    let fast = (out.flags & IFACE_FAST_PATH != 0).then_some(Fast { egress_slot: out.slot, ip_len });
     Steer {
         meta: XskMeta { oif, flags, l3_off: ETH_HLEN as u16, addr, magic: META_MAGIC },
         slot: ingress.slot,
+        fast,
     }
 }
 
@@ -281,7 +299,74 @@ fn unresolved(oif: u32, flags: u16, next_hop: [u8; 16], ingress: &IfaceInfo) -> 
             magic: META_MAGIC,
         },
         slot: ingress.slot,
+        fast: None,
     }
+}
+
+/// The in-kernel fast path: the same rewrite user space does (MACs, TTL with the kernel's
+/// incremental checksum update, hop limit, padding trimmed), then a redirect to the egress
+/// device. The frame is only modified once the egress device is known to be in `DEVMAP`.
+#[inline(always)]
+fn fast_forward(ctx: &XdpContext, meta: &XskMeta, fast: &Fast) -> u32 {
+    if DEVMAP.get(fast.egress_slot).is_none() {
+        count(Counter::PassEgress);
+        return xdp_action::XDP_PASS;
+    }
+    if rewrite_in_place(ctx, meta).is_err() {
+        count(Counter::PassMalformed);
+        return xdp_action::XDP_PASS;
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    let want = ETH_HLEN + fast.ip_len;
+    if frame_len > want {
+        // SAFETY: `ctx.ctx` is the live `xdp_md`; shrinking by the padding keeps the frame
+        // at least `want` bytes long.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame_len - want) as i32)) } != 0 {
+            count(Counter::FastFailed);
+            return xdp_action::XDP_DROP;
+        }
+    }
+    match DEVMAP.redirect(fast.egress_slot, 0) {
+        Ok(action) => {
+            count(Counter::FastForwarded);
+            action
+        }
+        Err(_) => {
+            count(Counter::FastFailed);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// Writes the MACs and decrements the TTL / hop limit of the frame classified as `meta`.
+/// Touches nothing (returns `Err`) when the headers are not all in bounds.
+#[inline(always)]
+fn rewrite_in_place(ctx: &XdpContext, meta: &XskMeta) -> Result<(), ()> {
+    if meta.flags & META_IPV6 != 0 {
+        let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, ETH_HLEN).map_err(|_| ())? as *mut [u8; IPV6_HLEN];
+        let eth = ptr_at::<[u8; ETH_HLEN]>(ctx, 0).map_err(|_| ())? as *mut [u8; ETH_HLEN];
+        // SAFETY: both pointers were bounds-checked by `ptr_at`; nothing else aliases them.
+        unsafe {
+            (*ip)[7] -= 1;
+            (&mut (*eth))[0..12].copy_from_slice(&meta.addr[0..12]);
+        }
+    } else {
+        let ip = ptr_at::<[u8; 20]>(ctx, ETH_HLEN).map_err(|_| ())? as *mut [u8; 20];
+        let eth = ptr_at::<[u8; ETH_HLEN]>(ctx, 0).map_err(|_| ())? as *mut [u8; ETH_HLEN];
+        // SAFETY: as above.
+        unsafe {
+            (*ip)[8] -= 1;
+            // ip_decrease_ttl(): csum += htons(0x0100), folded, in memory byte order.
+            let mut sum = u16::from_ne_bytes([(*ip)[10], (*ip)[11]]) as u32;
+            sum += 0x0100u16.to_be() as u32;
+            sum += (sum >= 0xffff) as u32;
+            let check = (sum as u16).to_ne_bytes();
+            (*ip)[10] = check[0];
+            (*ip)[11] = check[1];
+            (&mut (*eth))[0..12].copy_from_slice(&meta.addr[0..12]);
+        }
+    }
+    Ok(())
 }
 
 #[inline(always)]
