@@ -17,11 +17,12 @@ use aya::maps::{DevMap, HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
 use xdpfwd_common::{Counter, MAX_IFACES, MAX_QUEUES, xsk_key};
 
 use crate::{
+    alloc_count,
     control::{Control, Maps},
     iface::{self, Iface},
     loader::{self, ModeArg},
     privileges,
-    stats::{FrameAccount, FrameFigures, PortFigures, PortStats, Snapshot},
+    stats::{FrameFigures, PortFigures, PortStats, Snapshot, WorkerStats},
     worker::{Links, Shared, Sizes, Worker},
     xsk::{self, BindMode, XskConfig},
 };
@@ -188,13 +189,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     for (w, ports) in per_worker.into_iter().enumerate() {
         let share = ports.len() * config.frames_per_socket as usize;
         let mine: Vec<_> = frames.drain(..share.min(frames.len())).collect();
-        let account = Arc::new(FrameAccount::default());
+        let account = Arc::new(WorkerStats::default());
         accounts.push(account.clone());
         let worker = Worker::new(
             sockets.umem.clone(),
             ports,
             mine,
-            Sizes { batch: args.batch, ring_size: config.ring_size },
+            Sizes { batch: args.batch, ring_size: config.ring_size, frame_size: config.frame_size },
             Links { shared: shared.clone(), resolve: resolve_tx.clone(), account },
         );
         worker_threads
@@ -236,13 +237,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             })
             .collect();
         let mut frames =
-            accounts.iter().map(|a| a.read()).fold(FrameFigures::default(), |a, f| FrameFigures {
-                total: a.total + f.total,
-                free: a.free + f.free,
-                fill: a.fill + f.fill,
-                kernel_tx: a.kernel_tx + f.kernel_tx,
-                held: a.held + f.held,
-            });
+            accounts.iter().map(|a| a.read()).fold(FrameFigures::default(), FrameFigures::add);
         if frames.total == 0 {
             frames = prev_frames;
         }
@@ -250,7 +245,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .iter()
             .map(|c| counters.get(&(*c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0))
             .collect();
-        Snapshot { ports, frames, xdp }
+        Snapshot { ports, frames, xdp, worker_allocs: alloc_count::counted() }
     };
 
     let start = Instant::now();

@@ -1,23 +1,14 @@
-//! `xdpfwd`: an AF_XDP kernel-bypass packet forwarder.
-//!
-//! Start with `docs/architecture.md`; the data path is `xdp-prog/src/main.rs` →
-//! [`worker`] → [`rewrite`], set up by [`forwarder`].
-
-mod control;
-mod forwarder;
-mod iface;
-mod loader;
-mod privileges;
-mod rewrite;
-mod routes;
-mod stats;
-mod worker;
-mod xsk;
+//! The `xdpfwd` command line; everything else lives in the library (`lib.rs`).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use xdpfwd::{alloc_count::CountingAlloc, forwarder};
+
+/// Counts heap allocations made by worker threads (reported at exit; must stay 0).
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 /// AF_XDP kernel-bypass packet forwarder: routes IPv4/IPv6 between interfaces as the kernel's
 /// FIB says, rewriting frames in place in a shared UMEM.

@@ -42,18 +42,27 @@ impl PortStats {
     }
 }
 
-/// Where a worker's frames are; they sum to `total` whenever the worker is between
-/// iterations.
+/// What one worker publishes about itself: where its frames are (they sum to `total` whenever
+/// the worker is between iterations), ownership violations, and the system calls it made.
 #[derive(Debug, Default)]
-pub struct FrameAccount {
+pub struct WorkerStats {
     pub total: AtomicU64,
     pub free: AtomicU64,
     pub fill: AtomicU64,
     pub kernel_tx: AtomicU64,
     pub held: AtomicU64,
+    /// Ring operations that found a frame in a state it cannot be in (a frame transmitted
+    /// that this worker had not received, completed twice, ...). Must stay 0.
+    pub violations: AtomicU64,
+    /// `sendto` kicks of TX rings.
+    pub tx_kicks: AtomicU64,
+    /// `poll` wakeups of fill rings.
+    pub fill_wakeups: AtomicU64,
+    /// `poll` calls while idle.
+    pub idle_polls: AtomicU64,
 }
 
-/// Frame accounting figures read at one instant.
+/// Worker figures read at one instant (summed over workers).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrameFigures {
     pub total: u64,
@@ -61,9 +70,35 @@ pub struct FrameFigures {
     pub fill: u64,
     pub kernel_tx: u64,
     pub held: u64,
+    pub violations: u64,
+    pub tx_kicks: u64,
+    pub fill_wakeups: u64,
+    pub idle_polls: u64,
 }
 
-impl FrameAccount {
+impl FrameFigures {
+    /// Adds another worker's figures.
+    pub fn add(self, o: FrameFigures) -> FrameFigures {
+        FrameFigures {
+            total: self.total + o.total,
+            free: self.free + o.free,
+            fill: self.fill + o.fill,
+            kernel_tx: self.kernel_tx + o.kernel_tx,
+            held: self.held + o.held,
+            violations: self.violations + o.violations,
+            tx_kicks: self.tx_kicks + o.tx_kicks,
+            fill_wakeups: self.fill_wakeups + o.fill_wakeups,
+            idle_polls: self.idle_polls + o.idle_polls,
+        }
+    }
+
+    /// System calls made by the workers.
+    pub fn syscalls(&self) -> u64 {
+        self.tx_kicks + self.fill_wakeups + self.idle_polls
+    }
+}
+
+impl WorkerStats {
     pub fn read(&self) -> FrameFigures {
         FrameFigures {
             total: self.total.load(Relaxed),
@@ -71,6 +106,10 @@ impl FrameAccount {
             fill: self.fill.load(Relaxed),
             kernel_tx: self.kernel_tx.load(Relaxed),
             held: self.held.load(Relaxed),
+            violations: self.violations.load(Relaxed),
+            tx_kicks: self.tx_kicks.load(Relaxed),
+            fill_wakeups: self.fill_wakeups.load(Relaxed),
+            idle_polls: self.idle_polls.load(Relaxed),
         }
     }
 }
@@ -120,6 +159,8 @@ pub struct Snapshot {
     pub frames: FrameFigures,
     /// XDP program counters, summed over CPUs, indexed by [`Counter`].
     pub xdp: Vec<u64>,
+    /// Heap allocations made by worker threads since start.
+    pub worker_allocs: u64,
 }
 
 impl Snapshot {
@@ -196,8 +237,17 @@ impl Snapshot {
         let f = self.frames;
         let _ = write!(
             out,
-            "\n  frames: total {} = free {} + fill {} + tx {} + held {}",
-            f.total, f.free, f.fill, f.kernel_tx, f.held
+            "\n  frames: total {} = free {} + fill {} + tx {} + held {}; ownership violations {}",
+            f.total, f.free, f.fill, f.kernel_tx, f.held, f.violations
+        );
+        let _ = write!(
+            out,
+            "\n  workers: syscalls {} (tx kicks {}, fill wakeups {}, idle polls {}); heap allocations {}",
+            f.syscalls(),
+            f.tx_kicks,
+            f.fill_wakeups,
+            f.idle_polls,
+            self.worker_allocs
         );
         out
     }

@@ -26,8 +26,8 @@ use xdpfwd_common::{META_IPV6, META_LEN, META_NEED_NEIGH, XskMeta};
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::{
-    rewrite,
-    stats::{FrameAccount, PortStats},
+    alloc_count, rewrite,
+    stats::{PortStats, WorkerStats},
     xsk::Port,
 };
 
@@ -81,6 +81,25 @@ pub struct Sizes {
     pub batch: usize,
     /// Size of every ring.
     pub ring_size: u32,
+    /// UMEM frame size (to tell frames apart by address).
+    pub frame_size: u32,
+}
+
+/// Owner of a frame, as far as this worker knows (`Worker::owner`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Owner {
+    /// Another worker's frame.
+    Foreign,
+    Free,
+    /// In a fill ring, or received into the RX ring (the kernel's).
+    Fill,
+    /// Taken from the RX ring: this worker rewrites it (pending TX included).
+    Worker,
+    /// In the hold queue.
+    Held,
+    /// In a TX ring, until its completion.
+    Tx,
 }
 
 /// What connects a worker to the rest of xdpfwd.
@@ -88,8 +107,8 @@ pub struct Links {
     pub shared: Arc<Shared>,
     /// Requests for neighbour resolution, to the control plane.
     pub resolve: UnboundedSender<Resolve>,
-    /// Where the worker publishes its frame accounting.
-    pub account: Arc<FrameAccount>,
+    /// Where the worker publishes its frame accounting and system call counts.
+    pub account: Arc<WorkerStats>,
 }
 
 pub struct Worker {
@@ -101,9 +120,16 @@ pub struct Worker {
     held: Vec<Held>,
     pollfds: Vec<libc::pollfd>,
     ring_size: u32,
+    frame_size: usize,
+    /// Owner of every UMEM frame (index: address / frame size).
+    owner: Vec<Owner>,
+    violations: u64,
+    tx_kicks: u64,
+    fill_wakeups: u64,
+    idle_polls: u64,
     shared: Arc<Shared>,
     resolve: UnboundedSender<Resolve>,
-    account: Arc<FrameAccount>,
+    account: Arc<WorkerStats>,
 }
 
 impl Worker {
@@ -115,9 +141,15 @@ impl Worker {
         sizes: Sizes,
         links: Links,
     ) -> Self {
-        let Sizes { batch, ring_size } = sizes;
+        let Sizes { batch, ring_size, frame_size } = sizes;
         let Links { shared, resolve, account } = links;
         let total = frames.len();
+        let frame_size = frame_size.max(1) as usize;
+        let frames_in_umem = frames.iter().map(|d| d.addr() / frame_size + 1).max().unwrap_or(0);
+        let mut owner = vec![Owner::Foreign; frames_in_umem.max(1) * 2];
+        for d in &frames {
+            owner[d.addr() / frame_size] = Owner::Free;
+        }
         let mut free = Vec::with_capacity(total);
         free.extend(frames);
         let state = ports
@@ -143,16 +175,30 @@ impl Worker {
             held: Vec::with_capacity(HOLD_CAPACITY),
             pollfds,
             ring_size,
+            frame_size,
+            owner,
+            violations: 0,
+            tx_kicks: 0,
+            fill_wakeups: 0,
+            idle_polls: 0,
             shared,
             resolve,
             account,
         }
     }
 
+    /// Records that `desc`'s frame moves from owner `from` to `to`; counts a violation when it
+    /// was not where it had to be.
+    #[inline]
+    fn hand_over(&mut self, desc: &FrameDesc, from: Owner, to: Owner) {
+        hand_over(&mut self.owner, &mut self.violations, self.frame_size, desc, from, to);
+    }
+
     /// Runs until `shared.stop` is set.
     pub fn run(mut self) {
         let mut idle = 0u32;
         self.refill();
+        alloc_count::count_this_thread(true);
         while !self.shared.stop.load(Relaxed) {
             let mut work = self.reap_completions();
             work += self.receive();
@@ -172,6 +218,7 @@ impl Worker {
                 idle = 0;
             }
         }
+        alloc_count::count_this_thread(false);
         self.publish();
     }
 
@@ -186,6 +233,11 @@ impl Worker {
             state.in_tx -= n as u32;
             self.free.extend_from_slice(&self.scratch[..n]);
             done += n;
+        }
+        let start = self.free.len() - done;
+        for i in start..self.free.len() {
+            let desc = self.free[i];
+            self.hand_over(&desc, Owner::Tx, Owner::Free);
         }
         done
     }
@@ -204,6 +256,7 @@ impl Worker {
             for i in 0..n {
                 let desc = self.scratch[i];
                 bytes += desc.lengths().data() as u64;
+                self.hand_over(&desc, Owner::Fill, Owner::Worker);
                 self.route(p, desc);
             }
             let stats = &self.ports[p].stats;
@@ -227,7 +280,7 @@ impl Worker {
         let meta = unsafe { read_meta(&self.umem, &desc) };
         let Some((meta, egress)) = meta.and_then(|m| Some((m, self.port_for(m.oif)?))) else {
             PortStats::add(&self.ports[ingress].stats.drop_invalid, 1);
-            self.free.push(desc);
+            self.drop_frame(desc);
             return;
         };
         let ipv6 = meta.flags & META_IPV6 != 0;
@@ -244,8 +297,15 @@ impl Worker {
             self.queue_tx(egress, desc);
         } else {
             PortStats::add(&self.ports[ingress].stats.drop_rewrite, 1);
-            self.free.push(desc);
+            self.drop_frame(desc);
         }
+    }
+
+    /// Returns a frame this worker holds to the free list.
+    #[inline]
+    fn drop_frame(&mut self, desc: FrameDesc) {
+        self.hand_over(&desc, Owner::Worker, Owner::Free);
+        self.free.push(desc);
     }
 
     #[inline]
@@ -275,7 +335,7 @@ impl Worker {
             pending.push(desc);
         } else {
             PortStats::add(&self.ports[egress].stats.drop_tx_full, 1);
-            self.free.push(desc);
+            self.drop_frame(desc);
         }
     }
 
@@ -291,7 +351,7 @@ impl Worker {
         let stats = &self.ports[ingress].stats;
         if self.held.len() == self.held.capacity() {
             PortStats::add(&stats.held_dropped, 1);
-            self.free.push(desc);
+            self.drop_frame(desc);
             return;
         }
         let next_hop = if ipv6 {
@@ -304,6 +364,7 @@ impl Worker {
             let _ = self.resolve.send(Resolve { ifindex: meta.oif, addr: next_hop });
         }
         PortStats::add(&stats.held, 1);
+        self.hand_over(&desc, Owner::Worker, Owner::Held);
         self.held.push(Held {
             desc,
             port: egress,
@@ -324,17 +385,20 @@ impl Worker {
         for i in 0..self.held.len() {
             let h = &self.held[i];
             let (port, l3_off, ipv6, mut desc) = (h.port, h.l3_off, h.ipv6, h.desc);
-            if let Some(mac) = table.get(&(h.ifindex, h.next_hop)) {
+            let (key, deadline) = ((h.ifindex, h.next_hop), h.deadline);
+            if let Some(mac) = table.get(&key) {
+                self.hand_over(&desc, Owner::Held, Owner::Worker);
                 let src = self.ports[port].iface.mac;
                 if self.rewrite(&mut desc, l3_off, ipv6, mac, &src) {
                     PortStats::add(&self.ports[port].stats.held_sent, 1);
                     self.queue_tx(port, desc);
                 } else {
                     PortStats::add(&self.ports[port].stats.drop_rewrite, 1);
-                    self.free.push(desc);
+                    self.drop_frame(desc);
                 }
-            } else if now >= h.deadline {
+            } else if now >= deadline {
                 PortStats::add(&self.ports[port].stats.held_dropped, 1);
+                self.hand_over(&desc, Owner::Held, Owner::Free);
                 self.free.push(desc);
             } else {
                 self.held.swap(keep, i);
@@ -345,6 +409,8 @@ impl Worker {
     }
 
     fn flush_tx(&mut self) {
+        let (owner, violations, frame_size) =
+            (&mut self.owner, &mut self.violations, self.frame_size);
         for (port, state) in self.ports.iter_mut().zip(&mut self.state) {
             if !state.pending.is_empty() {
                 // SAFETY: every pending descriptor is a frame of our UMEM that we own; the TX
@@ -355,6 +421,12 @@ impl Worker {
                 PortStats::add(&port.stats.tx_bytes, bytes as u64);
                 PortStats::add(&port.stats.drop_tx_full, (state.pending.len() - n) as u64);
                 state.in_tx += n as u32;
+                for d in &state.pending[..n] {
+                    hand_over(owner, violations, frame_size, d, Owner::Worker, Owner::Tx);
+                }
+                for d in &state.pending[n..] {
+                    hand_over(owner, violations, frame_size, d, Owner::Worker, Owner::Free);
+                }
                 self.free.extend_from_slice(&state.pending[n..]);
                 state.pending.clear();
             }
@@ -363,11 +435,14 @@ impl Worker {
             if state.in_tx > 0 && port.tx.needs_wakeup() && port.tx.nb_free_exact() < self.ring_size
             {
                 let _ = port.tx.wakeup();
+                self.tx_kicks += 1;
             }
         }
     }
 
     fn refill(&mut self) {
+        let (owner, violations, frame_size) =
+            (&mut self.owner, &mut self.violations, self.frame_size);
         for (port, state) in self.ports.iter_mut().zip(&mut self.state) {
             let want = state.fill_target.saturating_sub(state.in_fill) as usize;
             let k = want.min(self.free.len());
@@ -377,12 +452,16 @@ impl Worker {
             let start = self.free.len() - k;
             // SAFETY: free frames are ours; the fill ring takes ownership of the first `n`.
             let n = unsafe { port.fill.produce(&self.free[start..]) };
+            for d in &self.free[start..start + n] {
+                hand_over(owner, violations, frame_size, d, Owner::Free, Owner::Fill);
+            }
             // The ring took `free[start..start + n]`; keep the rest.
             self.free.copy_within(start + n.., start);
             self.free.truncate(self.free.len() - n);
             state.in_fill += n as u32;
             if n > 0 && port.fill.needs_wakeup() {
                 let _ = port.fill.wakeup(port.rx.fd_mut(), 0);
+                self.fill_wakeups += 1;
             }
         }
     }
@@ -395,6 +474,10 @@ impl Worker {
         self.account.fill.store(fill, Relaxed);
         self.account.kernel_tx.store(tx, Relaxed);
         self.account.held.store(self.held.len() as u64, Relaxed);
+        self.account.violations.store(self.violations, Relaxed);
+        self.account.tx_kicks.store(self.tx_kicks, Relaxed);
+        self.account.fill_wakeups.store(self.fill_wakeups, Relaxed);
+        self.account.idle_polls.store(self.idle_polls, Relaxed);
     }
 
     fn sleep(&mut self) {
@@ -404,6 +487,28 @@ impl Worker {
         unsafe {
             libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, timeout)
         };
+        self.idle_polls += 1;
+    }
+}
+
+/// Moves the frame of `desc` from `from` to `to` in `owner`, counting a violation when it was
+/// not at `from` (a split borrow of [`Worker::hand_over`]).
+#[inline]
+fn hand_over(
+    owner: &mut [Owner],
+    violations: &mut u64,
+    frame_size: usize,
+    desc: &FrameDesc,
+    from: Owner,
+    to: Owner,
+) {
+    match owner.get_mut(desc.addr() / frame_size) {
+        Some(o) if *o == from => *o = to,
+        Some(o) => {
+            *violations += 1;
+            *o = to;
+        }
+        None => *violations += 1,
     }
 }
 

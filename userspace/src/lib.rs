@@ -1,0 +1,17 @@
+//! xdpfwd: an AF_XDP kernel-bypass packet forwarder.
+//!
+//! Start with `docs/architecture.md`; the data path is `xdp-prog/src/main.rs` →
+//! [`worker`] → [`rewrite`], set up by [`forwarder`].
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod alloc_count;
+pub mod control;
+pub mod forwarder;
+pub mod iface;
+pub mod loader;
+pub mod privileges;
+pub mod rewrite;
+pub mod routes;
+pub mod stats;
+pub mod worker;
+pub mod xsk;
