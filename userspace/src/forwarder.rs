@@ -237,7 +237,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             })
             .collect();
         let mut frames =
-            accounts.iter().map(|a| a.read()).fold(FrameFigures::default(), FrameFigures::add);
+            accounts.iter().map(|a| a.read()).fold(FrameFigures::default(), FrameFigures::plus);
         if frames.total == 0 {
             frames = prev_frames;
         }

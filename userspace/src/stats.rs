@@ -78,7 +78,7 @@ pub struct FrameFigures {
 
 impl FrameFigures {
     /// Adds another worker's figures.
-    pub fn add(self, o: FrameFigures) -> FrameFigures {
+    pub fn plus(self, o: FrameFigures) -> FrameFigures {
         FrameFigures {
             total: self.total + o.total,
             free: self.free + o.free,
