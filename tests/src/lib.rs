@@ -28,6 +28,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod generator;
 pub mod packet;
 pub mod traffic;
 
@@ -409,4 +410,57 @@ pub fn run_to_exit(ns: &str, wrapper: &[&str], args: &[&str]) -> anyhow::Result<
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// The number after `key` in a forwarder report ("heap allocations 0" → 0).
+pub fn report_value(stdout: &str, key: &str) -> Option<u64> {
+    let at = stdout.find(key)? + key.len();
+    stdout[at..].split_whitespace().next()?.trim_end_matches([',', ';', ')']).parse().ok()
+}
+
+/// The frame accounting line of a report: (total, free, fill, tx, held).
+pub fn frame_accounting(stdout: &str) -> Option<(u64, u64, u64, u64, u64)> {
+    Some((
+        report_value(stdout, "frames: total")?,
+        report_value(stdout, "= free")?,
+        report_value(stdout, "+ fill")?,
+        report_value(stdout, "+ tx")?,
+        report_value(stdout, "+ held")?,
+    ))
+}
+
+impl Topology {
+    /// Static neighbour entries on the forwarder for the client and the server, so that no
+    /// resolution is needed (a sink that drops everything does not answer ARP).
+    pub fn static_neighbours(&self) -> anyhow::Result<()> {
+        let c = fmt_mac(self.mac(&self.client, &self.c0)?);
+        let s = fmt_mac(self.mac(&self.server, &self.s0)?);
+        for (addr, mac, dev) in [
+            ("198.18.1.2", &c, &self.f0),
+            ("2001:2:0:1::2", &c, &self.f0),
+            ("198.18.2.2", &s, &self.f1),
+            ("2001:2:0:2::2", &s, &self.f1),
+        ] {
+            sh(&[
+                "ip",
+                "-n",
+                &self.fwd,
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+/// "aa:bb:cc:dd:ee:ff"
+pub fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }

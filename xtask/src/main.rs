@@ -131,7 +131,10 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     }
     eprintln!("xtask: integration tests (veth pairs in network namespaces)");
     let mut c = cargo();
-    c.args(["test", "-p", "xdpfwd-tests", "--", "--test-threads=1"]).env("XDPFWD_BIN", &bin);
+    c.args(["test", "-p", "xdpfwd-tests", "--", "--test-threads=1"]).env("XDPFWD_BIN", &bin).env(
+        "XDPFWD_BENCH_OBJ",
+        root().join("xdp-prog/target/bpfel-unknown-none/release/xdp-bench"),
+    );
     if let Some(f) = filter {
         c.arg(f);
     }

@@ -1,0 +1,336 @@
+//! Load for benchmarks and load tests, from the XDP programs in `xdp-prog/src/bench.rs`:
+//! a generator that makes the kernel transmit millions of frames per second
+//! (`BPF_PROG_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`), a counting sink, and a bare
+//! `XDP_REDIRECT` forwarder.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    thread,
+};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{Array, DevMap, HashMap, PerCpuArray},
+    programs::{ProgramFd, Xdp, XdpMode},
+};
+
+/// The bench object: `$XDPFWD_BENCH_OBJ`, or the one `cargo xtask build` leaves.
+pub fn bench_obj() -> PathBuf {
+    std::env::var_os("XDPFWD_BENCH_OBJ").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../xdp-prog/target/bpfel-unknown-none/release/xdp-bench")
+    })
+}
+
+/// Runs `f` with the calling thread in network namespace `ns`, on a scoped thread.
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    let path = format!("/run/netns/{ns}");
+    thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+    })
+}
+
+fn load(obj: &Path, program: &str) -> anyhow::Result<Ebpf> {
+    let mut ebpf = Ebpf::load_file(obj).with_context(|| format!("loading {}", obj.display()))?;
+    let prog: &mut Xdp = ebpf.program_mut(program).context("program missing")?.try_into()?;
+    prog.load()?;
+    Ok(ebpf)
+}
+
+fn attach(ebpf: &mut Ebpf, program: &str, dev: &str) -> anyhow::Result<()> {
+    let prog: &mut Xdp = ebpf.program_mut(program).context("program missing")?.try_into()?;
+    prog.attach(dev, XdpMode::Driver).with_context(|| format!("attaching {program} to {dev}"))?;
+    Ok(())
+}
+
+/// An IPv4/UDP frame of `len` bytes (without FCS) with a valid IP checksum and no UDP
+/// checksum.
+pub fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    len: usize,
+) -> Vec<u8> {
+    let len = len.max(60);
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (len - 14) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&src);
+    f[30..34].copy_from_slice(&dst);
+    let check = crate::packet::checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&check.to_be_bytes());
+    f[34..36].copy_from_slice(&10_000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&9u16.to_be_bytes());
+    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    for (i, b) in f[42..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    f
+}
+
+/// `union bpf_attr` for `BPF_PROG_TEST_RUN`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<TestRunAttr>() == 80);
+
+/// `struct xdp_md` as test input.
+#[repr(C)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+
+/// Runs `prog` `repeat` times on `frame` as if received on `ifindex` / `queue`, for real.
+fn live_frames(
+    prog: &ProgramFd,
+    frame: &[u8],
+    ifindex: u32,
+    queue: u32,
+    repeat: u32,
+) -> io::Result<()> {
+    let ctx = XdpMd {
+        data: 0,
+        data_end: frame.len() as u32,
+        data_meta: 0,
+        ingress_ifindex: ifindex,
+        rx_queue_index: queue,
+        egress_ifindex: 0,
+    };
+    let attr = TestRunAttr {
+        prog_fd: prog.as_fd().as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: size_of::<XdpMd>() as u32,
+        ctx_in: (&raw const ctx) as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size: 256,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: `attr` is a valid bpf_attr for BPF_PROG_TEST_RUN whose pointers (`frame`, `ctx`)
+    // outlive the call.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw const attr, size_of::<TestRunAttr>())
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// A generator sending from `dev` in `ns` until stopped (or `limit` frames).
+pub struct Generator {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Generator {
+    /// Starts sending `frame` out of `dev` (in `ns`) over `flows` UDP source ports, in runs of
+    /// `chunk` frames, until stopped or `limit` frames are sent.
+    pub fn start(
+        ns: &str,
+        dev: &str,
+        frame: Vec<u8>,
+        flows: u32,
+        chunk: u32,
+        limit: Option<u64>,
+    ) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (ns, dev, obj) = (ns.to_owned(), dev.to_owned(), bench_obj());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = thread::spawn({
+            let (stop, sent) = (stop.clone(), sent.clone());
+            move || -> anyhow::Result<()> {
+                let setup = || -> anyhow::Result<(Ebpf, u32)> {
+                    let file = File::open(format!("/run/netns/{ns}"))?;
+                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                    let mut ebpf = load(&obj, "bench_gen")?;
+                    let mut flows_map: Array<_, u32> =
+                        Array::try_from(ebpf.map_mut("GEN_FLOWS").context("GEN_FLOWS")?)?;
+                    flows_map.set(0, flows.max(1), 0)?;
+                    let ifindex = nix::net::if_::if_nametoindex(dev.as_str())?;
+                    Ok((ebpf, ifindex))
+                };
+                let (ebpf, ifindex) = match setup() {
+                    Ok(v) => {
+                        let _ = ready_tx.send(Ok(()));
+                        v
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                        return Err(e);
+                    }
+                };
+                let prog: &Xdp = ebpf.program("bench_gen").context("bench_gen")?.try_into()?;
+                let fd = prog.fd()?;
+                while !stop.load(Relaxed) {
+                    let mut n = chunk;
+                    if let Some(limit) = limit {
+                        let left = limit.saturating_sub(sent.load(Relaxed));
+                        if left == 0 {
+                            break;
+                        }
+                        n = n.min(left as u32);
+                    }
+                    live_frames(fd, &frame, ifindex, 0, n).context("BPF_PROG_RUN live frames")?;
+                    sent.fetch_add(u64::from(n), Relaxed);
+                }
+                Ok(())
+            }
+        });
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { stop, sent, thread: Some(thread) }),
+            Ok(Err(e)) => anyhow::bail!("generator setup failed: {e}"),
+            Err(_) => anyhow::bail!("generator thread died: {:?}", thread.join()),
+        }
+    }
+
+    /// Frames sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Relaxed)
+    }
+
+    /// Waits until a `limit` given at start is reached.
+    pub fn wait(mut self) -> anyhow::Result<u64> {
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+        }
+        Ok(self.sent())
+    }
+
+    /// Stops and returns the frames sent.
+    pub fn stop(mut self) -> anyhow::Result<u64> {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+        }
+        Ok(self.sent())
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The counting sink attached to an interface; detached on drop.
+pub struct Sink {
+    ebpf: Ebpf,
+}
+
+impl Sink {
+    pub fn attach(ns: &str, dev: &str) -> anyhow::Result<Self> {
+        let obj = bench_obj();
+        let ebpf = in_ns(ns, || {
+            let mut ebpf = load(&obj, "bench_sink")?;
+            attach(&mut ebpf, "bench_sink", dev)?;
+            Ok(ebpf)
+        })?;
+        Ok(Self { ebpf })
+    }
+
+    /// (packets, bytes) counted so far.
+    pub fn count(&self) -> anyhow::Result<(u64, u64)> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("SINK").context("SINK")?)?;
+        let p = map.get(&0, 0)?.iter().sum();
+        let b = map.get(&1, 0)?.iter().sum();
+        Ok((p, b))
+    }
+}
+
+/// A bare XDP_REDIRECT forwarder between two interfaces of one namespace, rewriting MACs;
+/// detached on drop.
+pub struct BareRedirect {
+    _ebpf: Ebpf,
+}
+
+impl BareRedirect {
+    /// Forwards `a` → `b` (to MAC `b_peer`) and `b` → `a` (to MAC `a_peer`); `macs` are the
+    /// MACs of `a` and `b` themselves.
+    pub fn attach(
+        ns: &str,
+        (a, b): (&str, &str),
+        (ma, mb): ([u8; 6], [u8; 6]),
+        (a_peer, b_peer): ([u8; 6], [u8; 6]),
+    ) -> anyhow::Result<Self> {
+        let obj = bench_obj();
+        let ebpf = in_ns(ns, || {
+            let mut ebpf = load(&obj, "bench_redirect")?;
+            let ia = nix::net::if_::if_nametoindex(a)?;
+            let ib = nix::net::if_::if_nametoindex(b)?;
+            {
+                let mut dev: DevMap<_> =
+                    DevMap::try_from(ebpf.map_mut("REDIRECT_DEV").context("REDIRECT_DEV")?)?;
+                dev.set(0, ia, None, 0)?;
+                dev.set(1, ib, None, 0)?;
+            }
+            {
+                let mut cfg: HashMap<_, u32, [u8; 16]> =
+                    HashMap::try_from(ebpf.map_mut("REDIRECT_CFG").context("REDIRECT_CFG")?)?;
+                let entry = |dst: [u8; 6], src: [u8; 6], slot: u32| {
+                    let mut v = [0u8; 16];
+                    v[0..6].copy_from_slice(&dst);
+                    v[6..12].copy_from_slice(&src);
+                    v[12..16].copy_from_slice(&slot.to_le_bytes());
+                    v
+                };
+                cfg.insert(ia, entry(b_peer, mb, 1), 0)?;
+                cfg.insert(ib, entry(a_peer, ma, 0), 0)?;
+            }
+            attach(&mut ebpf, "bench_redirect", a)?;
+            attach(&mut ebpf, "bench_redirect", b)?;
+            Ok(ebpf)
+        })?;
+        Ok(Self { _ebpf: ebpf })
+    }
+}

@@ -1,0 +1,95 @@
+//! XDP programs for benchmarks and load tests, not used by xdpfwd itself:
+//!
+//! - `bench_gen`: run with `BPF_PROG_RUN` and `BPF_F_TEST_XDP_LIVE_FRAMES`; sends its input
+//!   frame (IPv4/UDP) out of the interface with `XDP_TX`, cycling the UDP source port over
+//!   `GEN_FLOWS[0]` flows so that RSS spreads them over queues.
+//! - `bench_sink`: counts packets and bytes (`SINK[0]`, `SINK[1]`) and drops them.
+//! - `bench_redirect`: the ceiling on a machine, a bare `XDP_REDIRECT` with MAC rewrite; the
+//!   ingress ifindex selects, in `REDIRECT_CFG`, the MACs to write and the `REDIRECT_DEV`
+//!   slot to send to.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, DevMap, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+
+#[map]
+static GEN_FLOWS: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+/// Per ingress ifindex: destination MAC (0..6), source MAC (6..12), `REDIRECT_DEV` slot
+/// (12..16, little endian).
+#[map]
+static REDIRECT_CFG: HashMap<u32, [u8; 16]> = HashMap::with_max_entries(16, 0);
+#[map]
+static REDIRECT_DEV: DevMap = DevMap::with_max_entries(16, 0);
+
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + 36 > ctx.data_end() {
+        return xdp_action::XDP_TX;
+    }
+    let flows = GEN_FLOWS.get(0).copied().unwrap_or(1).max(1);
+    let Some(seq) = GEN_SEQ.get_ptr_mut(0) else { return xdp_action::XDP_TX };
+    // SAFETY: per-CPU array slot from a successful lookup; only this CPU writes it.
+    let n = unsafe {
+        *seq = (*seq).wrapping_add(1);
+        *seq
+    };
+    let port = (10_000 + n % flows) as u16;
+    let at = (start + 34) as *mut [u8; 2];
+    // SAFETY: bytes 34..36 were bounds-checked above.
+    unsafe { *at = port.to_be_bytes() };
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn bench_sink(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    if let Some(p) = SINK.get_ptr_mut(0) {
+        // SAFETY: per-CPU array slot; only this CPU writes it.
+        unsafe { *p += 1 };
+    }
+    if let Some(b) = SINK.get_ptr_mut(1) {
+        // SAFETY: as above.
+        unsafe { *b += len };
+    }
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn bench_redirect(ctx: XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: copied out at once.
+    let Some(cfg) = (unsafe { REDIRECT_CFG.get(&ifindex) }).copied() else {
+        return xdp_action::XDP_PASS;
+    };
+    let start = ctx.data();
+    if start + 14 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let eth = start as *mut [u8; 12];
+    let mut macs = [0u8; 12];
+    macs.copy_from_slice(&cfg[0..12]);
+    // SAFETY: the 12 bytes were bounds-checked above.
+    unsafe { *eth = macs };
+    let slot = u32::from_le_bytes([cfg[12], cfg[13], cfg[14], cfg[15]]);
+    REDIRECT_DEV.redirect(slot, 0).unwrap_or(xdp_action::XDP_DROP)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
