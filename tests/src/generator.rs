@@ -193,6 +193,11 @@ impl Generator {
                     let mut flows_map: Array<_, u32> =
                         Array::try_from(ebpf.map_mut("GEN_FLOWS").context("GEN_FLOWS")?)?;
                     flows_map.set(0, flows.max(1), 0)?;
+                    let mut hdr_map: Array<_, [u8; 42]> =
+                        Array::try_from(ebpf.map_mut("GEN_HDR").context("GEN_HDR")?)?;
+                    let mut hdr = [0u8; 42];
+                    hdr.copy_from_slice(&frame[..42]);
+                    hdr_map.set(0, hdr, 0)?;
                     let ifindex = nix::net::if_::if_nametoindex(dev.as_str())?;
                     Ok((ebpf, ifindex))
                 };

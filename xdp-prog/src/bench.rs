@@ -2,7 +2,8 @@
 //!
 //! - `bench_gen`: run with `BPF_PROG_RUN` and `BPF_F_TEST_XDP_LIVE_FRAMES`; sends its input
 //!   frame (IPv4/UDP) out of the interface with `XDP_TX`, cycling the UDP source port over
-//!   `GEN_FLOWS[0]` flows so that RSS spreads them over queues.
+//!   `GEN_FLOWS[0]` flows so that RSS spreads them over queues; its headers are restored
+//!   from `GEN_HDR` first.
 //! - `bench_sink`: counts packets and bytes (`SINK[0]`, `SINK[1]`) and drops them.
 //! - `bench_redirect`: the ceiling on a machine, a bare `XDP_REDIRECT` with MAC rewrite; the
 //!   ingress ifindex selects, in `REDIRECT_CFG`, the MACs to write and the `REDIRECT_DEV`
@@ -21,6 +22,11 @@ use aya_ebpf::{
 static GEN_FLOWS: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+/// The Ethernet, IPv4 and UDP headers of the generated frame, written into every frame sent:
+/// on veth, frames travel between peers without a copy and come back to the generator's page
+/// pool with whatever a forwarder rewrote in them (MACs, TTL, checksum).
+#[map]
+static GEN_HDR: Array<[u8; 42]> = Array::with_max_entries(1, 0);
 #[map]
 static SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 /// Per ingress ifindex: destination MAC (0..6), source MAC (6..12), `REDIRECT_DEV` slot
@@ -33,8 +39,12 @@ static REDIRECT_DEV: DevMap = DevMap::with_max_entries(16, 0);
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
     let start = ctx.data();
-    if start + 36 > ctx.data_end() {
+    if start + 42 > ctx.data_end() {
         return xdp_action::XDP_TX;
+    }
+    if let Some(hdr) = GEN_HDR.get(0) {
+        // SAFETY: the 42 bytes were bounds-checked above.
+        unsafe { *(start as *mut [u8; 42]) = *hdr };
     }
     let flows = GEN_FLOWS.get(0).copied().unwrap_or(1).max(1);
     let Some(seq) = GEN_SEQ.get_ptr_mut(0) else { return xdp_action::XDP_TX };

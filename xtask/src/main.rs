@@ -1,5 +1,6 @@
 //! `cargo xtask`: bootstrap, build, run, demo and test xdpfwd.
 
+mod bench;
 mod bootstrap;
 mod demo;
 
@@ -31,6 +32,13 @@ enum Cmd {
     },
     /// Build, then forward real traffic through veth pairs in namespaces and report.
     Demo,
+    /// Measure xdpfwd against testpmd, a bare XDP_REDIRECT and Linux forwarding; rewrites
+    /// docs/performance.md.
+    Bench {
+        /// Two frame sizes, one round (a few minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build, then run every test: unit tests, then the privileged integration tests.
     Test {
         /// Only run integration tests whose name contains this.
@@ -53,6 +61,10 @@ fn main() -> anyhow::Result<()> {
             demo::run(&bin)
         }
         Cmd::Test { filter } => test(filter),
+        Cmd::Bench { quick } => {
+            let bin = build()?;
+            bench::run(&bin, quick)
+        }
     }
 }
 

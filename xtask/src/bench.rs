@@ -1,0 +1,579 @@
+//! `cargo xtask bench`: throughput of xdpfwd against its peers, measured in the same run.
+//!
+//! Topology: generator namespace → forwarder namespace → sink namespace, veth pairs. The
+//! generator is `BPF_PROG_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` on an `XDP_TX` program (8 UDP
+//! flows); the sink counts and drops in XDP. A candidate's rate is the sink's count growth over
+//! a steady-state window. Candidates are interleaved over rounds and medians reported. The
+//! command rewrites `docs/performance.md` and `docs/performance.svg`.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use xdpfwd_tests::{
+    Forwarder, SERVER_V4, Topology, fmt_mac,
+    generator::{BareRedirect, Generator, Sink, udp_frame},
+    ns_sh, report_value, sh,
+};
+
+use crate::{cmd, root};
+
+/// RFC 2544 frame sizes (with FCS).
+const SIZES: [usize; 7] = [64, 128, 256, 512, 1024, 1280, 1518];
+const QUICK_SIZES: [usize; 2] = [64, 1518];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Candidate {
+    AfXdp,
+    Fast,
+    Redirect,
+    Testpmd,
+    Kernel,
+}
+
+impl Candidate {
+    const ALL: [Candidate; 5] = [
+        Candidate::AfXdp,
+        Candidate::Fast,
+        Candidate::Redirect,
+        Candidate::Testpmd,
+        Candidate::Kernel,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Candidate::AfXdp => "xdpfwd AF_XDP",
+            Candidate::Fast => "xdpfwd fast path",
+            Candidate::Redirect => "bare XDP_REDIRECT",
+            Candidate::Testpmd => "testpmd net_af_xdp",
+            Candidate::Kernel => "Linux forwarding",
+        }
+    }
+}
+
+/// A running candidate.
+enum Running {
+    Xdpfwd(Forwarder),
+    Redirect(#[expect(dead_code, reason = "held: dropping it detaches the program")] BareRedirect),
+    Testpmd(Child),
+    Kernel,
+}
+
+struct Bench {
+    topo: Topology,
+    c_mac: [u8; 6],
+    s_mac: [u8; 6],
+    f0_mac: [u8; 6],
+    f1_mac: [u8; 6],
+}
+
+/// One measurement.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    pps: f64,
+    /// xdpfwd process CPU seconds per forwarded packet (0 for others).
+    cpu_per_pkt: f64,
+}
+
+pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
+    install_dpdk()?;
+    // SAFETY: single-threaded at this point; read by the Forwarder helper.
+    unsafe { std::env::set_var("XDPFWD_BIN", bin) };
+    unsafe {
+        std::env::set_var(
+            "XDPFWD_BENCH_OBJ",
+            root().join("xdp-prog/target/bpfel-unknown-none/release/xdp-bench"),
+        )
+    };
+    let topo = Topology::new("b", false).context("creating the bench topology")?;
+    let bench = Bench {
+        c_mac: topo.mac(&topo.client, &topo.c0)?,
+        s_mac: topo.mac(&topo.server, &topo.s0)?,
+        f0_mac: topo.mac(&topo.fwd, &topo.f0)?,
+        f1_mac: topo.mac(&topo.fwd, &topo.f1)?,
+        topo,
+    };
+    bench.prepare()?;
+    let sizes: &[usize] = if quick { &QUICK_SIZES } else { &SIZES };
+    let rounds = if quick { 1 } else { 3 };
+    let window = Duration::from_millis(if quick { 1000 } else { 2000 });
+
+    // results[candidate][size] = samples
+    let mut results = vec![vec![Vec::<Sample>::new(); sizes.len()]; Candidate::ALL.len()];
+    let mut syscalls_per_pkt = Vec::new();
+    let sink = Sink::attach(&bench.topo.server, &bench.topo.s0)?;
+    for round in 0..rounds {
+        for (ci, cand) in Candidate::ALL.iter().enumerate() {
+            eprintln!("bench: round {} / {rounds}: {}", round + 1, cand.name());
+            let mut running = match bench.start(*cand) {
+                Ok(r) => r,
+                Err(err) => {
+                    eprintln!("bench: {} unavailable: {err:#}", cand.name());
+                    continue;
+                }
+            };
+            for (si, size) in sizes.iter().enumerate() {
+                let sample = bench.measure(&sink, &running, *size, window)?;
+                eprintln!("bench:   {size:>4} B: {:.3} Mpps", sample.pps / 1e6);
+                results[ci][si].push(sample);
+            }
+            if let Some(ratio) = bench.stop(&mut running)? {
+                syscalls_per_pkt.push(ratio);
+            }
+        }
+    }
+    drop(sink);
+    let idle = bench.idle_cpu()?;
+    let rtts: Vec<(Candidate, Option<f64>)> =
+        Candidate::ALL.iter().map(|c| (*c, bench.rtt(*c).ok())).collect();
+    bench.cleanup();
+
+    let report = Report {
+        sizes: sizes.to_vec(),
+        results,
+        syscalls_per_pkt,
+        idle,
+        rtts,
+        quick,
+        rounds,
+        window,
+    };
+    let md = report.markdown()?;
+    fs::write(root().join("docs/performance.md"), md)?;
+    fs::write(root().join("docs/performance.svg"), report.svg()?)?;
+    println!("{}", report.table());
+    println!("wrote docs/performance.md and docs/performance.svg");
+    Ok(())
+}
+
+fn install_dpdk() -> anyhow::Result<()> {
+    if Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "dpdk"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing dpdk dpdk-dev (testpmd, for comparison)");
+    cmd(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", "dpdk", "dpdk-dev"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+impl Bench {
+    fn prepare(&self) -> anyhow::Result<()> {
+        let t = &self.topo;
+        t.static_neighbours()?;
+        // Gateways on the generator and sink, so no ARP is needed through candidates that
+        // forward everything (testpmd) or drop everything (the sink).
+        sh(&[
+            "ip",
+            "-n",
+            &t.client,
+            "neigh",
+            "replace",
+            "198.18.1.1",
+            "lladdr",
+            &fmt_mac(self.f0_mac),
+            "dev",
+            &t.c0,
+            "nud",
+            "permanent",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &t.server,
+            "neigh",
+            "replace",
+            "198.18.2.1",
+            "lladdr",
+            &fmt_mac(self.f1_mac),
+            "dev",
+            &t.s0,
+            "nud",
+            "permanent",
+        ])?;
+        // Frames redirected into a veth need GRO (or XDP) on the receiving side.
+        t.enable_gro()?;
+        for dev in [&t.f0, &t.f1] {
+            ns_sh(&t.fwd, &["ethtool", "-K", dev, "gro", "on"])?;
+        }
+        Ok(())
+    }
+
+    fn start(&self, cand: Candidate) -> anyhow::Result<Running> {
+        let t = &self.topo;
+        t.set_forwarding(cand == Candidate::Kernel)?;
+        Ok(match cand {
+            Candidate::AfXdp => {
+                Running::Xdpfwd(Forwarder::start(&t.fwd, &[&t.f0, &t.f1, "--stats-interval", "0"])?)
+            }
+            Candidate::Fast => Running::Xdpfwd(Forwarder::start(
+                &t.fwd,
+                &[&t.f0, &t.f1, "--stats-interval", "0", "--default-path", "fast"],
+            )?),
+            Candidate::Redirect => Running::Redirect(BareRedirect::attach(
+                &t.fwd,
+                (&t.f0, &t.f1),
+                (self.f0_mac, self.f1_mac),
+                (self.c_mac, self.s_mac),
+            )?),
+            Candidate::Testpmd => Running::Testpmd(self.testpmd()?),
+            Candidate::Kernel => Running::Kernel,
+        })
+    }
+
+    fn testpmd(&self) -> anyhow::Result<Child> {
+        let t = &self.topo;
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &t.fwd,
+                "dpdk-testpmd",
+                "-l",
+                "0,1",
+                "--no-pci",
+                "--no-huge",
+                "-m",
+                "1024",
+            ])
+            .args(["--file-prefix", &t.prefix, "--log-level", "pmd.net.af_xdp:error"])
+            .arg(format!("--vdev=net_af_xdp0,iface={},busy_budget=0", t.f0))
+            .arg(format!("--vdev=net_af_xdp1,iface={},busy_budget=0", t.f1))
+            .args(["--", "--forward-mode=mac", "--auto-start", "--nb-cores=1"])
+            .arg(format!("--eth-peer=0,{}", fmt_mac(self.c_mac)))
+            .arg(format!("--eth-peer=1,{}", fmt_mac(self.s_mac)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting dpdk-testpmd")?;
+        // testpmd's stdout is block-buffered into our pipe: wait for its XDP programs instead.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                bail!("dpdk-testpmd exited: {status}");
+            }
+            let attached = [&t.f0, &t.f1].iter().all(|dev| {
+                sh(&["ip", "-n", &t.fwd, "link", "show", dev]).is_ok_and(|o| o.contains(" xdp"))
+            });
+            if attached {
+                thread::sleep(Duration::from_secs(1));
+                return Ok(child);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        bail!("dpdk-testpmd did not start")
+    }
+
+    /// Stops a candidate; for xdpfwd, returns its system calls per forwarded packet.
+    fn stop(&self, running: &mut Running) -> anyhow::Result<Option<f64>> {
+        let result = match running {
+            Running::Xdpfwd(fwd) => {
+                let done = fwd.stop()?;
+                if let Some(line) = done.stdout.lines().find(|l| l.trim_start().starts_with("xdp:"))
+                {
+                    eprintln!("bench:   {}", line.trim());
+                }
+                let syscalls = report_value(&done.stdout, "syscalls").unwrap_or(0) as f64;
+                let fwd_pkts = xdpfwd_tests::forwarded_packets(&done.stdout).unwrap_or(0) as f64;
+                (fwd_pkts > 0.0).then(|| syscalls / fwd_pkts)
+            }
+            Running::Testpmd(child) => {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc_kill(child.id() as i32, 2) };
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while child.try_wait()?.is_none() && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                // testpmd leaves its XDP programs attached.
+                for dev in [&self.topo.f0, &self.topo.f1] {
+                    let _ =
+                        sh(&["ip", "-n", &self.topo.fwd, "link", "set", "dev", dev, "xdp", "off"]);
+                }
+                None
+            }
+            Running::Redirect(_) | Running::Kernel => None,
+        };
+        *running = Running::Kernel;
+        self.topo.set_forwarding(false)?;
+        thread::sleep(Duration::from_millis(300));
+        Ok(result)
+    }
+
+    fn measure(
+        &self,
+        sink: &Sink,
+        running: &Running,
+        size: usize,
+        window: Duration,
+    ) -> anyhow::Result<Sample> {
+        let t = &self.topo;
+        let frame =
+            udp_frame(self.c_mac, self.f0_mac, [198, 18, 1, 2], SERVER_V4.octets(), size - 4);
+        let generator = Generator::start(&t.client, &t.c0, frame, 8, 50_000, None)?;
+        thread::sleep(Duration::from_millis(500));
+        let pid = match running {
+            Running::Xdpfwd(f) => Some(f.pid()),
+            _ => None,
+        };
+        let (p0, c0, t0) = (sink.count()?.0, pid.map(cpu_seconds).unwrap_or(0.0), Instant::now());
+        thread::sleep(window);
+        let (p1, c1, t1) = (sink.count()?.0, pid.map(cpu_seconds).unwrap_or(0.0), Instant::now());
+        generator.stop()?;
+        thread::sleep(Duration::from_millis(200));
+        let pkts = (p1 - p0) as f64;
+        let pps = pkts / (t1 - t0).as_secs_f64();
+        let cpu_per_pkt = if pkts > 0.0 { (c1 - c0) / pkts } else { 0.0 };
+        Ok(Sample { pps, cpu_per_pkt })
+    }
+
+    /// xdpfwd's CPU use with no traffic, as a fraction of one core.
+    fn idle_cpu(&self) -> anyhow::Result<f64> {
+        let t = &self.topo;
+        let mut fwd = Forwarder::start(&t.fwd, &[&t.f0, &t.f1, "--stats-interval", "0"])?;
+        thread::sleep(Duration::from_secs(1));
+        let (c0, t0) = (cpu_seconds(fwd.pid()), Instant::now());
+        thread::sleep(Duration::from_secs(5));
+        let (c1, t1) = (cpu_seconds(fwd.pid()), Instant::now());
+        fwd.stop()?;
+        Ok((c1 - c0) / (t1 - t0).as_secs_f64())
+    }
+
+    /// Average ping round-trip time in ms through a candidate.
+    fn rtt(&self, cand: Candidate) -> anyhow::Result<f64> {
+        let t = &self.topo;
+        let mut running = self.start(cand)?;
+        let out =
+            ns_sh(&t.client, &["ping", "-q", "-c", "50", "-i", "0.01", "-W", "1", "198.18.2.2"]);
+        self.stop(&mut running)?;
+        let out = out?;
+        let line = out.lines().find(|l| l.contains("rtt")).context("no rtt line")?;
+        let avg =
+            line.split('=').nth(1).and_then(|v| v.trim().split('/').nth(1)).context("no avg")?;
+        Ok(avg.parse()?)
+    }
+
+    fn cleanup(&self) {
+        let _ = self.topo.set_forwarding(false);
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat; `after` starts at field 3.
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) / 100.0
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+struct Report {
+    sizes: Vec<usize>,
+    results: Vec<Vec<Vec<Sample>>>,
+    syscalls_per_pkt: Vec<f64>,
+    idle: f64,
+    rtts: Vec<(Candidate, Option<f64>)>,
+    quick: bool,
+    rounds: usize,
+    window: Duration,
+}
+
+impl Report {
+    fn mpps(&self, c: Candidate, si: usize) -> f64 {
+        let ci = Candidate::ALL.iter().position(|x| *x == c).unwrap_or(0);
+        median(&self.results[ci][si].iter().map(|s| s.pps).collect::<Vec<_>>()) / 1e6
+    }
+
+    fn table(&self) -> String {
+        let mut t = String::from("| frame (B) |");
+        for c in Candidate::ALL {
+            let _ = write!(t, " {} (Mpps) |", c.name());
+        }
+        t.push_str(" AF_XDP / testpmd | fast / testpmd | fast / bare redirect |\n|---|");
+        for _ in 0..Candidate::ALL.len() + 3 {
+            t.push_str("---|");
+        }
+        t.push('\n');
+        let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}×", a / b) } else { "n/a".into() };
+        for (si, size) in self.sizes.iter().enumerate() {
+            let _ = write!(t, "| {size} |");
+            for c in Candidate::ALL {
+                let _ = write!(t, " {:.3} |", self.mpps(c, si));
+            }
+            let (a, f, r, p) = (
+                self.mpps(Candidate::AfXdp, si),
+                self.mpps(Candidate::Fast, si),
+                self.mpps(Candidate::Redirect, si),
+                self.mpps(Candidate::Testpmd, si),
+            );
+            let _ = writeln!(t, " {} | {} | {} |", ratio(a, p), ratio(f, p), ratio(f, r));
+        }
+        t
+    }
+
+    fn markdown(&self) -> anyhow::Result<String> {
+        let cpu = sh(&["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"])
+            .unwrap_or_default();
+        let kernel = sh(&["uname", "-r"]).unwrap_or_default();
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let ci = Candidate::ALL.iter().position(|c| *c == Candidate::AfXdp).unwrap_or(0);
+        let mut ns_per_pkt = String::new();
+        for (si, size) in self.sizes.iter().enumerate() {
+            let v: Vec<f64> = self.results[ci][si].iter().map(|s| s.cpu_per_pkt * 1e9).collect();
+            let _ = write!(ns_per_pkt, "{size} B: {:.0} ns; ", median(&v));
+        }
+        let mut rtt = String::new();
+        for (c, v) in &self.rtts {
+            let _ = writeln!(
+                rtt,
+                "| {} | {} |",
+                c.name(),
+                v.map_or("n/a".to_string(), |v| format!("{v:.3}"))
+            );
+        }
+        Ok(format!(
+            r#"# Performance
+
+Regenerated by `cargo xtask bench{quick}` — do not edit by hand.
+
+## Machine
+
+- CPU: {cpu} ({cores} cores), kernel {kernel}
+- All candidates run on this machine, in this run, on the same veth topology.
+
+## Method
+
+- Topology: generator namespace → forwarder namespace → sink namespace, joined by veth
+  pairs; addresses in 198.18.0.0/15; static neighbours; GRO on the veths (frames redirected
+  into a veth need GRO or XDP on the receiving side).
+- Generator: `BPF_PROG_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` on an `XDP_TX` program, runs of
+  50,000 frames, 8 UDP flows (source ports). Sink: an XDP program that counts and drops.
+- Rate: growth of the sink's count over a {window:.1} s steady-state window after 0.5 s of
+  warm-up. Candidates interleaved, {rounds} round(s); the table shows medians.
+- Frame sizes are RFC 2544 sizes (FCS included; the frames on the veth are 4 bytes shorter).
+- Candidates: **xdpfwd AF_XDP** (default path, copy mode on veth); **xdpfwd fast path**
+  (`--default-path fast`: rewrite in XDP + `XDP_REDIRECT`); **bare XDP_REDIRECT** (an XDP
+  program that only rewrites MACs and redirects: the ceiling here); **testpmd net_af_xdp**
+  (DPDK 22.11 `dpdk-testpmd --no-pci --no-huge`, mac forwarding mode, one forwarding core);
+  **Linux forwarding** (the kernel's IP forwarding). Live frames enter the kernel stack only
+  through GRO here, and only about 1024 of them per generator run survive the kernel's
+  forwarding path, so its figure is not the kernel's real forwarding rate.
+
+## Throughput (Mpps, medians)
+
+{table}
+![throughput](performance.svg)
+
+## xdpfwd costs
+
+- System calls per forwarded packet (AF_XDP path, whole runs): {syscalls}
+- xdpfwd process CPU per forwarded packet (AF_XDP path; kernel softirq work on the
+  generator's core is not included): {ns_per_pkt}
+- CPU when idle: {idle:.2} % of one core.
+
+## Ping round-trip time through each candidate (ms, average of 50)
+
+| candidate | RTT |
+|---|---|
+{rtt}
+## Reading the figures
+
+On veth, AF_XDP runs in copy mode: the kernel copies every frame into the UMEM on receive
+and out of it into a new skb on transmit (`xsk_generic_xmit`), and transmits at most a
+bounded batch per `sendto`. Both xdpfwd's AF_XDP path and testpmd pay that; the fast path
+and the bare redirect do not. Two cores are shared by the generator, the kernel's softirq
+work and the forwarder, so absolute figures are low and move between runs; the ratios in the
+same run are what to compare.
+"#,
+            quick = if self.quick { " --quick" } else { "" },
+            cpu = cpu.trim(),
+            kernel = kernel.trim(),
+            window = self.window.as_secs_f64(),
+            rounds = self.rounds,
+            table = self.table(),
+            syscalls = if self.syscalls_per_pkt.is_empty() {
+                "n/a".to_string()
+            } else {
+                format!(
+                    "{:.4} (median of {} runs)",
+                    median(&self.syscalls_per_pkt),
+                    self.syscalls_per_pkt.len()
+                )
+            },
+            idle = self.idle * 100.0,
+        ))
+    }
+
+    fn svg(&self) -> anyhow::Result<String> {
+        use plotters::prelude::*;
+        let mut out = String::new();
+        {
+            let root = SVGBackend::with_string(&mut out, (900, 520)).into_drawing_area();
+            root.fill(&WHITE)?;
+            let max = Candidate::ALL
+                .iter()
+                .flat_map(|c| (0..self.sizes.len()).map(move |si| (c, si)))
+                .map(|(c, si)| self.mpps(*c, si))
+                .fold(0.0f64, f64::max)
+                .max(0.1)
+                * 1.15;
+            let xmax = *self.sizes.last().unwrap_or(&1518) as f64 + 50.0;
+            let mut chart = ChartBuilder::on(&root)
+                .caption("Forwarded packets per second vs frame size", ("sans-serif", 22))
+                .margin(15)
+                .x_label_area_size(45)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0f64..xmax, 0f64..max)?;
+            chart.configure_mesh().x_desc("frame size (bytes)").y_desc("Mpps").draw()?;
+            let colors = [RED, BLUE, GREEN, MAGENTA, BLACK];
+            for (c, color) in Candidate::ALL.iter().zip(colors) {
+                let points: Vec<(f64, f64)> = self
+                    .sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(si, s)| (*s as f64, self.mpps(*c, si)))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                    .label(c.name())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+                chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+            root.present()?;
+        }
+        Ok(out)
+    }
+}
