@@ -23,7 +23,8 @@ pub struct PortStats {
     pub drop_invalid: AtomicU64,
     /// Frames the rewrite refused (truncated, expired).
     pub drop_rewrite: AtomicU64,
-    /// Frames dropped because the egress TX ring was full.
+    /// Frames dropped because the egress pending list was full (held frames released at
+    /// once beyond what the TX ring takes).
     pub drop_tx_full: AtomicU64,
     /// Frames held waiting for neighbour resolution.
     pub held: AtomicU64,

@@ -245,8 +245,16 @@ impl Worker {
     fn receive(&mut self) -> usize {
         let mut received = 0;
         for p in 0..self.ports.len() {
+            // Back-pressure: take no more than every pending TX list can hold, so a full TX
+            // ring leaves frames in the RX ring (and the kernel stops filling when the fill
+            // ring runs dry) instead of dropping frames already received.
+            let room = self.state.iter().map(|s| s.pending.capacity() - s.pending.len()).min();
+            let take = room.unwrap_or(0).min(self.scratch.len());
+            if take == 0 {
+                break;
+            }
             // SAFETY: the RX ring hands us frames of our UMEM that the kernel is done with.
-            let n = unsafe { self.ports[p].rx.consume(&mut self.scratch) };
+            let n = unsafe { self.ports[p].rx.consume(&mut self.scratch[..take]) };
             if n == 0 {
                 continue;
             }
@@ -419,16 +427,12 @@ impl Worker {
                 let bytes: usize = state.pending[..n].iter().map(|d| d.lengths().data()).sum();
                 PortStats::add(&port.stats.tx_packets, n as u64);
                 PortStats::add(&port.stats.tx_bytes, bytes as u64);
-                PortStats::add(&port.stats.drop_tx_full, (state.pending.len() - n) as u64);
                 state.in_tx += n as u32;
                 for d in &state.pending[..n] {
                     hand_over(owner, violations, frame_size, d, Owner::Worker, Owner::Tx);
                 }
-                for d in &state.pending[n..] {
-                    hand_over(owner, violations, frame_size, d, Owner::Worker, Owner::Free);
-                }
-                self.free.extend_from_slice(&state.pending[n..]);
-                state.pending.clear();
+                // What did not fit waits for the next iteration, in order.
+                state.pending.drain(..n);
             }
             // Kick while descriptors wait in the ring: in copy mode each kick sends a bounded
             // batch, so a partial batch must not wait for the next packet.

@@ -153,12 +153,32 @@ fn open_in(
             comp,
             stats: Arc::new(PortStats::default()),
         };
+        if !zero_copy {
+            raise_tx_budget(port.raw_fd(), config.ring_size);
+        }
         if zero_copy && !is_zero_copy(port.raw_fd()) {
             return Err(bind_err(io::Error::other("kernel fell back to copy mode")));
         }
         ports.push(port);
     }
     Ok(Sockets { umem, ports, frames, zero_copy })
+}
+
+/// In copy mode the kernel transmits at most 32 frames per `sendto` unless told otherwise
+/// (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17 and later): let one kick send a whole ring.
+fn raise_tx_budget(fd: i32, budget: u32) {
+    const SOL_XDP: i32 = 283;
+    const XDP_MAX_TX_SKB_BUDGET: i32 = 9;
+    // SAFETY: `budget` is a valid u32 for the duration of the call.
+    let ret = unsafe {
+        libc::setsockopt(fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, (&raw const budget).cast(), 4)
+    };
+    if ret != 0 {
+        tracing::debug!(
+            "XDP_MAX_TX_SKB_BUDGET not available ({}); 32 frames per TX kick",
+            io::Error::last_os_error()
+        );
+    }
 }
 
 /// Whether the socket was bound in zero-copy mode (`XDP_OPTIONS`).
