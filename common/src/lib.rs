@@ -140,8 +140,8 @@ const _: () = assert!(size_of::<XskMeta>() == 28);
 pub const META_LEN: usize = size_of::<XskMeta>();
 
 /// Per-CPU counters kept by the XDP program (`COUNTERS`, a per-CPU array indexed by the
-/// discriminant). Every frame the program sees is counted once in `Rx` and once in exactly one
-/// verdict counter.
+/// discriminant). Every frame the program sees is counted in exactly one verdict counter;
+/// `Rx`, the frames seen, is their sum, computed by user space (the program leaves it 0).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {

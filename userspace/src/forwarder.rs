@@ -59,6 +59,13 @@ pub struct RunArgs {
     /// device; on veth the egress peer needs an XDP program or GRO).
     #[arg(long, value_enum, default_value_t = DefaultPath::AfXdp)]
     pub default_path: DefaultPath,
+    /// CPUs to pin the workers to, in order (e.g. `--cpus 2,3`); default: not pinned.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    /// Busy polling on the sockets (`SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` µs,
+    /// `SO_BUSY_POLL_BUDGET` = batch), for NICs whose driver supports it; 0: off.
+    #[arg(long, default_value_t = 0)]
+    pub busy_poll: u32,
     /// Seconds between one-line counter reports (0: none).
     #[arg(long, default_value_t = 10.0)]
     pub stats_interval: f64,
@@ -133,6 +140,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let queues: Vec<(Arc<Iface>, u32)> =
         ifaces.iter().flat_map(|i| (0..i.rx_queues).map(move |q| (i.clone(), q))).collect();
     let sockets = xsk::open(&queues, &config)?;
+    if args.busy_poll > 0 {
+        for port in &sockets.ports {
+            xsk::busy_poll(port.raw_fd(), args.busy_poll, args.batch as u32)
+                .with_context(|| format!("enabling busy polling on {}", port.iface.name))?;
+        }
+    }
     for port in &sockets.ports {
         xsks.set(xsk_key(port.iface.slot, port.queue), port.raw_fd(), 0).with_context(|| {
             format!("inserting the socket of {} queue {} into XSKS", port.iface.name, port.queue)
@@ -198,8 +211,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             Sizes { batch: args.batch, ring_size: config.ring_size, frame_size: config.frame_size },
             Links { shared: shared.clone(), resolve: resolve_tx.clone(), account },
         );
-        worker_threads
-            .push(thread::Builder::new().name(format!("xdpfwd-w{w}")).spawn(move || worker.run())?);
+        let cpu = (!args.cpus.is_empty()).then(|| args.cpus[w % args.cpus.len()]);
+        worker_threads.push(thread::Builder::new().name(format!("xdpfwd-w{w}")).spawn(
+            move || {
+                if let Some(cpu) = cpu {
+                    pin_to(cpu);
+                }
+                worker.run()
+            },
+        )?);
     }
 
     let stop_signal = Arc::new(AtomicBool::new(false));
@@ -241,10 +261,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         if frames.total == 0 {
             frames = prev_frames;
         }
-        let xdp = Counter::ALL
+        let mut xdp: Vec<u64> = Counter::ALL
             .iter()
             .map(|c| counters.get(&(*c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0))
             .collect();
+        xdp[Counter::Rx as usize] = xdp.iter().skip(1).sum();
         Snapshot { ports, frames, xdp, worker_allocs: alloc_count::counted() }
     };
 
@@ -312,6 +333,18 @@ fn validate(ifaces: &[Iface], config: &XskConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    let result = set
+        .set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    match result {
+        Ok(()) => tracing::info!(cpu, "worker pinned"),
+        Err(err) => tracing::warn!(cpu, %err, "could not pin the worker"),
+    }
 }
 
 /// Older kernels charge BPF maps and the UMEM to RLIMIT_MEMLOCK.

@@ -181,6 +181,24 @@ fn raise_tx_budget(fd: i32, budget: u32) {
     }
 }
 
+/// Enables busy polling on an AF_XDP socket: `SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` (µs) and
+/// `SO_BUSY_POLL_BUDGET` (frames per poll).
+pub fn busy_poll(fd: i32, usecs: u32, budget: u32) -> io::Result<()> {
+    const SO_PREFER_BUSY_POLL: i32 = 69;
+    const SO_BUSY_POLL_BUDGET: i32 = 70;
+    for (opt, value) in
+        [(SO_PREFER_BUSY_POLL, 1u32), (libc::SO_BUSY_POLL, usecs), (SO_BUSY_POLL_BUDGET, budget)]
+    {
+        // SAFETY: `value` is a valid u32 for the duration of the call.
+        let ret =
+            unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&raw const value).cast(), 4) };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Whether the socket was bound in zero-copy mode (`XDP_OPTIONS`).
 pub fn is_zero_copy(fd: i32) -> bool {
     const SOL_XDP: i32 = 283;

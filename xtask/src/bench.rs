@@ -128,13 +128,17 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
             }
         }
     }
+    let profile = bench.profile(&sink).unwrap_or_else(|err| format!("(no profile: {err:#})"));
     drop(sink);
     let idle = bench.idle_cpu()?;
     let rtts: Vec<(Candidate, Option<f64>)> =
         Candidate::ALL.iter().map(|c| (*c, bench.rtt(*c).ok())).collect();
     bench.cleanup();
+    let micro = criterion().unwrap_or_else(|err| format!("(criterion failed: {err:#})"));
 
     let report = Report {
+        micro,
+        profile,
         sizes: sizes.to_vec(),
         results,
         syscalls_per_pkt,
@@ -153,17 +157,25 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
 }
 
 fn install_dpdk() -> anyhow::Result<()> {
-    if Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", "dpdk"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false)
-    {
+    let installed = |pkg: &str| {
+        Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}", pkg])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+            .unwrap_or(false)
+    };
+    let missing: Vec<&str> =
+        ["dpdk", "dpdk-dev", "linux-perf"].into_iter().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing dpdk dpdk-dev (testpmd, for comparison)");
+    eprintln!(
+        "xtask: installing {} (testpmd for comparison, perf for profiles)",
+        missing.join(" ")
+    );
     cmd(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends", "dpdk", "dpdk-dev"])
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
@@ -340,6 +352,57 @@ impl Bench {
         Ok(Sample { pps, cpu_per_pkt })
     }
 
+    /// Where the time goes on the AF_XDP path at 64 B: `perf record -a` over two seconds,
+    /// summarised by thread and by place (user space, kernel, eBPF), and the top symbols.
+    fn profile(&self, sink: &Sink) -> anyhow::Result<String> {
+        let t = &self.topo;
+        let data = std::env::temp_dir().join(format!("{}.perf", t.prefix));
+        let mut running = self.start(Candidate::AfXdp)?;
+        let frame = udp_frame(self.c_mac, self.f0_mac, [198, 18, 1, 2], SERVER_V4.octets(), 60);
+        let generator = Generator::start(&t.client, &t.c0, frame, 8, 50_000, None)?;
+        thread::sleep(Duration::from_millis(500));
+        let before = sink.count()?.0;
+        let record = sh(&[
+            "perf",
+            "record",
+            "-a",
+            "-g",
+            "-F",
+            "999",
+            "-o",
+            &data.to_string_lossy(),
+            "--",
+            "sleep",
+            "2",
+        ]);
+        let after = sink.count()?.0;
+        generator.stop()?;
+        self.stop(&mut running)?;
+        record?;
+        let path = data.to_string_lossy().into_owned();
+        let report = |sort: &str, extra: &[&str]| -> anyhow::Result<String> {
+            let mut args =
+                vec!["perf", "report", "-i", &path, "--stdio", "--no-children", "--sort", sort];
+            args.extend_from_slice(extra);
+            Ok(sh(&args)?
+                .lines()
+                .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
+                .take(14)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        };
+        let by_thread = report("comm,dso", &["-g", "none"])?;
+        let by_symbol = report("comm,sym", &["-g", "none"])?;
+        let _ = fs::remove_file(&data);
+        Ok(format!(
+            "{:.3} Mpps during the profile. Samples by thread and place (`[kernel.kallsyms]` is \
+             the kernel, `bpf_prog_*` eBPF, `xdpfwd` our user space; the generator thread also \
+             runs the receive side in softirq):\n\n```text\n{by_thread}\n```\n\nTop symbols:\n\n```text\n{by_symbol}\n```\n",
+            (after - before) as f64 / 2.0 / 1e6
+        ))
+    }
+
     /// xdpfwd's CPU use with no traffic, as a fraction of one core.
     fn idle_cpu(&self) -> anyhow::Result<f64> {
         let t = &self.topo;
@@ -386,6 +449,46 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(14) + ticks(15)) / 100.0
 }
 
+/// Runs the criterion benchmarks; returns "- name: time" lines.
+fn criterion() -> anyhow::Result<String> {
+    let obj = root().join("xdp-prog/target/bpfel-unknown-none/release/xdp-prog");
+    let out =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(root())
+            .args([
+                "bench",
+                "-p",
+                "xdpfwd",
+                "--bench",
+                "rewrite",
+                "--",
+                "--warm-up-time",
+                "1",
+                "--measurement-time",
+                "3",
+            ])
+            .env("XDPFWD_EBPF_OBJ", obj)
+            .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = String::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        if line.starts_with("per_packet/") {
+            name = line.split_whitespace().collect::<Vec<_>>().join(" ");
+            if let Some((n, rest)) = name.clone().split_once("time:") {
+                let _ = writeln!(lines, "- {}: {}", n.trim(), rest.trim());
+                name.clear();
+            }
+        } else if let Some(rest) = line.trim().strip_prefix("time:") {
+            let _ = writeln!(lines, "- {}: {}", name.trim(), rest.trim());
+        }
+    }
+    if lines.is_empty() {
+        bail!("no criterion output");
+    }
+    Ok(lines)
+}
+
 fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -404,6 +507,10 @@ struct Report {
     quick: bool,
     rounds: usize,
     window: Duration,
+    /// criterion results, one line per benchmark.
+    micro: String,
+    /// `perf` summary of the AF_XDP path at 64 B.
+    profile: String,
 }
 
 impl Report {
@@ -504,6 +611,14 @@ Regenerated by `cargo xtask bench{quick}` — do not edit by hand.
 | candidate | RTT |
 |---|---|
 {rtt}
+## Where the time goes (AF_XDP path, 64 B, `perf record -a`)
+
+{profile}
+## Micro-benchmarks (criterion, `cargo bench -p xdpfwd`)
+
+User-space work per packet on the AF_XDP path (read the metadata, rewrite in place):
+
+{micro}
 ## Reading the figures
 
 On veth, AF_XDP runs in copy mode: the kernel copies every frame into the UMEM on receive
@@ -529,6 +644,8 @@ same run are what to compare.
                 )
             },
             idle = self.idle * 100.0,
+            micro = self.micro,
+            profile = self.profile,
         ))
     }
 
