@@ -183,7 +183,7 @@ impl Generator {
         let sent = Arc::new(AtomicU64::new(0));
         let (ns, dev, obj) = (ns.to_owned(), dev.to_owned(), bench_obj());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = thread::spawn({
+        let thread = thread::Builder::new().name("generator".into()).spawn({
             let (stop, sent) = (stop.clone(), sent.clone());
             move || -> anyhow::Result<()> {
                 let setup = || -> anyhow::Result<(Ebpf, u32)> {
@@ -227,7 +227,7 @@ impl Generator {
                 }
                 Ok(())
             }
-        });
+        })?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Self { stop, sent, thread: Some(thread) }),
             Ok(Err(e)) => anyhow::bail!("generator setup failed: {e}"),

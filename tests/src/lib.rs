@@ -79,6 +79,11 @@ pub struct Topology {
 impl Topology {
     /// Creates the topology with kernel forwarding `forwarding` in the forwarder namespace.
     pub fn new(tag: &str, forwarding: bool) -> anyhow::Result<Self> {
+        Self::with_queues(tag, forwarding, 1)
+    }
+
+    /// Like [`Topology::new`], with `queues` rx and tx queues on every veth.
+    pub fn with_queues(tag: &str, forwarding: bool, queues: u32) -> anyhow::Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let prefix = format!(
             "xf{}{}{}",
@@ -98,11 +103,11 @@ impl Topology {
             s0: format!("{prefix}s0"),
             prefix,
         };
-        t.create(forwarding).inspect_err(|_| t.destroy())?;
+        t.create(forwarding, queues).inspect_err(|_| t.destroy())?;
         Ok(t)
     }
 
-    fn create(&self, forwarding: bool) -> anyhow::Result<()> {
+    fn create(&self, forwarding: bool, queues: u32) -> anyhow::Result<()> {
         for ns in [&self.client, &self.fwd, &self.server] {
             sh(&["ip", "netns", "add", ns])?;
             ns_sh(ns, &["ip", "link", "set", "lo", "up"])?;
@@ -118,36 +123,26 @@ impl Topology {
                 ],
             )?;
         }
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &self.c0,
-            "netns",
-            &self.client,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.f0,
-            "netns",
-            &self.fwd,
-        ])?;
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &self.s0,
-            "netns",
-            &self.server,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.f1,
-            "netns",
-            &self.fwd,
-        ])?;
+        let q = queues.to_string();
+        let qs = ["numrxqueues", q.as_str(), "numtxqueues", q.as_str()];
+        for (a, a_ns, b, b_ns) in [
+            (&self.c0, &self.client, &self.f0, &self.fwd),
+            (&self.s0, &self.server, &self.f1, &self.fwd),
+        ] {
+            let mut args = vec!["ip", "link", "add", a.as_str(), "netns", a_ns.as_str()];
+            args.extend_from_slice(&qs);
+            args.extend_from_slice(&[
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b.as_str(),
+                "netns",
+                b_ns.as_str(),
+            ]);
+            args.extend_from_slice(&qs);
+            sh(&args)?;
+        }
         let addr = |ns: &str, dev: &str, a: &str| -> anyhow::Result<()> {
             sh(&["ip", "-n", ns, "addr", "add", a, "dev", dev, "nodad"]).map(|_| ())
         };
