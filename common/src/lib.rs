@@ -52,7 +52,9 @@ pub struct IfaceInfo {
     /// The interface's own MAC address: the destination of frames it must route, the source of
     /// frames it sends.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Longest frame an AF_XDP socket on this interface receives whole (UMEM frame size minus
+    /// the kernel's headroom and our metadata); longer frames go to the kernel.
+    pub max_frame: u16,
 }
 const _: () = assert!(size_of::<IfaceInfo>() == 20);
 
@@ -169,7 +171,8 @@ pub enum Counter {
     PassSpecialAddr,
     /// Passed: no route, or a route the kernel must handle (local, broadcast, unreachable...).
     PassRoute,
-    /// Passed: the egress interface is not managed, down, or the ingress interface itself.
+    /// Passed: the egress interface is not managed, down, or the ingress interface itself;
+    /// or the frame is longer than an AF_XDP socket receives whole.
     PassEgress,
     /// Passed: the packet exceeds the egress MTU (the kernel fragments or sends ICMP).
     PassMtu,

@@ -257,8 +257,14 @@ pub struct Finished {
 impl Forwarder {
     /// Starts `xdpfwd run ARGS` in `ns` and waits until it is forwarding.
     pub fn start(ns: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_wrapped(ns, &[], args)
+    }
+
+    /// Like [`Forwarder::start`], through a wrapper command (e.g. `setpriv ... --`).
+    pub fn start_wrapped(ns: &str, wrapper: &[&str], args: &[&str]) -> anyhow::Result<Self> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
+            .args(wrapper)
             .arg(xdpfwd_bin())
             .arg("run")
             .args(args)

@@ -61,8 +61,9 @@ pub struct Maps {
 const SYSCTL_POLL: Duration = Duration::from_millis(500);
 /// How often stale neighbours are re-confirmed.
 const STALE_REFRESH: Duration = Duration::from_secs(5);
-/// Least time between two resolution requests for one next hop.
-const RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Least time between two resolution requests for one next hop (workers repeat theirs every
+/// 500 ms while frames wait).
+const RESOLVE_INTERVAL: Duration = Duration::from_millis(400);
 
 pub struct Control {
     maps: Maps,
@@ -75,11 +76,18 @@ pub struct Control {
     forwarding: HashMap<u32, (bool, bool)>,
     /// Plain L3 forwarding takes the in-kernel fast path.
     fast_path: bool,
+    /// Longest frame the sockets receive whole (`IfaceInfo::max_frame`).
+    max_frame: u16,
     shared: Arc<Shared>,
 }
 
 impl Control {
-    pub fn new(maps: Maps, ifaces: Vec<Iface>, fast_path: bool, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        maps: Maps,
+        ifaces: Vec<Iface>,
+        (fast_path, max_frame): (bool, u16),
+        shared: Arc<Shared>,
+    ) -> Self {
         Self {
             maps,
             ifaces,
@@ -88,6 +96,7 @@ impl Control {
             last_resolve: HashMap::new(),
             forwarding: HashMap::new(),
             fast_path,
+            max_frame,
             shared,
         }
     }
@@ -201,6 +210,15 @@ impl Control {
         let iface = &mut self.ifaces[i];
         if iface.up != fresh.up || iface.mtu != fresh.mtu || iface.mac != fresh.mac {
             tracing::info!(iface = %iface.name, up = fresh.up, mtu = fresh.mtu, "link changed");
+        }
+        if fresh.mtu != iface.mtu && fresh.mtu + 14 + 4 > u32::from(self.max_frame) {
+            tracing::error!(
+                iface = %iface.name,
+                mtu = fresh.mtu,
+                "MTU raised beyond what single-buffer AF_XDP carries (frames up to {} bytes): \
+                 longer frames now go to the kernel; lower the MTU to restore full forwarding",
+                self.max_frame
+            );
         }
         iface.up = fresh.up;
         iface.mtu = fresh.mtu;
@@ -441,6 +459,12 @@ impl Control {
         if self.fast_path {
             flags |= IFACE_FAST_PATH;
         }
-        IfaceInfo { slot: iface.slot, flags, mtu: iface.mtu, mac: iface.mac, _pad: [0; 2] }
+        IfaceInfo {
+            slot: iface.slot,
+            flags,
+            mtu: iface.mtu,
+            mac: iface.mac,
+            max_frame: self.max_frame,
+        }
     }
 }

@@ -14,15 +14,16 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{DevMap, HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
-use xdpfwd_common::{Counter, MAX_IFACES, MAX_QUEUES, xsk_key};
+use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, xsk_key};
 
 use crate::{
-    alloc_count,
     control::{Control, Maps},
     iface::{self, Iface},
     loader::{self, ModeArg},
-    privileges,
-    stats::{FrameFigures, PortFigures, PortStats, Snapshot, WorkerStats},
+    metrics, privileges,
+    snapshot::{PortView, StatsSource},
+    stats::WorkerStats,
+    stats_server,
     worker::{Links, Shared, Sizes, Worker},
     xsk::{self, BindMode, XskConfig},
 };
@@ -66,6 +67,10 @@ pub struct RunArgs {
     /// `SO_BUSY_POLL_BUDGET` = batch), for NICs whose driver supports it; 0: off.
     #[arg(long, default_value_t = 0)]
     pub busy_poll: u32,
+    /// Serve Prometheus metrics on `http://ADDR/metrics` (ADDR: `PORT` for 127.0.0.1, or
+    /// `HOST:PORT`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Seconds between one-line counter reports (0: none).
     #[arg(long, default_value_t = 10.0)]
     pub stats_interval: f64,
@@ -77,13 +82,6 @@ pub enum DefaultPath {
     AfXdp,
     /// In-kernel fast path (XDP rewrite + DEVMAP redirect).
     Fast,
-}
-
-struct PortView {
-    iface: String,
-    queue: u32,
-    fd: i32,
-    stats: Arc<PortStats>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -158,8 +156,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (resolve_tx, resolve_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let fast = args.default_path == DefaultPath::Fast;
-    let control =
-        Control::new(maps, ifaces.iter().map(|i| (**i).clone()).collect(), fast, shared.clone());
+    let max_frame = (config.max_frame_len() as usize - xdpfwd_common::META_LEN) as u16;
+    let control = Control::new(
+        maps,
+        ifaces.iter().map(|i| (**i).clone()).collect(),
+        (fast, max_frame),
+        shared.clone(),
+    );
     let control_thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
         let shared = shared.clone();
         move || -> anyhow::Result<()> {
@@ -244,37 +247,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ifaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(" "),
     );
 
-    let snapshot = |prev_frames: FrameFigures| -> Snapshot {
-        let ports = views
-            .iter()
-            .map(|v| {
-                PortFigures::read(
-                    &v.iface,
-                    v.queue,
-                    &v.stats,
-                    xsk::kernel_stats(v.fd).unwrap_or_default(),
-                )
-            })
-            .collect();
-        let mut frames =
-            accounts.iter().map(|a| a.read()).fold(FrameFigures::default(), FrameFigures::plus);
-        if frames.total == 0 {
-            frames = prev_frames;
-        }
-        let mut xdp: Vec<u64> = Counter::ALL
-            .iter()
-            .map(|c| counters.get(&(*c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0))
-            .collect();
-        xdp[Counter::Rx as usize] = xdp.iter().skip(1).sum();
-        Snapshot { ports, frames, xdp, worker_allocs: alloc_count::counted() }
-    };
+    let source = Arc::new(StatsSource {
+        ports: views,
+        workers: accounts,
+        counters,
+        attach: ifaces.iter().zip(&modes).map(|(i, m)| (i.name.clone(), m.to_string())).collect(),
+        xsk_mode: copy_mode.to_owned(),
+        start: Instant::now(),
+    });
+    let reporters_stop = Arc::new(AtomicBool::new(false));
+    let mut reporters = Vec::new();
+    match stats_server::serve(source.clone(), reporters_stop.clone()) {
+        Ok(handle) => reporters.push(handle),
+        Err(err) => tracing::warn!("`xdpfwd stats` will not see this instance: {err:#}"),
+    }
+    if let Some(addr) = &args.metrics {
+        reporters.push(metrics::serve(
+            parse_metrics_addr(addr)?,
+            source.clone(),
+            reporters_stop.clone(),
+        )?);
+    }
 
     let start = Instant::now();
-    let mut last = (Instant::now(), snapshot(FrameFigures::default()));
+    let mut last = (Instant::now(), source.snapshot());
     while !stop_signal.load(Relaxed) && !shared.stop.load(Relaxed) {
         thread::sleep(Duration::from_millis(50));
         if args.stats_interval > 0.0 && last.0.elapsed().as_secs_f64() >= args.stats_interval {
-            let now = snapshot(last.1.frames);
+            let now = source.snapshot();
             tracing::info!("{}", now.line(&last.1, last.0.elapsed().as_secs_f64()));
             last = (Instant::now(), now);
         }
@@ -289,7 +289,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = t.join();
     }
     let control_result = control_thread.join().unwrap_or_else(|_| Ok(()));
-    let fin = snapshot(last.1.frames);
+    reporters_stop.store(true, Relaxed);
+    for r in reporters {
+        let _ = r.join();
+    }
+    let fin = source.snapshot();
     let (pkts, bytes) = fin.forwarded();
     let secs = start.elapsed().as_secs_f64();
     println!(
@@ -302,6 +306,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("stopped after a control plane failure");
     }
     Ok(())
+}
+
+/// `PORT` → 127.0.0.1:PORT; `HOST:PORT` as given.
+fn parse_metrics_addr(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    if let Ok(port) = addr.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    addr.parse().with_context(|| format!("--metrics {addr:?}: expected PORT or HOST:PORT"))
 }
 
 /// Refuses configurations the data path cannot carry.

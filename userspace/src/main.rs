@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use xdpfwd::{alloc_count::CountingAlloc, forwarder};
+use xdpfwd::{alloc_count::CountingAlloc, forwarder, stats_server};
 
 /// Counts heap allocations made by worker threads (reported at exit; must stay 0).
 #[global_allocator]
@@ -30,6 +30,20 @@ enum Command {
     /// another is forwarded through AF_XDP (next-hop MAC from the kernel's neighbour table,
     /// TTL / hop limit decremented). Everything else goes to the kernel untouched.
     Run(forwarder::RunArgs),
+    /// Show the counters of the forwarders running in this network namespace, refreshed
+    /// every interval (like xdp-bench): per interface and queue, drops by reason, XDP
+    /// verdicts, kernel socket statistics, attach and copy modes, frame pool occupancy.
+    Stats {
+        /// One JSON object per forwarder and refresh, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Refreshes before exiting (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +57,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Run(args) => forwarder::run(args),
+        Command::Stats { json, interval, count } => stats_server::run(json, interval, count),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

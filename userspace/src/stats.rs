@@ -6,6 +6,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
+use serde::{Deserialize, Serialize};
 use xdpfwd_common::Counter;
 
 use crate::xsk::KernelStats;
@@ -64,7 +65,7 @@ pub struct WorkerStats {
 }
 
 /// Worker figures read at one instant (summed over workers).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameFigures {
     pub total: u64,
     pub free: u64,
@@ -116,7 +117,7 @@ impl WorkerStats {
 }
 
 /// One port's figures.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PortFigures {
     pub iface: String,
     pub queue: u32,
@@ -153,13 +154,20 @@ impl PortFigures {
     }
 }
 
-/// Everything at one instant.
-#[derive(Clone, Debug, Default)]
+/// Everything at one instant: what `xdpfwd stats` receives (as JSON) and what the reports
+/// and the Prometheus endpoint show.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// Interfaces with their XDP attach mode ("native" or "skb").
+    pub attach: Vec<(String, String)>,
+    /// "copy" or "zero-copy".
+    pub xsk_mode: String,
+    /// Seconds since the forwarder started.
+    pub uptime: f64,
     pub ports: Vec<PortFigures>,
     pub frames: FrameFigures,
-    /// XDP program counters, summed over CPUs, indexed by [`Counter`].
-    pub xdp: Vec<u64>,
+    /// XDP program counters, summed over CPUs, by [`Counter::name`].
+    pub xdp: std::collections::BTreeMap<String, u64>,
     /// Heap allocations made by worker threads since start.
     pub worker_allocs: u64,
 }
@@ -169,8 +177,8 @@ impl Snapshot {
         self.ports.iter().fold((0, 0), |(p, b), port| (p + port.tx_packets, b + port.tx_bytes))
     }
 
-    fn xdp(&self, c: Counter) -> u64 {
-        self.xdp.get(c as usize).copied().unwrap_or(0)
+    pub fn xdp(&self, c: Counter) -> u64 {
+        self.xdp.get(c.name()).copied().unwrap_or(0)
     }
 
     /// A one-line summary with rates against `prev`, taken `secs` earlier.

@@ -34,6 +34,8 @@ use crate::{
 /// How long a frame waits for its next hop to be resolved before it is dropped (the kernel's
 /// default ARP retransmit × probes is about 3 s).
 pub const HOLD_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often resolution is requested again while frames wait for a next hop.
+const RESOLVE_RETRY: Duration = Duration::from_millis(500);
 /// Most frames one worker holds for unresolved next hops.
 pub const HOLD_CAPACITY: usize = 256;
 /// Idle iterations before a worker sleeps in `poll()`.
@@ -127,6 +129,8 @@ pub struct Worker {
     tx_kicks: u64,
     fill_wakeups: u64,
     idle_polls: u64,
+    /// When resolution was last requested again for the next hops of held frames.
+    last_resolve_sweep: Instant,
     shared: Arc<Shared>,
     resolve: UnboundedSender<Resolve>,
     account: Arc<WorkerStats>,
@@ -181,6 +185,7 @@ impl Worker {
             tx_kicks: 0,
             fill_wakeups: 0,
             idle_polls: 0,
+            last_resolve_sweep: Instant::now(),
             shared,
             resolve,
             account,
@@ -387,6 +392,17 @@ impl Worker {
     /// Sends held frames whose next hop is now known, in arrival order; drops expired ones.
     fn service_held(&mut self) {
         let now = Instant::now();
+        if now.duration_since(self.last_resolve_sweep) >= RESOLVE_RETRY {
+            // Ask again for every next hop still awaited: a request can be lost (rate limit,
+            // a link that was down), and frames keep arriving for it.
+            self.last_resolve_sweep = now;
+            for i in 0..self.held.len() {
+                let (ifindex, addr) = (self.held[i].ifindex, self.held[i].next_hop);
+                if !self.held[..i].iter().any(|h| h.ifindex == ifindex && h.next_hop == addr) {
+                    let _ = self.resolve.send(Resolve { ifindex, addr });
+                }
+            }
+        }
         let neighbours = Arc::clone(&self.shared);
         let Ok(table) = neighbours.neighbours.read() else { return };
         let mut keep = 0;

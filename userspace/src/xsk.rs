@@ -213,7 +213,7 @@ pub fn is_zero_copy(fd: i32) -> bool {
 }
 
 /// Kernel statistics of one socket (`XDP_STATISTICS`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelStats {
     pub rx_dropped: u64,
     pub rx_invalid_descs: u64,

@@ -120,6 +120,10 @@ fn classify(ctx: &XdpContext) -> Result<Steer, Counter> {
     if eth[0..6] != ingress.mac {
         return Err(Counter::PassNotForUs);
     }
+    if ctx.data_end() - ctx.data() > ingress.max_frame as usize {
+        // An AF_XDP socket would drop it: longer than a UMEM frame carries.
+        return Err(Counter::PassEgress);
+    }
     match u16::from_be_bytes([eth[12], eth[13]]) {
         ETH_P_IP => ipv4(ctx, ifindex, &ingress),
         ETH_P_IPV6 => ipv6(ctx, ifindex, &ingress),

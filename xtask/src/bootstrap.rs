@@ -36,6 +36,38 @@ pub fn run() -> anyhow::Result<()> {
     install_packages()?;
     install_nightly()?;
     install_bpf_linker()?;
+    install_python_parser()?;
+    Ok(())
+}
+
+/// The Prometheus project's Python client: its OpenMetrics parser validates `/metrics` in the
+/// tests.
+fn install_python_parser() -> anyhow::Result<()> {
+    let present = || {
+        Command::new("python3")
+            .args(["-c", "import prometheus_client.openmetrics.parser"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if present() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing the Python package prometheus-client (OpenMetrics parser for the tests)"
+    );
+    let pip = |extra: &[&str]| {
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "prometheus-client"])
+            .args(extra)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !pip(&[]) && !pip(&["--break-system-packages"]) {
+        bail!("could not install the Python package prometheus-client with pip");
+    }
+    if !present() {
+        bail!("prometheus-client installed but `python3` cannot import it");
+    }
     Ok(())
 }
 

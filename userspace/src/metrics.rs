@@ -1,0 +1,214 @@
+//! `--metrics ADDR`: the counters in Prometheus (OpenMetrics) text on `GET /metrics`, built
+//! with prometheus-client from a fresh [`Snapshot`] at every scrape. Names follow Prometheus
+//! conventions: `xdpfwd_` prefix, base units, `_total` counters, `iface` / `queue` /
+//! `reason` labels, and `xdpfwd_build_info`.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+
+use crate::{snapshot::StatsSource, stats::Snapshot};
+
+type Labels = Vec<(String, String)>;
+
+fn counter_family(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, family.clone()),
+        None => registry.register(name, help, family.clone()),
+    }
+    family
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// The OpenMetrics text for `snap`.
+pub fn encode_snapshot(snap: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("xdpfwd");
+    let info = Family::<Labels, Gauge>::default();
+    registry.register("build_info", "Build and mode information (value 1)", info.clone());
+    info.get_or_create(&labels(&[
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("xsk_mode", &snap.xsk_mode),
+    ]))
+    .set(1);
+    let attach = Family::<Labels, Gauge>::default();
+    registry.register(
+        "xdp_attached",
+        "XDP program attached to a managed interface (value 1)",
+        attach.clone(),
+    );
+    for (iface, mode) in &snap.attach {
+        attach.get_or_create(&labels(&[("iface", iface), ("mode", mode)])).set(1);
+    }
+
+    let rx_p =
+        counter_family(&mut registry, "rx_packets", "Frames received on an AF_XDP socket", None);
+    let rx_b = counter_family(
+        &mut registry,
+        "rx",
+        "Bytes received on an AF_XDP socket",
+        Some(Unit::Bytes),
+    );
+    let tx_p =
+        counter_family(&mut registry, "tx_packets", "Frames transmitted on an AF_XDP socket", None);
+    let tx_b = counter_family(
+        &mut registry,
+        "tx",
+        "Bytes transmitted on an AF_XDP socket",
+        Some(Unit::Bytes),
+    );
+    let drops = counter_family(&mut registry, "drops", "Frames dropped by xdpfwd, by reason", None);
+    let held = counter_family(&mut registry, "held", "Frames held waiting for a neighbour", None);
+    let kernel = counter_family(
+        &mut registry,
+        "xsk_kernel_events",
+        "AF_XDP socket statistics from the kernel (XDP_STATISTICS), by event",
+        None,
+    );
+    for p in &snap.ports {
+        let q = p.queue.to_string();
+        let l = labels(&[("iface", &p.iface), ("queue", &q)]);
+        rx_p.get_or_create(&l).inc_by(p.rx_packets);
+        rx_b.get_or_create(&l).inc_by(p.rx_bytes);
+        tx_p.get_or_create(&l).inc_by(p.tx_packets);
+        tx_b.get_or_create(&l).inc_by(p.tx_bytes);
+        held.get_or_create(&l).inc_by(p.held);
+        for (reason, v) in [
+            ("invalid_meta", p.drop_invalid),
+            ("rewrite", p.drop_rewrite),
+            ("tx_full", p.drop_tx_full),
+            ("neighbour_timeout", p.held_dropped),
+        ] {
+            drops
+                .get_or_create(&labels(&[("iface", &p.iface), ("queue", &q), ("reason", reason)]))
+                .inc_by(v);
+        }
+        let k = p.kernel;
+        for (event, v) in [
+            ("rx_dropped", k.rx_dropped),
+            ("rx_invalid_descs", k.rx_invalid_descs),
+            ("tx_invalid_descs", k.tx_invalid_descs),
+            ("rx_ring_full", k.rx_ring_full),
+            ("rx_fill_ring_empty_descs", k.rx_fill_ring_empty_descs),
+            ("tx_ring_empty_descs", k.tx_ring_empty_descs),
+        ] {
+            kernel
+                .get_or_create(&labels(&[("iface", &p.iface), ("queue", &q), ("event", event)]))
+                .inc_by(v);
+        }
+    }
+    let xdp = counter_family(
+        &mut registry,
+        "xdp_verdicts",
+        "Frames seen by the XDP program, by verdict and reason (rx is their sum)",
+        None,
+    );
+    for (reason, v) in &snap.xdp {
+        xdp.get_or_create(&labels(&[("reason", reason)])).inc_by(*v);
+    }
+    let frames = Family::<Labels, Gauge>::default();
+    registry.register("umem_frames", "UMEM frames by owner", frames.clone());
+    let f = snap.frames;
+    for (state, v) in [
+        ("total", f.total),
+        ("free", f.free),
+        ("fill", f.fill),
+        ("tx", f.kernel_tx),
+        ("held", f.held),
+    ] {
+        frames.get_or_create(&labels(&[("state", state)])).set(v as i64);
+    }
+    let syscalls = counter_family(
+        &mut registry,
+        "syscalls",
+        "System calls made by the workers, by kind",
+        None,
+    );
+    for (kind, v) in
+        [("tx_kick", f.tx_kicks), ("fill_wakeup", f.fill_wakeups), ("idle_poll", f.idle_polls)]
+    {
+        syscalls.get_or_create(&labels(&[("kind", kind)])).inc_by(v);
+    }
+    let single = |registry: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        registry.register(name, help, c);
+    };
+    single(
+        &mut registry,
+        "frame_ownership_violations",
+        "Ring operations on a frame in the wrong state (must stay 0)",
+        f.violations,
+    );
+    single(
+        &mut registry,
+        "worker_heap_allocations",
+        "Heap allocations by worker threads (0 in steady state)",
+        snap.worker_allocs,
+    );
+    let up = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    up.set(snap.uptime);
+    registry.register_with_unit("uptime", "Time since the forwarder started", Unit::Seconds, up);
+
+    let mut out = String::new();
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+/// Serves `/metrics` on `addr` until `stop`.
+pub fn serve(
+    addr: SocketAddr,
+    source: Arc<StatsSource>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<thread::JoinHandle<()>> {
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("binding the metrics endpoint {addr}"))?;
+    listener.set_nonblocking(true)?;
+    tracing::info!("serving Prometheus metrics on http://{}/metrics", listener.local_addr()?);
+    Ok(thread::Builder::new().name("xdpfwd-metrics".into()).spawn(move || {
+        while !stop.load(Relaxed) {
+            let Ok((mut conn, _)) = listener.accept() else {
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut request = String::new();
+            if BufReader::new(&conn).read_line(&mut request).is_err() {
+                continue;
+            }
+            let response = if request.starts_with("GET /metrics ") || request.starts_with("GET /metrics?") {
+                let body = encode_snapshot(&source.snapshot());
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+            };
+            let _ = conn.write_all(response.as_bytes());
+        }
+    })?)
+}
