@@ -31,6 +31,7 @@ use anyhow::{Context as _, bail};
 pub mod generator;
 pub mod packet;
 pub mod traffic;
+pub mod xdp_harness;
 
 /// Runs a command, failing with its stderr.
 pub fn sh(args: &[&str]) -> anyhow::Result<String> {

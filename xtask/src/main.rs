@@ -39,6 +39,13 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzz the XDP program's classification and the user-space rewrite (cargo fuzz), each
+    /// for the given number of seconds, from seeds that are real packets.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+    },
     /// Build, then run every test: unit tests, then the privileged integration tests.
     Test {
         /// Only run integration tests whose name contains this.
@@ -61,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             demo::run(&bin)
         }
         Cmd::Test { filter } => test(filter),
+        Cmd::Fuzz { time } => fuzz(time),
         Cmd::Bench { quick } => {
             let bin = build()?;
             bench::run(&bin, quick)
@@ -147,8 +155,61 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
         "XDPFWD_BENCH_OBJ",
         root().join("xdp-prog/target/bpfel-unknown-none/release/xdp-bench"),
     );
+    let run_all = filter.is_none();
     if let Some(f) = filter {
         c.arg(f);
     }
-    cmd(&mut c)
+    cmd(&mut c)?;
+    if run_all {
+        eprintln!("xtask: a short fuzzing pass");
+        fuzz(20)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask fuzz`: installs cargo-fuzz if needed, writes seed corpora from real packets,
+/// and runs each target for `time` seconds.
+fn fuzz(time: u64) -> anyhow::Result<()> {
+    let obj = build_ebpf()?;
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        eprintln!("xtask: installing cargo-fuzz");
+        cmd(Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked"])
+            .env_remove("RUSTUP_TOOLCHAIN"))?;
+    }
+    let fuzz_dir = root().join("fuzz");
+    let seeds = xdpfwd_tests::xdp_harness::seed_frames();
+    for target in ["xdp_classify", "rewrite"] {
+        let corpus = fuzz_dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        for (i, frame) in seeds.iter().enumerate() {
+            let mut input = Vec::new();
+            if target == "xdp_classify" {
+                input.push((i % 2) as u8);
+            } else {
+                let mut meta = [0u8; 28];
+                meta[0..4].copy_from_slice(&2u32.to_ne_bytes());
+                meta[6..8].copy_from_slice(&14u16.to_ne_bytes());
+                meta[24..28].copy_from_slice(&0x7864_6677u32.to_ne_bytes());
+                input.extend_from_slice(&meta);
+                input.push(14);
+            }
+            input.extend_from_slice(frame);
+            std::fs::write(corpus.join(format!("seed-{i}")), input)?;
+        }
+        eprintln!("xtask: fuzzing {target} for {time} s");
+        cmd(Command::new("rustup")
+            .args(["run", "nightly", "cargo", "fuzz", "run", target])
+            .arg(&corpus)
+            .args(["--", &format!("-max_total_time={time}"), "-rss_limit_mb=4096"])
+            .current_dir(root())
+            .env("XDPFWD_EBPF_OBJ", &obj)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO_TARGET_DIR"))?;
+    }
+    Ok(())
 }

@@ -1,0 +1,266 @@
+//! Runs the real xdpfwd XDP program on arbitrary frames with `BPF_PROG_RUN` (no traffic, no
+//! interface touched): the classification is exercised by property tests and the fuzzer
+//! against what the kernel verified and runs.
+//!
+//! The harness moves the calling thread into a fresh network namespace (only `lo`), loads the
+//! program, and fills its maps with a small routing table: a default route through a resolved
+//! gateway, an on-link prefix without neighbour, local routes. No AF_XDP socket and no DEVMAP
+//! entry exist, so every frame must come back `XDP_PASS`; the property is that it also comes
+//! back **byte for byte unchanged**: the program never modifies a frame it passes.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+    path::PathBuf,
+};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    programs::Xdp,
+};
+use xdpfwd_common::{
+    IFACE_FAST_PATH, IFACE_MANAGED, IFACE_UP, IfaceInfo, NeighKeyV4, NeighKeyV6, Neighbour,
+    ROUTE_KERNEL, ROUTE_UNICAST, RouteV4, RouteV6,
+};
+
+/// The MAC of the ingress interface in the harness (frames must be sent to it).
+pub const INGRESS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const EGRESS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+/// ifindex of `lo` in a fresh namespace: the ingress.
+const INGRESS: u32 = 1;
+/// A managed egress that only exists in the maps.
+const EGRESS: u32 = 2;
+
+/// The object `cargo xtask build` leaves (or `$XDPFWD_EBPF_OBJ`).
+pub fn xdp_obj() -> PathBuf {
+    std::env::var_os("XDPFWD_EBPF_OBJ").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../xdp-prog/target/bpfel-unknown-none/release/xdp-prog")
+    })
+}
+
+/// The loaded program and its maps.
+pub struct Harness {
+    ebpf: Ebpf,
+}
+
+impl Harness {
+    /// Moves the calling thread into a new network namespace and loads the program there.
+    pub fn new() -> anyhow::Result<Self> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("unshare(CLONE_NEWNET)")?;
+        let mut ebpf = Ebpf::load_file(xdp_obj()).context("loading the xdpfwd object")?;
+        let prog: &mut Xdp = ebpf.program_mut("xdpfwd").context("program xdpfwd")?.try_into()?;
+        prog.load()?;
+        let mut h = Harness { ebpf };
+        h.fill()?;
+        Ok(h)
+    }
+
+    fn fill(&mut self) -> anyhow::Result<()> {
+        let info = |slot, mac| IfaceInfo {
+            slot,
+            flags: IFACE_MANAGED | IFACE_UP,
+            mtu: 1500,
+            mac,
+            max_frame: 3812,
+        };
+        {
+            let mut ifaces: HashMap<_, u32, IfaceInfo> =
+                HashMap::try_from(self.ebpf.map_mut("IFACES").context("IFACES")?)?;
+            ifaces.insert(INGRESS, info(0, INGRESS_MAC), 0)?;
+            ifaces.insert(EGRESS, info(1, EGRESS_MAC), 0)?;
+        }
+        {
+            let mut r4: LpmTrie<_, [u8; 4], RouteV4> =
+                LpmTrie::try_from(self.ebpf.map_mut("ROUTES_V4").context("ROUTES_V4")?)?;
+            let gw = [198, 18, 2, 2];
+            r4.insert(
+                &Key::new(0, [0; 4]),
+                RouteV4 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: gw },
+                0,
+            )?;
+            r4.insert(
+                &Key::new(24, [198, 51, 100, 0]),
+                RouteV4 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: [0; 4] },
+                0,
+            )?;
+            r4.insert(
+                &Key::new(24, [198, 18, 1, 0]),
+                RouteV4 { kind: ROUTE_UNICAST, oif: INGRESS, gateway: [0; 4] },
+                0,
+            )?;
+            r4.insert(
+                &Key::new(32, [198, 18, 1, 1]),
+                RouteV4 { kind: ROUTE_KERNEL, oif: 0, gateway: [0; 4] },
+                0,
+            )?;
+        }
+        {
+            let mut r6: LpmTrie<_, [u8; 16], RouteV6> =
+                LpmTrie::try_from(self.ebpf.map_mut("ROUTES_V6").context("ROUTES_V6")?)?;
+            let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
+            r6.insert(
+                &Key::new(0, [0; 16]),
+                RouteV6 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: gw },
+                0,
+            )?;
+        }
+        let mut n4: HashMap<_, NeighKeyV4, Neighbour> =
+            HashMap::try_from(self.ebpf.map_mut("NEIGH_V4").context("NEIGH_V4")?)?;
+        n4.insert(
+            NeighKeyV4 { ifindex: EGRESS, addr: [198, 18, 2, 2] },
+            Neighbour { mac: GATEWAY_MAC, _pad: [0; 2] },
+            0,
+        )?;
+        let mut n6: HashMap<_, NeighKeyV6, Neighbour> =
+            HashMap::try_from(self.ebpf.map_mut("NEIGH_V6").context("NEIGH_V6")?)?;
+        let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
+        n6.insert(
+            NeighKeyV6 { ifindex: EGRESS, addr: gw },
+            Neighbour { mac: GATEWAY_MAC, _pad: [0; 2] },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Selects the AF_XDP path or the fast path for traffic routed to the egress.
+    pub fn set_fast_path(&mut self, on: bool) -> anyhow::Result<()> {
+        let mut ifaces: HashMap<_, u32, IfaceInfo> =
+            HashMap::try_from(self.ebpf.map_mut("IFACES").context("IFACES")?)?;
+        let mut egress = ifaces.get(&EGRESS, 0)?;
+        egress.flags =
+            if on { egress.flags | IFACE_FAST_PATH } else { egress.flags & !IFACE_FAST_PATH };
+        ifaces.insert(EGRESS, egress, 0)?;
+        Ok(())
+    }
+
+    /// The program's verdict counters, summed over CPUs, by name.
+    pub fn counters(&self) -> anyhow::Result<std::collections::BTreeMap<&'static str, u64>> {
+        let map: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("COUNTERS")?)?;
+        let mut out = std::collections::BTreeMap::new();
+        for c in xdpfwd_common::Counter::ALL {
+            out.insert(c.name(), map.get(&(c as u32), 0)?.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Runs the program once on `frame`: (XDP action, frame after the run).
+    pub fn run(&self, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+        let prog: &Xdp = self
+            .ebpf
+            .program("xdpfwd")
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| io::Error::other("program xdpfwd"))?;
+        let fd = prog.fd().map_err(io::Error::other)?;
+        let mut out = vec![0u8; frame.len() + 512];
+        let ctx = XdpMd {
+            data: 0,
+            data_end: frame.len() as u32,
+            ingress_ifindex: INGRESS,
+            ..XdpMd::default()
+        };
+        let mut attr = TestRunAttr {
+            prog_fd: fd.as_fd().as_raw_fd() as u32,
+            data_size_in: frame.len() as u32,
+            data_size_out: out.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            ctx_size_in: size_of::<XdpMd>() as u32,
+            ctx_in: (&raw const ctx) as u64,
+            ..TestRunAttr::default()
+        };
+        // SAFETY: `attr` is a valid bpf_attr for BPF_PROG_TEST_RUN; `frame`, `out` and `ctx`
+        // outlive the call and `data_size_out` is the size of `out`.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                10 as libc::c_long,
+                &raw mut attr,
+                size_of::<TestRunAttr>(),
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        out.truncate(attr.data_size_out as usize);
+        Ok((attr.retval, out))
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<TestRunAttr>() == 80);
+
+#[repr(C)]
+#[derive(Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+/// Real frames to start from (seeds for the fuzzer, bases for property tests): UDP, TCP and
+/// ICMP over IPv4 and IPv6 towards the harness's routes, as a client would send them.
+pub fn seed_frames() -> Vec<Vec<u8>> {
+    use etherparse::PacketBuilder;
+    let src_mac = [0x02, 0, 0, 0, 0, 0x09];
+    let v4 = |dst: [u8; 4], ttl: u8| {
+        PacketBuilder::ethernet2(src_mac, INGRESS_MAC).ipv4([198, 18, 1, 2], dst, ttl)
+    };
+    let v6 = |dst: &str, hop: u8| {
+        let dst: std::net::Ipv6Addr = dst.parse().unwrap_or(std::net::Ipv6Addr::LOCALHOST);
+        PacketBuilder::ethernet2(src_mac, INGRESS_MAC).ipv6(
+            "2001:2:0:1::2".parse::<std::net::Ipv6Addr>().map(|a| a.octets()).unwrap_or_default(),
+            dst.octets(),
+            hop,
+        )
+    };
+    let mut out = Vec::new();
+    let mut push = |r: Result<(), etherparse::err::packet::BuildWriteError>, v: Vec<u8>| {
+        if r.is_ok() {
+            out.push(v);
+        }
+    };
+    for dst in [[198, 18, 2, 2], [198, 51, 100, 7], [198, 18, 1, 1], [198, 18, 1, 9]] {
+        let mut v = Vec::new();
+        push(v4(dst, 64).udp(4000, 9000).write(&mut v, &[1; 18]), v);
+        let mut v = Vec::new();
+        push(v4(dst, 64).tcp(4001, 80, 1, 1000).syn().write(&mut v, &[]), v);
+        let mut v = Vec::new();
+        push(v4(dst, 2).icmpv4_echo_request(1, 1).write(&mut v, &[2; 40]), v);
+    }
+    for dst in ["2001:2:0:2::2", "2001:db8::1", "fe80::1", "ff02::1"] {
+        let mut v = Vec::new();
+        push(v6(dst, 64).udp(4000, 9000).write(&mut v, &[3; 20]), v);
+        let mut v = Vec::new();
+        push(v6(dst, 64).icmpv6_echo_request(1, 1).write(&mut v, &[4; 32]), v);
+    }
+    out
+}
