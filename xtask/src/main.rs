@@ -3,6 +3,7 @@
 mod bench;
 mod bootstrap;
 mod demo;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -46,6 +47,12 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         time: u64,
     },
+    /// Forward 100 million packets (or `--packets N`) and check frame accounting, ownership,
+    /// allocations and memory at the end; writes docs/soak.md.
+    Soak {
+        #[arg(long, default_value_t = 100_000_000)]
+        packets: u64,
+    },
     /// Build, then run every test: unit tests, then the privileged integration tests.
     Test {
         /// Only run integration tests whose name contains this.
@@ -69,6 +76,10 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { filter } => test(filter),
         Cmd::Fuzz { time } => fuzz(time),
+        Cmd::Soak { packets } => {
+            let bin = build()?;
+            soak::run(&bin, packets)
+        }
         Cmd::Bench { quick } => {
             let bin = build()?;
             bench::run(&bin, quick)
