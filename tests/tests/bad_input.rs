@@ -54,6 +54,11 @@ fn second_instance_is_refused_and_names_the_first() {
         done.stderr
     );
     assert!(done.stderr.contains("another xdpfwd"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains(&format!("pid {}", first.pid())),
+        "names the running one: {}",
+        done.stderr
+    );
     assert!(first.stop().unwrap().success, "the first instance is unharmed");
 }
 

@@ -79,15 +79,39 @@ pub fn check_free(ifaces: &[Iface]) -> Result<(), LoadError> {
                 .find(|p| p.id() == id)
                 .and_then(|p| p.name_as_str().map(str::to_owned))
                 .unwrap_or_else(|| "?".into());
-            let owner = if name == PROGRAM {
-                " (it is another xdpfwd: `pgrep -a xdpfwd`)".to_owned()
-            } else {
-                String::new()
+            let owner = match link_owner(id) {
+                Some((pid, comm)) if name == PROGRAM => {
+                    format!(
+                        " (it is another xdpfwd: pid {pid} '{comm}'; stop it with `kill {pid}`)"
+                    )
+                }
+                Some((pid, comm)) => format!(" (held by pid {pid} '{comm}')"),
+                None if name == PROGRAM => " (it is another xdpfwd: `pgrep -a xdpfwd`)".to_owned(),
+                None => String::new(),
             };
             return Err(LoadError::AlreadyAttached { iface: iface.name.clone(), id, name, owner });
         }
     }
     Ok(())
+}
+
+/// The process holding a `bpf_link` of XDP program `prog_id`, from `/proc/*/fdinfo`.
+fn link_owner(prog_id: u32) -> Option<(u32, String)> {
+    let wanted = format!("prog_id:\t{prog_id}\n");
+    for proc in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+        let Some(pid) = proc.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc.path().join("fdinfo")) else { continue };
+        for fd in fds.filter_map(Result::ok) {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+            if info.contains("link_type:\txdp") && info.contains(&wanted) {
+                let comm = std::fs::read_to_string(proc.path().join("comm")).unwrap_or_default();
+                return Some((pid, comm.trim().to_owned()));
+            }
+        }
+    }
+    None
 }
 
 /// Attaches the loaded program to `iface`, honouring `mode`.
