@@ -5,8 +5,6 @@
 
 use std::{
     fs::File,
-    io,
-    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -19,7 +17,7 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, DevMap, HashMap, PerCpuArray},
-    programs::{ProgramFd, Xdp, XdpMode},
+    programs::{Xdp, XdpMode},
 };
 
 /// The bench object: `$XDPFWD_BENCH_OBJ`, or the one `cargo xtask build` leaves.
@@ -89,78 +87,6 @@ pub fn udp_frame(
     f
 }
 
-/// `union bpf_attr` for `BPF_PROG_TEST_RUN`.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-const _: () = assert!(size_of::<TestRunAttr>() == 80);
-
-/// `struct xdp_md` as test input.
-#[repr(C)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
-}
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-
-/// Runs `prog` `repeat` times on `frame` as if received on `ifindex` / `queue`, for real.
-fn live_frames(
-    prog: &ProgramFd,
-    frame: &[u8],
-    ifindex: u32,
-    queue: u32,
-    repeat: u32,
-) -> io::Result<()> {
-    let ctx = XdpMd {
-        data: 0,
-        data_end: frame.len() as u32,
-        data_meta: 0,
-        ingress_ifindex: ifindex,
-        rx_queue_index: queue,
-        egress_ifindex: 0,
-    };
-    let attr = TestRunAttr {
-        prog_fd: prog.as_fd().as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat,
-        ctx_size_in: size_of::<XdpMd>() as u32,
-        ctx_in: (&raw const ctx) as u64,
-        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-        batch_size: 256,
-        ..TestRunAttr::default()
-    };
-    // SAFETY: `attr` is a valid bpf_attr for BPF_PROG_TEST_RUN whose pointers (`frame`, `ctx`)
-    // outlive the call.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw const attr, size_of::<TestRunAttr>())
-    };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
 /// A generator sending from `dev` in `ns` until stopped (or `limit` frames).
 pub struct Generator {
     stop: Arc<AtomicBool>,
@@ -222,7 +148,14 @@ impl Generator {
                         }
                         n = n.min(left as u32);
                     }
-                    live_frames(fd, &frame, ifindex, 0, n).context("BPF_PROG_RUN live frames")?;
+                    crate::prog_run::xdp(
+                        fd,
+                        &frame,
+                        ifindex,
+                        0,
+                        crate::prog_run::Mode::Live { repeat: n },
+                    )
+                    .context("BPF_PROG_RUN live frames")?;
                     sent.fetch_add(u64::from(n), Relaxed);
                 }
                 Ok(())

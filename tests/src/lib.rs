@@ -30,6 +30,7 @@ use anyhow::{Context as _, bail};
 
 pub mod generator;
 pub mod packet;
+pub mod prog_run;
 pub mod traffic;
 pub mod xdp_harness;
 

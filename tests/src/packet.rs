@@ -131,3 +131,40 @@ pub fn checksum(data: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// Recomputes the IPv4 header checksum of an untagged frame (no-op for other frames).
+pub fn fix_ipv4_checksum(f: &mut [u8]) {
+    if f.len() < 34 || f[12..14] != [8, 0] {
+        return;
+    }
+    let end = (14 + usize::from(f[14] & 0xf) * 4).min(f.len());
+    f[24] = 0;
+    f[25] = 0;
+    let c = checksum(&f[14..end]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+/// An untagged IPv4 frame with 4 bytes of options (NOP NOP NOP EOL) inserted, lengths and
+/// checksum fixed.
+pub fn with_ipv4_options(plain: &[u8]) -> Vec<u8> {
+    let mut f = plain[..34].to_vec();
+    f.extend_from_slice(&[1, 1, 1, 0]);
+    f.extend_from_slice(&plain[34..]);
+    f[14] = 0x46;
+    let total = u16::from_be_bytes([f[16], f[17]]) + 4;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ipv4_checksum(&mut f);
+    f
+}
+
+/// An untagged IPv6/UDP frame with an 8-byte extension header (PadN) of type `next` (60:
+/// destination options, 0: hop-by-hop) inserted before the UDP header.
+pub fn with_ipv6_extension(plain: &[u8], next: u8) -> Vec<u8> {
+    let mut f = plain[..54].to_vec();
+    f.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]); // next = UDP, length 0, PadN(4)
+    f.extend_from_slice(&plain[54..]);
+    f[20] = next;
+    let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+    f[18..20].copy_from_slice(&len.to_be_bytes());
+    f
+}

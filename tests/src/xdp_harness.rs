@@ -8,11 +8,7 @@
 //! entry exist, so every frame must come back `XDP_PASS`; the property is that it also comes
 //! back **byte for byte unchanged**: the program never modifies a frame it passes.
 
-use std::{
-    io,
-    os::fd::{AsFd, AsRawFd},
-    path::PathBuf,
-};
+use std::{io, path::PathBuf};
 
 use anyhow::Context as _;
 use aya::{
@@ -157,73 +153,16 @@ impl Harness {
             .and_then(|p| p.try_into().ok())
             .ok_or_else(|| io::Error::other("program xdpfwd"))?;
         let fd = prog.fd().map_err(io::Error::other)?;
-        let mut out = vec![0u8; frame.len() + 512];
-        let ctx = XdpMd {
-            data: 0,
-            data_end: frame.len() as u32,
-            ingress_ifindex: INGRESS,
-            ..XdpMd::default()
-        };
-        let mut attr = TestRunAttr {
-            prog_fd: fd.as_fd().as_raw_fd() as u32,
-            data_size_in: frame.len() as u32,
-            data_size_out: out.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            data_out: out.as_mut_ptr() as u64,
-            repeat: 1,
-            ctx_size_in: size_of::<XdpMd>() as u32,
-            ctx_in: (&raw const ctx) as u64,
-            ..TestRunAttr::default()
-        };
-        // SAFETY: `attr` is a valid bpf_attr for BPF_PROG_TEST_RUN; `frame`, `out` and `ctx`
-        // outlive the call and `data_size_out` is the size of `out`.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                10 as libc::c_long,
-                &raw mut attr,
-                size_of::<TestRunAttr>(),
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        out.truncate(attr.data_size_out as usize);
-        Ok((attr.retval, out))
+        let mut out = Vec::new();
+        let action = crate::prog_run::xdp(
+            fd,
+            frame,
+            INGRESS,
+            0,
+            crate::prog_run::Mode::Once { out: &mut out },
+        )?;
+        Ok((action, out))
     }
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-const _: () = assert!(size_of::<TestRunAttr>() == 80);
-
-#[repr(C)]
-#[derive(Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
 }
 
 /// Real frames to start from (seeds for the fuzzer, bases for property tests): UDP, TCP and

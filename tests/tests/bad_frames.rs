@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::IpAddr, thread, time::Duration};
 use etherparse::PacketBuilder;
 use xdpfwd_tests::{
     CLIENT_V4, CLIENT_V6, Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns,
-    packet::{RawSocket, checksum},
+    packet::{RawSocket, fix_ipv4_checksum, with_ipv4_options, with_ipv6_extension},
     run_to_exit, sh,
 };
 
@@ -22,15 +22,6 @@ fn xdp_counters(topo: &Topology) -> BTreeMap<String, u64> {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
         .collect()
-}
-
-fn fix_ipv4_checksum(f: &mut [u8]) {
-    let ihl = usize::from(f[14] & 0xf) * 4;
-    f[24] = 0;
-    f[25] = 0;
-    let end = (14 + ihl).min(f.len());
-    let c = checksum(&f[14..end]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
 }
 
 fn build(b: etherparse::PacketBuilderStep<etherparse::UdpHeader>, payload: &[u8]) -> Vec<u8> {
@@ -65,6 +56,15 @@ fn bad_frames_get_their_documented_action_and_good_traffic_flows() {
     for len in 14..good.len() - 32 {
         corpus.push((format!("truncated to {len}"), good[..len].to_vec(), "pass_malformed", false));
     }
+    let good6 = build(v6().udp(5005, 9000), &[8; 16]);
+    for len in 14..good6.len() - 16 {
+        corpus.push((
+            format!("IPv6 truncated to {len}"),
+            good6[..len].to_vec(),
+            "pass_malformed",
+            false,
+        ));
+    }
     let mut f = good.clone();
     f[14] = 0x44; // IHL 4
     fix_ipv4_checksum(&mut f);
@@ -83,14 +83,7 @@ fn bad_frames_get_their_documented_action_and_good_traffic_flows() {
     let mut f = good.clone();
     f[14] = 0x65;
     corpus.push(("version 6 in an IPv4 frame".into(), f, "pass_malformed", false));
-    let mut f = good[..34].to_vec();
-    f.extend_from_slice(&[1, 1, 1, 0]);
-    f.extend_from_slice(&good[34..]);
-    f[14] = 0x46;
-    let total = u16::from_be_bytes([f[16], f[17]]) + 4;
-    f[16..18].copy_from_slice(&total.to_be_bytes());
-    fix_ipv4_checksum(&mut f);
-    corpus.push(("IPv4 options".into(), f, "pass_options", false));
+    corpus.push(("IPv4 options".into(), with_ipv4_options(&good), "pass_options", false));
     for ttl in [0u8, 1] {
         corpus.push((
             format!("TTL {ttl}"),
@@ -119,13 +112,7 @@ fn bad_frames_get_their_documented_action_and_good_traffic_flows() {
         ("IPv6 destination options", 60u8, "steered", true),
         ("IPv6 hop-by-hop", 0u8, "pass_options", false),
     ] {
-        let mut f = plain6[..54].to_vec();
-        f.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
-        f.extend_from_slice(&plain6[54..]);
-        f[20] = next;
-        let len = u16::from_be_bytes([f[18], f[19]]) + 8;
-        f[18..20].copy_from_slice(&len.to_be_bytes());
-        corpus.push((name.into(), f, reason, arrives));
+        corpus.push((name.into(), with_ipv6_extension(&plain6, next), reason, arrives));
     }
     let mut f = plain6.clone();
     f[18..20].copy_from_slice(&2000u16.to_be_bytes());

@@ -8,17 +8,9 @@ use std::{net::IpAddr, thread, time::Duration};
 use etherparse::PacketBuilder;
 use xdpfwd_tests::{
     CLIENT_V4, CLIENT_V6, Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns,
-    packet::{RawSocket, checksum},
+    packet::{RawSocket, fix_ipv4_checksum, with_ipv4_options, with_ipv6_extension},
     xdp_counter,
 };
-
-fn set_ipv4_checksum(frame: &mut [u8]) {
-    let ihl = usize::from(frame[14] & 0xf) * 4;
-    frame[24] = 0;
-    frame[25] = 0;
-    let c = checksum(&frame[14..14 + ihl]);
-    frame[24..26].copy_from_slice(&c.to_be_bytes());
-}
 
 fn w<B: Build>(b: B, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
@@ -83,18 +75,10 @@ fn stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
     push("udp4 ttl 2", w(v4(2).udp(4003, 9000), &data(20)));
     let mut df = w(v4(64).udp(4004, 9000), &data(1400));
     df[20] |= 0x40;
-    set_ipv4_checksum(&mut df);
+    fix_ipv4_checksum(&mut df);
     push("udp4 DF 1400", df);
     // IP options (NOP NOP NOP EOL): the kernel's business.
-    let plain = w(v4(64).udp(4005, 9000), &data(30));
-    let mut opts = plain[..34].to_vec();
-    opts.extend_from_slice(&[1, 1, 1, 0]);
-    opts.extend_from_slice(&plain[34..]);
-    opts[14] = 0x46;
-    let total = u16::from_be_bytes([opts[16], opts[17]]) + 4;
-    opts[16..18].copy_from_slice(&total.to_be_bytes());
-    set_ipv4_checksum(&mut opts);
-    push("udp4 options", opts);
+    push("udp4 options", with_ipv4_options(&w(v4(64).udp(4005, 9000), &data(30))));
     // Fragments: first (MF, offset 0) and last (offset 64 bytes).
     let whole = w(v4(64).udp(4006, 9000), &data(100));
     let l4 = &whole[34..];
@@ -102,13 +86,13 @@ fn stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
     first.extend_from_slice(&l4[..64]);
     first[16..18].copy_from_slice(&84u16.to_be_bytes());
     first[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
-    set_ipv4_checksum(&mut first);
+    fix_ipv4_checksum(&mut first);
     push("udp4 first fragment", first);
     let mut last = whole[..34].to_vec();
     last.extend_from_slice(&l4[64..]);
     last[16..18].copy_from_slice(&((20 + l4.len() - 64) as u16).to_be_bytes());
     last[20..22].copy_from_slice(&8u16.to_be_bytes());
-    set_ipv4_checksum(&mut last);
+    fix_ipv4_checksum(&mut last);
     push("udp4 last fragment", last);
     let mut bad = w(v4(64).udp(4007, 9000), &data(10));
     bad[24] ^= 0xff;
@@ -122,14 +106,7 @@ fn stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
     push("udp6 hop limit 2", w(v6(2).udp(4103, 9000), &data(20)));
     // Extension headers: destination options (forwarded as is) and hop-by-hop (kernel).
     for (name, next) in [("udp6 destination options", 60u8), ("udp6 hop-by-hop", 0u8)] {
-        let plain = w(v6(64).udp(4104, 9000), &data(24));
-        let mut f = plain[..54].to_vec();
-        f.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]); // next = UDP, len 0, PadN(4)
-        f.extend_from_slice(&plain[54..]);
-        f[20] = next;
-        let len = u16::from_be_bytes([f[18], f[19]]) + 8;
-        f[18..20].copy_from_slice(&len.to_be_bytes());
-        push(name, f);
+        push(name, with_ipv6_extension(&w(v6(64).udp(4104, 9000), &data(24)), next));
     }
     out
 }

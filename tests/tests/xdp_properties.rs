@@ -5,7 +5,10 @@
 use std::cell::RefCell;
 
 use proptest::prelude::*;
-use xdpfwd_tests::xdp_harness::{Harness, seed_frames};
+use xdpfwd_tests::{
+    packet::fix_ipv4_checksum,
+    xdp_harness::{Harness, seed_frames},
+};
 
 thread_local! {
     static HARNESS: RefCell<Option<Harness>> = const { RefCell::new(None) };
@@ -24,18 +27,6 @@ fn run(frame: &[u8], fast: bool) -> Option<(u32, Vec<u8>)> {
 }
 
 const XDP_PASS: u32 = 2;
-
-fn fix_ipv4_checksum(f: &mut [u8]) {
-    if f.len() >= 34 && f[12..14] == [8, 0] {
-        f[24] = 0;
-        f[25] = 0;
-        let sum: u32 =
-            f[14..34].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-        let sum = (sum & 0xffff) + (sum >> 16);
-        let c = !((sum & 0xffff) + (sum >> 16)) as u16;
-        f[24..26].copy_from_slice(&c.to_be_bytes());
-    }
-}
 
 /// A real frame with a few bytes of its headers changed, maybe truncated, maybe with the IPv4
 /// checksum made valid again.
