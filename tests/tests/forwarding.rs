@@ -127,3 +127,51 @@ fn sigterm_and_kill9_leave_nothing_attached_and_restart_works() {
     assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 2), "restart after kill -9 forwards");
     assert!(fwd.stop().unwrap().success);
 }
+
+#[test]
+fn routes_added_replaced_and_removed_at_run_time_are_followed() {
+    let topo = Topology::new("r", false).unwrap();
+    // Addresses behind the server, reachable only through a route the test adds.
+    xdpfwd_tests::sh(&["ip", "-n", &topo.server, "addr", "add", "198.18.9.1/32", "dev", "lo"])
+        .unwrap();
+    xdpfwd_tests::sh(&["ip", "-n", &topo.server, "addr", "add", "2001:2:0:9::1/128", "dev", "lo"])
+        .unwrap();
+    let v4: IpAddr = "198.18.9.1".parse().unwrap();
+    let v6: IpAddr = "2001:2:0:9::1".parse().unwrap();
+    let mut fwd = start(&topo);
+    let route = |args: &[&str]| {
+        let mut full = vec!["ip", "-n", topo.fwd.as_str()];
+        full.extend_from_slice(args);
+        xdpfwd_tests::sh(&full).unwrap();
+        // Give the control plane a moment to apply the netlink event.
+        thread::sleep(Duration::from_millis(300));
+    };
+    assert!(!topo.ping(&topo.client, v4, 1), "no route yet");
+    route(&["route", "add", "198.18.9.0/24", "via", "198.18.2.2"]);
+    route(&["-6", "route", "add", "2001:2:0:9::/64", "via", "2001:2:0:2::2"]);
+    assert!(topo.ping(&topo.client, v4, 2), "route added");
+    assert!(topo.ping(&topo.client, v6, 2), "IPv6 route added");
+    // Replace the IPv6 route by one through another next hop (a second address of the
+    // server): for IPv6 the kernel announces only the new route, with NLM_F_REPLACE.
+    xdpfwd_tests::sh(&[
+        "ip",
+        "-n",
+        &topo.server,
+        "addr",
+        "add",
+        "2001:2:0:2::3/64",
+        "dev",
+        &topo.s0,
+        "nodad",
+    ])
+    .unwrap();
+    route(&["-6", "route", "replace", "2001:2:0:9::/64", "via", "2001:2:0:2::3"]);
+    assert!(topo.ping(&topo.client, v6, 2), "IPv6 route replaced: one next hop, still forwarded");
+    route(&["route", "del", "198.18.9.0/24"]);
+    route(&["-6", "route", "del", "2001:2:0:9::/64"]);
+    assert!(!topo.ping(&topo.client, v4, 1), "route removed");
+    assert!(!topo.ping(&topo.client, v6, 1), "IPv6 route removed");
+    let done = fwd.stop().unwrap();
+    assert!(done.success);
+    assert!(xdp_counter(&done.stdout, "steered") >= 6, "{}", done.stdout);
+}

@@ -25,7 +25,9 @@ use aya::maps::{
 };
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     link::LinkMessage,
@@ -64,6 +66,14 @@ const STALE_REFRESH: Duration = Duration::from_secs(5);
 /// Least time between two resolution requests for one next hop (workers repeat theirs every
 /// 500 ms while frames wait).
 const RESOLVE_INTERVAL: Duration = Duration::from_millis(400);
+
+/// What a route message does.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Add,
+    Replace,
+    Remove,
+}
 
 pub struct Control {
     maps: Maps,
@@ -159,14 +169,14 @@ impl Control {
             .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
             .execute();
         while let Some(route) = v4.try_next().await.context("dumping IPv4 routes")? {
-            self.on_route(&route, true);
+            self.on_route(&route, Change::Add);
         }
         let mut v6 = handle
             .route()
             .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build())
             .execute();
         while let Some(route) = v6.try_next().await.context("dumping IPv6 routes")? {
-            self.on_route(&route, true);
+            self.on_route(&route, Change::Add);
         }
         let mut neigh = handle.neighbours().get().execute();
         while let Some(n) = neigh.try_next().await.context("dumping neighbours")? {
@@ -181,10 +191,12 @@ impl Control {
     }
 
     fn on_event(&mut self, msg: NetlinkMessage<RouteNetlinkMessage>) -> anyhow::Result<()> {
+        let replace = msg.header.flags & NLM_F_REPLACE != 0;
         let NetlinkPayload::InnerMessage(msg) = msg.payload else { return Ok(()) };
         match msg {
-            RouteNetlinkMessage::NewRoute(r) => self.on_route(&r, true),
-            RouteNetlinkMessage::DelRoute(r) => self.on_route(&r, false),
+            RouteNetlinkMessage::NewRoute(r) if replace => self.on_route(&r, Change::Replace),
+            RouteNetlinkMessage::NewRoute(r) => self.on_route(&r, Change::Add),
+            RouteNetlinkMessage::DelRoute(r) => self.on_route(&r, Change::Remove),
             RouteNetlinkMessage::NewNeighbour(n) => self.on_neighbour(&n, true),
             RouteNetlinkMessage::DelNeighbour(n) => self.on_neighbour(&n, false),
             RouteNetlinkMessage::NewLink(l) => {
@@ -249,12 +261,16 @@ impl Control {
         }
     }
 
-    fn on_route(&mut self, msg: &RouteMessage, add: bool) {
+    fn on_route(&mut self, msg: &RouteMessage, change: Change) {
         if msg.header.kind == RouteType::Unspec {
             return;
         }
         let Some(route) = Route::from_message(msg) else { return };
-        let action = if add { self.routes.add(route) } else { self.routes.remove(&route) };
+        let action = match change {
+            Change::Add => self.routes.add(route),
+            Change::Replace => self.routes.replace(route),
+            Change::Remove => self.routes.remove(&route),
+        };
         if let Err(err) = self.write_route(route.prefix, action) {
             tracing::warn!(prefix = %route.prefix, %err, "updating the route map failed");
         }

@@ -113,6 +113,18 @@ impl RouteTable {
         Self::effective(routes)
     }
 
+    /// Replaces every route of the same prefix, table, metric and TOS (an `NLM_F_REPLACE`
+    /// update: for IPv6 the kernel drops the old next hops without a `RTM_DELROUTE`); returns
+    /// the prefix's new effective action.
+    pub fn replace(&mut self, route: Route) -> Option<Action> {
+        let routes = self.by_prefix.entry(route.prefix).or_default();
+        routes.retain(|r| {
+            !(r.table == route.table && r.metric == route.metric && r.tos == route.tos)
+        });
+        routes.push(route);
+        Self::effective(routes)
+    }
+
     /// Removes a route; returns the prefix's new effective action (`None`: no route left).
     pub fn remove(&mut self, route: &Route) -> Option<Action> {
         let routes = self.by_prefix.get_mut(&route.prefix)?;
@@ -199,6 +211,12 @@ mod tests {
         t.add(route("2001:db8::/32", TABLE_MAIN, 1024, a));
         assert_eq!(t.add(route("2001:db8::/32", TABLE_MAIN, 1024, b)), Some(Action::Kernel));
         assert_eq!(t.remove(&route("2001:db8::/32", TABLE_MAIN, 1024, b)), Some(a));
+        assert_eq!(
+            t.replace(route("2001:db8::/32", TABLE_MAIN, 1024, b)),
+            Some(b),
+            "replace drops a"
+        );
+        assert_eq!(t.remove(&route("2001:db8::/32", TABLE_MAIN, 1024, b)), None);
     }
 }
 
