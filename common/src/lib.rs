@@ -111,6 +111,62 @@ pub struct Neighbour {
 }
 const _: () = assert!(size_of::<Neighbour>() == 8);
 
+/// Most rules in one rule set; `RULES` holds two sets (the active one and the one a reload
+/// prepares), set `s` at indices `s * MAX_RULES ..`.
+pub const MAX_RULES: u32 = 32;
+/// `RULESET` indices: the active set (0 or 1), then the rule count of set 0 and 1, then the
+/// action for unmatched traffic of set 0 and 1.
+pub const RULESET_ACTIVE: u32 = 0;
+pub const RULESET_COUNT: u32 = 1;
+pub const RULESET_DEFAULT: u32 = 3;
+pub const RULESET_LEN: u32 = 5;
+
+/// `Rule::fields`: match the ingress ifindex.
+pub const RULE_IN: u32 = 1;
+/// `Rule::fields`: match the IP protocol / next header.
+pub const RULE_PROTO: u32 = 1 << 1;
+/// `Rule::fields`: match the source prefix.
+pub const RULE_SRC: u32 = 1 << 2;
+/// `Rule::fields`: match the destination prefix.
+pub const RULE_DST: u32 = 1 << 3;
+/// `Rule::fields`: match the source port range (TCP and UDP, first fragments).
+pub const RULE_SPORT: u32 = 1 << 4;
+/// `Rule::fields`: match the destination port range.
+pub const RULE_DPORT: u32 = 1 << 5;
+/// `Rule::fields`: IPv4 only (prefixes are IPv4).
+pub const RULE_V4: u32 = 1 << 6;
+/// `Rule::fields`: IPv6 only.
+pub const RULE_V6: u32 = 1 << 7;
+
+/// Rule action: the AF_XDP path (or the fast path where the egress is set to it).
+pub const ACTION_FORWARD: u32 = 0;
+/// Rule action: leave the frame to the kernel.
+pub const ACTION_KERNEL: u32 = 1;
+/// Rule action: drop the frame.
+pub const ACTION_DROP: u32 = 2;
+/// Rule action: the in-kernel fast path.
+pub const ACTION_FAST: u32 = 3;
+
+/// A steering rule (`RULES`). Addresses and masks are the packet's bytes (IPv4 in the first
+/// 4 bytes) read as two native-endian `u64`s, so that a prefix test is two AND-compares.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub fields: u32,
+    pub action: u32,
+    pub in_ifindex: u32,
+    pub proto: u32,
+    pub sport_lo: u16,
+    pub sport_hi: u16,
+    pub dport_lo: u16,
+    pub dport_hi: u16,
+    pub src: [u64; 2],
+    pub src_mask: [u64; 2],
+    pub dst: [u64; 2],
+    pub dst_mask: [u64; 2],
+}
+const _: () = assert!(size_of::<Rule>() == 88);
+
 /// Marks valid [`XskMeta`]; the XDP program writes it last, right in front of the frame.
 pub const META_MAGIC: u32 = 0x7864_6677; // "xdfw"
 /// `XskMeta::flags`: the frame is IPv6 (IPv4 otherwise).
@@ -187,11 +243,15 @@ pub enum Counter {
     FastForwarded,
     /// Dropped: the fast path rewrote the frame but the redirect failed.
     FastFailed,
+    /// Passed: a rule (or the default for unmatched traffic) says "kernel".
+    PassRule,
+    /// Dropped: a rule (or the default for unmatched traffic) says "drop".
+    DropRule,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 21] = [
         Counter::Rx,
         Counter::Steered,
         Counter::SteeredNeighMiss,
@@ -211,6 +271,8 @@ impl Counter {
         Counter::PassNoMeta,
         Counter::FastForwarded,
         Counter::FastFailed,
+        Counter::PassRule,
+        Counter::DropRule,
     ];
     /// Number of counters (size of the `COUNTERS` map).
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -237,6 +299,8 @@ impl Counter {
             Counter::PassNoMeta => "pass_no_meta",
             Counter::FastForwarded => "fast_forwarded",
             Counter::FastFailed => "fast_failed",
+            Counter::PassRule => "pass_rule",
+            Counter::DropRule => "drop_rule",
         }
     }
 }
@@ -256,4 +320,6 @@ mod pod {
     unsafe impl aya::Pod for super::NeighKeyV6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Neighbour {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Rule {}
 }

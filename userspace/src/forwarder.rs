@@ -13,10 +13,14 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{DevMap, HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
-use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, xsk_key};
+use aya::maps::{Array, DevMap, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, XskMap};
+use xdpfwd_common::{
+    ACTION_FORWARD, MAX_IFACES, MAX_QUEUES, MAX_RULES, RULESET_ACTIVE, RULESET_COUNT,
+    RULESET_DEFAULT, Rule, xsk_key,
+};
 
 use crate::{
+    config::{self, Config},
     control::{Control, Maps},
     iface::{self, Iface},
     loader::{self, ModeArg},
@@ -32,8 +36,12 @@ use crate::{
 pub struct RunArgs {
     /// Interfaces to forward between (at least two, or one to route back out of itself is
     /// left to the kernel).
-    #[arg(required = true, value_name = "IFACE")]
+    #[arg(required_unless_present = "config", value_name = "IFACE")]
     pub interfaces: Vec<String>,
+    /// TOML configuration: interfaces, rules, defaults (docs/configuration.md). SIGHUP or
+    /// `xdpfwd reload` re-reads it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub mode: ModeArg,
@@ -84,7 +92,17 @@ pub enum DefaultPath {
     Fast,
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
+    let mut settings = match &args.config {
+        Some(path) => config::load(path)?,
+        None => Config { interfaces: Vec::new(), rules: Vec::new(), unmatched: ACTION_FORWARD },
+    };
+    if args.interfaces.is_empty() {
+        args.interfaces = settings.interfaces.clone();
+    }
+    if args.interfaces.is_empty() {
+        bail!("no interfaces: give them on the command line or as [[interface]] in the config");
+    }
     privileges::check()?;
     if args.interfaces.len() > MAX_IFACES as usize {
         bail!("at most {MAX_IFACES} interfaces");
@@ -115,6 +133,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         modes.push(mode);
     }
 
+    let mut rules = RuleMaps {
+        rules: Array::try_from(ebpf.take_map("RULES").context("map RULES missing")?)?,
+        ruleset: Array::try_from(ebpf.take_map("RULESET").context("map RULESET missing")?)?,
+    };
+    rules.apply(&settings, &ifaces)?;
     let take = |ebpf: &mut aya::Ebpf, name: &str| {
         ebpf.take_map(name).with_context(|| format!("map {name} missing"))
     };
@@ -229,6 +252,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop_signal.clone())?;
     }
+    let reload_signal = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_signal.clone())?;
     let names: Vec<_> = ifaces
         .iter()
         .zip(&modes)
@@ -273,6 +298,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut last = (Instant::now(), source.snapshot());
     while !stop_signal.load(Relaxed) && !shared.stop.load(Relaxed) {
         thread::sleep(Duration::from_millis(50));
+        if reload_signal.swap(false, Relaxed) {
+            reload(args.config.as_deref(), &mut settings, &mut rules, &ifaces);
+        }
         if args.stats_interval > 0.0 && last.0.elapsed().as_secs_f64() >= args.stats_interval {
             let now = source.snapshot();
             tracing::info!("{}", now.line(&last.1, last.0.elapsed().as_secs_f64()));
@@ -306,6 +334,65 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("stopped after a control plane failure");
     }
     Ok(())
+}
+
+/// The XDP program's two rule sets and the word that selects the active one.
+struct RuleMaps {
+    rules: Array<MapData, Rule>,
+    ruleset: Array<MapData, u32>,
+}
+
+impl RuleMaps {
+    /// Writes `config`'s rules into the idle set, then switches to it with one map write.
+    fn apply(&mut self, config: &Config, ifaces: &[Iface]) -> anyhow::Result<()> {
+        let active = self.ruleset.get(&RULESET_ACTIVE, 0)? & 1;
+        let next = 1 - active;
+        for (i, spec) in config.rules.iter().enumerate() {
+            let rule = config::compile(spec, |name| {
+                ifaces.iter().find(|i| i.name == name).map(|i| i.ifindex)
+            })
+            .with_context(|| {
+                format!("rule[{i}].in: interface {:?} is not managed by this instance", spec.input)
+            })?;
+            self.rules.set(next * MAX_RULES + i as u32, rule, 0)?;
+        }
+        self.ruleset.set(RULESET_COUNT + next, config.rules.len() as u32, 0)?;
+        self.ruleset.set(RULESET_DEFAULT + next, config.unmatched, 0)?;
+        self.ruleset.set(RULESET_ACTIVE, next, 0)?;
+        Ok(())
+    }
+}
+
+/// SIGHUP: re-reads the configuration; a valid one replaces the rules atomically, an invalid
+/// one is refused and the running rules stay.
+fn reload(
+    path: Option<&std::path::Path>,
+    current: &mut Config,
+    rules: &mut RuleMaps,
+    ifaces: &[Arc<Iface>],
+) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: no --config to reload");
+        return;
+    };
+    let fresh = match config::load(path) {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::error!("reload refused, the running configuration stays: {err}");
+            return;
+        }
+    };
+    if fresh.interfaces != current.interfaces {
+        tracing::warn!("reload: changes to [[interface]] need a restart; applying the rest");
+    }
+    let ifaces: Vec<Iface> = ifaces.iter().map(|i| (**i).clone()).collect();
+    match rules.apply(&fresh, &ifaces) {
+        Ok(()) => {
+            tracing::info!(rules = fresh.rules.len(), "reloaded {}", path.display());
+            *current = fresh;
+        }
+        Err(err) => tracing::error!("reload refused, the running configuration stays: {err:#}"),
+    }
 }
 
 /// `PORT` → 127.0.0.1:PORT; `HOST:PORT` as given.

@@ -30,6 +30,14 @@ enum Command {
     /// another is forwarded through AF_XDP (next-hop MAC from the kernel's neighbour table,
     /// TTL / hop limit decremented). Everything else goes to the kernel untouched.
     Run(forwarder::RunArgs),
+    /// Validate a configuration file without touching any interface.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: std::path::PathBuf,
+    },
+    /// Make the instances running in this network namespace re-read their configuration
+    /// (SIGHUP).
+    Reload,
     /// Show the counters of the forwarders running in this network namespace, refreshed
     /// every interval (like xdp-bench): per interface and queue, drops by reason, XDP
     /// verdicts, kernel socket statistics, attach and copy modes, frame pool occupancy.
@@ -46,6 +54,17 @@ enum Command {
     },
 }
 
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = xdpfwd::config::load(path)?;
+    println!(
+        "{}: ok ({} interfaces, {} rules)",
+        path.display(),
+        config.interfaces.len(),
+        config.rules.len()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default = match cli.verbose {
@@ -58,6 +77,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => forwarder::run(args),
         Command::Stats { json, interval, count } => stats_server::run(json, interval, count),
+        Command::Check { config } => check(&config),
+        Command::Reload => stats_server::signal_all(nix::sys::signal::Signal::SIGHUP),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -85,6 +85,20 @@ pub fn fetch_all() -> anyhow::Result<Vec<(u32, Snapshot)>> {
     Ok(out)
 }
 
+/// `xdpfwd reload` and friends: sends `signal` to every forwarder of this namespace.
+pub fn signal_all(signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+    let found = fetch_all()?;
+    if found.is_empty() {
+        bail!("no xdpfwd runs in this network namespace (no socket in {})", dir()?.display());
+    }
+    for (pid, _) in found {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("signalling pid {pid}"))?;
+        println!("sent {signal:?} to xdpfwd pid {pid}");
+    }
+    Ok(())
+}
+
 /// `xdpfwd stats`: prints the counters of the forwarders in this namespace every `interval`
 /// seconds (`count` times; 0: until interrupted), as text or JSON lines.
 pub fn run(json: bool, interval: f64, count: u64) -> anyhow::Result<()> {

@@ -16,14 +16,16 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
     macros::{map, xdp},
-    maps::{DevMap, HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
+    maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
     programs::XdpContext,
 };
 use xdpfwd_common::{
-    Counter, IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_UP,
-    IfaceInfo, MAX_IFACES, MAX_NEIGHBOURS, MAX_ROUTES, META_IPV6, META_LEN, META_MAGIC,
-    META_NEED_NEIGH, NeighKeyV4, NeighKeyV6, Neighbour, ROUTE_UNICAST, RouteV4, RouteV6,
-    XSK_MAP_SIZE, XskMeta, xsk_key,
+    ACTION_DROP, ACTION_FAST, ACTION_FORWARD, ACTION_KERNEL, Counter, IFACE_FAST_PATH,
+    IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_UP, IfaceInfo, MAX_IFACES,
+    MAX_NEIGHBOURS, MAX_ROUTES, MAX_RULES, META_IPV6, META_LEN, META_MAGIC, META_NEED_NEIGH,
+    NeighKeyV4, NeighKeyV6, Neighbour, ROUTE_UNICAST, RULE_DPORT, RULE_DST, RULE_IN, RULE_PROTO,
+    RULE_SPORT, RULE_SRC, RULE_V4, RULE_V6, RULESET_ACTIVE, RULESET_COUNT, RULESET_DEFAULT,
+    RULESET_LEN, RouteV4, RouteV6, Rule, XSK_MAP_SIZE, XskMeta, xsk_key,
 };
 
 #[map]
@@ -41,6 +43,11 @@ static NEIGH_V6: HashMap<NeighKeyV6, Neighbour> = HashMap::with_max_entries(MAX_
 /// Egress devices of the fast path, keyed by interface slot.
 #[map]
 static DEVMAP: DevMap = DevMap::with_max_entries(MAX_IFACES, 0);
+/// Two rule sets (see `xdpfwd_common::MAX_RULES`); `RULESET` says which one is active.
+#[map]
+static RULES: Array<Rule> = Array::with_max_entries(2 * MAX_RULES, 0);
+#[map]
+static RULESET: Array<u32> = Array::with_max_entries(RULESET_LEN, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
@@ -74,6 +81,10 @@ pub fn xdpfwd(ctx: XdpContext) -> u32 {
     match classify(&ctx) {
         Ok(Steer { meta, fast: Some(fast), .. }) => fast_forward(&ctx, &meta, &fast),
         Ok(steer) => redirect(&ctx, steer),
+        Err(Counter::DropRule) => {
+            count(Counter::DropRule);
+            xdp_action::XDP_DROP
+        }
         Err(reason) => {
             count(reason);
             xdp_action::XDP_PASS
@@ -180,6 +191,13 @@ fn ipv4(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
     if special_v4(src) || special_v4(dst) {
         return Err(Counter::PassSpecialAddr);
     }
+    let first_fragment = ip[6] & 0x1f == 0 && ip[7] == 0;
+    let ports = l4_ports(ctx, ETH_HLEN + 20, ip[9], first_fragment);
+    let mut key_src = [0u8; 16];
+    key_src[0..4].copy_from_slice(&src);
+    let mut key_dst = [0u8; 16];
+    key_dst[0..4].copy_from_slice(&dst);
+    let fast = rule_verdict(ifindex, false, ip[9], &key_src, &key_dst, ports)?;
     let route = ROUTES_V4.get(Key::new(32, dst)).copied().ok_or(Counter::PassRoute)?;
     if route.kind != ROUTE_UNICAST {
         return Err(Counter::PassRoute);
@@ -192,7 +210,7 @@ fn ipv4(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
     let key = NeighKeyV4 { ifindex: route.oif, addr: next_hop };
     // SAFETY: copied out at once, as in `iface`.
     match unsafe { NEIGH_V4.get(&key) }.copied() {
-        Some(neigh) => Ok(resolved(route.oif, 0, &neigh, &out, ingress, total_len)),
+        Some(neigh) => Ok(resolved(route.oif, 0, &neigh, &out, ingress, total_len, fast)),
         None if ingress.flags & IFACE_KERNEL_FWD_V4 != 0 => Err(Counter::PassNeighMiss),
         None => {
             let mut addr = [0u8; 16];
@@ -200,6 +218,123 @@ fn ipv4(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
             Ok(unresolved(route.oif, 0, addr, ingress))
         }
     }
+}
+
+/// Source and destination ports of a TCP or UDP header at `offset`, when there is one (not in
+/// later fragments).
+#[inline(always)]
+fn l4_ports(
+    ctx: &XdpContext,
+    offset: usize,
+    proto: u8,
+    first_fragment: bool,
+) -> Option<(u16, u16)> {
+    if !first_fragment || (proto != 6 && proto != 17) {
+        return None;
+    }
+    let p = ptr_at::<[u8; 4]>(ctx, offset).ok()?;
+    // SAFETY: `ptr_at` checked that the 4 bytes lie inside the frame.
+    let p = unsafe { &*p };
+    Some((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u64; 2] {
+    [
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// Applies the active rule set: `Err` to pass (`PassRule`) or drop (`DropRule`), `Ok(true)`
+/// to take the fast path, `Ok(false)` to forward as usual.
+#[inline(always)]
+fn rule_verdict(
+    ifindex: u32,
+    v6: bool,
+    proto: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    ports: Option<(u16, u16)>,
+) -> Result<bool, Counter> {
+    match rule_action(ifindex, v6, proto, &words(src), &words(dst), ports) {
+        ACTION_KERNEL => Err(Counter::PassRule),
+        ACTION_DROP => Err(Counter::DropRule),
+        ACTION_FAST => Ok(true),
+        _ => Ok(false),
+    }
+}
+
+/// The action of the first matching rule of the active set, or the set's default.
+#[inline(always)]
+fn rule_action(
+    ifindex: u32,
+    v6: bool,
+    proto: u8,
+    src: &[u64; 2],
+    dst: &[u64; 2],
+    ports: Option<(u16, u16)>,
+) -> u32 {
+    let Some(active) = RULESET.get(RULESET_ACTIVE) else { return ACTION_FORWARD };
+    let set = *active & 1;
+    let count = RULESET.get(RULESET_COUNT + set).copied().unwrap_or(0);
+    let default = RULESET.get(RULESET_DEFAULT + set).copied().unwrap_or(ACTION_FORWARD);
+    let base = set * MAX_RULES;
+    let mut i = 0;
+    while i < MAX_RULES {
+        if i >= count {
+            break;
+        }
+        if let Some(rule) = RULES.get(base + i) {
+            if rule_matches(rule, ifindex, v6, proto, src, dst, ports) {
+                return rule.action;
+            }
+        }
+        i += 1;
+    }
+    default
+}
+
+#[inline(always)]
+fn rule_matches(
+    r: &Rule,
+    ifindex: u32,
+    v6: bool,
+    proto: u8,
+    src: &[u64; 2],
+    dst: &[u64; 2],
+    ports: Option<(u16, u16)>,
+) -> bool {
+    let f = r.fields;
+    if (f & RULE_V4 != 0 && v6) || (f & RULE_V6 != 0 && !v6) {
+        return false;
+    }
+    if f & RULE_IN != 0 && r.in_ifindex != ifindex {
+        return false;
+    }
+    if f & RULE_PROTO != 0 && r.proto != proto as u32 {
+        return false;
+    }
+    if f & RULE_SRC != 0
+        && (src[0] & r.src_mask[0] != r.src[0] || src[1] & r.src_mask[1] != r.src[1])
+    {
+        return false;
+    }
+    if f & RULE_DST != 0
+        && (dst[0] & r.dst_mask[0] != r.dst[0] || dst[1] & r.dst_mask[1] != r.dst[1])
+    {
+        return false;
+    }
+    if f & (RULE_SPORT | RULE_DPORT) != 0 {
+        let Some((sport, dport)) = ports else { return false };
+        if f & RULE_SPORT != 0 && (sport < r.sport_lo || sport > r.sport_hi) {
+            return false;
+        }
+        if f & RULE_DPORT != 0 && (dport < r.dport_lo || dport > r.dport_hi) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Addresses a router does not forward as is: this network (0/8), loopback (127/8),
@@ -235,6 +370,8 @@ fn ipv6(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
     if special_v6(&src) || special_v6(&dst) {
         return Err(Counter::PassSpecialAddr);
     }
+    let ports = l4_ports(ctx, ETH_HLEN + IPV6_HLEN, ip[6], true);
+    let fast = rule_verdict(ifindex, true, ip[6], &src, &dst, ports)?;
     let route = ROUTES_V6.get(Key::new(128, dst)).copied().ok_or(Counter::PassRoute)?;
     if route.kind != ROUTE_UNICAST {
         return Err(Counter::PassRoute);
@@ -248,7 +385,7 @@ fn ipv6(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
     // SAFETY: copied out at once, as in `iface`.
     match unsafe { NEIGH_V6.get(&key) }.copied() {
         Some(neigh) => {
-            Ok(resolved(route.oif, META_IPV6, &neigh, &out, ingress, IPV6_HLEN + payload_len))
+            Ok(resolved(route.oif, META_IPV6, &neigh, &out, ingress, IPV6_HLEN + payload_len, fast))
         }
         None if ingress.flags & IFACE_KERNEL_FWD_V6 != 0 => Err(Counter::PassNeighMiss),
         None => Ok(unresolved(route.oif, META_IPV6, next_hop, ingress)),
@@ -281,11 +418,13 @@ fn resolved(
     out: &IfaceInfo,
     ingress: &IfaceInfo,
     ip_len: usize,
+    force_fast: bool,
 ) -> Steer {
     let mut addr = [0u8; 16];
     addr[0..6].copy_from_slice(&neigh.mac);
     addr[6..12].copy_from_slice(&out.mac);
-    let fast = (out.flags & IFACE_FAST_PATH != 0).then_some(Fast { egress_slot: out.slot, ip_len });
+    let fast = (force_fast || out.flags & IFACE_FAST_PATH != 0)
+        .then_some(Fast { egress_slot: out.slot, ip_len });
     Steer {
         meta: XskMeta { oif, flags, l3_off: ETH_HLEN as u16, addr, magic: META_MAGIC },
         slot: ingress.slot,

@@ -1,0 +1,209 @@
+//! Steering rules from the configuration file: each action, the match fields, first-match
+//! order and the default for unmatched traffic; then a reload under a continuous stream.
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use xdpfwd_tests::{Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns, run_to_exit, xdp_counter};
+
+fn write_config(topo: &Topology, name: &str, body: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{}-{name}.toml", topo.prefix));
+    let text = format!(
+        "[[interface]]\nname = \"{}\"\n\n[[interface]]\nname = \"{}\"\n\n{body}",
+        topo.f0, topo.f1
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A UDP socket bound in `ns` (the receiver, with a short timeout).
+fn bind(ns: &str, addr: SocketAddr) -> UdpSocket {
+    let s = in_netns(ns, move || UdpSocket::bind(addr)).unwrap().unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+    s
+}
+
+/// Sends one datagram from the client (source port `sport`) to the server's `dport`; true
+/// when it arrives.
+fn delivered(topo: &Topology, dst: IpAddr, sport: u16, dport: u16) -> bool {
+    let any = if dst.is_ipv4() { "0.0.0.0" } else { "::" };
+    let rx = bind(&topo.server, SocketAddr::new(any.parse().unwrap(), dport));
+    let tx = in_netns(&topo.client, move || {
+        UdpSocket::bind(SocketAddr::new(any.parse().unwrap(), sport))
+    })
+    .unwrap()
+    .unwrap();
+    tx.send_to(b"rule test", SocketAddr::new(dst, dport)).unwrap();
+    let mut buf = [0u8; 64];
+    rx.recv(&mut buf).is_ok()
+}
+
+#[test]
+fn rules_actions_matches_order_and_default() {
+    let topo = Topology::new("ru", false).unwrap();
+    topo.enable_gro().unwrap();
+    let config = write_config(
+        &topo,
+        "rules",
+        &format!(
+            r#"[defaults]
+unmatched = "drop"
+
+[[rule]]
+proto = "udp"
+dst_port = 9001
+action = "drop"
+
+[[rule]]
+proto = "udp"
+dst_port = "9000-9002"
+action = "forward"
+
+[[rule]]
+proto = "udp"
+dst_port = 9003
+action = "kernel"
+
+[[rule]]
+proto = "udp"
+dst_port = 9004
+action = "fast"
+
+[[rule]]
+in = "{f0}"
+proto = "udp"
+src_port = 5555
+action = "forward"
+
+[[rule]]
+src = "2001:2:0:1::/64"
+dst = "2001:2:0:2::/64"
+action = "forward"
+
+[[rule]]
+src = "2001:2:0:2::/64"
+dst = "2001:2:0:1::/64"
+action = "forward"
+
+[[rule]]
+proto = "icmp"
+action = "forward"
+"#,
+            f0 = topo.f0
+        ),
+    );
+    let check =
+        run_to_exit(&topo.fwd, &[], &["check", "--config", &config.to_string_lossy()]).unwrap();
+    assert!(check.success, "{check:?}");
+    let mut fwd = Forwarder::start(
+        &topo.fwd,
+        &["--config", &config.to_string_lossy(), "--stats-interval", "0"],
+    )
+    .unwrap();
+    let v4 = IpAddr::V4(SERVER_V4);
+    assert!(topo.ping(&topo.client, v4, 2), "icmp rule");
+    assert!(topo.ping(&topo.client, IpAddr::V6(SERVER_V6), 2), "IPv6 prefix rules");
+    assert!(delivered(&topo, v4, 4000, 9000), "forward");
+    assert!(!delivered(&topo, v4, 4000, 9001), "drop comes first");
+    assert!(delivered(&topo, v4, 4000, 9002), "forward range");
+    assert!(!delivered(&topo, v4, 4000, 9003), "kernel (its forwarding is off)");
+    assert!(delivered(&topo, v4, 4000, 9004), "fast");
+    assert!(delivered(&topo, v4, 5555, 9100), "in + src_port");
+    assert!(!delivered(&topo, v4, 4001, 9100), "unmatched: drop");
+    assert!(delivered(&topo, IpAddr::V6(SERVER_V6), 4000, 9100), "IPv6 prefixes, any protocol");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{done:?}");
+    let out = &done.stdout;
+    assert!(xdp_counter(out, "drop_rule") >= 2, "{out}");
+    assert!(xdp_counter(out, "pass_rule") >= 1, "{out}");
+    assert!(xdp_counter(out, "fast_forwarded") >= 1, "{out}");
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn reload_under_a_stream_takes_effect_atomically_and_an_invalid_file_changes_nothing() {
+    let topo = Topology::new("rl", false).unwrap();
+    let rules = |drop_port: u16| {
+        format!("[[rule]]\nproto = \"udp\"\ndst_port = {drop_port}\naction = \"drop\"\n")
+    };
+    let config = write_config(&topo, "reload", &rules(9002));
+    let mut fwd = Forwarder::start(
+        &topo.fwd,
+        &["--config", &config.to_string_lossy(), "--stats-interval", "0"],
+    )
+    .unwrap();
+    let v4 = IpAddr::V4(SERVER_V4);
+    assert!(topo.ping(&topo.client, v4, 1));
+    assert!(!delivered(&topo, v4, 4000, 9002), "dropped before the reload");
+
+    // A continuous stream to 9001 (1 datagram per ms) across the reload.
+    let rx = bind(&topo.server, "0.0.0.0:9001".parse().unwrap());
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: valid c_int option for the duration of the call.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&rx),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            4,
+        )
+    };
+    let tx = in_netns(&topo.client, || UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+    let sender = thread::spawn(move || {
+        let mut n = 0u32;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            tx.send_to(&n.to_be_bytes(), (SERVER_V4, 9001)).unwrap();
+            n += 1;
+            thread::sleep(Duration::from_millis(1));
+        }
+        n
+    });
+    thread::sleep(Duration::from_millis(1000));
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("9002", "9003"))
+        .unwrap();
+    let reload = run_to_exit(&topo.fwd, &[], &["reload"]).unwrap();
+    assert!(reload.success && reload.stdout.contains("SIGHUP"), "{reload:?}");
+    let sent = sender.join().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut buf = [0u8; 16];
+    while let Ok(n) = rx.recv(&mut buf) {
+        if n == 4 {
+            seen.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+        }
+    }
+    assert_eq!(seen.len() as u32, sent, "no datagram lost across the reload");
+    assert!(delivered(&topo, v4, 4000, 9002), "the changed rule took effect");
+    assert!(!delivered(&topo, v4, 4000, 9003), "the new rule drops");
+
+    // An invalid file is refused; the running rules stay.
+    std::fs::write(&config, "[[rule]]\naction = \"teleport\"\n").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(fwd.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    assert!(delivered(&topo, v4, 4000, 9002), "still forwarded");
+    assert!(!delivered(&topo, v4, 4000, 9003), "still dropped");
+    let done = fwd.stop().unwrap();
+    assert!(done.success);
+    assert!(done.stderr.contains("reload refused"), "{}", done.stderr);
+    assert!(done.stderr.contains("rule[0].action"), "the refusal names the field: {}", done.stderr);
+    assert!(
+        xdp_total(&done.stdout) >= u64::from(sent),
+        "counters continue across reloads: {}",
+        done.stdout
+    );
+    let _ = std::fs::remove_file(config);
+}
+
+/// Frames steered over the whole run (counters are never reset by a reload).
+fn xdp_total(stdout: &str) -> u64 {
+    xdp_counter(stdout, "steered")
+}
