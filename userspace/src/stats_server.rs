@@ -28,14 +28,35 @@ fn dir() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from("/run/xdpfwd").join(ino.to_string()))
 }
 
+/// Removes sockets of processes that are gone (killed instances, in any namespace) and the
+/// directories left empty.
+fn sweep_stale() {
+    let Ok(dirs) = fs::read_dir("/run/xdpfwd") else { return };
+    for dir in dirs.filter_map(Result::ok) {
+        if let Ok(entries) = fs::read_dir(dir.path()) {
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                let pid =
+                    path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok());
+                if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        let _ = fs::remove_dir(dir.path());
+    }
+}
+
 /// Serves snapshots until `stop`; removes the socket when done.
 pub fn serve(
     source: Arc<StatsSource>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
+    sweep_stale();
     let dir = dir()?;
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{}.sock", std::process::id()));
+    let socket_dir = dir.clone();
     let _ = fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
@@ -54,6 +75,8 @@ pub fn serve(
             }
         }
         let _ = fs::remove_file(&path);
+        // The namespace's directory goes too when this was its last instance.
+        let _ = fs::remove_dir(&socket_dir);
     })?)
 }
 
