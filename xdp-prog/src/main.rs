@@ -197,7 +197,15 @@ fn ipv4(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
     key_src[0..4].copy_from_slice(&src);
     let mut key_dst = [0u8; 16];
     key_dst[0..4].copy_from_slice(&dst);
-    let fast = rule_verdict(ifindex, false, ip[9], &key_src, &key_dst, ports)?;
+    let flow = Flow {
+        ifindex,
+        v6: false,
+        proto: ip[9],
+        src: words(&key_src),
+        dst: words(&key_dst),
+        ports,
+    };
+    let fast = rule_verdict(&flow)?;
     let route = ROUTES_V4.get(Key::new(32, dst)).copied().ok_or(Counter::PassRoute)?;
     if route.kind != ROUTE_UNICAST {
         return Err(Counter::PassRoute);
@@ -246,18 +254,23 @@ fn words(a: &[u8; 16]) -> [u64; 2] {
     ]
 }
 
-/// Applies the active rule set: `Err` to pass (`PassRule`) or drop (`DropRule`), `Ok(true)`
-/// to take the fast path, `Ok(false)` to forward as usual.
-#[inline(always)]
-fn rule_verdict(
+/// What the rules match on.
+struct Flow {
     ifindex: u32,
     v6: bool,
     proto: u8,
-    src: &[u8; 16],
-    dst: &[u8; 16],
+    /// Source and destination addresses as [`words`].
+    src: [u64; 2],
+    dst: [u64; 2],
+    /// TCP / UDP source and destination ports, if the frame carries them.
     ports: Option<(u16, u16)>,
-) -> Result<bool, Counter> {
-    match rule_action(ifindex, v6, proto, &words(src), &words(dst), ports) {
+}
+
+/// Applies the active rule set: `Err` to pass (`PassRule`) or drop (`DropRule`), `Ok(true)`
+/// to take the fast path, `Ok(false)` to forward as usual.
+#[inline(always)]
+fn rule_verdict(flow: &Flow) -> Result<bool, Counter> {
+    match rule_action(flow) {
         ACTION_KERNEL => Err(Counter::PassRule),
         ACTION_DROP => Err(Counter::DropRule),
         ACTION_FAST => Ok(true),
@@ -267,14 +280,7 @@ fn rule_verdict(
 
 /// The action of the first matching rule of the active set, or the set's default.
 #[inline(always)]
-fn rule_action(
-    ifindex: u32,
-    v6: bool,
-    proto: u8,
-    src: &[u64; 2],
-    dst: &[u64; 2],
-    ports: Option<(u16, u16)>,
-) -> u32 {
+fn rule_action(flow: &Flow) -> u32 {
     let Some(active) = RULESET.get(RULESET_ACTIVE) else { return ACTION_FORWARD };
     let set = *active & 1;
     let count = RULESET.get(RULESET_COUNT + set).copied().unwrap_or(0);
@@ -286,7 +292,7 @@ fn rule_action(
             break;
         }
         if let Some(rule) = RULES.get(base + i) {
-            if rule_matches(rule, ifindex, v6, proto, src, dst, ports) {
+            if rule_matches(rule, flow) {
                 return rule.action;
             }
         }
@@ -296,15 +302,8 @@ fn rule_action(
 }
 
 #[inline(always)]
-fn rule_matches(
-    r: &Rule,
-    ifindex: u32,
-    v6: bool,
-    proto: u8,
-    src: &[u64; 2],
-    dst: &[u64; 2],
-    ports: Option<(u16, u16)>,
-) -> bool {
+fn rule_matches(r: &Rule, flow: &Flow) -> bool {
+    let &Flow { ifindex, v6, proto, ref src, ref dst, ports } = flow;
     let f = r.fields;
     if (f & RULE_V4 != 0 && v6) || (f & RULE_V6 != 0 && !v6) {
         return false;
@@ -371,7 +370,8 @@ fn ipv6(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
         return Err(Counter::PassSpecialAddr);
     }
     let ports = l4_ports(ctx, ETH_HLEN + IPV6_HLEN, ip[6], true);
-    let fast = rule_verdict(ifindex, true, ip[6], &src, &dst, ports)?;
+    let flow = Flow { ifindex, v6: true, proto: ip[6], src: words(&src), dst: words(&dst), ports };
+    let fast = rule_verdict(&flow)?;
     let route = ROUTES_V6.get(Key::new(128, dst)).copied().ok_or(Counter::PassRoute)?;
     if route.kind != ROUTE_UNICAST {
         return Err(Counter::PassRoute);
