@@ -646,8 +646,10 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   the copies and the skb allocation, which is where an AF_XDP forwarder pulls ahead; veth
   cannot show it.
 - **The fast path** does the same work as the bare redirect plus the router's checks and
-  lookups (interface, route trie, neighbour, checksum verification), hence a few percent
-  less.
+  lookups (interface, route trie, neighbour, checksum verification) and the steering-rule
+  stage (three `RULESET` lookups and the port parse per frame, even with no rules), hence
+  10–20 % less. Packing the rule-set descriptor into one word and skipping the stage when
+  the set is empty and the default is `forward` is the next step to close that gap.
 - Two cores are shared by the generator, the kernel's softirq work and the forwarder, so
   absolute figures are low and move between runs; compare the ratios within a run.
 "#,
