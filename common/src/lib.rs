@@ -8,6 +8,8 @@
 
 use core::mem::size_of;
 
+pub mod csum;
+
 /// Most rx queues per interface that xdpfwd steers; the XSKMAP holds `MAX_IFACES * MAX_QUEUES`
 /// sockets, keyed by [`xsk_key`].
 pub const MAX_QUEUES: u32 = 64;
@@ -38,6 +40,15 @@ pub const IFACE_UP: u32 = 1 << 3;
 /// `IfaceInfo::flags`: plain L3 forwarding out of this interface takes the in-kernel fast
 /// path (rewrite in the XDP program, `bpf_redirect_map` on `DEVMAP`) instead of AF_XDP.
 pub const IFACE_FAST_PATH: u32 = 1 << 4;
+/// `IfaceInfo::flags`: frames arriving with one 802.1Q tag are accepted; the tag is removed
+/// on the way out unless the egress pushes one (then its VID is rewritten in place).
+pub const IFACE_VLAN_POP: u32 = 1 << 5;
+/// `IfaceInfo::flags`: L2 cross-connect: every frame arriving here leaves through
+/// `IfaceInfo::peer` unchanged (any ethertype, no L3 processing).
+pub const IFACE_XCONNECT: u32 = 1 << 6;
+/// `IfaceInfo::flags`: with [`IFACE_XCONNECT`], the destination MAC of cross-connected
+/// frames is set to `IfaceInfo::peer_mac`.
+pub const IFACE_PEER_MAC: u32 = 1 << 7;
 
 /// What the XDP program knows of an interface (map `IFACES`, key: ifindex).
 #[repr(C)]
@@ -55,14 +66,27 @@ pub struct IfaceInfo {
     /// Longest frame an AF_XDP socket on this interface receives whole (UMEM frame size minus
     /// the kernel's headroom and our metadata); longer frames go to the kernel.
     pub max_frame: u16,
+    /// With [`IFACE_XCONNECT`]: the ifindex frames are cross-connected to.
+    pub peer: u32,
+    /// With [`IFACE_PEER_MAC`]: the destination MAC of cross-connected frames.
+    pub peer_mac: [u8; 6],
+    /// VLAN id tagged onto every frame sent out of this interface (0: none); a route's own
+    /// `vlan` takes precedence.
+    pub push_vlan: u16,
 }
-const _: () = assert!(size_of::<IfaceInfo>() == 20);
+const _: () = assert!(size_of::<IfaceInfo>() == 32);
 
 /// `Route*::kind`: a unicast route out of `oif`, through `gateway` (all zero: on-link).
 pub const ROUTE_UNICAST: u32 = 1;
 /// `Route*::kind`: the kernel must handle what this route matches (local and broadcast
 /// addresses, blackhole, unreachable, prohibit, multipath, any route xdpfwd does not mirror).
 pub const ROUTE_KERNEL: u32 = 2;
+/// `Route*::kind`: a static route of the configuration, out of `oif` through `gateway` (all
+/// zero: on-link). Unlike a kernel route, a neighbour miss is always held and resolved by
+/// xdpfwd, since the kernel would not route the packet this way.
+pub const ROUTE_STATIC: u32 = 3;
+/// `Route*::kind`: a static route out of `oif` to the fixed MAC `mac` (no neighbour lookup).
+pub const ROUTE_STATIC_MAC: u32 = 4;
 
 /// Value of the IPv4 route trie (`ROUTES_V4`, key: `Key<[u8; 4]>`).
 #[repr(C)]
@@ -71,8 +95,12 @@ pub struct RouteV4 {
     pub kind: u32,
     pub oif: u32,
     pub gateway: [u8; 4],
+    /// With [`ROUTE_STATIC_MAC`]: the next hop's MAC.
+    pub mac: [u8; 6],
+    /// VLAN id tagged onto frames this route sends (0: the egress interface's `push_vlan`).
+    pub vlan: u16,
 }
-const _: () = assert!(size_of::<RouteV4>() == 12);
+const _: () = assert!(size_of::<RouteV4>() == 20);
 
 /// Value of the IPv6 route trie (`ROUTES_V6`, key: `Key<[u8; 16]>`).
 #[repr(C)]
@@ -81,8 +109,12 @@ pub struct RouteV6 {
     pub kind: u32,
     pub oif: u32,
     pub gateway: [u8; 16],
+    /// As [`RouteV4::mac`].
+    pub mac: [u8; 6],
+    /// As [`RouteV4::vlan`].
+    pub vlan: u16,
 }
-const _: () = assert!(size_of::<RouteV6>() == 24);
+const _: () = assert!(size_of::<RouteV6>() == 32);
 
 /// Key of the IPv4 neighbour table (`NEIGH_V4`).
 #[repr(C)]
@@ -114,12 +146,49 @@ const _: () = assert!(size_of::<Neighbour>() == 8);
 /// Most rules in one rule set; `RULES` holds two sets (the active one and the one a reload
 /// prepares), set `s` at indices `s * MAX_RULES ..`.
 pub const MAX_RULES: u32 = 32;
-/// `RULESET` indices: the active set (0 or 1), then the rule count of set 0 and 1, then the
-/// action for unmatched traffic of set 0 and 1.
-pub const RULESET_ACTIVE: u32 = 0;
-pub const RULESET_COUNT: u32 = 1;
-pub const RULESET_DEFAULT: u32 = 3;
-pub const RULESET_LEN: u32 = 5;
+/// Most NAT rewrites in one set; `NATS` holds two sets, as `RULES`.
+pub const MAX_NATS: u32 = 16;
+
+/// The one word of the `RULESET` array that describes the active policy: which set of `RULES`
+/// and `NATS` is live, how many rules and rewrites it has and the action for unmatched
+/// traffic. A reload fills the idle set, then switches everything with one write of this
+/// word, so no frame sees a half-applied policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// 0 or 1.
+    pub set: u32,
+    /// Rules in the set (at most [`MAX_RULES`]).
+    pub rules: u32,
+    /// Rewrites in the set (at most [`MAX_NATS`]).
+    pub nats: u32,
+    /// `ACTION_*` for transit traffic that matches no rule.
+    pub default: u32,
+}
+
+impl Policy {
+    /// Packs the policy into its map word.
+    pub const fn encode(self) -> u32 {
+        (self.set & 1)
+            | (self.rules & 0xff) << 8
+            | (self.nats & 0xff) << 16
+            | (self.default & 0xff) << 24
+    }
+
+    /// Unpacks a map word; counts are clamped to the set sizes.
+    #[inline(always)]
+    pub const fn decode(word: u32) -> Policy {
+        let rules = (word >> 8) & 0xff;
+        let nats = (word >> 16) & 0xff;
+        Policy {
+            set: word & 1,
+            rules: if rules > MAX_RULES { MAX_RULES } else { rules },
+            nats: if nats > MAX_NATS { MAX_NATS } else { nats },
+            default: word >> 24,
+        }
+    }
+}
+/// Length of the `RULESET` array (index 0: the [`Policy`] word).
+pub const RULESET_LEN: u32 = 1;
 
 /// `Rule::fields`: match the ingress ifindex.
 pub const RULE_IN: u32 = 1;
@@ -137,6 +206,8 @@ pub const RULE_DPORT: u32 = 1 << 5;
 pub const RULE_V4: u32 = 1 << 6;
 /// `Rule::fields`: IPv6 only.
 pub const RULE_V6: u32 = 1 << 7;
+/// `Rule::fields`: match the VLAN id the frame arrived with (interfaces with `vlan_pop`).
+pub const RULE_VLAN: u32 = 1 << 8;
 
 /// Rule action: the AF_XDP path (or the fast path where the egress is set to it).
 pub const ACTION_FORWARD: u32 = 0;
@@ -155,7 +226,9 @@ pub struct Rule {
     pub fields: u32,
     pub action: u32,
     pub in_ifindex: u32,
-    pub proto: u32,
+    pub proto: u16,
+    /// With [`RULE_VLAN`]: the VLAN id (1-4094).
+    pub vlan: u16,
     pub sport_lo: u16,
     pub sport_hi: u16,
     pub dport_lo: u16,
@@ -167,10 +240,38 @@ pub struct Rule {
 }
 const _: () = assert!(size_of::<Rule>() == 88);
 
+/// `Nat::set`: replace the source address.
+pub const NAT_SRC: u32 = 1;
+/// `Nat::set`: replace the destination address (the route lookup uses the new one).
+pub const NAT_DST: u32 = 1 << 1;
+/// `Nat::set`: replace the TCP / UDP source port (the identifier of an ICMP echo request).
+pub const NAT_SPORT: u32 = 1 << 2;
+/// `Nat::set`: replace the TCP / UDP destination port (the identifier of an ICMP echo reply).
+pub const NAT_DPORT: u32 = 1 << 3;
+
+/// A stateless NAT rewrite (`NATS`): frames matching `rule` (its `action` is unused) get the
+/// fields named by `set` replaced, with the IP and L4 checksums updated incrementally.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Nat {
+    pub rule: Rule,
+    /// `NAT_*` bits.
+    pub set: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// New addresses, in packet byte order (IPv4 in the first 4 bytes).
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+const _: () = assert!(size_of::<Nat>() == 128);
+
 /// Marks valid [`XskMeta`]; the XDP program writes it last, right in front of the frame.
 pub const META_MAGIC: u32 = 0x7864_6677; // "xdfw"
 /// `XskMeta::flags`: the frame is IPv6 (IPv4 otherwise).
 pub const META_IPV6: u16 = 1;
+/// `XskMeta::flags`: an L2 cross-connected frame: send it as it is (the XDP program already
+/// did the rewrite it needs).
+pub const META_L2: u16 = 1 << 2;
 /// `XskMeta::flags`: the next hop has no known link-layer address; `addr` holds the next
 /// hop's IP address (IPv4 in the first 4 bytes) instead of MACs, and user space must hold the
 /// frame until the kernel has resolved it.
@@ -213,7 +314,8 @@ pub enum Counter {
     PassNotManaged,
     /// Passed: destination MAC is not the interface's own (multicast, broadcast, other host).
     PassNotForUs,
-    /// Passed: a VLAN tag (handled by the kernel's VLAN devices).
+    /// Passed: a VLAN tag on an interface without `vlan_pop`, or stacked tags (handled by the
+    /// kernel's VLAN devices).
     PassVlan,
     /// Passed: not IPv4 or IPv6 (ARP, LLDP, ...).
     PassNotIp,
@@ -237,7 +339,7 @@ pub enum Counter {
     PassNeighMiss,
     /// Passed: no AF_XDP socket in the slot for this rx queue.
     PassNoSocket,
-    /// Passed: the driver gave no room for the metadata area.
+    /// Passed: the driver gave no room for the metadata area (or for a pushed VLAN tag).
     PassNoMeta,
     /// Forwarded by the in-kernel fast path (rewritten and redirected to the egress device).
     FastForwarded,
@@ -247,11 +349,14 @@ pub enum Counter {
     PassRule,
     /// Dropped: a rule (or the default for unmatched traffic) says "drop".
     DropRule,
+    /// Passed: a NAT rewrite matched but the frame cannot be rewritten statelessly (a
+    /// fragment, IPv6 extension headers, a truncated L4 header).
+    PassNat,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 22] = [
         Counter::Rx,
         Counter::Steered,
         Counter::SteeredNeighMiss,
@@ -273,6 +378,7 @@ impl Counter {
         Counter::FastFailed,
         Counter::PassRule,
         Counter::DropRule,
+        Counter::PassNat,
     ];
     /// Number of counters (size of the `COUNTERS` map).
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -301,6 +407,7 @@ impl Counter {
             Counter::FastFailed => "fast_failed",
             Counter::PassRule => "pass_rule",
             Counter::DropRule => "drop_rule",
+            Counter::PassNat => "pass_nat",
         }
     }
 }
@@ -322,4 +429,6 @@ mod pod {
     unsafe impl aya::Pod for super::Neighbour {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Rule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Nat {}
 }

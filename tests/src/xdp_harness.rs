@@ -63,6 +63,7 @@ impl Harness {
             mtu: 1500,
             mac,
             max_frame: 3812,
+            ..IfaceInfo::default()
         };
         {
             let mut ifaces: HashMap<_, u32, IfaceInfo> =
@@ -76,22 +77,27 @@ impl Harness {
             let gw = [198, 18, 2, 2];
             r4.insert(
                 &Key::new(0, [0; 4]),
-                RouteV4 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: gw },
+                RouteV4 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: gw, ..Default::default() },
                 0,
             )?;
             r4.insert(
                 &Key::new(24, [198, 51, 100, 0]),
-                RouteV4 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: [0; 4] },
+                RouteV4 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: [0; 4], ..Default::default() },
                 0,
             )?;
             r4.insert(
                 &Key::new(24, [198, 18, 1, 0]),
-                RouteV4 { kind: ROUTE_UNICAST, oif: INGRESS, gateway: [0; 4] },
+                RouteV4 {
+                    kind: ROUTE_UNICAST,
+                    oif: INGRESS,
+                    gateway: [0; 4],
+                    ..Default::default()
+                },
                 0,
             )?;
             r4.insert(
                 &Key::new(32, [198, 18, 1, 1]),
-                RouteV4 { kind: ROUTE_KERNEL, oif: 0, gateway: [0; 4] },
+                RouteV4 { kind: ROUTE_KERNEL, oif: 0, gateway: [0; 4], ..Default::default() },
                 0,
             )?;
         }
@@ -101,7 +107,7 @@ impl Harness {
             let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
             r6.insert(
                 &Key::new(0, [0; 16]),
-                RouteV6 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: gw },
+                RouteV6 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: gw, ..Default::default() },
                 0,
             )?;
         }

@@ -7,6 +7,8 @@
 //! (polled: rtnetlink carries no events for them here). It also asks the kernel to resolve
 //! next hops that workers are waiting for (`RTM_NEWNEIGH` with `NTF_USE`), and to re-confirm
 //! stale neighbours that xdpfwd keeps sending to, as the kernel's own forwarding would.
+//! The configuration's static routes are merged into the same tries (after `local`, before
+//! `main`), and its per-interface settings into `IFACES`; a reload hands new ones over.
 //!
 //! It never touches frames.
 
@@ -40,13 +42,15 @@ use netlink_sys::AsyncSocket as _;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::mpsc::UnboundedReceiver;
 use xdpfwd_common::{
-    IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_UP, IfaceInfo,
-    NeighKeyV4, NeighKeyV6, Neighbour, ROUTE_KERNEL, ROUTE_UNICAST, RouteV4, RouteV6,
+    IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_PEER_MAC,
+    IFACE_UP, IFACE_VLAN_POP, IFACE_XCONNECT, IfaceInfo, NeighKeyV4, NeighKeyV6, Neighbour,
+    ROUTE_KERNEL, ROUTE_STATIC, ROUTE_STATIC_MAC, ROUTE_UNICAST, RouteV4, RouteV6,
 };
 
 use crate::{
     iface::{self, Iface},
-    routes::{Action, Route, RouteTable},
+    policy::{ControlPolicy, StaticRoute},
+    routes::{Action, Route, RouteTable, TABLE_STATIC},
     worker::{Resolve, Shared},
 };
 
@@ -89,6 +93,12 @@ pub struct Control {
     /// Longest frame the sockets receive whole (`IfaceInfo::max_frame`).
     max_frame: u16,
     shared: Arc<Shared>,
+    /// The configuration's interface settings and static routes.
+    policy: ControlPolicy,
+    /// The static routes currently merged into `routes`.
+    statics: Vec<Route>,
+    /// Static routes whose next hop is on no managed interface's network.
+    inactive: Vec<IpNet>,
 }
 
 impl Control {
@@ -97,6 +107,7 @@ impl Control {
         ifaces: Vec<Iface>,
         (fast_path, max_frame): (bool, u16),
         shared: Arc<Shared>,
+        policy: ControlPolicy,
     ) -> Self {
         Self {
             maps,
@@ -108,6 +119,9 @@ impl Control {
             fast_path,
             max_frame,
             shared,
+            policy,
+            statics: Vec::new(),
+            inactive: Vec::new(),
         }
     }
 
@@ -116,6 +130,7 @@ impl Control {
     pub async fn run(
         mut self,
         mut resolve: UnboundedReceiver<Resolve>,
+        mut policies: UnboundedReceiver<ControlPolicy>,
         ready: SyncSender<Result<(), String>>,
     ) -> anyhow::Result<()> {
         let groups = [
@@ -145,6 +160,7 @@ impl Control {
                     None => anyhow::bail!("the rtnetlink event stream ended"),
                 },
                 Some(req) = resolve.recv() => self.resolve(&mut handle, req).await,
+                Some(policy) = policies.recv() => self.set_policy(policy),
                 _ = sysctl.tick() => self.poll_forwarding(),
                 _ = stale.tick() => self.refresh_stale(&mut handle).await,
             }
@@ -178,6 +194,7 @@ impl Control {
         while let Some(route) = v6.try_next().await.context("dumping IPv6 routes")? {
             self.on_route(&route, Change::Add);
         }
+        self.sync_static();
         let mut neigh = handle.neighbours().get().execute();
         while let Some(n) = neigh.try_next().await.context("dumping neighbours")? {
             self.on_neighbour(&n, true);
@@ -274,6 +291,85 @@ impl Control {
         if let Err(err) = self.write_route(route.prefix, action) {
             tracing::warn!(prefix = %route.prefix, %err, "updating the route map failed");
         }
+        // A static route's next hop may have moved to another interface.
+        self.sync_static();
+    }
+
+    /// A reload's interface settings and static routes.
+    fn set_policy(&mut self, policy: ControlPolicy) {
+        self.policy = policy;
+        for i in 0..self.ifaces.len() {
+            let info = self.info(i);
+            if let Err(err) = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0) {
+                tracing::warn!(%err, "updating the IFACES map failed");
+            }
+        }
+        self.sync_static();
+    }
+
+    /// The static route `s` as the tries hold it, if its egress interface is known.
+    fn resolve_static(&self, s: &StaticRoute) -> Option<Route> {
+        let oif = match (s.oif, s.via) {
+            (Some(oif), _) => oif,
+            (None, Some(via)) => match self.routes.lookup_kernel(via) {
+                Some(Action::Unicast { oif, gateway: None })
+                    if self.ifaces.iter().any(|i| i.ifindex == oif) =>
+                {
+                    oif
+                }
+                _ => return None,
+            },
+            (None, None) => return None,
+        };
+        Some(Route {
+            prefix: s.dst,
+            table: TABLE_STATIC,
+            metric: 0,
+            tos: 0,
+            action: Action::Static { oif, via: s.via, mac: s.mac, vlan: s.vlan },
+        })
+    }
+
+    /// Brings the static routes in the tries in line with the configuration and the kernel's
+    /// routes to their next hops.
+    fn sync_static(&mut self) {
+        let mut wanted = Vec::new();
+        let mut inactive = Vec::new();
+        for s in &self.policy.routes {
+            match self.resolve_static(s) {
+                Some(r) => wanted.push(r),
+                None => inactive.push(s.dst),
+            }
+        }
+        for dst in inactive.iter().filter(|d| !self.inactive.contains(d)) {
+            tracing::warn!(
+                %dst,
+                "static route inactive: its next hop is not on a connected network of a managed interface"
+            );
+        }
+        self.inactive = inactive;
+        if wanted == self.statics {
+            return;
+        }
+        let old = std::mem::take(&mut self.statics);
+        for r in old.iter().filter(|r| !wanted.iter().any(|w| w.prefix == r.prefix)) {
+            let action = self.routes.remove(r);
+            if let Err(err) = self.write_route(r.prefix, action) {
+                tracing::warn!(prefix = %r.prefix, %err, "removing a static route failed");
+            }
+        }
+        for r in &wanted {
+            let action = self.routes.replace(*r);
+            if let Err(err) = self.write_route(r.prefix, action) {
+                tracing::warn!(prefix = %r.prefix, %err, "writing a static route failed");
+            }
+        }
+        tracing::info!(
+            active = wanted.len(),
+            configured = self.policy.routes.len(),
+            "static routes"
+        );
+        self.statics = wanted;
     }
 
     fn write_route(
@@ -281,11 +377,18 @@ impl Control {
         prefix: IpNet,
         action: Option<Action>,
     ) -> Result<(), aya::maps::MapError> {
-        let (kind, oif, gateway) = match action {
-            Some(Action::Unicast { oif, gateway }) => (ROUTE_UNICAST, oif, gateway),
-            Some(Action::Kernel) => (ROUTE_KERNEL, 0, None),
-            None => (0, 0, None),
+        let (kind, oif, gateway, mac, vlan) = match action {
+            Some(Action::Unicast { oif, gateway }) => (ROUTE_UNICAST, oif, gateway, None, 0),
+            Some(Action::Static { oif, via, mac: Some(mac), vlan }) => {
+                (ROUTE_STATIC_MAC, oif, via, Some(mac), vlan)
+            }
+            Some(Action::Static { oif, via, mac: None, vlan }) => {
+                (ROUTE_STATIC, oif, via, None, vlan)
+            }
+            Some(Action::Kernel) => (ROUTE_KERNEL, 0, None, None, 0),
+            None => (0, 0, None, None, 0),
         };
+        let mac = mac.unwrap_or_default();
         match prefix {
             IpNet::V4(net) => {
                 let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
@@ -296,7 +399,7 @@ impl Control {
                     Some(IpAddr::V4(g)) => g.octets(),
                     _ => [0; 4],
                 };
-                self.maps.routes_v4.insert(&key, RouteV4 { kind, oif, gateway }, 0)
+                self.maps.routes_v4.insert(&key, RouteV4 { kind, oif, gateway, mac, vlan }, 0)
             }
             IpNet::V6(net) => {
                 let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
@@ -307,7 +410,7 @@ impl Control {
                     Some(IpAddr::V6(g)) => g.octets(),
                     _ => [0; 16],
                 };
-                self.maps.routes_v6.insert(&key, RouteV6 { kind, oif, gateway }, 0)
+                self.maps.routes_v6.insert(&key, RouteV6 { kind, oif, gateway, mac, vlan }, 0)
             }
         }
     }
@@ -475,12 +578,25 @@ impl Control {
         if self.fast_path {
             flags |= IFACE_FAST_PATH;
         }
+        let opts = self.policy.ifaces.get(&iface.ifindex).copied().unwrap_or_default();
+        if opts.vlan_pop {
+            flags |= IFACE_VLAN_POP;
+        }
+        if opts.peer != 0 {
+            flags |= IFACE_XCONNECT;
+        }
+        if opts.peer_mac.is_some() {
+            flags |= IFACE_PEER_MAC;
+        }
         IfaceInfo {
             slot: iface.slot,
             flags,
             mtu: iface.mtu,
             mac: iface.mac,
             max_frame: self.max_frame,
+            peer: opts.peer,
+            peer_mac: opts.peer_mac.unwrap_or_default(),
+            push_vlan: opts.push_vlan,
         }
     }
 }

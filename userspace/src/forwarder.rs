@@ -13,18 +13,17 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{Array, DevMap, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, XskMap};
-use xdpfwd_common::{
-    ACTION_FORWARD, MAX_IFACES, MAX_QUEUES, MAX_RULES, RULESET_ACTIVE, RULESET_COUNT,
-    RULESET_DEFAULT, Rule, xsk_key,
-};
+use aya::maps::{DevMap, HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
+use xdpfwd_common::{ACTION_FORWARD, MAX_IFACES, MAX_QUEUES, xsk_key};
 
 use crate::{
     config::{self, Config},
     control::{Control, Maps},
     iface::{self, Iface},
     loader::{self, ModeArg},
-    metrics, privileges,
+    metrics,
+    policy::{ControlPolicy, PolicyMaps},
+    privileges,
     snapshot::{PortView, StatsSource},
     stats::WorkerStats,
     stats_server,
@@ -95,10 +94,10 @@ pub enum DefaultPath {
 pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let mut settings = match &args.config {
         Some(path) => config::load(path)?,
-        None => Config { interfaces: Vec::new(), rules: Vec::new(), unmatched: ACTION_FORWARD },
+        None => Config { unmatched: ACTION_FORWARD, ..Config::default() },
     };
     if args.interfaces.is_empty() {
-        args.interfaces = settings.interfaces.clone();
+        args.interfaces = settings.names();
     }
     if args.interfaces.is_empty() {
         bail!("no interfaces: give them on the command line or as [[interface]] in the config");
@@ -133,11 +132,9 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         modes.push(mode);
     }
 
-    let mut rules = RuleMaps {
-        rules: Array::try_from(ebpf.take_map("RULES").context("map RULES missing")?)?,
-        ruleset: Array::try_from(ebpf.take_map("RULESET").context("map RULESET missing")?)?,
-    };
+    let mut rules = PolicyMaps::take(&mut ebpf)?;
     rules.apply(&settings, &ifaces)?;
+    let control_policy = ControlPolicy::new(&settings, &ifaces)?;
     let take = |ebpf: &mut aya::Ebpf, name: &str| {
         ebpf.take_map(name).with_context(|| format!("map {name} missing"))
     };
@@ -177,6 +174,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     // Control plane.
     let shared = Arc::new(Shared::default());
     let (resolve_tx, resolve_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (policy_tx, policy_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let fast = args.default_path == DefaultPath::Fast;
     let max_frame = (config.max_frame_len() as usize - xdpfwd_common::META_LEN) as u16;
@@ -185,12 +183,13 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         ifaces.iter().map(|i| (**i).clone()).collect(),
         (fast, max_frame),
         shared.clone(),
+        control_policy,
     );
     let control_thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
         let shared = shared.clone();
         move || -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let result = runtime.block_on(control.run(resolve_rx, ready_tx));
+            let result = runtime.block_on(control.run(resolve_rx, policy_rx, ready_tx));
             if result.is_err() {
                 shared.stop.store(true, Relaxed);
             }
@@ -299,7 +298,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     while !stop_signal.load(Relaxed) && !shared.stop.load(Relaxed) {
         thread::sleep(Duration::from_millis(50));
         if reload_signal.swap(false, Relaxed) {
-            reload(args.config.as_deref(), &mut settings, &mut rules, &ifaces);
+            reload(args.config.as_deref(), &mut settings, &mut rules, &ifaces, &policy_tx);
         }
         if args.stats_interval > 0.0 && last.0.elapsed().as_secs_f64() >= args.stats_interval {
             let now = source.snapshot();
@@ -336,40 +335,15 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The XDP program's two rule sets and the word that selects the active one.
-struct RuleMaps {
-    rules: Array<MapData, Rule>,
-    ruleset: Array<MapData, u32>,
-}
-
-impl RuleMaps {
-    /// Writes `config`'s rules into the idle set, then switches to it with one map write.
-    fn apply(&mut self, config: &Config, ifaces: &[Iface]) -> anyhow::Result<()> {
-        let active = self.ruleset.get(&RULESET_ACTIVE, 0)? & 1;
-        let next = 1 - active;
-        for (i, spec) in config.rules.iter().enumerate() {
-            let rule = config::compile(spec, |name| {
-                ifaces.iter().find(|i| i.name == name).map(|i| i.ifindex)
-            })
-            .with_context(|| {
-                format!("rule[{i}].in: interface {:?} is not managed by this instance", spec.input)
-            })?;
-            self.rules.set(next * MAX_RULES + i as u32, rule, 0)?;
-        }
-        self.ruleset.set(RULESET_COUNT + next, config.rules.len() as u32, 0)?;
-        self.ruleset.set(RULESET_DEFAULT + next, config.unmatched, 0)?;
-        self.ruleset.set(RULESET_ACTIVE, next, 0)?;
-        Ok(())
-    }
-}
-
-/// SIGHUP: re-reads the configuration; a valid one replaces the rules atomically, an invalid
-/// one is refused and the running rules stay.
+/// SIGHUP: re-reads the configuration. A valid one replaces the rules and rewrites atomically
+/// and hands the interface settings and static routes to the control plane; an invalid one
+/// is refused and the running configuration stays.
 fn reload(
     path: Option<&std::path::Path>,
     current: &mut Config,
-    rules: &mut RuleMaps,
+    rules: &mut PolicyMaps,
     ifaces: &[Arc<Iface>],
+    control: &tokio::sync::mpsc::UnboundedSender<ControlPolicy>,
 ) {
     let Some(path) = path else {
         tracing::warn!("SIGHUP: no --config to reload");
@@ -382,13 +356,24 @@ fn reload(
             return;
         }
     };
-    if fresh.interfaces != current.interfaces {
-        tracing::warn!("reload: changes to [[interface]] need a restart; applying the rest");
+    if fresh.names() != current.names() {
+        tracing::warn!(
+            "reload: adding or removing [[interface]] needs a restart; applying the rest"
+        );
     }
     let ifaces: Vec<Iface> = ifaces.iter().map(|i| (**i).clone()).collect();
-    match rules.apply(&fresh, &ifaces) {
-        Ok(()) => {
-            tracing::info!(rules = fresh.rules.len(), "reloaded {}", path.display());
+    let result = ControlPolicy::new(&fresh, &ifaces)
+        .and_then(|policy| rules.apply(&fresh, &ifaces).map(|()| policy));
+    match result {
+        Ok(policy) => {
+            let _ = control.send(policy);
+            tracing::info!(
+                rules = fresh.rules.len(),
+                rewrites = fresh.rewrites.len(),
+                routes = fresh.routes.len(),
+                "reloaded {}",
+                path.display()
+            );
             *current = fresh;
         }
         Err(err) => tracing::error!("reload refused, the running configuration stays: {err:#}"),

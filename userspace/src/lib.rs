@@ -11,6 +11,7 @@ pub mod forwarder;
 pub mod iface;
 pub mod loader;
 pub mod metrics;
+pub mod policy;
 pub mod privileges;
 pub mod rewrite;
 pub mod routes;

@@ -57,10 +57,13 @@ enum Command {
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = xdpfwd::config::load(path)?;
     println!(
-        "{}: ok ({} interfaces, {} rules)",
+        "{}: ok ({} interfaces, {} rules, {} routes, {} cross-connects, {} rewrites)",
         path.display(),
         config.interfaces.len(),
-        config.rules.len()
+        config.rules.len(),
+        config.routes.len(),
+        config.xconnects.len(),
+        config.rewrites.len()
     );
     Ok(())
 }

@@ -20,6 +20,9 @@ use netlink_packet_route::{
 pub const TABLE_MAIN: u32 = 254;
 /// `RT_TABLE_LOCAL`: local and broadcast addresses; consulted before `main`.
 pub const TABLE_LOCAL: u32 = 255;
+/// xdpfwd's own table: the configuration's static routes, consulted after `local` and before
+/// `main` (outside the kernel's 8-bit and 32-bit table ids in use).
+pub const TABLE_STATIC: u32 = u32::MAX;
 
 /// What the XDP program does with a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,6 +31,9 @@ pub enum Action {
     Unicast { oif: u32, gateway: Option<IpAddr> },
     /// Let the kernel handle it (local, broadcast, blackhole, multipath, ...).
     Kernel,
+    /// A static route of the configuration: out of `oif`, to the neighbour `via` or the fixed
+    /// `mac`, tagged with `vlan` (0: none).
+    Static { oif: u32, via: Option<IpAddr>, mac: Option<[u8; 6]>, vlan: u16 },
 }
 
 /// One route, as far as route selection is concerned.
@@ -141,12 +147,34 @@ impl RouteTable {
         self.by_prefix.iter().filter_map(|(p, r)| Some((*p, Self::effective(r)?)))
     }
 
-    /// The route the kernel uses for a prefix: `local` before `main`, then the lowest metric;
-    /// several routes at that metric (ECMP siblings) are left to the kernel.
+    /// The effective action of the longest prefix holding `addr` among the kernel's own
+    /// routes (static routes left out).
+    pub fn lookup_kernel(&self, addr: IpAddr) -> Option<Action> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (0..=max).rev().find_map(|len| {
+            let net = IpNet::new(addr, len).ok()?.trunc();
+            let routes: Vec<Route> = self
+                .by_prefix
+                .get(&net)?
+                .iter()
+                .filter(|r| r.table != TABLE_STATIC)
+                .copied()
+                .collect();
+            Self::effective(&routes)
+        })
+    }
+
+    /// The route used for a prefix: `local` before xdpfwd's static routes before `main`, then
+    /// the lowest metric; several routes at that metric (ECMP siblings) are left to the kernel.
     fn effective(routes: &[Route]) -> Option<Action> {
-        let best = routes.iter().min_by_key(|r| (r.table != TABLE_LOCAL, r.metric, r.tos))?;
+        let best = routes
+            .iter()
+            .min_by_key(|r| (r.table != TABLE_LOCAL, r.table != TABLE_STATIC, r.metric, r.tos))?;
         if best.table == TABLE_LOCAL {
             return Some(Action::Kernel);
+        }
+        if best.table == TABLE_STATIC {
+            return Some(best.action);
         }
         let siblings = routes
             .iter()
@@ -194,6 +222,27 @@ mod tests {
             t.add(route("198.18.0.1/32", TABLE_LOCAL, 0, Action::Kernel)),
             Some(Action::Kernel)
         );
+    }
+
+    #[test]
+    fn static_routes_override_main_but_not_local() {
+        let mut t = RouteTable::default();
+        let fixed = Action::Static { oif: 5, via: None, mac: Some([2, 0, 0, 0, 0, 9]), vlan: 7 };
+        t.add(route("198.51.100.0/24", TABLE_MAIN, 0, VIA));
+        assert_eq!(t.add(route("198.51.100.0/24", TABLE_STATIC, 0, fixed)), Some(fixed));
+        assert_eq!(
+            t.add(route("198.51.100.0/24", TABLE_LOCAL, 0, Action::Kernel)),
+            Some(Action::Kernel)
+        );
+        assert_eq!(
+            t.lookup_kernel("198.51.100.7".parse().unwrap()),
+            Some(Action::Kernel),
+            "lookups for next hops see the kernel's routes only"
+        );
+        t.add(route("198.19.0.0/16", TABLE_MAIN, 0, DEV));
+        t.add(route("198.19.0.0/16", TABLE_STATIC, 0, fixed));
+        assert_eq!(t.lookup_kernel("198.19.3.4".parse().unwrap()), Some(DEV));
+        assert_eq!(t.lookup_kernel("203.0.113.1".parse().unwrap()), None);
     }
 
     #[test]

@@ -5,8 +5,13 @@
 //! would forward it unchanged but for the usual rewrite (MACs, TTL / hop limit, checksum). If so
 //! it writes an [`XskMeta`] in front of the frame and redirects it to the AF_XDP socket of its
 //! rx queue; user space rewrites and transmits it. Anything else goes to the kernel untouched
-//! (`XDP_PASS`), counted by reason. The program never drops and never modifies a frame it
-//! passes.
+//! (`XDP_PASS`), counted by reason. The program never modifies a frame it passes, and drops
+//! only what a rule says to drop.
+//!
+//! The configured policy is applied here too, because only here is the egress known before
+//! the frame reaches a socket: steering rules (`RULES`), stateless NAT (`NATS`; the route
+//! lookup uses the translated destination), static routes (route kinds in the tries), L2
+//! cross-connects and VLAN pop / push / rewrite (`IfaceInfo`, `Route*::vlan`).
 #![no_std]
 #![no_main]
 
@@ -14,18 +19,20 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
     macros::{map, xdp},
     maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
     programs::XdpContext,
 };
 use xdpfwd_common::{
     ACTION_DROP, ACTION_FAST, ACTION_FORWARD, ACTION_KERNEL, Counter, IFACE_FAST_PATH,
-    IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_UP, IfaceInfo, MAX_IFACES,
-    MAX_NEIGHBOURS, MAX_ROUTES, MAX_RULES, META_IPV6, META_LEN, META_MAGIC, META_NEED_NEIGH,
-    NeighKeyV4, NeighKeyV6, Neighbour, ROUTE_UNICAST, RULE_DPORT, RULE_DST, RULE_IN, RULE_PROTO,
-    RULE_SPORT, RULE_SRC, RULE_V4, RULE_V6, RULESET_ACTIVE, RULESET_COUNT, RULESET_DEFAULT,
-    RULESET_LEN, RouteV4, RouteV6, Rule, XSK_MAP_SIZE, XskMeta, xsk_key,
+    IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_PEER_MAC, IFACE_UP,
+    IFACE_VLAN_POP, IFACE_XCONNECT, IfaceInfo, MAX_IFACES, MAX_NATS, MAX_NEIGHBOURS, MAX_ROUTES,
+    MAX_RULES, META_IPV6, META_L2, META_LEN, META_MAGIC, META_NEED_NEIGH, NAT_DPORT, NAT_DST,
+    NAT_SPORT, NAT_SRC, Nat, NeighKeyV4, NeighKeyV6, Neighbour, Policy, ROUTE_STATIC,
+    ROUTE_STATIC_MAC, ROUTE_UNICAST, RULE_DPORT, RULE_DST, RULE_IN, RULE_PROTO, RULE_SPORT,
+    RULE_SRC, RULE_V4, RULE_V6, RULE_VLAN, RULESET_LEN, RouteV4, RouteV6, Rule, XSK_MAP_SIZE,
+    XskMeta, csum, xsk_key,
 };
 
 #[map]
@@ -46,8 +53,12 @@ static DEVMAP: DevMap = DevMap::with_max_entries(MAX_IFACES, 0);
 /// Two rule sets (see `xdpfwd_common::MAX_RULES`); `RULESET` says which one is active.
 #[map]
 static RULES: Array<Rule> = Array::with_max_entries(2 * MAX_RULES, 0);
+/// The active [`Policy`] word.
 #[map]
 static RULESET: Array<u32> = Array::with_max_entries(RULESET_LEN, 0);
+/// Two sets of NAT rewrites, selected with the rules by the [`Policy`] word.
+#[map]
+static NATS: Array<Nat> = Array::with_max_entries(2 * MAX_NATS, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
@@ -56,22 +67,48 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+const VLAN_HLEN: usize = 4;
 const IPV6_HLEN: usize = 40;
 const NEXTHDR_HOP: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// A frame to forward: the metadata for user space and the ingress interface's XSKMAP slot;
-/// with `fast`, the egress slot in `DEVMAP` for the in-kernel fast path instead.
+/// with `fast`, the egress slot in `DEVMAP` for the in-kernel fast path instead. Nothing of
+/// the frame has changed yet: [`forward`] applies `vlan`, `nat` and (fast path) the rewrite.
 struct Steer {
     meta: XskMeta,
     slot: u32,
     fast: Option<Fast>,
+    vlan: Vlan,
+    nat: Option<NatJob>,
+    /// Cross-connect: set the destination MAC to `meta.addr[0..6]`.
+    peer_mac: bool,
 }
 
 /// The in-kernel fast path's part of a decision.
 struct Fast {
     egress_slot: u32,
-    /// IP length (header included): the frame is trimmed to `ETH_HLEN + ip_len`.
+    /// IP length (header included): the frame is trimmed to the L3 offset plus this; 0 for
+    /// cross-connected frames, which are sent as they are.
     ip_len: usize,
+}
+
+/// What happens to 802.1Q tags on the way out.
+#[derive(Clone, Copy)]
+struct Vlan {
+    /// The frame arrived with a tag that is removed (or rewritten, with `push`).
+    pop: bool,
+    /// VLAN id to tag the frame with (0: none).
+    push: u16,
+}
+
+/// A NAT rewrite to apply.
+struct NatJob {
+    nat: &'static Nat,
+    proto: u8,
 }
 
 #[xdp]
@@ -79,8 +116,7 @@ pub fn xdpfwd(ctx: XdpContext) -> u32 {
     // `Counter::Rx` is not counted here: user space derives it as the sum of the verdicts,
     // which saves a map update per frame.
     match classify(&ctx) {
-        Ok(Steer { meta, fast: Some(fast), .. }) => fast_forward(&ctx, &meta, &fast),
-        Ok(steer) => redirect(&ctx, steer),
+        Ok(steer) => forward(&ctx, steer),
         Err(Counter::DropRule) => {
             count(Counter::DropRule);
             xdp_action::XDP_DROP
@@ -128,19 +164,83 @@ fn classify(ctx: &XdpContext) -> Result<Steer, Counter> {
     }
     // SAFETY: `ptr_at` checked that the 14 bytes lie inside the frame.
     let eth = unsafe { &*ptr_at::<[u8; ETH_HLEN]>(ctx, 0)? };
-    if eth[0..6] != ingress.mac {
-        return Err(Counter::PassNotForUs);
-    }
     if ctx.data_end() - ctx.data() > ingress.max_frame as usize {
         // An AF_XDP socket would drop it: longer than a UMEM frame carries.
         return Err(Counter::PassEgress);
     }
-    match u16::from_be_bytes([eth[12], eth[13]]) {
-        ETH_P_IP => ipv4(ctx, ifindex, &ingress),
-        ETH_P_IPV6 => ipv6(ctx, ifindex, &ingress),
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    if ingress.flags & IFACE_XCONNECT != 0 {
+        return xconnect(ctx, ifindex, &ingress, ethertype);
+    }
+    if eth[0..6] != ingress.mac {
+        return Err(Counter::PassNotForUs);
+    }
+    let mut l3 = ETH_HLEN;
+    let mut vlan = 0;
+    let mut ethertype = ethertype;
+    if ethertype == ETH_P_8021Q && ingress.flags & IFACE_VLAN_POP != 0 {
+        // SAFETY: `ptr_at` checked that the 4 bytes lie inside the frame.
+        let tag = unsafe { &*ptr_at::<[u8; VLAN_HLEN]>(ctx, ETH_HLEN)? };
+        vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        l3 = ETH_HLEN + VLAN_HLEN;
+    }
+    let tagged = l3 != ETH_HLEN;
+    match ethertype {
+        ETH_P_IP => ipv4(ctx, &Ingress { ifindex, info: &ingress, l3, tagged, vlan }),
+        ETH_P_IPV6 => ipv6(ctx, &Ingress { ifindex, info: &ingress, l3, tagged, vlan }),
+        _ if tagged => Err(Counter::PassVlan),
         ETH_P_8021Q | ETH_P_8021AD => Err(Counter::PassVlan),
         _ => Err(Counter::PassNotIp),
     }
+}
+
+/// Where and how a frame arrived.
+struct Ingress<'a> {
+    ifindex: u32,
+    info: &'a IfaceInfo,
+    /// Offset of the IP header: 14, or 18 behind a tag being popped.
+    l3: usize,
+    tagged: bool,
+    /// VLAN id of the popped tag (0: none).
+    vlan: u16,
+}
+
+/// An L2 cross-connect: the frame leaves through the peer as it is, but for the VLAN
+/// handling of both interfaces and the peer MAC.
+#[inline(always)]
+fn xconnect(
+    ctx: &XdpContext,
+    ifindex: u32,
+    ingress: &IfaceInfo,
+    ethertype: u16,
+) -> Result<Steer, Counter> {
+    let out = egress(ingress.peer, ifindex)?;
+    let frame_len = ctx.data_end() - ctx.data();
+    let vlan = Vlan {
+        pop: ethertype == ETH_P_8021Q && ingress.flags & IFACE_VLAN_POP != 0,
+        push: out.push_vlan,
+    };
+    if vlan.push != 0 && !vlan.pop && frame_len + VLAN_HLEN > ingress.max_frame as usize {
+        return Err(Counter::PassEgress);
+    }
+    if frame_len > out.mtu as usize + ETH_HLEN + VLAN_HLEN {
+        return Err(Counter::PassMtu);
+    }
+    let mut addr = [0u8; 16];
+    let flags = META_L2;
+    if ingress.flags & IFACE_PEER_MAC != 0 {
+        addr[0..6].copy_from_slice(&ingress.peer_mac);
+    }
+    let fast = (out.flags & IFACE_FAST_PATH != 0).then_some(Fast { egress_slot: out.slot, ip_len: 0 });
+    Ok(Steer {
+        meta: XskMeta { oif: ingress.peer, flags, l3_off: ETH_HLEN as u16, addr, magic: META_MAGIC },
+        slot: ingress.slot,
+        fast,
+        vlan,
+        nat: None,
+        peer_mac: ingress.flags & IFACE_PEER_MAC != 0,
+    })
 }
 
 /// The managed, up egress interface `oif`, different from the ingress one.
@@ -157,10 +257,20 @@ fn egress(oif: u32, ifindex: u32) -> Result<IfaceInfo, Counter> {
     Ok(out)
 }
 
+/// The active policy word.
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Counter> {
+fn policy() -> Policy {
+    match RULESET.get(0) {
+        Some(word) => Policy::decode(*word),
+        None => Policy { default: ACTION_FORWARD, ..Policy::default() },
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, at: &Ingress) -> Result<Steer, Counter> {
+    let l3 = at.l3;
     // SAFETY: `ptr_at` checked that the 20 bytes lie inside the frame.
-    let ip = unsafe { &*ptr_at::<[u8; 20]>(ctx, ETH_HLEN)? };
+    let ip = unsafe { &*ptr_at::<[u8; 20]>(ctx, l3)? };
     if ip[0] >> 4 != 4 || ip[0] & 0xf < 5 {
         return Err(Counter::PassMalformed);
     }
@@ -169,7 +279,7 @@ fn ipv4(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
     }
     let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     let frame_len = ctx.data_end() - ctx.data();
-    if total_len < 20 || ETH_HLEN + total_len > frame_len {
+    if total_len < 20 || l3 + total_len > frame_len {
         return Err(Counter::PassMalformed);
     }
     let mut sum = 0u32;
@@ -178,9 +288,7 @@ fn ipv4(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
         sum += u16::from_be_bytes([ip[i], ip[i + 1]]) as u32;
         i += 2;
     }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    if sum != 0xffff {
+    if csum::fold(sum) != 0xffff {
         return Err(Counter::PassMalformed);
     }
     if ip[8] <= 1 {
@@ -192,40 +300,83 @@ fn ipv4(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
         return Err(Counter::PassSpecialAddr);
     }
     let first_fragment = ip[6] & 0x1f == 0 && ip[7] == 0;
-    let ports = l4_ports(ctx, ETH_HLEN + 20, ip[9], first_fragment);
+    let unfragmented = first_fragment && ip[6] & 0x20 == 0;
+    let ports = l4_ports(ctx, l3 + 20, ip[9], first_fragment);
     let mut key_src = [0u8; 16];
     key_src[0..4].copy_from_slice(&src);
     let mut key_dst = [0u8; 16];
     key_dst[0..4].copy_from_slice(&dst);
     let flow = Flow {
-        ifindex,
+        ifindex: at.ifindex,
         v6: false,
+        vlan: at.vlan,
         proto: ip[9],
         src: words(&key_src),
         dst: words(&key_dst),
         ports,
     };
-    let fast = rule_verdict(&flow)?;
+    let policy = policy();
+    let fast = rule_verdict(&flow, &policy)?;
+    let nat = nat_for(&flow, &policy, unfragmented)?;
+    let dst = match &nat {
+        Some(job) if job.nat.set & NAT_DST != 0 => {
+            let d = &job.nat.dst;
+            [d[0], d[1], d[2], d[3]]
+        }
+        _ => dst,
+    };
     let route = ROUTES_V4.get(Key::new(32, dst)).copied().ok_or(Counter::PassRoute)?;
-    if route.kind != ROUTE_UNICAST {
+    let kind = route.kind;
+    if kind != ROUTE_UNICAST && kind != ROUTE_STATIC && kind != ROUTE_STATIC_MAC {
         return Err(Counter::PassRoute);
     }
-    let out = egress(route.oif, ifindex)?;
+    let out = egress(route.oif, at.ifindex)?;
     if total_len > out.mtu as usize {
         return Err(Counter::PassMtu);
+    }
+    let vlan = egress_vlan(ctx, at, route.vlan, &out)?;
+    let next = Next { oif: route.oif, flags: 0, out: &out, ip_len: total_len, fast, vlan, nat };
+    if kind == ROUTE_STATIC_MAC {
+        return Ok(resolved(next, &route.mac, at));
     }
     let next_hop = if route.gateway == [0; 4] { dst } else { route.gateway };
     let key = NeighKeyV4 { ifindex: route.oif, addr: next_hop };
     // SAFETY: copied out at once, as in `iface`.
     match unsafe { NEIGH_V4.get(&key) }.copied() {
-        Some(neigh) => Ok(resolved(route.oif, 0, &neigh, &out, ingress, total_len, fast)),
-        None if ingress.flags & IFACE_KERNEL_FWD_V4 != 0 => Err(Counter::PassNeighMiss),
+        Some(neigh) => Ok(resolved(next, &neigh.mac, at)),
+        // The kernel forwards the packet itself, as it would without xdpfwd, unless the route
+        // or a rewrite is xdpfwd's own.
+        None if at.info.flags & IFACE_KERNEL_FWD_V4 != 0
+            && kind == ROUTE_UNICAST
+            && next.nat.is_none() =>
+        {
+            Err(Counter::PassNeighMiss)
+        }
         None => {
             let mut addr = [0u8; 16];
             addr[0..4].copy_from_slice(&next_hop);
-            Ok(unresolved(route.oif, 0, addr, ingress))
+            Ok(unresolved(next, addr, at))
         }
     }
+}
+
+/// The VLAN handling of a routed frame: the ingress tag is popped, the route's or the egress
+/// interface's VLAN id pushed. A push onto an untagged frame must still fit a UMEM frame.
+#[inline(always)]
+fn egress_vlan(
+    ctx: &XdpContext,
+    at: &Ingress,
+    route_vlan: u16,
+    out: &IfaceInfo,
+) -> Result<Vlan, Counter> {
+    let push = if route_vlan != 0 { route_vlan } else { out.push_vlan };
+    if push != 0
+        && !at.tagged
+        && ctx.data_end() - ctx.data() + VLAN_HLEN > at.info.max_frame as usize
+    {
+        return Err(Counter::PassEgress);
+    }
+    Ok(Vlan { pop: at.tagged, push })
 }
 
 /// Source and destination ports of a TCP or UDP header at `offset`, when there is one (not in
@@ -237,7 +388,7 @@ fn l4_ports(
     proto: u8,
     first_fragment: bool,
 ) -> Option<(u16, u16)> {
-    if !first_fragment || (proto != 6 && proto != 17) {
+    if !first_fragment || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
         return None;
     }
     let p = ptr_at::<[u8; 4]>(ctx, offset).ok()?;
@@ -258,6 +409,8 @@ fn words(a: &[u8; 16]) -> [u64; 2] {
 struct Flow {
     ifindex: u32,
     v6: bool,
+    /// VLAN id the frame arrived with (0: untagged).
+    vlan: u16,
     proto: u8,
     /// Source and destination addresses as [`words`].
     src: [u64; 2],
@@ -269,8 +422,8 @@ struct Flow {
 /// Applies the active rule set: `Err` to pass (`PassRule`) or drop (`DropRule`), `Ok(true)`
 /// to take the fast path, `Ok(false)` to forward as usual.
 #[inline(always)]
-fn rule_verdict(flow: &Flow) -> Result<bool, Counter> {
-    match rule_action(flow) {
+fn rule_verdict(flow: &Flow, policy: &Policy) -> Result<bool, Counter> {
+    match rule_action(flow, policy) {
         ACTION_KERNEL => Err(Counter::PassRule),
         ACTION_DROP => Err(Counter::DropRule),
         ACTION_FAST => Ok(true),
@@ -280,15 +433,11 @@ fn rule_verdict(flow: &Flow) -> Result<bool, Counter> {
 
 /// The action of the first matching rule of the active set, or the set's default.
 #[inline(always)]
-fn rule_action(flow: &Flow) -> u32 {
-    let Some(active) = RULESET.get(RULESET_ACTIVE) else { return ACTION_FORWARD };
-    let set = *active & 1;
-    let count = RULESET.get(RULESET_COUNT + set).copied().unwrap_or(0);
-    let default = RULESET.get(RULESET_DEFAULT + set).copied().unwrap_or(ACTION_FORWARD);
-    let base = set * MAX_RULES;
+fn rule_action(flow: &Flow, policy: &Policy) -> u32 {
+    let base = policy.set * MAX_RULES;
     let mut i = 0;
     while i < MAX_RULES {
-        if i >= count {
+        if i >= policy.rules {
             break;
         }
         if let Some(rule) = RULES.get(base + i) {
@@ -298,12 +447,42 @@ fn rule_action(flow: &Flow) -> u32 {
         }
         i += 1;
     }
-    default
+    policy.default
+}
+
+/// The first NAT rewrite of the active set that matches; `Err(PassNat)` when one matches a
+/// frame that cannot be rewritten statelessly.
+#[inline(always)]
+fn nat_for(flow: &Flow, policy: &Policy, unfragmented: bool) -> Result<Option<NatJob>, Counter> {
+    let base = policy.set * MAX_NATS;
+    let mut i = 0;
+    while i < MAX_NATS {
+        if i >= policy.nats {
+            break;
+        }
+        if let Some(nat) = NATS.get(base + i) {
+            if rule_matches(&nat.rule, flow) {
+                if !unfragmented || extension_header(flow.proto) {
+                    return Err(Counter::PassNat);
+                }
+                return Ok(Some(NatJob { nat, proto: flow.proto }));
+            }
+        }
+        i += 1;
+    }
+    Ok(None)
+}
+
+/// IPv6 extension headers (and AH, which authenticates the addresses): the L4 header is not
+/// where a stateless rewrite can find it.
+#[inline(always)]
+fn extension_header(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140)
 }
 
 #[inline(always)]
 fn rule_matches(r: &Rule, flow: &Flow) -> bool {
-    let &Flow { ifindex, v6, proto, ref src, ref dst, ports } = flow;
+    let &Flow { ifindex, v6, vlan, proto, ref src, ref dst, ports } = flow;
     let f = r.fields;
     if (f & RULE_V4 != 0 && v6) || (f & RULE_V6 != 0 && !v6) {
         return false;
@@ -311,7 +490,10 @@ fn rule_matches(r: &Rule, flow: &Flow) -> bool {
     if f & RULE_IN != 0 && r.in_ifindex != ifindex {
         return false;
     }
-    if f & RULE_PROTO != 0 && r.proto != proto as u32 {
+    if f & RULE_VLAN != 0 && r.vlan != vlan {
+        return false;
+    }
+    if f & RULE_PROTO != 0 && r.proto != proto as u16 {
         return false;
     }
     if f & RULE_SRC != 0
@@ -344,15 +526,16 @@ fn special_v4(addr: [u8; 4]) -> bool {
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Counter> {
+fn ipv6(ctx: &XdpContext, at: &Ingress) -> Result<Steer, Counter> {
+    let l3 = at.l3;
     // SAFETY: `ptr_at` checked that the 40 bytes lie inside the frame.
-    let ip = unsafe { &*ptr_at::<[u8; IPV6_HLEN]>(ctx, ETH_HLEN)? };
+    let ip = unsafe { &*ptr_at::<[u8; IPV6_HLEN]>(ctx, l3)? };
     if ip[0] >> 4 != 6 {
         return Err(Counter::PassMalformed);
     }
     let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
     let frame_len = ctx.data_end() - ctx.data();
-    if ETH_HLEN + IPV6_HLEN + payload_len > frame_len {
+    if l3 + IPV6_HLEN + payload_len > frame_len {
         return Err(Counter::PassMalformed);
     }
     if ip[6] == NEXTHDR_HOP || payload_len == 0 {
@@ -369,26 +552,51 @@ fn ipv6(ctx: &XdpContext, ifindex: u32, ingress: &IfaceInfo) -> Result<Steer, Co
     if special_v6(&src) || special_v6(&dst) {
         return Err(Counter::PassSpecialAddr);
     }
-    let ports = l4_ports(ctx, ETH_HLEN + IPV6_HLEN, ip[6], true);
-    let flow = Flow { ifindex, v6: true, proto: ip[6], src: words(&src), dst: words(&dst), ports };
-    let fast = rule_verdict(&flow)?;
+    let ports = l4_ports(ctx, l3 + IPV6_HLEN, ip[6], true);
+    let flow = Flow {
+        ifindex: at.ifindex,
+        v6: true,
+        vlan: at.vlan,
+        proto: ip[6],
+        src: words(&src),
+        dst: words(&dst),
+        ports,
+    };
+    let policy = policy();
+    let fast = rule_verdict(&flow, &policy)?;
+    let nat = nat_for(&flow, &policy, true)?;
+    if let Some(job) = &nat {
+        if job.nat.set & NAT_DST != 0 {
+            dst = job.nat.dst;
+        }
+    }
     let route = ROUTES_V6.get(Key::new(128, dst)).copied().ok_or(Counter::PassRoute)?;
-    if route.kind != ROUTE_UNICAST {
+    let kind = route.kind;
+    if kind != ROUTE_UNICAST && kind != ROUTE_STATIC && kind != ROUTE_STATIC_MAC {
         return Err(Counter::PassRoute);
     }
-    let out = egress(route.oif, ifindex)?;
+    let out = egress(route.oif, at.ifindex)?;
     if IPV6_HLEN + payload_len > out.mtu as usize {
         return Err(Counter::PassMtu);
+    }
+    let vlan = egress_vlan(ctx, at, route.vlan, &out)?;
+    let ip_len = IPV6_HLEN + payload_len;
+    let next = Next { oif: route.oif, flags: META_IPV6, out: &out, ip_len, fast, vlan, nat };
+    if kind == ROUTE_STATIC_MAC {
+        return Ok(resolved(next, &route.mac, at));
     }
     let next_hop = if route.gateway == [0; 16] { dst } else { route.gateway };
     let key = NeighKeyV6 { ifindex: route.oif, addr: next_hop };
     // SAFETY: copied out at once, as in `iface`.
     match unsafe { NEIGH_V6.get(&key) }.copied() {
-        Some(neigh) => {
-            Ok(resolved(route.oif, META_IPV6, &neigh, &out, ingress, IPV6_HLEN + payload_len, fast))
+        Some(neigh) => Ok(resolved(next, &neigh.mac, at)),
+        None if at.info.flags & IFACE_KERNEL_FWD_V6 != 0
+            && kind == ROUTE_UNICAST
+            && next.nat.is_none() =>
+        {
+            Err(Counter::PassNeighMiss)
         }
-        None if ingress.flags & IFACE_KERNEL_FWD_V6 != 0 => Err(Counter::PassNeighMiss),
-        None => Ok(unresolved(route.oif, META_IPV6, next_hop, ingress)),
+        None => Ok(unresolved(next, next_hop, at)),
     }
 }
 
@@ -410,64 +618,351 @@ fn special_v6(addr: &[u8; 16]) -> bool {
     high == 0
 }
 
-#[inline(always)]
-fn resolved(
+/// A routed frame's decision before the next hop's MAC is known.
+struct Next<'a> {
     oif: u32,
     flags: u16,
-    neigh: &Neighbour,
-    out: &IfaceInfo,
-    ingress: &IfaceInfo,
+    out: &'a IfaceInfo,
     ip_len: usize,
-    force_fast: bool,
-) -> Steer {
+    /// A rule chose the fast path.
+    fast: bool,
+    vlan: Vlan,
+    nat: Option<NatJob>,
+}
+
+#[inline(always)]
+fn resolved(next: Next, mac: &[u8; 6], at: &Ingress) -> Steer {
     let mut addr = [0u8; 16];
-    addr[0..6].copy_from_slice(&neigh.mac);
-    addr[6..12].copy_from_slice(&out.mac);
-    let fast = (force_fast || out.flags & IFACE_FAST_PATH != 0)
-        .then_some(Fast { egress_slot: out.slot, ip_len });
+    addr[0..6].copy_from_slice(mac);
+    addr[6..12].copy_from_slice(&next.out.mac);
+    let fast = (next.fast || next.out.flags & IFACE_FAST_PATH != 0)
+        .then_some(Fast { egress_slot: next.out.slot, ip_len: next.ip_len });
     Steer {
-        meta: XskMeta { oif, flags, l3_off: ETH_HLEN as u16, addr, magic: META_MAGIC },
-        slot: ingress.slot,
+        meta: XskMeta {
+            oif: next.oif,
+            flags: next.flags,
+            l3_off: at.l3 as u16,
+            addr,
+            magic: META_MAGIC,
+        },
+        slot: at.info.slot,
         fast,
+        vlan: next.vlan,
+        nat: next.nat,
+        peer_mac: false,
     }
 }
 
 #[inline(always)]
-fn unresolved(oif: u32, flags: u16, next_hop: [u8; 16], ingress: &IfaceInfo) -> Steer {
+fn unresolved(next: Next, next_hop: [u8; 16], at: &Ingress) -> Steer {
     Steer {
         meta: XskMeta {
-            oif,
-            flags: flags | META_NEED_NEIGH,
-            l3_off: ETH_HLEN as u16,
+            oif: next.oif,
+            flags: next.flags | META_NEED_NEIGH,
+            l3_off: at.l3 as u16,
             addr: next_hop,
             magic: META_MAGIC,
         },
-        slot: ingress.slot,
+        slot: at.info.slot,
         fast: None,
+        vlan: next.vlan,
+        nat: next.nat,
+        peer_mac: false,
     }
+}
+
+/// Carries out a decision: checks that the destination (socket or device) exists, applies
+/// the VLAN change, the NAT rewrite and (fast path) the router rewrite, then redirects.
+#[inline(always)]
+fn forward(ctx: &XdpContext, mut steer: Steer) -> u32 {
+    let ready = match &steer.fast {
+        Some(fast) => DEVMAP.get(fast.egress_slot).is_some(),
+        None => XSKS.get(xsk_key(steer.slot, ctx.rx_queue_index())).is_some(),
+    };
+    if !ready {
+        count(if steer.fast.is_some() { Counter::PassEgress } else { Counter::PassNoSocket });
+        return xdp_action::XDP_PASS;
+    }
+    // Only the VLAN change can fail for want of room; everything after it was bounds-checked
+    // by `classify` already, so the `Err`s below are for the verifier.
+    let Ok(l3) = vlan_apply(ctx, steer.meta.l3_off as usize, steer.vlan) else {
+        count(Counter::PassNoMeta);
+        return xdp_action::XDP_PASS;
+    };
+    steer.meta.l3_off = l3 as u16;
+    if let Some(job) = &steer.nat {
+        let result = if steer.meta.flags & META_IPV6 != 0 {
+            nat_v6(ctx, l3, job)
+        } else {
+            nat_v4(ctx, l3, job)
+        };
+        if result.is_err() {
+            count(Counter::PassMalformed);
+            return xdp_action::XDP_PASS;
+        }
+    }
+    if steer.peer_mac {
+        let Ok(eth) = ptr_at::<[u8; 6]>(ctx, 0) else {
+            count(Counter::PassMalformed);
+            return xdp_action::XDP_PASS;
+        };
+        // SAFETY: `ptr_at` checked the 6 bytes; nothing else refers to them.
+        unsafe { (*(eth as *mut [u8; 6])).copy_from_slice(&steer.meta.addr[0..6]) };
+    }
+    match &steer.fast {
+        Some(fast) => fast_forward(ctx, &steer.meta, fast),
+        None => redirect(ctx, &steer),
+    }
+}
+
+/// Pops, pushes or rewrites the 802.1Q tag; returns the new offset of the IP header.
+#[inline(always)]
+fn vlan_apply(ctx: &XdpContext, l3: usize, vlan: Vlan) -> Result<usize, ()> {
+    match (vlan.pop, vlan.push != 0) {
+        (false, false) => Ok(l3),
+        (true, true) => {
+            let tag = ptr_at::<[u8; 2]>(ctx, ETH_HLEN).map_err(|_| ())? as *mut [u8; 2];
+            // SAFETY: `ptr_at` checked the 2 bytes of the TCI; the priority bits stay.
+            unsafe {
+                let pcp = (*tag)[0] & 0xf0;
+                (*tag)[0] = pcp | (vlan.push >> 8) as u8 & 0x0f;
+                (*tag)[1] = vlan.push as u8;
+            }
+            Ok(l3)
+        }
+        (true, false) => {
+            let eth = ptr_at::<[u8; ETH_HLEN + VLAN_HLEN]>(ctx, 0).map_err(|_| ())?
+                as *mut [u8; ETH_HLEN + VLAN_HLEN];
+            // SAFETY: `ptr_at` checked the 18 bytes. The MACs move 4 bytes up, over the tag.
+            unsafe { move_macs(eth as *mut u8, 0, 4) };
+            // SAFETY: `ctx.ctx` is the live `xdp_md`; the frame keeps ≥ 14 bytes.
+            if unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_HLEN as i32) } != 0 {
+                return Err(());
+            }
+            Ok(l3 - VLAN_HLEN)
+        }
+        (false, true) => {
+            // SAFETY: `ctx.ctx` is the live `xdp_md`; the driver's headroom takes 4 bytes.
+            if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(VLAN_HLEN as i32)) } != 0 {
+                return Err(());
+            }
+            let eth = ptr_at::<[u8; ETH_HLEN + VLAN_HLEN]>(ctx, 0).map_err(|_| ())?
+                as *mut [u8; ETH_HLEN + VLAN_HLEN];
+            // SAFETY: `ptr_at` checked the 18 bytes. The MACs move 4 bytes down and the tag
+            // goes between them and the ethertype.
+            unsafe {
+                move_macs(eth as *mut u8, 4, 0);
+                (*eth)[12] = (ETH_P_8021Q >> 8) as u8;
+                (*eth)[13] = ETH_P_8021Q as u8;
+                (*eth)[14] = (vlan.push >> 8) as u8 & 0x0f;
+                (*eth)[15] = vlan.push as u8;
+            }
+            Ok(l3 + VLAN_HLEN)
+        }
+    }
+}
+
+/// Moves the 12 bytes of MAC addresses at `from` to `to` (4 bytes apart) as three 32-bit
+/// words; volatile reads keep LLVM from turning this into a `memmove` call, which BPF lacks.
+///
+/// # Safety
+///
+/// `frame` must point to at least `max(from, to) + 12` writable bytes.
+#[inline(always)]
+unsafe fn move_macs(frame: *mut u8, from: usize, to: usize) {
+    // SAFETY: the caller guarantees the bytes; unaligned accesses are explicit.
+    unsafe {
+        let a = core::ptr::read_volatile(frame.add(from) as *const [u8; 4]);
+        let b = core::ptr::read_volatile(frame.add(from + 4) as *const [u8; 4]);
+        let c = core::ptr::read_volatile(frame.add(from + 8) as *const [u8; 4]);
+        (frame.add(to) as *mut [u8; 4]).write(a);
+        (frame.add(to + 4) as *mut [u8; 4]).write(b);
+        (frame.add(to + 8) as *mut [u8; 4]).write(c);
+    }
+}
+
+/// Where the L4 checksum of `proto` lies in its header, and whether it covers the
+/// pseudo-header (the addresses).
+#[inline(always)]
+fn l4_checksum(proto: u8) -> Option<(usize, bool)> {
+    match proto {
+        IPPROTO_TCP => Some((16, true)),
+        IPPROTO_UDP => Some((6, true)),
+        IPPROTO_ICMP => Some((2, false)),
+        IPPROTO_ICMPV6 => Some((2, true)),
+        _ => None,
+    }
+}
+
+/// A 16-bit big-endian field at `offset` of the frame, as a pointer for update.
+#[inline(always)]
+fn field16(ctx: &XdpContext, offset: usize) -> Result<*mut [u8; 2], ()> {
+    Ok(ptr_at::<[u8; 2]>(ctx, offset).map_err(|_| ())? as *mut [u8; 2])
+}
+
+/// The L4 part of a rewrite: ports (or the ICMP echo identifier) and the L4 checksum, which
+/// `addr_delta` already adjusted for the addresses.
+#[inline(always)]
+fn nat_l4(ctx: &XdpContext, l4: usize, job: &NatJob, check: Option<u16>) -> Result<Option<u16>, ()> {
+    let nat = job.nat;
+    let mut check = check;
+    let set_port = |offset: usize, new: u16, check: &mut Option<u16>| -> Result<(), ()> {
+        let p = field16(ctx, l4 + offset)?;
+        // SAFETY: `field16` checked the 2 bytes.
+        let old = u16::from_be_bytes(unsafe { *p });
+        if let Some(c) = check.as_mut() {
+            *c = csum::replace16(*c, old, new);
+        }
+        // SAFETY: as above.
+        unsafe { *p = new.to_be_bytes() };
+        Ok(())
+    };
+    match job.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            if nat.set & NAT_SPORT != 0 {
+                set_port(0, nat.sport, &mut check)?;
+            }
+            if nat.set & NAT_DPORT != 0 {
+                set_port(2, nat.dport, &mut check)?;
+            }
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let t = ptr_at::<u8>(ctx, l4).map_err(|_| ())?;
+            // SAFETY: `ptr_at` checked the byte.
+            let kind = unsafe { *t };
+            let (request, reply) = if job.proto == IPPROTO_ICMP { (8, 0) } else { (128, 129) };
+            if kind == request && nat.set & NAT_SPORT != 0 {
+                set_port(4, nat.sport, &mut check)?;
+            } else if kind == reply && nat.set & NAT_DPORT != 0 {
+                set_port(4, nat.dport, &mut check)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(check)
+}
+
+/// Replaces the address at `field` with `new`, adjusting the checksums that cover it.
+#[inline(always)]
+fn swap_addr<const N: usize>(
+    field: *mut [u8; N],
+    new: &[u8; N],
+    ip_check: Option<&mut u16>,
+    l4_check: &mut Option<u16>,
+) {
+    // SAFETY: callers pass a pointer checked by `ptr_at`; it is read, then written once.
+    let old = unsafe { *field };
+    if let Some(c) = ip_check {
+        *c = csum::replace_bytes(*c, &old, new);
+    }
+    if let Some(c) = l4_check.as_mut() {
+        *c = csum::replace_bytes(*c, &old, new);
+    }
+    // SAFETY: as above.
+    unsafe { *field = *new };
+}
+
+/// Stateless NAT of an IPv4 frame whose header is at `l3` (20 bytes: options were refused).
+#[inline(always)]
+fn nat_v4(ctx: &XdpContext, l3: usize, job: &NatJob) -> Result<(), ()> {
+    let nat = job.nat;
+    let ip_check_at = field16(ctx, l3 + 10)?;
+    let src = ptr_at::<[u8; 4]>(ctx, l3 + 12).map_err(|_| ())? as *mut [u8; 4];
+    let dst = ptr_at::<[u8; 4]>(ctx, l3 + 16).map_err(|_| ())? as *mut [u8; 4];
+    let l4 = l3 + 20;
+    let l4_check = match l4_checksum(job.proto) {
+        Some((offset, pseudo)) => Some((field16(ctx, l4 + offset)?, pseudo)),
+        None => None,
+    };
+    // SAFETY: `field16` checked the pointer.
+    let mut ip_check = u16::from_be_bytes(unsafe { *ip_check_at });
+    // A UDP checksum of zero means "none" (IPv4): it stays zero. ICMP's does not cover the
+    // addresses.
+    let mut check = match l4_check {
+        // SAFETY: `field16` checked the pointer.
+        Some((p, _)) => Some(u16::from_be_bytes(unsafe { *p })),
+        None => None,
+    };
+    if job.proto == IPPROTO_UDP && check == Some(0) {
+        check = None;
+    }
+    let mut pseudo = match l4_check {
+        Some((_, true)) => check,
+        _ => None,
+    };
+    if nat.set & NAT_SRC != 0 {
+        let new = [nat.src[0], nat.src[1], nat.src[2], nat.src[3]];
+        swap_addr(src, &new, Some(&mut ip_check), &mut pseudo);
+    }
+    if nat.set & NAT_DST != 0 {
+        let new = [nat.dst[0], nat.dst[1], nat.dst[2], nat.dst[3]];
+        swap_addr(dst, &new, Some(&mut ip_check), &mut pseudo);
+    }
+    if matches!(l4_check, Some((_, true))) {
+        check = pseudo;
+    }
+    // SAFETY: `field16` checked the pointer.
+    unsafe { *ip_check_at = ip_check.to_be_bytes() };
+    let check = nat_l4(ctx, l4, job, check)?;
+    if let (Some((p, _)), Some(c)) = (l4_check, check) {
+        let c = if job.proto == IPPROTO_UDP { csum::udp_wire(c) } else { c };
+        // SAFETY: `field16` checked the pointer.
+        unsafe { *p = c.to_be_bytes() };
+    }
+    Ok(())
+}
+
+/// Stateless NAT of an IPv6 frame whose header is at `l3` (the L4 header follows directly).
+#[inline(always)]
+fn nat_v6(ctx: &XdpContext, l3: usize, job: &NatJob) -> Result<(), ()> {
+    let nat = job.nat;
+    let src = ptr_at::<[u8; 16]>(ctx, l3 + 8).map_err(|_| ())? as *mut [u8; 16];
+    let dst = ptr_at::<[u8; 16]>(ctx, l3 + 24).map_err(|_| ())? as *mut [u8; 16];
+    let l4 = l3 + IPV6_HLEN;
+    let l4_check = match l4_checksum(job.proto) {
+        Some((offset, _)) => Some(field16(ctx, l4 + offset)?),
+        None => None,
+    };
+    let mut check = match l4_check {
+        // SAFETY: `field16` checked the pointer.
+        Some(p) => Some(u16::from_be_bytes(unsafe { *p })),
+        None => None,
+    };
+    if nat.set & NAT_SRC != 0 {
+        swap_addr(src, &nat.src, None, &mut check);
+    }
+    if nat.set & NAT_DST != 0 {
+        swap_addr(dst, &nat.dst, None, &mut check);
+    }
+    let check = nat_l4(ctx, l4, job, check)?;
+    if let (Some(p), Some(c)) = (l4_check, check) {
+        let c = if job.proto == IPPROTO_UDP { csum::udp_wire(c) } else { c };
+        // SAFETY: `field16` checked the pointer.
+        unsafe { *p = c.to_be_bytes() };
+    }
+    Ok(())
 }
 
 /// The in-kernel fast path: the same rewrite user space does (MACs, TTL with the kernel's
 /// incremental checksum update, hop limit, padding trimmed), then a redirect to the egress
-/// device. The frame is only modified once the egress device is known to be in `DEVMAP`.
+/// device. Cross-connected frames go as they are.
 #[inline(always)]
 fn fast_forward(ctx: &XdpContext, meta: &XskMeta, fast: &Fast) -> u32 {
-    if DEVMAP.get(fast.egress_slot).is_none() {
-        count(Counter::PassEgress);
-        return xdp_action::XDP_PASS;
-    }
-    if rewrite_in_place(ctx, meta).is_err() {
-        count(Counter::PassMalformed);
-        return xdp_action::XDP_PASS;
-    }
-    let frame_len = ctx.data_end() - ctx.data();
-    let want = ETH_HLEN + fast.ip_len;
-    if frame_len > want {
-        // SAFETY: `ctx.ctx` is the live `xdp_md`; shrinking by the padding keeps the frame
-        // at least `want` bytes long.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame_len - want) as i32)) } != 0 {
-            count(Counter::FastFailed);
-            return xdp_action::XDP_DROP;
+    let l3 = meta.l3_off as usize;
+    if meta.flags & META_L2 == 0 {
+        if rewrite_in_place(ctx, meta, l3).is_err() {
+            count(Counter::PassMalformed);
+            return xdp_action::XDP_PASS;
+        }
+        let frame_len = ctx.data_end() - ctx.data();
+        let want = l3 + fast.ip_len;
+        if frame_len > want {
+            // SAFETY: `ctx.ctx` is the live `xdp_md`; shrinking by the padding keeps the
+            // frame at least `want` bytes long.
+            if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame_len - want) as i32)) } != 0 {
+                count(Counter::FastFailed);
+                return xdp_action::XDP_DROP;
+            }
         }
     }
     match DEVMAP.redirect(fast.egress_slot, 0) {
@@ -482,21 +977,21 @@ fn fast_forward(ctx: &XdpContext, meta: &XskMeta, fast: &Fast) -> u32 {
     }
 }
 
-/// Writes the MACs and decrements the TTL / hop limit of the frame classified as `meta`.
-/// Touches nothing (returns `Err`) when the headers are not all in bounds.
+/// Writes the MACs and decrements the TTL / hop limit of the frame classified as `meta`,
+/// whose IP header is at `l3`. Touches nothing (returns `Err`) when the headers are not all in
+/// bounds.
 #[inline(always)]
-fn rewrite_in_place(ctx: &XdpContext, meta: &XskMeta) -> Result<(), ()> {
+fn rewrite_in_place(ctx: &XdpContext, meta: &XskMeta, l3: usize) -> Result<(), ()> {
+    let eth = ptr_at::<[u8; 12]>(ctx, 0).map_err(|_| ())? as *mut [u8; 12];
     if meta.flags & META_IPV6 != 0 {
-        let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, ETH_HLEN).map_err(|_| ())? as *mut [u8; IPV6_HLEN];
-        let eth = ptr_at::<[u8; ETH_HLEN]>(ctx, 0).map_err(|_| ())? as *mut [u8; ETH_HLEN];
+        let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3).map_err(|_| ())? as *mut [u8; IPV6_HLEN];
         // SAFETY: both pointers were bounds-checked by `ptr_at`; nothing else aliases them.
         unsafe {
             (*ip)[7] -= 1;
-            (&mut (*eth))[0..12].copy_from_slice(&meta.addr[0..12]);
+            (*eth).copy_from_slice(&meta.addr[0..12]);
         }
     } else {
-        let ip = ptr_at::<[u8; 20]>(ctx, ETH_HLEN).map_err(|_| ())? as *mut [u8; 20];
-        let eth = ptr_at::<[u8; ETH_HLEN]>(ctx, 0).map_err(|_| ())? as *mut [u8; ETH_HLEN];
+        let ip = ptr_at::<[u8; 20]>(ctx, l3).map_err(|_| ())? as *mut [u8; 20];
         // SAFETY: as above.
         unsafe {
             (*ip)[8] -= 1;
@@ -507,19 +1002,15 @@ fn rewrite_in_place(ctx: &XdpContext, meta: &XskMeta) -> Result<(), ()> {
             let check = (sum as u16).to_ne_bytes();
             (*ip)[10] = check[0];
             (*ip)[11] = check[1];
-            (&mut (*eth))[0..12].copy_from_slice(&meta.addr[0..12]);
+            (*eth).copy_from_slice(&meta.addr[0..12]);
         }
     }
     Ok(())
 }
 
 #[inline(always)]
-fn redirect(ctx: &XdpContext, steer: Steer) -> u32 {
+fn redirect(ctx: &XdpContext, steer: &Steer) -> u32 {
     let key = xsk_key(steer.slot, ctx.rx_queue_index());
-    if XSKS.get(key).is_none() {
-        count(Counter::PassNoSocket);
-        return xdp_action::XDP_PASS;
-    }
     // SAFETY: `ctx.ctx` is the live `xdp_md` of this invocation.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(META_LEN as i32)) } != 0 {
         count(Counter::PassNoMeta);
