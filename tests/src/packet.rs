@@ -8,6 +8,7 @@ use std::{
 
 const ETH_P_ALL: u16 = 0x0003;
 const PACKET_OUTGOING: u8 = 4;
+const PACKET_AUXDATA: i32 = 8;
 
 /// An AF_PACKET socket bound to one interface. Open it inside the interface's namespace (see
 /// [`crate::in_netns`]).
@@ -43,6 +44,19 @@ impl RawSocket {
         if ret != 0 {
             return Err(io::Error::last_os_error());
         }
+        // The kernel moves a received frame's 802.1Q tag into metadata; the auxiliary data
+        // gives it back, so captures show frames as they were on the wire.
+        let on: libc::c_int = 1;
+        // SAFETY: `on` is a valid c_int for the duration of the call.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_AUXDATA,
+                (&raw const on).cast(),
+                4,
+            )
+        };
         let size: libc::c_int = 16 << 20;
         // SAFETY: `size` is a valid c_int for the duration of the call.
         unsafe {
@@ -85,25 +99,49 @@ impl RawSocket {
             }
             // SAFETY: sockaddr_ll is plain data.
             let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = size_of::<libc::sockaddr_ll>() as u32;
-            // SAFETY: `buf`, `from` and `len` are valid for writes of the sizes passed.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    (&raw mut from).cast(),
-                    &mut len,
-                )
-            };
+            let mut control = [0u64; 16];
+            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+            // SAFETY: msghdr is plain data; the fields set below point to live buffers.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_name = (&raw mut from).cast();
+            msg.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
+            msg.msg_iov = &raw mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = size_of_val(&control);
+            // SAFETY: `msg` describes valid buffers of the sizes given.
+            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
             if n < 0 {
                 continue;
             }
             if from.sll_pkttype == PACKET_OUTGOING || from.sll_ifindex != self.ifindex {
                 continue;
             }
-            return Some(buf[..n as usize].to_vec());
+            let mut frame = buf[..n as usize].to_vec();
+            // SAFETY: the control buffer was filled by recvmsg; CMSG_* walk it within
+            // `msg_controllen`.
+            unsafe {
+                let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+                while !cmsg.is_null() {
+                    if (*cmsg).cmsg_level == libc::SOL_PACKET && (*cmsg).cmsg_type == PACKET_AUXDATA
+                    {
+                        let aux = (libc::CMSG_DATA(cmsg) as *const libc::tpacket_auxdata)
+                            .read_unaligned();
+                        if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 && frame.len() >= 12 {
+                            let tpid = if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                                aux.tp_vlan_tpid
+                            } else {
+                                0x8100
+                            };
+                            let mut tag = tpid.to_be_bytes().to_vec();
+                            tag.extend_from_slice(&aux.tp_vlan_tci.to_be_bytes());
+                            frame.splice(12..12, tag);
+                        }
+                    }
+                    cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+                }
+            }
+            return Some(frame);
         }
     }
 
