@@ -844,6 +844,62 @@ mod tests {
     }
 
     #[test]
+    fn route_xconnect_rewrite_and_vlan_errors_name_line_and_field() {
+        let ifaces =
+            "[[interface]]\nname = \"r0\"\nvlan_pop = true\n[[interface]]\nname = \"r1\"\n";
+        let e = err(&format!("{ifaces}[[route]]\ndst = \"198.51.100.0/24\"\n"));
+        assert_eq!((e.line, e.field.as_str()), (7, "route[0].via"), "{e}");
+        let e = err(&format!(
+            "{ifaces}[[route]]\ndst = \"198.51.100.0/24\"\nmac = \"02:00:00:00:00:01\"\n"
+        ));
+        assert_eq!(e.field, "route[0].dev", "{e}");
+        let e = err(&format!(
+            "{ifaces}[[route]]\ndst = \"198.51.100.0/24\"\ndev = \"r1\"\nmac = \"02:00:00:00:01\"\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (9, "route[0].mac"), "{e}");
+        let e =
+            err(&format!("{ifaces}[[route]]\ndst = \"198.51.100.0/24\"\nvia = \"2001:db8::1\"\n"));
+        assert_eq!((e.line, e.field.as_str()), (8, "route[0].via"), "{e}");
+        let e = err(&format!(
+            "{ifaces}[[route]]\ndst = \"198.51.100.0/24\"\nvia = \"198.18.0.1\"\nvlan = 4095\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (9, "route[0].vlan"), "{e}");
+        let e = err(&format!("{ifaces}[[xconnect]]\na = \"r0\"\nb = \"r0\"\n"));
+        assert_eq!((e.line, e.field.as_str()), (8, "xconnect[0].b"), "{e}");
+        let e = err(&format!("{ifaces}[[xconnect]]\na = \"r0\"\nb = \"r9\"\n"));
+        assert_eq!((e.line, e.field.as_str()), (8, "xconnect[0].b"), "{e}");
+        let e = err(&format!(
+            "{ifaces}[[xconnect]]\na = \"r0\"\nb = \"r1\"\n[[rule]]\nin = \"r0\"\naction = \"drop\"\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (10, "rule[0].in"), "{e}");
+        let e = err(&format!("{ifaces}[[rule]]\nin = \"r1\"\nvlan = 10\naction = \"drop\"\n"));
+        assert_eq!((e.line, e.field.as_str()), (8, "rule[0].vlan"), "needs vlan_pop: {e}");
+        let e = err(&format!("{ifaces}[[rewrite]]\nmatch = {{ dst = \"198.19.0.1\" }}\n"));
+        assert_eq!(e.field, "rewrite[0].set_dst", "nothing to set: {e}");
+        let e = err(&format!(
+            "{ifaces}[[rewrite]]\nmatch = {{ dst = \"198.19.0.1\" }}\nset_dst = \"2001:db8::1\"\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (8, "rewrite[0].set_dst"), "{e}");
+        let e = err(&format!(
+            "{ifaces}[[rewrite]]\nmatch = {{ dst = \"198.19.0.1\" }}\nset_dst_port = 80\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (8, "rewrite[0].set_dst_port"), "{e}");
+        let e = err(&format!(
+            "{ifaces}[[rewrite]]\nmatch = {{ proto = \"tcp\", dst_port = \"x\" }}\nset_dst_port = 80\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (7, "rewrite[0].match.dst_port"), "{e}");
+    }
+
+    #[test]
+    fn compiles_rewrites() {
+        let c = parse("f", "[[rewrite]]\nmatch = { proto = \"udp\", dst = \"198.19.0.10/32\", dst_port = 53 }\nset_dst = \"198.19.0.20\"\nset_dst_port = 5353\n").unwrap();
+        let n = compile_nat(&c.rewrites[0], |_| None).unwrap();
+        assert_eq!(n.set, NAT_DST | NAT_DPORT);
+        assert_eq!((n.dport, &n.dst[..4]), (5353, &[198, 19, 0, 20][..]));
+        assert_eq!(n.rule.fields, RULE_PROTO | RULE_DST | RULE_DPORT | RULE_V4);
+    }
+
+    #[test]
     fn compiles_prefixes_ports_and_interfaces() {
         let c = parse(
             "f",
