@@ -138,8 +138,7 @@ fn xconnect_carries_any_ethertype_and_pops_pushes_and_rewrites_vlan_tags() {
     want.extend_from_slice(&arp[12..]);
     assert_eq!(got, &want, "ARP: tag pushed, destination MAC set, nothing else changed");
     let got = find(&at_server, 0x11).expect("tagged custom frame cross-connected");
-    let mut want = custom_frame(peer_b, c_mac, Some(0xa014), 0x11);
-    want[0..6].copy_from_slice(&peer_b);
+    let want = custom_frame(peer_b, c_mac, Some(0xa014), 0x11);
     assert_eq!(got, want, "VID 10 rewritten to 20 in place, PCP 5 kept");
 
     // Back from the server: a tagged frame loses its tag (b pops, a pushes nothing); an
@@ -404,5 +403,69 @@ fn nat_rewrites_pass_the_receivers_checksums_for_tcp_udp_and_icmp_v4_and_v6() {
 
     let done = fwd.stop().unwrap();
     assert!(done.success, "{done:?}");
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn the_fast_path_applies_the_same_nat_cross_connect_and_vlan_handling() {
+    let topo = Topology::new("fp", false).unwrap();
+    topo.enable_gro().unwrap();
+    let fast = ["--default-path", "fast"];
+
+    // NAT, all traffic on the fast path.
+    let config = write_config(&topo, "fast-nat", &nat_config(&topo, 5353));
+    let mut args = vec!["--config".to_string(), config.to_string_lossy().into_owned()];
+    args.extend(["--stats-interval", "0"].iter().chain(&fast).map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
+    let (echo, peer) = tcp_through_nat(&topo, IpAddr::V4(VIP4), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    assert_eq!((echo.as_slice(), peer), (&b"through nat"[..], SocketAddr::from((VIP4, 80))));
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{done:?}");
+    assert!(
+        xdpfwd_tests::xdp_counter(&done.stdout, "fast_forwarded") >= 4,
+        "the TCP exchange took the fast path: {}",
+        done.stdout
+    );
+
+    // A cross-connect with a VLAN rewrite, on the fast path.
+    let config = write_config(
+        &topo,
+        "fast-xc",
+        &format!(
+            "[[interface]]\nname = \"{f0}\"\nvlan_pop = true\n\n\
+             [[interface]]\nname = \"{f1}\"\nvlan_push = 20\n\n\
+             [[xconnect]]\na = \"{f0}\"\nb = \"{f1}\"\nmac_b = \"02:00:00:00:00:0b\"\n",
+            f0 = topo.f0,
+            f1 = topo.f1
+        ),
+    );
+    let mut args = vec!["--config".to_string(), config.to_string_lossy().into_owned()];
+    args.extend(["--stats-interval", "0"].iter().chain(&fast).map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let s_mac = topo.mac(&topo.server, &topo.s0).unwrap();
+    let peer_b = [2, 0, 0, 0, 0, 0x0b];
+    let c0 = topo.c0.clone();
+    let s0 = topo.s0.clone();
+    let client = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let server = in_netns(&topo.server, move || RawSocket::open(&s0)).unwrap().unwrap();
+    client.send(&custom_frame(s_mac, c_mac, Some(0x600a), 0x44)).unwrap();
+    client.send(&custom_frame(s_mac, c_mac, None, 0x55)).unwrap();
+    let at_server = server.drain(Duration::from_millis(500), 100);
+    assert_eq!(
+        find(&at_server, 0x44).expect("tagged frame cross-connected"),
+        custom_frame(peer_b, c_mac, Some(0x6014), 0x44),
+        "VID rewritten in place, PCP kept, peer MAC set"
+    );
+    assert_eq!(
+        find(&at_server, 0x55).expect("untagged frame cross-connected"),
+        custom_frame(peer_b, c_mac, Some(20), 0x55),
+        "tag pushed"
+    );
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{done:?}");
+    assert!(xdpfwd_tests::xdp_counter(&done.stdout, "fast_forwarded") >= 2, "{}", done.stdout);
     let _ = std::fs::remove_file(config);
 }
