@@ -66,7 +66,14 @@ pub fn load() -> Result<Ebpf, LoadError> {
         .ok_or(LoadError::NoProgram)?
         .try_into()
         .map_err(LoadError::Program)?;
+    let start = std::time::Instant::now();
     prog.load().map_err(LoadError::Program)?;
+    let verified = prog.info().ok().and_then(|i| i.verified_instruction_count());
+    tracing::info!(
+        verified_insns = verified,
+        secs = start.elapsed().as_secs_f64(),
+        "XDP program verified (the kernel's limit is 1,000,000 instructions processed)"
+    );
     Ok(ebpf)
 }
 
