@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: a client and a server namespace joined through a forwarder namespace
 //! where xdpfwd runs, kernel forwarding off; ping and UDP streams (IPv4 and IPv6) through it;
-//! the forwarder's counters; and everything removed afterwards.
+//! the forwarder's counters; then a configuration file with a static route and NAT rewrites
+//! (TCP to a virtual address reaches the server); and everything removed afterwards.
 
 use std::{
     net::IpAddr,
@@ -76,7 +77,74 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
     let done = fwd.stop()?;
     println!("== xdpfwd stopped (exit {:?}); its counters:", done.code);
     print!("{}", done.stdout);
+
+    policy(&topo)?;
     println!("== removing the namespaces");
     drop(topo);
+    Ok(())
+}
+
+/// The second act: a configuration file with a static route and stateless NAT.
+fn policy(topo: &Topology) -> anyhow::Result<()> {
+    ns_sh(&topo.server, &["ip", "addr", "add", "198.19.7.1/32", "dev", &topo.s0])?;
+    let config = std::env::temp_dir().join(format!("{}-demo.toml", topo.prefix));
+    let text = format!(
+        r#"[[interface]]
+name = "{f0}"
+
+[[interface]]
+name = "{f1}"
+
+# The forwarder's kernel has no route to 198.19.7.0/24: xdpfwd's own static route.
+[[route]]
+dst = "198.19.7.0/24"
+via = "{SERVER_V4}"
+
+# A virtual service address: TCP to 198.18.2.100:80 goes to the server's port 8080.
+[[rewrite]]
+match = {{ proto = "tcp", dst = "198.18.2.100/32", dst_port = 80 }}
+set_dst = "{SERVER_V4}"
+set_dst_port = 8080
+
+[[rewrite]]
+match = {{ proto = "tcp", src = "{SERVER_V4}/32", src_port = 8080 }}
+set_src = "198.18.2.100"
+set_src_port = 80
+"#,
+        f0 = topo.f0,
+        f1 = topo.f1
+    );
+    std::fs::write(&config, &text)?;
+    println!("== configuration file {}:", config.display());
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        println!("   {line}");
+    }
+    let path = config.to_string_lossy().into_owned();
+    let mut fwd = Forwarder::start(&topo.fwd, &["--config", &path, "--stats-interval", "0"])?;
+    let ok = topo.ping(&topo.client, "198.19.7.1".parse()?, 3);
+    println!(
+        "== ping 198.19.7.1 through the static route: {}",
+        if ok { "3/3 replies" } else { "FAILED" }
+    );
+    println!("== TCP through NAT: iperf3 -c 198.18.2.100 -p 80 -t 3 (the server listens on 8080)");
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &topo.server, "iperf3", "-s", "-1", "-p", "8080"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    thread::sleep(Duration::from_millis(500));
+    match ns_sh(&topo.client, &["iperf3", "-c", "198.18.2.100", "-p", "80", "-t", "3"]) {
+        Ok(text) => {
+            for line in text.lines().filter(|l| l.contains("sender") || l.contains("receiver")) {
+                println!("   {}", line.trim());
+            }
+        }
+        Err(err) => println!("   iperf3 failed: {err}"),
+    }
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let done = fwd.stop()?;
+    println!("== xdpfwd stopped (exit {:?})", done.code);
+    let _ = std::fs::remove_file(config);
     Ok(())
 }
