@@ -649,10 +649,10 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   lookups (interface, route trie, neighbour, IPv4 header checksum verification) and the
   policy stage. The policy stage reads one map word per frame (the active rule and rewrite
   sets, their sizes and the default, packed together; it used to take three lookups) and,
-  with no rules and no rewrites, runs no rule loop; the TCP / UDP ports are still read (a
-  conditional read made the kernel verifier's state search explode). The remaining gap to
-  the bare redirect is the router's own work (and the policy stage's VLAN, NAT and
-  cross-connect checks), which a router cannot skip.
+  with no rules and no rewrites, nothing else: no port read, no call into the rule or
+  rewrite search (BPF global functions). The remaining gap to the bare redirect is the
+  router's own work (and the policy stage's VLAN and cross-connect checks), which a router
+  cannot skip.
 - Two cores are shared by the generator, the kernel's softirq work and the forwarder, so
   absolute figures are low and move between runs; compare the ratios within a run.
 "#,
