@@ -469,3 +469,46 @@ fn the_fast_path_applies_the_same_nat_cross_connect_and_vlan_handling() {
     assert!(xdpfwd_tests::xdp_counter(&done.stdout, "fast_forwarded") >= 2, "{}", done.stdout);
     let _ = std::fs::remove_file(config);
 }
+
+#[test]
+fn per_interface_attach_mode_and_queue_count() {
+    let topo = Topology::with_queues("pi", false, 2).unwrap();
+    let config = write_config(
+        &topo,
+        "per-iface",
+        &format!(
+            "[[interface]]\nname = \"{f0}\"\nmode = \"skb\"\nqueues = 1\n\n\
+             [[interface]]\nname = \"{f1}\"\nmode = \"native\"\n",
+            f0 = topo.f0,
+            f1 = topo.f1
+        ),
+    );
+    let mut fwd = start(&topo, &config);
+    assert!(fwd.ready_line.contains("attach skb,native"), "{}", fwd.ready_line);
+    assert!(fwd.ready_line.contains("1 worker(s)"), "the smallest queue count: {}", fwd.ready_line);
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{done:?}");
+    let ports: Vec<&str> = done
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim_start().split(':').next())
+        .filter(|p| p.contains("/q"))
+        .collect();
+    let (f0, f1) = (topo.f0.as_str(), topo.f1.as_str());
+    assert_eq!(
+        ports,
+        [format!("{f0}/q0"), format!("{f1}/q0"), format!("{f1}/q1")],
+        "sockets on f0's first queue only: {}",
+        done.stdout
+    );
+    assert!(done.stderr.contains("skb"), "{}", done.stderr);
+
+    // The command line overrides the file.
+    let path = config.to_string_lossy().into_owned();
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &["--config", &path, "--mode", "skb", "--stats-interval", "0"])
+            .unwrap();
+    assert!(fwd.ready_line.contains("attach skb,skb"), "{}", fwd.ready_line);
+    assert!(fwd.stop().unwrap().success);
+    let _ = std::fs::remove_file(config);
+}

@@ -10,6 +10,8 @@
 //!
 //! [[interface]]
 //! name = "r0"
+//! mode = "native"           # XDP attach mode: auto | native | skb
+//! queues = 2                 # AF_XDP sockets on rx queues 0..2 only
 //! vlan_pop = true            # accept 802.1Q-tagged frames, strip the tag
 //! vlan_push = 100            # tag what leaves r0 with VLAN 100
 //!
@@ -44,6 +46,8 @@ use xdpfwd_common::{
     NAT_DST, NAT_SPORT, NAT_SRC, Nat, RULE_DPORT, RULE_DST, RULE_IN, RULE_PROTO, RULE_SPORT,
     RULE_SRC, RULE_V4, RULE_V6, RULE_VLAN, Rule,
 };
+
+use crate::loader::ModeArg;
 
 /// A configuration error, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +97,8 @@ struct Defaults {
 #[serde(deny_unknown_fields)]
 struct InterfaceCfg {
     name: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    queues: Option<Spanned<i64>>,
     vlan_pop: Option<bool>,
     vlan_push: Option<Spanned<i64>>,
 }
@@ -178,6 +184,10 @@ pub struct RuleSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InterfaceSpec {
     pub name: String,
+    /// XDP attach mode (`--mode` on the command line overrides it).
+    pub mode: Option<ModeArg>,
+    /// Bind AF_XDP sockets on rx queues `0..queues` only (default: every rx queue).
+    pub queues: Option<u32>,
     /// Accept frames with one 802.1Q tag and strip it.
     pub vlan_pop: bool,
     /// Tag every frame sent out of the interface with this VLAN id.
@@ -425,8 +435,44 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             .as_ref()
             .map(|v| loc.vlan(v, format!("interface[{i}].vlan_push")))
             .transpose()?;
+        let mode = match &iface.mode {
+            Some(m) => Some(match m.get_ref().as_str() {
+                "auto" => ModeArg::Auto,
+                "native" => ModeArg::Native,
+                "skb" => ModeArg::Skb,
+                other => {
+                    return Err(loc.at(
+                        m.span(),
+                        format!("interface[{i}].mode"),
+                        format!("unknown mode {other:?}: expected auto, native or skb"),
+                    ));
+                }
+            }),
+            None => None,
+        };
+        let queues = match &iface.queues {
+            Some(q) => Some(
+                u32::try_from(*q.get_ref())
+                    .ok()
+                    .filter(|n| (1..=xdpfwd_common::MAX_QUEUES).contains(n))
+                    .ok_or_else(|| {
+                        loc.at(
+                            q.span(),
+                            format!("interface[{i}].queues"),
+                            format!(
+                                "invalid queue count {}: expected 1-{}",
+                                q.get_ref(),
+                                xdpfwd_common::MAX_QUEUES
+                            ),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
         interfaces.push(InterfaceSpec {
             name: name.clone(),
+            mode,
+            queues,
             vlan_pop: iface.vlan_pop.unwrap_or(false),
             vlan_push,
         });
@@ -888,6 +934,16 @@ mod tests {
             "{ifaces}[[rewrite]]\nmatch = {{ proto = \"tcp\", dst_port = \"x\" }}\nset_dst_port = 80\n"
         ));
         assert_eq!((e.line, e.field.as_str()), (7, "rewrite[0].match.dst_port"), "{e}");
+    }
+
+    #[test]
+    fn interface_mode_and_queues() {
+        let c = parse("f", "[[interface]]\nname = \"r0\"\nmode = \"skb\"\nqueues = 2\n").unwrap();
+        assert_eq!((c.interfaces[0].mode, c.interfaces[0].queues), (Some(ModeArg::Skb), Some(2)));
+        let e = err("[[interface]]\nname = \"r0\"\nmode = \"turbo\"\n");
+        assert_eq!((e.line, e.field.as_str()), (3, "interface[0].mode"), "{e}");
+        let e = err("[[interface]]\nname = \"r0\"\nqueues = 0\n");
+        assert_eq!((e.line, e.field.as_str()), (3, "interface[0].queues"), "{e}");
     }
 
     #[test]

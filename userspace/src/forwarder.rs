@@ -41,9 +41,9 @@ pub struct RunArgs {
     /// `xdpfwd reload` re-reads it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
-    /// XDP attach mode.
-    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
-    pub mode: ModeArg,
+    /// XDP attach mode (default: auto, or each interface's `mode` in the config).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
     /// Force copy-mode AF_XDP sockets.
     #[arg(long, conflicts_with = "zero_copy")]
     pub copy: bool,
@@ -107,8 +107,24 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         bail!("at most {MAX_IFACES} interfaces");
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let ifaces = runtime.block_on(iface::discover(&args.interfaces))?;
+    let mut ifaces = runtime.block_on(iface::discover(&args.interfaces))?;
     drop(runtime);
+    // Per-interface settings of the configuration.
+    let mut attach_modes = Vec::new();
+    for iface in &mut ifaces {
+        let spec = settings.interfaces.iter().find(|s| s.name == iface.name);
+        if let Some(queues) = spec.and_then(|s| s.queues) {
+            if queues > iface.rx_queues {
+                bail!(
+                    "interface '{}': the config asks for {queues} queues, but it has {}",
+                    iface.name,
+                    iface.rx_queues
+                );
+            }
+            iface.rx_queues = queues;
+        }
+        attach_modes.push(args.mode.or(spec.and_then(|s| s.mode)).unwrap_or(ModeArg::Auto));
+    }
 
     let bind = match (args.copy, args.zero_copy) {
         (true, _) => BindMode::Copy,
@@ -127,8 +143,8 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
 
     let mut ebpf = loader::load()?;
     let mut modes = Vec::new();
-    for iface in &ifaces {
-        let (_link, mode) = loader::attach(&mut ebpf, iface, args.mode)?;
+    for (iface, mode) in ifaces.iter().zip(&attach_modes) {
+        let (_link, mode) = loader::attach(&mut ebpf, iface, *mode)?;
         modes.push(mode);
     }
 
@@ -356,9 +372,12 @@ fn reload(
             return;
         }
     };
-    if fresh.names() != current.names() {
+    let restart = |c: &Config| -> Vec<_> {
+        c.interfaces.iter().map(|i| (i.name.clone(), i.mode, i.queues)).collect()
+    };
+    if restart(&fresh) != restart(current) {
         tracing::warn!(
-            "reload: adding or removing [[interface]] needs a restart; applying the rest"
+            "reload: adding or removing an [[interface]], or changing its mode or queues, needs a restart; applying the rest"
         );
     }
     let ifaces: Vec<Iface> = ifaces.iter().map(|i| (**i).clone()).collect();
