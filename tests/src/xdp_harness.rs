@@ -4,7 +4,8 @@
 //!
 //! The harness moves the calling thread into a fresh network namespace (only `lo`), loads the
 //! program, and fills its maps with a small routing table: a default route through a resolved
-//! gateway, an on-link prefix without neighbour, local routes. No AF_XDP socket and no DEVMAP
+//! gateway, an on-link prefix without neighbour, local routes; and a policy: VLAN pop on the
+//! ingress, two rules and two NAT rewrites, so that every stage runs. No AF_XDP socket and no DEVMAP
 //! entry exist, so every frame must come back `XDP_PASS`; the property is that it also comes
 //! back **byte for byte unchanged**: the program never modifies a frame it passes.
 
@@ -13,12 +14,14 @@ use std::{io, path::PathBuf};
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     programs::Xdp,
 };
 use xdpfwd_common::{
-    IFACE_FAST_PATH, IFACE_MANAGED, IFACE_UP, IfaceInfo, NeighKeyV4, NeighKeyV6, Neighbour,
-    ROUTE_KERNEL, ROUTE_UNICAST, RouteV4, RouteV6,
+    ACTION_FORWARD, ACTION_KERNEL, IFACE_FAST_PATH, IFACE_MANAGED, IFACE_UP, IFACE_VLAN_POP,
+    IfaceInfo, NAT_DPORT, NAT_DST, NAT_SPORT, NAT_SRC, Nat, NeighKeyV4, NeighKeyV6, Neighbour,
+    Policy, ROUTE_KERNEL, ROUTE_UNICAST, RULE_DPORT, RULE_PROTO, RULE_V4, RULE_V6, RULE_VLAN,
+    RouteV4, RouteV6, Rule,
 };
 
 /// The MAC of the ingress interface in the harness (frames must be sent to it).
@@ -68,7 +71,9 @@ impl Harness {
         {
             let mut ifaces: HashMap<_, u32, IfaceInfo> =
                 HashMap::try_from(self.ebpf.map_mut("IFACES").context("IFACES")?)?;
-            ifaces.insert(INGRESS, info(0, INGRESS_MAC), 0)?;
+            let mut ingress = info(0, INGRESS_MAC);
+            ingress.flags |= IFACE_VLAN_POP;
+            ifaces.insert(INGRESS, ingress, 0)?;
             ifaces.insert(EGRESS, info(1, EGRESS_MAC), 0)?;
         }
         {
@@ -110,6 +115,55 @@ impl Harness {
                 RouteV6 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: gw, ..Default::default() },
                 0,
             )?;
+        }
+        {
+            // TCP port 22 to the kernel; VLAN 10 forwarded; default forward.
+            let mut rules: Array<_, Rule> =
+                Array::try_from(self.ebpf.map_mut("RULES").context("RULES")?)?;
+            let ssh = Rule {
+                fields: RULE_PROTO | RULE_DPORT,
+                action: ACTION_KERNEL,
+                proto: 6,
+                dport_lo: 22,
+                dport_hi: 22,
+                ..Rule::default()
+            };
+            rules.set(0, ssh, 0)?;
+            let vlan =
+                Rule { fields: RULE_VLAN, action: ACTION_FORWARD, vlan: 10, ..Rule::default() };
+            rules.set(1, vlan, 0)?;
+            // TCP port 80 to 198.18.2.3:8080; IPv6 UDP from 2001:2:0:1::99 port 5000.
+            let mut nats: Array<_, Nat> =
+                Array::try_from(self.ebpf.map_mut("NATS").context("NATS")?)?;
+            let mut dst = [0u8; 16];
+            dst[..4].copy_from_slice(&[198, 18, 2, 3]);
+            let web = Nat {
+                rule: Rule {
+                    fields: RULE_PROTO | RULE_DPORT | RULE_V4,
+                    proto: 6,
+                    dport_lo: 80,
+                    dport_hi: 80,
+                    ..Rule::default()
+                },
+                set: NAT_DST | NAT_DPORT,
+                dport: 8080,
+                dst,
+                ..Nat::default()
+            };
+            nats.set(0, web, 0)?;
+            let src: [u8; 16] = "2001:2:0:1::99".parse::<std::net::Ipv6Addr>()?.octets();
+            let udp6 = Nat {
+                rule: Rule { fields: RULE_PROTO | RULE_V6, proto: 17, ..Rule::default() },
+                set: NAT_SRC | NAT_SPORT,
+                sport: 5000,
+                src,
+                ..Nat::default()
+            };
+            nats.set(1, udp6, 0)?;
+            let mut ruleset: Array<_, u32> =
+                Array::try_from(self.ebpf.map_mut("RULESET").context("RULESET")?)?;
+            let policy = Policy { set: 0, rules: 2, nats: 2, default: ACTION_FORWARD };
+            ruleset.set(0, policy.encode(), 0)?;
         }
         let mut n4: HashMap<_, NeighKeyV4, Neighbour> =
             HashMap::try_from(self.ebpf.map_mut("NEIGH_V4").context("NEIGH_V4")?)?;
@@ -199,6 +253,8 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
         let mut v = Vec::new();
         push(v4(dst, 64).tcp(4001, 80, 1, 1000).syn().write(&mut v, &[]), v);
         let mut v = Vec::new();
+        push(v4(dst, 64).tcp(4002, 22, 1, 1000).syn().write(&mut v, &[]), v);
+        let mut v = Vec::new();
         push(v4(dst, 2).icmpv4_echo_request(1, 1).write(&mut v, &[2; 40]), v);
     }
     for dst in ["2001:2:0:2::2", "2001:db8::1", "fe80::1", "ff02::1"] {
@@ -207,5 +263,15 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
         let mut v = Vec::new();
         push(v6(dst, 64).icmpv6_echo_request(1, 1).write(&mut v, &[4; 32]), v);
     }
+    // The same frames behind an 802.1Q tag (VLAN 10, priority 3).
+    let tagged: Vec<Vec<u8>> = out
+        .iter()
+        .map(|f| {
+            let mut t = f.clone();
+            t.splice(12..12, [0x81, 0x00, 0x60, 10]);
+            t
+        })
+        .collect();
+    out.extend(tagged);
     out
 }

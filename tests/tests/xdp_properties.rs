@@ -90,7 +90,9 @@ fn seeds_reach_the_forwarding_decision() {
         ("pass_route", "198.18.1.1 is local"),
         ("pass_special_addr", "link-local and multicast IPv6"),
         ("pass_egress", "198.18.1.0/24 routes back out of the ingress"),
+        ("pass_rule", "TCP port 22 goes to the kernel by rule"),
     ] {
         assert!(counters[reason] > 0, "{reason}: {why}: {counters:?}");
     }
+    assert_eq!(counters["pass_vlan"], 0, "the ingress pops VLAN tags: {counters:?}");
 }
