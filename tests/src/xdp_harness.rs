@@ -160,9 +160,26 @@ impl Harness {
                 ..Nat::default()
             };
             nats.set(1, udp6, 0)?;
+            // IPv4 UDP to port 53: from 198.18.1.77, to port 5353.
+            let mut src = [0u8; 16];
+            src[..4].copy_from_slice(&[198, 18, 1, 77]);
+            let dns = Nat {
+                rule: Rule {
+                    fields: RULE_PROTO | RULE_DPORT | RULE_V4,
+                    proto: 17,
+                    dport_lo: 53,
+                    dport_hi: 53,
+                    ..Rule::default()
+                },
+                set: NAT_SRC | NAT_DPORT,
+                dport: 5353,
+                src,
+                ..Nat::default()
+            };
+            nats.set(2, dns, 0)?;
             let mut ruleset: Array<_, u32> =
                 Array::try_from(self.ebpf.map_mut("RULESET").context("RULESET")?)?;
-            let policy = Policy { set: 0, rules: 2, nats: 2, default: ACTION_FORWARD };
+            let policy = Policy { set: 0, rules: 2, nats: 3, default: ACTION_FORWARD };
             ruleset.set(0, policy.encode(), 0)?;
         }
         let mut n4: HashMap<_, NeighKeyV4, Neighbour> =
@@ -192,6 +209,16 @@ impl Harness {
             if on { egress.flags | IFACE_FAST_PATH } else { egress.flags & !IFACE_FAST_PATH };
         ifaces.insert(EGRESS, egress, 0)?;
         Ok(())
+    }
+
+    /// Puts the egress into `DEVMAP` (pointing at `lo`): with the fast path on, frames to
+    /// forward are then rewritten by the program and come back `XDP_REDIRECT` (test runs do
+    /// not carry out the redirect).
+    pub fn enable_redirect(&mut self) -> anyhow::Result<()> {
+        let mut devmap =
+            aya::maps::DevMap::try_from(self.ebpf.map_mut("DEVMAP").context("DEVMAP")?)?;
+        devmap.set(1, INGRESS, None, 0)?;
+        self.set_fast_path(true)
     }
 
     /// The program's verdict counters, summed over CPUs, by name.
