@@ -37,7 +37,7 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
     }
 
     for (server, label) in [(IpAddr::V4(SERVER_V4), "IPv4"), (IpAddr::V6(SERVER_V6), "IPv6")] {
-        println!("== UDP stream {label}: iperf3 -u -b 200M -t 3 -l 1200, client -> server");
+        println!("== UDP stream {label}: iperf3 -u -b 200M -t 3 -l 1200 -w 4M, client -> server");
         let mut srv = Command::new("ip")
             .args(["netns", "exec", &topo.server, "iperf3", "-s", "-1", "-p", "5201"])
             .stdout(Stdio::null())
@@ -59,6 +59,9 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
                 "3",
                 "-l",
                 "1200",
+                // A receive buffer that absorbs the server's scheduling hiccups on a small VM.
+                "-w",
+                "4M",
             ],
         );
         match out {
