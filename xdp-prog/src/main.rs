@@ -83,7 +83,7 @@ struct Steer {
     slot: u32,
     fast: Option<Fast>,
     vlan: Vlan,
-    nat: Option<NatJob>,
+    nat: Option<&'static Nat>,
     /// Cross-connect: set the destination MAC to `meta.addr[0..6]`.
     peer_mac: bool,
 }
@@ -103,11 +103,6 @@ struct Vlan {
     pop: bool,
     /// VLAN id to tag the frame with (0: none).
     push: u16,
-}
-
-/// A NAT rewrite to apply.
-struct NatJob {
-    nat: &'static Nat,
 }
 
 #[xdp]
@@ -184,11 +179,11 @@ fn classify(ctx: &XdpContext) -> Result<Steer, Counter> {
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
         l3 = ETH_HLEN + VLAN_HLEN;
     }
-    let tagged = l3 != ETH_HLEN;
+    let at = Ingress { ifindex, info: &ingress, l3, vlan };
     match ethertype {
-        ETH_P_IP => ipv4(ctx, &Ingress { ifindex, info: &ingress, l3, tagged, vlan }),
-        ETH_P_IPV6 => ipv6(ctx, &Ingress { ifindex, info: &ingress, l3, tagged, vlan }),
-        _ if tagged => Err(Counter::PassVlan),
+        ETH_P_IP => ipv4(ctx, &at),
+        ETH_P_IPV6 => ipv6(ctx, &at),
+        _ if at.tagged() => Err(Counter::PassVlan),
         ETH_P_8021Q | ETH_P_8021AD => Err(Counter::PassVlan),
         _ => Err(Counter::PassNotIp),
     }
@@ -200,9 +195,16 @@ struct Ingress<'a> {
     info: &'a IfaceInfo,
     /// Offset of the IP header: 14, or 18 behind a tag being popped.
     l3: usize,
-    tagged: bool,
     /// VLAN id of the popped tag (0: none).
     vlan: u16,
+}
+
+impl Ingress<'_> {
+    /// The frame arrived with a tag that is being popped.
+    #[inline(always)]
+    fn tagged(&self) -> bool {
+        self.l3 != ETH_HLEN
+    }
 }
 
 /// An L2 cross-connect: the frame leaves through the peer as it is, but for the VLAN
@@ -307,25 +309,16 @@ fn ipv4(ctx: &XdpContext, at: &Ingress) -> Result<Steer, Counter> {
     }
     let first_fragment = ip[6] & 0x1f == 0 && ip[7] == 0;
     let unfragmented = first_fragment && ip[6] & 0x20 == 0;
-    let policy = policy();
-    // Only rules and rewrites look at ports: without them the policy stage is one map read.
-    let ports = if policy.rules | policy.nats != 0 {
-        l4_ports(ctx, l3 + 20, ip[9], first_fragment)
-    } else {
-        None
-    };
-    let mut key_src = [0u8; 16];
-    key_src[0..4].copy_from_slice(&src);
-    let mut key_dst = [0u8; 16];
-    key_dst[0..4].copy_from_slice(&dst);
-    let flow = Flow::new(at, false, ip[9], words(&key_src), words(&key_dst), ports);
-    let fast = rule_verdict(&flow, &policy)?;
-    let nat = nat_for(&flow, &policy, unfragmented)?;
-    let dst = match &nat {
-        Some(job) if job.nat.set & NAT_DST != 0 => {
-            let d = &job.nat.dst;
-            [d[0], d[1], d[2], d[3]]
-        }
+    let packet = Packet { v6: false, proto: ip[9], l4: l3 + 20, first_fragment, unfragmented };
+    let (fast, nat) = policy_stage(ctx, at, &packet, || {
+        let mut key_src = [0u8; 16];
+        key_src[0..4].copy_from_slice(&src);
+        let mut key_dst = [0u8; 16];
+        key_dst[0..4].copy_from_slice(&dst);
+        (words(&key_src), words(&key_dst))
+    })?;
+    let dst = match nat {
+        Some(nat) if nat.set & NAT_DST != 0 => [nat.dst[0], nat.dst[1], nat.dst[2], nat.dst[3]],
         _ => dst,
     };
     let route = ROUTES_V4.get(Key::new(32, dst)).copied().ok_or(Counter::PassRoute)?;
@@ -374,12 +367,12 @@ fn egress_vlan(
 ) -> Result<Vlan, Counter> {
     let push = if route_vlan != 0 { route_vlan } else { out.push_vlan };
     if push != 0
-        && !at.tagged
+        && !at.tagged()
         && ctx.data_end() - ctx.data() + VLAN_HLEN > at.info.max_frame as usize
     {
         return Err(Counter::PassEgress);
     }
-    Ok(Vlan { pop: at.tagged, push })
+    Ok(Vlan { pop: at.tagged(), push })
 }
 
 /// Source and destination ports of a TCP or UDP header at `offset`, when there is one (not in
@@ -446,12 +439,44 @@ impl Flow {
     }
 }
 
-/// Applies the active rule set: `Err` to pass (`PassRule`) or drop (`DropRule`), `Ok(true)`
-/// to take the fast path, `Ok(false)` to forward as usual.
+/// What the policy stage needs to know of an IP packet.
+struct Packet {
+    v6: bool,
+    proto: u8,
+    /// Offset of the L4 header.
+    l4: usize,
+    first_fragment: bool,
+    unfragmented: bool,
+}
+
+/// The policy stage: the active rules decide (`Err` to pass or drop; `Ok((true, _))` for
+/// the fast path) and the first matching NAT rewrite is returned. With no rules and no
+/// rewrites (the common case) it reads the policy word and nothing else: no ports, no
+/// `Flow`, no calls; `addrs` (the source and destination as [`words`]) is not even run.
 #[inline(always)]
-fn rule_verdict(flow: &Flow, policy: &Policy) -> Result<bool, Counter> {
+fn policy_stage(
+    ctx: &XdpContext,
+    at: &Ingress,
+    packet: &Packet,
+    addrs: impl FnOnce() -> ([u64; 2], [u64; 2]),
+) -> Result<(bool, Option<&'static Nat>), Counter> {
+    let policy = policy();
+    if policy.rules | policy.nats == 0 {
+        return Ok((verdict(policy.default)?, None));
+    }
+    let ports = l4_ports(ctx, packet.l4, packet.proto, packet.first_fragment);
+    let (src, dst) = addrs();
+    let flow = Flow::new(at, packet.v6, packet.proto, src, dst, ports);
     let action =
-        if policy.rules == 0 { policy.default } else { xdpfwd_rules(flow, policy.encode()) };
+        if policy.rules == 0 { policy.default } else { xdpfwd_rules(&flow, policy.encode()) };
+    let fast = verdict(action)?;
+    Ok((fast, nat_for(&flow, &policy, packet.unfragmented)?))
+}
+
+/// A rule action as the stage's result: `Err` to pass (`PassRule`) or drop (`DropRule`),
+/// `Ok(true)` to take the fast path, `Ok(false)` to forward as usual.
+#[inline(always)]
+fn verdict(action: u32) -> Result<bool, Counter> {
     match action {
         ACTION_KERNEL => Err(Counter::PassRule),
         ACTION_DROP => Err(Counter::DropRule),
@@ -500,7 +525,11 @@ fn rule_action(flow: &Flow, policy: &Policy) -> u32 {
 /// The first NAT rewrite of the active set that matches; `Err(PassNat)` when one matches a
 /// frame that cannot be rewritten statelessly.
 #[inline(always)]
-fn nat_for(flow: &Flow, policy: &Policy, unfragmented: bool) -> Result<Option<NatJob>, Counter> {
+fn nat_for(
+    flow: &Flow,
+    policy: &Policy,
+    unfragmented: bool,
+) -> Result<Option<&'static Nat>, Counter> {
     if policy.nats == 0 {
         return Ok(None);
     }
@@ -511,8 +540,7 @@ fn nat_for(flow: &Flow, policy: &Policy, unfragmented: bool) -> Result<Option<Na
     if !unfragmented || extension_header(flow.proto) {
         return Err(Counter::PassNat);
     }
-    let nat = NATS.get(index).ok_or(Counter::PassNat)?;
-    Ok(Some(NatJob { nat }))
+    NATS.get(index).map(Some).ok_or(Counter::PassNat)
 }
 
 /// Index in `NATS` of the first rewrite of the active set (`word`) that matches, or
@@ -621,19 +649,18 @@ fn ipv6(ctx: &XdpContext, at: &Ingress) -> Result<Steer, Counter> {
     if special_v6(&src) || special_v6(&dst) {
         return Err(Counter::PassSpecialAddr);
     }
-    let policy = policy();
-    let ports = if policy.rules | policy.nats != 0 {
-        l4_ports(ctx, l3 + IPV6_HLEN, ip[6], true)
-    } else {
-        None
+    let packet = Packet {
+        v6: true,
+        proto: ip[6],
+        l4: l3 + IPV6_HLEN,
+        first_fragment: true,
+        unfragmented: true,
     };
-    let flow = Flow::new(at, true, ip[6], words(&src), words(&dst), ports);
-    let fast = rule_verdict(&flow, &policy)?;
-    let nat = nat_for(&flow, &policy, true)?;
-    if let Some(job) = &nat {
-        if job.nat.set & NAT_DST != 0 {
-            dst = job.nat.dst;
-        }
+    let (fast, nat) = policy_stage(ctx, at, &packet, || (words(&src), words(&dst)))?;
+    if let Some(nat) = nat
+        && nat.set & NAT_DST != 0
+    {
+        dst = nat.dst;
     }
     let route = ROUTES_V6.get(Key::new(128, dst)).copied().ok_or(Counter::PassRoute)?;
     let kind = route.kind;
@@ -692,7 +719,7 @@ struct Next<'a> {
     /// A rule chose the fast path.
     fast: bool,
     vlan: Vlan,
-    nat: Option<NatJob>,
+    nat: Option<&'static Nat>,
 }
 
 #[inline(always)]
@@ -755,12 +782,12 @@ fn forward(ctx: &XdpContext, mut steer: Steer) -> u32 {
         return xdp_action::XDP_PASS;
     };
     steer.meta.l3_off = l3 as u16;
-    if let Some(job) = &steer.nat {
+    if let Some(nat) = steer.nat {
         let result = match (l3, steer.meta.flags & META_IPV6 != 0) {
-            (ETH_HLEN, false) => nat_v4::<ETH_HLEN>(ctx, job.nat),
-            (ETH_HLEN, true) => nat_v6::<ETH_HLEN>(ctx, job.nat),
-            (_, false) => nat_v4::<{ ETH_HLEN + VLAN_HLEN }>(ctx, job.nat),
-            (_, true) => nat_v6::<{ ETH_HLEN + VLAN_HLEN }>(ctx, job.nat),
+            (ETH_HLEN, false) => nat_v4::<ETH_HLEN>(ctx, nat),
+            (ETH_HLEN, true) => nat_v6::<ETH_HLEN>(ctx, nat),
+            (_, false) => nat_v4::<{ ETH_HLEN + VLAN_HLEN }>(ctx, nat),
+            (_, true) => nat_v6::<{ ETH_HLEN + VLAN_HLEN }>(ctx, nat),
         };
         if result.is_err() {
             count(Counter::PassMalformed);
