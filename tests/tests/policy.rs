@@ -24,11 +24,17 @@ fn write_config(topo: &Topology, name: &str, text: &str) -> PathBuf {
 }
 
 fn start(topo: &Topology, config: &std::path::Path) -> Forwarder {
-    let check =
-        run_to_exit(&topo.fwd, &[], &["check", "--config", &config.to_string_lossy()]).unwrap();
+    start_with(topo, config, &[])
+}
+
+/// Checks `config`, then starts xdpfwd with it and the `extra` flags.
+fn start_with(topo: &Topology, config: &std::path::Path, extra: &[&str]) -> Forwarder {
+    let path = config.to_string_lossy();
+    let check = run_to_exit(&topo.fwd, &[], &["check", "--config", &path]).unwrap();
     assert!(check.success, "{check:?}");
-    Forwarder::start(&topo.fwd, &["--config", &config.to_string_lossy(), "--stats-interval", "0"])
-        .unwrap()
+    let mut args = vec!["--config", &path, "--stats-interval", "0"];
+    args.extend_from_slice(extra);
+    Forwarder::start(&topo.fwd, &args).unwrap()
 }
 
 fn reload(topo: &Topology) {
@@ -414,10 +420,7 @@ fn the_fast_path_applies_the_same_nat_cross_connect_and_vlan_handling() {
 
     // NAT, all traffic on the fast path.
     let config = write_config(&topo, "fast-nat", &nat_config(&topo, 5353));
-    let mut args = vec!["--config".to_string(), config.to_string_lossy().into_owned()];
-    args.extend(["--stats-interval", "0"].iter().chain(&fast).map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
+    let mut fwd = start_with(&topo, &config, &fast);
     let (echo, peer) = tcp_through_nat(&topo, IpAddr::V4(VIP4), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     assert_eq!((echo.as_slice(), peer), (&b"through nat"[..], SocketAddr::from((VIP4, 80))));
     let done = fwd.stop().unwrap();
@@ -440,10 +443,7 @@ fn the_fast_path_applies_the_same_nat_cross_connect_and_vlan_handling() {
             f1 = topo.f1
         ),
     );
-    let mut args = vec!["--config".to_string(), config.to_string_lossy().into_owned()];
-    args.extend(["--stats-interval", "0"].iter().chain(&fast).map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
+    let mut fwd = start_with(&topo, &config, &fast);
     let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
     let s_mac = topo.mac(&topo.server, &topo.s0).unwrap();
     let peer_b = [2, 0, 0, 0, 0, 0x0b];
@@ -504,10 +504,7 @@ fn per_interface_attach_mode_and_queue_count() {
     assert!(done.stderr.contains("skb"), "{}", done.stderr);
 
     // The command line overrides the file.
-    let path = config.to_string_lossy().into_owned();
-    let mut fwd =
-        Forwarder::start(&topo.fwd, &["--config", &path, "--mode", "skb", "--stats-interval", "0"])
-            .unwrap();
+    let mut fwd = start_with(&topo, &config, &["--mode", "skb"]);
     assert!(fwd.ready_line.contains("attach skb,skb"), "{}", fwd.ready_line);
     assert!(fwd.stop().unwrap().success);
     let _ = std::fs::remove_file(config);

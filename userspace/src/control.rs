@@ -99,6 +99,8 @@ pub struct Control {
     statics: Vec<Route>,
     /// Static routes whose next hop is on no managed interface's network.
     inactive: Vec<IpNet>,
+    /// The kernel's routes have been dumped: static routes can be resolved against them.
+    routes_dumped: bool,
 }
 
 impl Control {
@@ -122,6 +124,7 @@ impl Control {
             policy,
             statics: Vec::new(),
             inactive: Vec::new(),
+            routes_dumped: false,
         }
     }
 
@@ -194,6 +197,7 @@ impl Control {
         while let Some(route) = v6.try_next().await.context("dumping IPv6 routes")? {
             self.on_route(&route, Change::Add);
         }
+        self.routes_dumped = true;
         self.sync_static();
         let mut neigh = handle.neighbours().get().execute();
         while let Some(n) = neigh.try_next().await.context("dumping neighbours")? {
@@ -333,6 +337,9 @@ impl Control {
     /// Brings the static routes in the tries in line with the configuration and the kernel's
     /// routes to their next hops.
     fn sync_static(&mut self) {
+        if !self.routes_dumped {
+            return;
+        }
         let mut wanted = Vec::new();
         let mut inactive = Vec::new();
         for s in &self.policy.routes {

@@ -118,11 +118,14 @@ impl PolicyMaps {
         let ifindex = |name: &str| ifaces.iter().find(|i| i.name == name).map(|i| i.ifindex);
         let mut rules = Vec::new();
         for (i, spec) in config.rules.iter().enumerate() {
-            rules.push(config_rule(
-                i,
-                crate::config::compile(&spec.matches, spec.action, ifindex),
-                &spec.matches.input,
-            )?);
+            let rule =
+                crate::config::compile(&spec.matches, spec.action, ifindex).with_context(|| {
+                    format!(
+                        "rule[{i}].in: interface {:?} is not managed by this instance",
+                        spec.matches.input
+                    )
+                })?;
+            rules.push(rule);
         }
         let mut nats = Vec::new();
         for (i, spec) in config.rewrites.iter().enumerate() {
@@ -154,10 +157,4 @@ impl PolicyMaps {
         self.ruleset.set(0, policy.encode(), 0)?;
         Ok(())
     }
-}
-
-fn config_rule(i: usize, rule: Option<Rule>, input: &Option<String>) -> anyhow::Result<Rule> {
-    rule.with_context(|| {
-        format!("rule[{i}].in: interface {input:?} is not managed by this instance")
-    })
 }
