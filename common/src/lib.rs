@@ -9,6 +9,9 @@
 use core::mem::size_of;
 
 pub mod csum;
+pub mod route;
+
+pub use route::*;
 
 /// Most rx queues per interface that xdpfwd steers; the XSKMAP holds `MAX_IFACES * MAX_QUEUES`
 /// sockets, keyed by [`xsk_key`].
@@ -17,8 +20,6 @@ pub const MAX_QUEUES: u32 = 64;
 pub const MAX_IFACES: u32 = 64;
 /// Entries in the XSKMAP.
 pub const XSK_MAP_SIZE: u32 = MAX_IFACES * MAX_QUEUES;
-/// Capacity of each route trie.
-pub const MAX_ROUTES: u32 = 65_536;
 /// Capacity of each neighbour table.
 pub const MAX_NEIGHBOURS: u32 = 16_384;
 
@@ -75,46 +76,6 @@ pub struct IfaceInfo {
     pub push_vlan: u16,
 }
 const _: () = assert!(size_of::<IfaceInfo>() == 32);
-
-/// `Route*::kind`: a unicast route out of `oif`, through `gateway` (all zero: on-link).
-pub const ROUTE_UNICAST: u32 = 1;
-/// `Route*::kind`: the kernel must handle what this route matches (local and broadcast
-/// addresses, blackhole, unreachable, prohibit, multipath, any route xdpfwd does not mirror).
-pub const ROUTE_KERNEL: u32 = 2;
-/// `Route*::kind`: a static route of the configuration, out of `oif` through `gateway` (all
-/// zero: on-link). Unlike a kernel route, a neighbour miss is always held and resolved by
-/// xdpfwd, since the kernel would not route the packet this way.
-pub const ROUTE_STATIC: u32 = 3;
-/// `Route*::kind`: a static route out of `oif` to the fixed MAC `mac` (no neighbour lookup).
-pub const ROUTE_STATIC_MAC: u32 = 4;
-
-/// Value of the IPv4 route trie (`ROUTES_V4`, key: `Key<[u8; 4]>`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RouteV4 {
-    pub kind: u32,
-    pub oif: u32,
-    pub gateway: [u8; 4],
-    /// With [`ROUTE_STATIC_MAC`]: the next hop's MAC.
-    pub mac: [u8; 6],
-    /// VLAN id tagged onto frames this route sends (0: the egress interface's `push_vlan`).
-    pub vlan: u16,
-}
-const _: () = assert!(size_of::<RouteV4>() == 20);
-
-/// Value of the IPv6 route trie (`ROUTES_V6`, key: `Key<[u8; 16]>`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RouteV6 {
-    pub kind: u32,
-    pub oif: u32,
-    pub gateway: [u8; 16],
-    /// As [`RouteV4::mac`].
-    pub mac: [u8; 6],
-    /// As [`RouteV4::vlan`].
-    pub vlan: u16,
-}
-const _: () = assert!(size_of::<RouteV6>() == 32);
 
 /// Key of the IPv4 neighbour table (`NEIGH_V4`).
 #[repr(C)]
@@ -352,11 +313,15 @@ pub enum Counter {
     /// Passed: a NAT rewrite matched but the frame cannot be rewritten statelessly (a
     /// fragment, IPv6 extension headers, a truncated L4 header).
     PassNat,
+    /// Passed: a policy rule (`ip rule`) whose outcome only the kernel knows (fwmark, tos,
+    /// uidrange, blackhole, ...) applies, or the family's FIB is left to the kernel (too many
+    /// rules, a map full, a resync under way).
+    PassFib,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 22] = [
+    pub const ALL: [Counter; 23] = [
         Counter::Rx,
         Counter::Steered,
         Counter::SteeredNeighMiss,
@@ -379,6 +344,7 @@ impl Counter {
         Counter::PassRule,
         Counter::DropRule,
         Counter::PassNat,
+        Counter::PassFib,
     ];
     /// Number of counters (size of the `COUNTERS` map).
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -408,6 +374,7 @@ impl Counter {
             Counter::PassRule => "pass_rule",
             Counter::DropRule => "drop_rule",
             Counter::PassNat => "pass_nat",
+            Counter::PassFib => "pass_fib",
         }
     }
 }
@@ -418,9 +385,11 @@ mod pod {
     // implicit padding (sizes asserted above), so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::IfaceInfo {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::RouteV4 {}
+    unsafe impl aya::Pod for super::Route {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::RouteV6 {}
+    unsafe impl aya::Pod for super::NhGroup {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FibRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NeighKeyV4 {}
     // SAFETY: as above.

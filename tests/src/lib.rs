@@ -1,5 +1,6 @@
 //! Helpers for the privileged integration tests and the demo: a three-namespace topology on
-//! veth pairs, the `xdpfwd` process, and sockets opened inside a namespace.
+//! veth pairs, the `xdpfwd` process, sockets opened inside a namespace, and routing daemons
+//! (FRR, BIRD) run in those namespaces ([`daemons`]).
 //!
 //! ```text
 //!   client ns                forwarder ns                 server ns
@@ -28,6 +29,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod daemons;
 pub mod generator;
 pub mod packet;
 pub mod prog_run;
@@ -44,6 +46,21 @@ pub fn sh(args: &[&str]) -> anyhow::Result<String> {
         bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `f` every 50 ms until it returns true (then true) or `timeout` passes (then false);
+/// `f` runs at least once.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Runs `args` inside network namespace `ns`.

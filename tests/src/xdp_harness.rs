@@ -18,10 +18,11 @@ use aya::{
     programs::Xdp,
 };
 use xdpfwd_common::{
-    ACTION_FORWARD, ACTION_KERNEL, IFACE_FAST_PATH, IFACE_MANAGED, IFACE_UP, IFACE_VLAN_POP,
-    IfaceInfo, NAT_DPORT, NAT_DST, NAT_SPORT, NAT_SRC, Nat, NeighKeyV4, NeighKeyV6, Neighbour,
-    Policy, ROUTE_KERNEL, ROUTE_UNICAST, RULE_DPORT, RULE_PROTO, RULE_V4, RULE_V6, RULE_VLAN,
-    RouteV4, RouteV6, Rule,
+    ACTION_FORWARD, ACTION_KERNEL, FIB_NO_SUPPRESS, FibAction, FibRule, FibWord, HashPolicy,
+    IFACE_FAST_PATH, IFACE_MANAGED, IFACE_UP, IFACE_VLAN_POP, IfaceInfo, NAT_DPORT, NAT_DST,
+    NAT_SPORT, NAT_SRC, Nat, NeighKeyV4, NeighKeyV6, Neighbour, NhGroup, NhPath, Policy,
+    RULE_DPORT, RULE_PROTO, RULE_V4, RULE_V6, RULE_VLAN, Route, RouteKind, Rule, fib_rule_index,
+    route_key_bits, route_key_v4, route_key_v6,
 };
 
 /// The MAC of the ingress interface in the harness (frames must be sent to it).
@@ -76,46 +77,7 @@ impl Harness {
             ifaces.insert(INGRESS, ingress, 0)?;
             ifaces.insert(EGRESS, info(1, EGRESS_MAC), 0)?;
         }
-        {
-            let mut r4: LpmTrie<_, [u8; 4], RouteV4> =
-                LpmTrie::try_from(self.ebpf.map_mut("ROUTES_V4").context("ROUTES_V4")?)?;
-            let gw = [198, 18, 2, 2];
-            r4.insert(
-                &Key::new(0, [0; 4]),
-                RouteV4 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: gw, ..Default::default() },
-                0,
-            )?;
-            r4.insert(
-                &Key::new(24, [198, 51, 100, 0]),
-                RouteV4 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: [0; 4], ..Default::default() },
-                0,
-            )?;
-            r4.insert(
-                &Key::new(24, [198, 18, 1, 0]),
-                RouteV4 {
-                    kind: ROUTE_UNICAST,
-                    oif: INGRESS,
-                    gateway: [0; 4],
-                    ..Default::default()
-                },
-                0,
-            )?;
-            r4.insert(
-                &Key::new(32, [198, 18, 1, 1]),
-                RouteV4 { kind: ROUTE_KERNEL, oif: 0, gateway: [0; 4], ..Default::default() },
-                0,
-            )?;
-        }
-        {
-            let mut r6: LpmTrie<_, [u8; 16], RouteV6> =
-                LpmTrie::try_from(self.ebpf.map_mut("ROUTES_V6").context("ROUTES_V6")?)?;
-            let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
-            r6.insert(
-                &Key::new(0, [0; 16]),
-                RouteV6 { kind: ROUTE_UNICAST, oif: EGRESS, gateway: gw, ..Default::default() },
-                0,
-            )?;
-        }
+        self.fill_fib()?;
         {
             // TCP port 22 to the kernel; VLAN 10 forwarded; default forward.
             let mut rules: Array<_, Rule> =
@@ -197,6 +159,84 @@ impl Harness {
             Neighbour { mac: GATEWAY_MAC, _pad: [0; 2] },
             0,
         )?;
+        Ok(())
+    }
+
+    /// The FIB: policy rules `local`, then TCP to port 443 through table 100 (an ECMP group of
+    /// two paths), then `main`; routes: a default through a resolved gateway, an on-link
+    /// prefix without neighbour, a local address.
+    fn fill_fib(&mut self) -> anyhow::Result<()> {
+        let route = |kind: RouteKind, oif, gateway: [u8; 16], prefix_len| Route {
+            kind: kind as u32,
+            oif,
+            gateway,
+            prefix_len,
+            ..Route::default()
+        };
+        let mut gw4 = [0u8; 16];
+        gw4[..4].copy_from_slice(&[198, 18, 2, 2]);
+        {
+            let mut r4: LpmTrie<_, [u8; 8], Route> =
+                LpmTrie::try_from(self.ebpf.map_mut("ROUTES_V4").context("ROUTES_V4")?)?;
+            let key = |table, len, a| Key::new(route_key_bits(len), route_key_v4(table, a));
+            r4.insert(&key(254, 0, [0; 4]), route(RouteKind::Unicast, EGRESS, gw4, 0), 0)?;
+            r4.insert(&key(254, 24, [198, 51, 100, 0]), route(RouteKind::Unicast, EGRESS, [0; 16], 24), 0)?;
+            r4.insert(&key(254, 24, [198, 18, 1, 0]), route(RouteKind::Unicast, INGRESS, [0; 16], 24), 0)?;
+            r4.insert(&key(255, 32, [198, 18, 1, 1]), route(RouteKind::Kernel, 0, [0; 16], 32), 0)?;
+            let mut ecmp = route(RouteKind::Nexthop, 0, [0; 16], 0);
+            ecmp.nh = 1;
+            r4.insert(&key(100, 0, [0; 4]), ecmp, 0)?;
+        }
+        {
+            let mut r6: LpmTrie<_, [u8; 20], Route> =
+                LpmTrie::try_from(self.ebpf.map_mut("ROUTES_V6").context("ROUTES_V6")?)?;
+            let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
+            r6.insert(
+                &Key::new(route_key_bits(0), route_key_v6(254, [0; 16])),
+                route(RouteKind::Unicast, EGRESS, gw, 0),
+                0,
+            )?;
+        }
+        {
+            let mut slots: Array<_, u32> =
+                Array::try_from(self.ebpf.map_mut("NH_SLOTS").context("NH_SLOTS")?)?;
+            slots.set(1, 1, 0)?;
+            let mut groups: Array<_, NhGroup> =
+                Array::try_from(self.ebpf.map_mut("NH_GROUPS").context("NH_GROUPS")?)?;
+            let mut group = NhGroup { count: 2, ..NhGroup::default() };
+            group.paths[0] = NhPath { bound: (1 << 30) - 1, oif: EGRESS, gateway: gw4 };
+            group.paths[1] = NhPath { bound: (1 << 31) - 1, oif: EGRESS, gateway: [0; 16] };
+            groups.set(1, group, 0)?;
+        }
+        let mut rules: Array<_, FibRule> =
+            Array::try_from(self.ebpf.map_mut("FIB_RULES").context("FIB_RULES")?)?;
+        let lookup = |table| FibRule {
+            sel: Rule { action: FibAction::Lookup as u32, ..Rule::default() },
+            table,
+            target: u32::MAX,
+            suppress: FIB_NO_SUPPRESS,
+            flags: 0,
+        };
+        let https = FibRule {
+            sel: Rule {
+                fields: RULE_PROTO | RULE_DPORT,
+                proto: 6,
+                dport_lo: 443,
+                dport_hi: 443,
+                action: FibAction::Lookup as u32,
+                ..Rule::default()
+            },
+            ..lookup(100)
+        };
+        for v6 in [false, true] {
+            for (i, rule) in [lookup(255), https, lookup(254)].into_iter().enumerate() {
+                rules.set(fib_rule_index(0, v6, i as u32), rule, 0)?;
+            }
+        }
+        let mut ctl: Array<_, u32> = Array::try_from(self.ebpf.map_mut("FIB_CTL").context("FIB_CTL")?)?;
+        let word = FibWord { rules: 3, hash: HashPolicy::L4, ..FibWord::default() };
+        ctl.set(0, word.encode(), 0)?;
+        ctl.set(1, word.encode(), 0)?;
         Ok(())
     }
 

@@ -745,6 +745,28 @@ fn port_range(v: &toml::Value) -> Option<(u16, u16)> {
     }
 }
 
+/// A prefix as the XDP program's rules compare it: address and mask as two native-endian
+/// words each (IPv4 in the first 4 bytes), and whether it is IPv4.
+pub fn prefix_words(net: &IpNet) -> ([u64; 2], [u64; 2], bool) {
+    let words = |b: [u8; 16]| {
+        [
+            u64::from_ne_bytes(b[0..8].try_into().unwrap_or_default()),
+            u64::from_ne_bytes(b[8..16].try_into().unwrap_or_default()),
+        ]
+    };
+    let (addr, mask, v4) = match net {
+        IpNet::V4(n) => {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&n.network().octets());
+            let mut m = [0u8; 16];
+            m[..4].copy_from_slice(&n.netmask().octets());
+            (a, m, true)
+        }
+        IpNet::V6(n) => (n.network().octets(), n.netmask().octets(), false),
+    };
+    (words(addr), words(mask), v4)
+}
+
 /// Compiles a rule's (or rewrite's) match for the XDP program; `ifindex` resolves interface
 /// names.
 pub fn compile(
@@ -765,28 +787,9 @@ pub fn compile(
         r.fields |= RULE_VLAN;
         r.vlan = v;
     }
-    let words = |b: [u8; 16]| {
-        [
-            u64::from_ne_bytes(b[0..8].try_into().unwrap_or_default()),
-            u64::from_ne_bytes(b[8..16].try_into().unwrap_or_default()),
-        ]
-    };
-    let split = |net: &IpNet| -> ([u64; 2], [u64; 2], bool) {
-        let (addr, mask, v4) = match net {
-            IpNet::V4(n) => {
-                let mut a = [0u8; 16];
-                a[..4].copy_from_slice(&n.network().octets());
-                let mut m = [0u8; 16];
-                m[..4].copy_from_slice(&n.netmask().octets());
-                (a, m, true)
-            }
-            IpNet::V6(n) => (n.network().octets(), n.netmask().octets(), false),
-        };
-        (words(addr), words(mask), v4)
-    };
     for (net, is_src) in [(&spec.src, true), (&spec.dst, false)] {
         if let Some(net) = net {
-            let (addr, mask, v4) = split(net);
+            let (addr, mask, v4) = prefix_words(net);
             r.fields |= if v4 { RULE_V4 } else { RULE_V6 };
             if is_src {
                 r.fields |= RULE_SRC;

@@ -1,10 +1,12 @@
 //! The control plane: keeps the XDP program's maps in step with the kernel.
 //!
 //! Runs on its own thread with a single-threaded tokio runtime. It subscribes to rtnetlink
-//! link, neighbour and route events, dumps the current state, and from then on applies every
-//! change: routes of the `local` and `main` tables ([`crate::routes`]), neighbours of the
-//! managed interfaces, interface MTU / MAC / carrier, and the per-interface forwarding sysctls
-//! (polled: rtnetlink carries no events for them here). It also asks the kernel to resolve
+//! link, neighbour, route and rule events (and nexthop events, read by [`crate::nexthop`]),
+//! dumps the current state, and from then on applies every change: routes of every table
+//! ([`crate::routes`]), policy rules ([`crate::fib_rules`]), nexthop objects and multipath
+//! sets, neighbours of the managed interfaces, interface MTU / MAC / carrier, and the
+//! per-interface forwarding and ECMP hash sysctls (polled: rtnetlink carries no events for
+//! them here). It also asks the kernel to resolve
 //! next hops that workers are waiting for (`RTM_NEWNEIGH` with `NTF_USE`), and to re-confirm
 //! stale neighbours that xdpfwd keeps sending to, as the kernel's own forwarding would.
 //! The configuration's static routes are merged into the same tries (after `local`, before
@@ -22,13 +24,14 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{
-    HashMap as BpfHashMap, MapData,
+    Array, HashMap as BpfHashMap, MapData,
     lpm_trie::{Key, LpmTrie},
 };
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
@@ -37,32 +40,40 @@ use netlink_packet_route::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
     route::{RouteMessage, RouteType},
+    rule::RuleMessage,
 };
 use netlink_sys::AsyncSocket as _;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::mpsc::UnboundedReceiver;
 use xdpfwd_common::{
-    IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IFACE_MANAGED, IFACE_PEER_MAC,
-    IFACE_UP, IFACE_VLAN_POP, IFACE_XCONNECT, IfaceInfo, NeighKeyV4, NeighKeyV6, Neighbour,
-    ROUTE_KERNEL, ROUTE_STATIC, ROUTE_STATIC_MAC, ROUTE_UNICAST, RouteV4, RouteV6,
+    FibRule, FibWord, HashPolicy, IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6,
+    IFACE_MANAGED, IFACE_PEER_MAC, IFACE_UP, IFACE_VLAN_POP, IFACE_XCONNECT, IfaceInfo,
+    MAX_FIB_RULES, NeighKeyV4, NeighKeyV6, Neighbour, Route as MapRoute, RouteKind,
+    fib_rule_index, route_key_bits, route_key_v4, route_key_v6,
 };
 
 use crate::{
+    fib_rules::{FibRuleSpec, FibRules},
     iface::{self, Iface},
+    nexthop::{NhEvent, Nexthops},
     policy::{ControlPolicy, StaticRoute},
-    routes::{Action, Route, RouteTable, TABLE_STATIC},
+    routes::{Action, Place, Route, RouteTable, TABLE_STATIC},
     worker::{Resolve, Shared},
 };
 
 /// The BPF maps the control plane writes.
 pub struct Maps {
     pub ifaces: BpfHashMap<MapData, u32, IfaceInfo>,
-    pub routes_v4: LpmTrie<MapData, [u8; 4], RouteV4>,
-    pub routes_v6: LpmTrie<MapData, [u8; 16], RouteV6>,
+    pub routes_v4: LpmTrie<MapData, [u8; 8], MapRoute>,
+    pub routes_v6: LpmTrie<MapData, [u8; 20], MapRoute>,
     pub neigh_v4: BpfHashMap<MapData, NeighKeyV4, Neighbour>,
     pub neigh_v6: BpfHashMap<MapData, NeighKeyV6, Neighbour>,
+    pub fib_rules: Array<MapData, FibRule>,
+    pub fib_ctl: Array<MapData, u32>,
 }
 
+/// Why a family is left to the kernel after a route map write failed.
+const ROUTE_FAILED: &str = "a route could not be mirrored (map full?)";
 /// How often the forwarding sysctls are read.
 const SYSCTL_POLL: Duration = Duration::from_millis(500);
 /// How often stale neighbours are re-confirmed.
@@ -74,9 +85,18 @@ const RESOLVE_INTERVAL: Duration = Duration::from_millis(400);
 /// What a route message does.
 #[derive(Clone, Copy, Debug)]
 enum Change {
-    Add,
+    Add(Place),
     Replace,
     Remove,
+}
+
+/// One family's policy rules and what the XDP program was last told about them.
+#[derive(Default)]
+struct Fib {
+    rules: FibRules,
+    word: FibWord,
+    /// Why the family's transit traffic goes to the kernel, if it does (logged once).
+    kernel: Option<&'static str>,
 }
 
 pub struct Control {
@@ -101,6 +121,9 @@ pub struct Control {
     inactive: Vec<IpNet>,
     /// The kernel's routes have been dumped: static routes can be resolved against them.
     routes_dumped: bool,
+    /// Policy rules of IPv4 and IPv6.
+    fib: [Fib; 2],
+    nexthops: Nexthops,
 }
 
 impl Control {
@@ -110,6 +133,7 @@ impl Control {
         (fast_path, max_frame): (bool, u16),
         shared: Arc<Shared>,
         policy: ControlPolicy,
+        nexthops: Nexthops,
     ) -> Self {
         Self {
             maps,
@@ -125,6 +149,8 @@ impl Control {
             statics: Vec::new(),
             inactive: Vec::new(),
             routes_dumped: false,
+            fib: Default::default(),
+            nexthops,
         }
     }
 
@@ -134,6 +160,7 @@ impl Control {
         mut self,
         mut resolve: UnboundedReceiver<Resolve>,
         mut policies: UnboundedReceiver<ControlPolicy>,
+        mut nh_events: UnboundedReceiver<NhEvent>,
         ready: SyncSender<Result<(), String>>,
     ) -> anyhow::Result<()> {
         let groups = [
@@ -141,6 +168,8 @@ impl Control {
             MulticastGroup::Neigh,
             MulticastGroup::Ipv4Route,
             MulticastGroup::Ipv6Route,
+            MulticastGroup::Ipv4Rule,
+            MulticastGroup::Ipv6Rule,
         ];
         let (mut conn, mut handle, mut events) =
             rtnetlink::new_multicast_connection(&groups).context("opening the rtnetlink socket")?;
@@ -148,7 +177,7 @@ impl Control {
         let _ = conn.socket_mut().socket_mut().set_rx_buf_sz(8 << 20);
         tokio::spawn(conn);
 
-        if let Err(err) = self.initial_sync(&handle).await {
+        if let Err(err) = self.initial_sync(&handle, &mut nh_events).await {
             let _ = ready.send(Err(format!("{err:#}")));
             return Err(err);
         }
@@ -164,6 +193,7 @@ impl Control {
                 },
                 Some(req) = resolve.recv() => self.resolve(&mut handle, req).await,
                 Some(policy) = policies.recv() => self.set_policy(policy),
+                Some(event) = nh_events.recv() => self.on_nexthop(event),
                 _ = sysctl.tick() => self.poll_forwarding(),
                 _ = stale.tick() => self.refresh_stale(&mut handle).await,
             }
@@ -171,7 +201,11 @@ impl Control {
         Ok(())
     }
 
-    async fn initial_sync(&mut self, handle: &Handle) -> anyhow::Result<()> {
+    async fn initial_sync(
+        &mut self,
+        handle: &Handle,
+        nh_events: &mut UnboundedReceiver<NhEvent>,
+    ) -> anyhow::Result<()> {
         let mut links = handle.link().get().execute();
         while let Some(link) = links.try_next().await.context("dumping links")? {
             self.on_link(&link);
@@ -187,24 +221,46 @@ impl Control {
             .route()
             .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
             .execute();
+        // Nexthop objects first, so the routes through them forward from the start.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(deadline, nh_events.recv()).await {
+                Ok(Some(NhEvent::Synced)) => break,
+                Ok(Some(event)) => self.on_nexthop(event),
+                Ok(None) => anyhow::bail!("the nexthop reader stopped"),
+                Err(_) => anyhow::bail!("no answer to the nexthop dump within 5 s"),
+            }
+        }
+        for (version, v6) in [(rtnetlink::IpVersion::V4, false), (rtnetlink::IpVersion::V6, true)] {
+            let mut rules = handle.rule().get(version).execute();
+            while let Some(rule) = rules.try_next().await.context("dumping policy rules")? {
+                if let Some(spec) = FibRuleSpec::from_message(&rule) {
+                    self.fib[v6 as usize].rules.add(spec);
+                }
+            }
+        }
         while let Some(route) = v4.try_next().await.context("dumping IPv4 routes")? {
-            self.on_route(&route, Change::Add);
+            self.on_route(&route, Change::Add(Place::Append));
         }
         let mut v6 = handle
             .route()
             .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build())
             .execute();
         while let Some(route) = v6.try_next().await.context("dumping IPv6 routes")? {
-            self.on_route(&route, Change::Add);
+            self.on_route(&route, Change::Add(Place::Append));
         }
         self.routes_dumped = true;
         self.sync_static();
+        self.write_fib(false);
+        self.write_fib(true);
         let mut neigh = handle.neighbours().get().execute();
         while let Some(n) = neigh.try_next().await.context("dumping neighbours")? {
             self.on_neighbour(&n, true);
         }
         tracing::info!(
-            routes = self.routes.actions().count(),
+            routes = self.routes.entries().count(),
+            rules_v4 = self.fib[0].rules.len(),
+            rules_v6 = self.fib[1].rules.len(),
             neighbours = self.neighbours.len(),
             "control plane in sync with the kernel"
         );
@@ -213,11 +269,15 @@ impl Control {
 
     fn on_event(&mut self, msg: NetlinkMessage<RouteNetlinkMessage>) -> anyhow::Result<()> {
         let replace = msg.header.flags & NLM_F_REPLACE != 0;
+        let place =
+            if msg.header.flags & NLM_F_APPEND != 0 { Place::Append } else { Place::Prepend };
         let NetlinkPayload::InnerMessage(msg) = msg.payload else { return Ok(()) };
         match msg {
             RouteNetlinkMessage::NewRoute(r) if replace => self.on_route(&r, Change::Replace),
-            RouteNetlinkMessage::NewRoute(r) => self.on_route(&r, Change::Add),
+            RouteNetlinkMessage::NewRoute(r) => self.on_route(&r, Change::Add(place)),
             RouteNetlinkMessage::DelRoute(r) => self.on_route(&r, Change::Remove),
+            RouteNetlinkMessage::NewRule(r) => self.on_rule(&r, true),
+            RouteNetlinkMessage::DelRule(r) => self.on_rule(&r, false),
             RouteNetlinkMessage::NewNeighbour(n) => self.on_neighbour(&n, true),
             RouteNetlinkMessage::DelNeighbour(n) => self.on_neighbour(&n, false),
             RouteNetlinkMessage::NewLink(l) => {
@@ -272,6 +332,7 @@ impl Control {
                 changed.push((i, flags));
             }
         }
+        self.poll_hash_policy();
         for (i, flags) in changed {
             tracing::info!(iface = %self.ifaces[i].name, ipv4 = flags.0, ipv6 = flags.1, "kernel forwarding");
             self.forwarding.insert(self.ifaces[i].ifindex, flags);
@@ -282,21 +343,139 @@ impl Control {
         }
     }
 
+    /// Follows `fib_multipath_hash_policy`: 0 and 1 are implemented, other policies leave
+    /// ECMP to the kernel.
+    fn poll_hash_policy(&mut self) {
+        for (v6, family) in [(false, "ipv4"), (true, "ipv6")] {
+            let policy = fs::read_to_string(format!("/proc/sys/net/{family}/fib_multipath_hash_policy"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .unwrap_or(0);
+            let (hash, ecmp_kernel) = match policy {
+                0 => (HashPolicy::L3, false),
+                1 => (HashPolicy::L4, false),
+                _ => (HashPolicy::L3, true),
+            };
+            let fib = &mut self.fib[v6 as usize];
+            if fib.word.hash != hash || fib.word.ecmp_kernel != ecmp_kernel {
+                tracing::info!(family, policy, ecmp_kernel, "ECMP hash policy");
+                fib.word.hash = hash;
+                fib.word.ecmp_kernel = ecmp_kernel;
+                if self.routes_dumped {
+                    self.write_fib(v6);
+                }
+            }
+        }
+    }
+
     fn on_route(&mut self, msg: &RouteMessage, change: Change) {
         if msg.header.kind == RouteType::Unspec {
             return;
         }
-        let Some(route) = Route::from_message(msg) else { return };
-        let action = match change {
-            Change::Add => self.routes.add(route),
+        let Some(parsed) = Route::from_message(msg) else { return };
+        let mut route = parsed.route;
+        if !parsed.paths.is_empty() {
+            route.action = Action::Nexthop { id: self.nexthops.multipath(parsed.paths) };
+        }
+        let v6 = route.prefix.addr().is_ipv6();
+        let had_table = self.routes.has_table(route.table, v6);
+        let (table, effective) = match change {
+            Change::Add(place) => self.routes.add(route, place),
             Change::Replace => self.routes.replace(route),
             Change::Remove => self.routes.remove(&route),
         };
-        if let Err(err) = self.write_route(route.prefix, action) {
-            tracing::warn!(prefix = %route.prefix, %err, "updating the route map failed");
+        self.write_route(table, route.prefix, effective);
+        if self.routes_dumped {
+            if had_table != self.routes.has_table(route.table, v6) {
+                // A rule's table became empty or not: rules looking it up are (un)skipped.
+                self.write_fib(v6);
+            }
+            // A static route's next hop may have moved to another interface.
+            self.sync_static();
         }
-        // A static route's next hop may have moved to another interface.
-        self.sync_static();
+    }
+
+    fn on_rule(&mut self, msg: &RuleMessage, add: bool) {
+        let Some(spec) = FibRuleSpec::from_message(msg) else { return };
+        let v6 = spec.v6;
+        tracing::info!(?spec, add, "policy rule");
+        if add {
+            self.fib[v6 as usize].rules.add(spec);
+        } else {
+            self.fib[v6 as usize].rules.remove(&spec);
+        }
+        self.write_fib(v6);
+    }
+
+    fn on_nexthop(&mut self, event: NhEvent) {
+        match event {
+            NhEvent::Set(id, nh) => {
+                tracing::debug!(id, ?nh, "nexthop");
+                self.nexthops.set(id, nh);
+            }
+            NhEvent::Del(id) => {
+                self.nexthops.remove(id);
+                for (table, prefix, effective) in self.routes.remove_nexthop(id) {
+                    self.write_route(table, prefix, effective);
+                }
+            }
+            NhEvent::Synced => {}
+            NhEvent::Overrun => {
+                tracing::error!("nexthop events were lost (socket overrun): restart xdpfwd to resynchronise");
+            }
+        }
+    }
+
+    /// Compiles one family's policy rules into the idle set of `FIB_RULES`, then switches the
+    /// family's `FIB_CTL` word. Too many rules, or a write that fails, sends the family's
+    /// transit traffic to the kernel.
+    fn write_fib(&mut self, v6: bool) {
+        let names: Vec<(String, u32)> =
+            self.ifaces.iter().map(|i| (i.name.clone(), i.ifindex)).collect();
+        let routes = &self.routes;
+        let fib = &self.fib[v6 as usize];
+        let compiled = fib.rules.compile(
+            |name| names.iter().find(|(n, _)| n == name).map(|(_, i)| *i),
+            |table| routes.has_table(table, v6),
+        );
+        let mut word = fib.word;
+        let next = 1 - word.set;
+        // A route that could not be mirrored keeps the family with the kernel.
+        let mut kernel = fib.kernel.filter(|why| *why == ROUTE_FAILED);
+        match compiled {
+            Some(rules) => {
+                for (i, rule) in rules.iter().enumerate() {
+                    if self.maps.fib_rules.set(fib_rule_index(next, v6, i as u32), *rule, 0).is_err() {
+                        kernel = Some("writing the rules failed");
+                    }
+                }
+                word.rules = rules.len() as u32;
+            }
+            None => kernel = Some("more policy rules than the XDP program evaluates"),
+        }
+        word.set = next;
+        word.kernel = kernel.is_some();
+        let fib = &mut self.fib[v6 as usize];
+        if kernel != fib.kernel {
+            match kernel {
+                Some(why) => tracing::warn!(
+                    family = if v6 { "ipv6" } else { "ipv4" },
+                    max = MAX_FIB_RULES,
+                    "{why}: the kernel forwards this family's transit traffic"
+                ),
+                None if fib.kernel.is_some() => tracing::info!(
+                    family = if v6 { "ipv6" } else { "ipv4" },
+                    "policy rules fit again: xdpfwd forwards"
+                ),
+                None => {}
+            }
+            fib.kernel = kernel;
+        }
+        if let Err(err) = self.maps.fib_ctl.set(v6 as u32, word.encode(), 0) {
+            tracing::warn!(%err, "switching the policy rules failed");
+            return;
+        }
+        fib.word = word;
     }
 
     /// A reload's interface settings and static routes.
@@ -315,7 +494,7 @@ impl Control {
     fn resolve_static(&self, s: &StaticRoute) -> Option<Route> {
         let oif = match (s.oif, s.via) {
             (Some(oif), _) => oif,
-            (None, Some(via)) => match self.routes.lookup_kernel(via) {
+            (None, Some(via)) => match self.routes.lookup_main(via).map(|r| r.action) {
                 Some(Action::Unicast { oif, gateway: None })
                     if self.ifaces.iter().any(|i| i.ifindex == oif) =>
                 {
@@ -331,6 +510,7 @@ impl Control {
             metric: 0,
             tos: 0,
             action: Action::Static { oif, via: s.via, mac: s.mac, vlan: s.vlan },
+            mtu: 0,
         })
     }
 
@@ -360,16 +540,12 @@ impl Control {
         }
         let old = std::mem::take(&mut self.statics);
         for r in old.iter().filter(|r| !wanted.iter().any(|w| w.prefix == r.prefix)) {
-            let action = self.routes.remove(r);
-            if let Err(err) = self.write_route(r.prefix, action) {
-                tracing::warn!(prefix = %r.prefix, %err, "removing a static route failed");
-            }
+            let (table, effective) = self.routes.remove(r);
+            self.write_route(table, r.prefix, effective);
         }
         for r in &wanted {
-            let action = self.routes.replace(*r);
-            if let Err(err) = self.write_route(r.prefix, action) {
-                tracing::warn!(prefix = %r.prefix, %err, "writing a static route failed");
-            }
+            let (table, effective) = self.routes.replace(*r);
+            self.write_route(table, r.prefix, effective);
         }
         tracing::info!(
             active = wanted.len(),
@@ -379,47 +555,83 @@ impl Control {
         self.statics = wanted;
     }
 
-    fn write_route(
-        &mut self,
-        prefix: IpNet,
-        action: Option<Action>,
-    ) -> Result<(), aya::maps::MapError> {
-        let (kind, oif, gateway, mac, vlan) = match action {
-            Some(Action::Unicast { oif, gateway }) => (ROUTE_UNICAST, oif, gateway, None, 0),
-            Some(Action::Static { oif, via, mac: Some(mac), vlan }) => {
-                (ROUTE_STATIC_MAC, oif, via, Some(mac), vlan)
+    /// Writes the effective route of one table's prefix into its trie (`None`: removes it).
+    /// A write that fails sends the family's transit traffic to the kernel: a missing
+    /// more-specific route must never let a shorter prefix forward its traffic.
+    fn write_route(&mut self, table: u32, prefix: IpNet, route: Option<Route>) {
+        let v6 = prefix.addr().is_ipv6();
+        let value = route.map(|r| self.map_route(&r));
+        let bits = route_key_bits(u32::from(prefix.prefix_len()));
+        let result = match (prefix, value) {
+            (IpNet::V4(net), Some(v)) => {
+                self.maps.routes_v4.insert(&Key::new(bits, route_key_v4(table, net.addr().octets())), v, 0)
             }
-            Some(Action::Static { oif, via, mac: None, vlan }) => {
-                (ROUTE_STATIC, oif, via, None, vlan)
+            (IpNet::V4(net), None) => ignore_missing(
+                self.maps.routes_v4.remove(&Key::new(bits, route_key_v4(table, net.addr().octets()))),
+            ),
+            (IpNet::V6(net), Some(v)) => {
+                self.maps.routes_v6.insert(&Key::new(bits, route_key_v6(table, net.addr().octets())), v, 0)
             }
-            Some(Action::Kernel) => (ROUTE_KERNEL, 0, None, None, 0),
-            None => (0, 0, None, None, 0),
+            (IpNet::V6(net), None) => ignore_missing(
+                self.maps.routes_v6.remove(&Key::new(bits, route_key_v6(table, net.addr().octets()))),
+            ),
         };
-        let mac = mac.unwrap_or_default();
-        match prefix {
-            IpNet::V4(net) => {
-                let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
-                if kind == 0 {
-                    return ignore_missing(self.maps.routes_v4.remove(&key));
-                }
-                let gateway = match gateway {
-                    Some(IpAddr::V4(g)) => g.octets(),
-                    _ => [0; 4],
-                };
-                self.maps.routes_v4.insert(&key, RouteV4 { kind, oif, gateway, mac, vlan }, 0)
-            }
-            IpNet::V6(net) => {
-                let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
-                if kind == 0 {
-                    return ignore_missing(self.maps.routes_v6.remove(&key));
-                }
-                let gateway = match gateway {
-                    Some(IpAddr::V6(g)) => g.octets(),
-                    _ => [0; 16],
-                };
-                self.maps.routes_v6.insert(&key, RouteV6 { kind, oif, gateway, mac, vlan }, 0)
-            }
+        if let Err(err) = result {
+            tracing::error!(%prefix, table, %err, "writing a route failed: the kernel forwards this family's transit traffic");
+            let fib = &mut self.fib[v6 as usize];
+            fib.kernel = Some(ROUTE_FAILED);
+            fib.word.kernel = true;
+            let _ = self.maps.fib_ctl.set(v6 as u32, fib.word.encode(), 0);
         }
+    }
+
+    /// A route as the XDP program's tries hold it.
+    fn map_route(&mut self, r: &Route) -> MapRoute {
+        let v6 = r.prefix.addr().is_ipv6();
+        let octets = |a: Option<IpAddr>| {
+            let mut g = [0u8; 16];
+            match a {
+                Some(IpAddr::V4(a)) => g[..4].copy_from_slice(&a.octets()),
+                Some(IpAddr::V6(a)) => g = a.octets(),
+                None => {}
+            }
+            g
+        };
+        let mut m = MapRoute {
+            mtu: r.mtu,
+            prefix_len: u32::from(r.prefix.prefix_len()),
+            ..MapRoute::default()
+        };
+        let kind = match r.action {
+            Action::Unicast { oif, gateway } => {
+                (m.oif, m.gateway) = (oif, octets(gateway));
+                RouteKind::Unicast
+            }
+            Action::Nexthop { id } => match self.nexthops.slot(id, v6) {
+                Some(slot) => {
+                    m.nh = slot;
+                    RouteKind::Nexthop
+                }
+                None => {
+                    tracing::warn!(id, "nexthop slots exhausted: the kernel forwards through it");
+                    RouteKind::Kernel
+                }
+            },
+            Action::Throw => RouteKind::Throw,
+            Action::Kernel => RouteKind::Kernel,
+            Action::Static { oif, via, mac, vlan } => {
+                (m.oif, m.gateway, m.vlan) = (oif, octets(via), vlan);
+                match mac {
+                    Some(mac) => {
+                        m.mac = mac;
+                        RouteKind::StaticMac
+                    }
+                    None => RouteKind::Static,
+                }
+            }
+        };
+        m.kind = kind as u32;
+        m
     }
 
     fn on_neighbour(&mut self, msg: &NeighbourMessage, add: bool) {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{DevMap, HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
+use aya::maps::{Array, DevMap, HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
 use xdpfwd_common::{ACTION_FORWARD, MAX_IFACES, MAX_QUEUES, xsk_key};
 
 use crate::{
@@ -21,6 +21,7 @@ use crate::{
     control::{Control, Maps},
     iface::{self, Iface},
     loader::{self, ModeArg},
+    nexthop::{self, Nexthops},
     metrics,
     policy::{ControlPolicy, PolicyMaps},
     privileges,
@@ -168,7 +169,13 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         routes_v6: LpmTrie::try_from(take(&mut ebpf, "ROUTES_V6")?)?,
         neigh_v4: BpfHashMap::try_from(take(&mut ebpf, "NEIGH_V4")?)?,
         neigh_v6: BpfHashMap::try_from(take(&mut ebpf, "NEIGH_V6")?)?,
+        fib_rules: Array::try_from(take(&mut ebpf, "FIB_RULES")?)?,
+        fib_ctl: Array::try_from(take(&mut ebpf, "FIB_CTL")?)?,
     };
+    let nexthops = Nexthops::new(
+        Array::try_from(take(&mut ebpf, "NH_SLOTS")?)?,
+        Array::try_from(take(&mut ebpf, "NH_GROUPS")?)?,
+    );
 
     let ifaces: Vec<Arc<Iface>> = ifaces.into_iter().map(Arc::new).collect();
     let queues: Vec<(Arc<Iface>, u32)> =
@@ -200,12 +207,21 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         (fast, max_frame),
         shared.clone(),
         control_policy,
+        nexthops,
     );
+    let (nh_tx, nh_rx) = tokio::sync::mpsc::unbounded_channel();
+    let nexthop_thread = nexthop::spawn_reader(
+        {
+            let shared = shared.clone();
+            move || shared.stop.load(Relaxed)
+        },
+        nh_tx,
+    )?;
     let control_thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
         let shared = shared.clone();
         move || -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let result = runtime.block_on(control.run(resolve_rx, policy_rx, ready_tx));
+            let result = runtime.block_on(control.run(resolve_rx, policy_rx, nh_rx, ready_tx));
             if result.is_err() {
                 shared.stop.store(true, Relaxed);
             }
@@ -332,6 +348,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let _ = t.join();
     }
     let control_result = control_thread.join().unwrap_or_else(|_| Ok(()));
+    let _ = nexthop_thread.join();
     reporters_stop.store(true, Relaxed);
     for r in reporters {
         let _ = r.join();

@@ -7,10 +7,12 @@
 pub mod alloc_count;
 pub mod config;
 pub mod control;
+pub mod fib_rules;
 pub mod forwarder;
 pub mod iface;
 pub mod loader;
 pub mod metrics;
+pub mod nexthop;
 pub mod policy;
 pub mod privileges;
 pub mod rewrite;

@@ -1,27 +1,32 @@
-//! The kernel's routes as the XDP program needs them: for each prefix of the `local` and
-//! `main` tables, the one route the kernel would use, reduced to "unicast out of `oif` via
-//! `gateway`" or "leave it to the kernel".
+//! The kernel's routes as the XDP program needs them: for each table and prefix, the one route
+//! the kernel would use, reduced to "unicast out of `oif` via `gateway`", "through nexthop
+//! object (or multipath set) N", "throw" or "leave it to the kernel".
 //!
 //! Pure logic over parsed route messages; [`crate::control`] feeds it netlink events and writes
-//! what changes into the BPF tries.
+//! what changes into the BPF tries, keyed by table and prefix.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ipnet::IpNet;
 use netlink_packet_route::{
     AddressFamily,
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+    route::{
+        RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteNextHop,
+        RouteNextHopFlags, RouteType,
+    },
 };
 
+/// `RT_TABLE_DEFAULT`.
+pub const TABLE_DEFAULT: u32 = 253;
 /// `RT_TABLE_MAIN`.
 pub const TABLE_MAIN: u32 = 254;
-/// `RT_TABLE_LOCAL`: local and broadcast addresses; consulted before `main`.
+/// `RT_TABLE_LOCAL`: local and broadcast addresses; consulted first.
 pub const TABLE_LOCAL: u32 = 255;
-/// xdpfwd's own table: the configuration's static routes, consulted after `local` and before
-/// `main` (outside the kernel's 8-bit and 32-bit table ids in use).
+/// xdpfwd's own table: the configuration's static routes, merged into `main` (at the same
+/// prefix a static route wins; the longest prefix still wins across both).
 pub const TABLE_STATIC: u32 = u32::MAX;
 
 /// What the XDP program does with a destination.
@@ -29,11 +34,25 @@ pub const TABLE_STATIC: u32 = u32::MAX;
 pub enum Action {
     /// Forward out of `oif`, to `gateway` or, when `None`, to the destination itself.
     Unicast { oif: u32, gateway: Option<IpAddr> },
-    /// Let the kernel handle it (local, broadcast, blackhole, multipath, ...).
+    /// Through a nexthop: a kernel nexthop object (`nhid`), or the multipath set
+    /// [`crate::nexthop`] registered for an `RTA_MULTIPATH` route.
+    Nexthop { id: u32 },
+    /// `throw`: the table has no route for the destination; the rule walk goes on.
+    Throw,
+    /// Let the kernel handle it (local, broadcast, blackhole, unreachable, prohibit, routes
+    /// with attributes xdpfwd does not mirror).
     Kernel,
     /// A static route of the configuration: out of `oif`, to the neighbour `via` or the fixed
     /// `mac`, tagged with `vlan` (0: none).
     Static { oif: u32, via: Option<IpAddr>, mac: Option<[u8; 6]>, vlan: u16 },
+}
+
+/// One path of an `RTA_MULTIPATH` route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Path {
+    pub oif: u32,
+    pub gateway: Option<IpAddr>,
+    pub weight: u32,
 }
 
 /// One route, as far as route selection is concerned.
@@ -44,16 +63,29 @@ pub struct Route {
     pub metric: u32,
     pub tos: u8,
     pub action: Action,
+    /// The `mtu` metric (0: none).
+    pub mtu: u32,
+}
+
+/// A parsed route message: the route, and the paths of a multipath route (its `action` is
+/// then `Nexthop { id: 0 }` until the caller registers the paths).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub route: Route,
+    pub paths: Vec<Path>,
 }
 
 impl Route {
-    /// Parses a route message; `None` for routes of other tables or families.
-    pub fn from_message(msg: &RouteMessage) -> Option<Route> {
+    /// Parses a route message of any table; `None` for other families and cache entries.
+    pub fn from_message(msg: &RouteMessage) -> Option<Parsed> {
         let mut table = u32::from(msg.header.table);
         let mut dst: Option<IpAddr> = None;
         let mut gateway: Option<IpAddr> = None;
         let mut oif = 0;
         let mut metric = 0;
+        let mut mtu = 0;
+        let mut nhid = None;
+        let mut paths = Vec::new();
         let mut complex = false;
         for attr in &msg.attributes {
             match attr {
@@ -62,36 +94,84 @@ impl Route {
                 RouteAttribute::Gateway(a) => gateway = address(a),
                 RouteAttribute::Oif(i) => oif = *i,
                 RouteAttribute::Priority(p) => metric = *p,
-                RouteAttribute::MultiPath(_)
-                | RouteAttribute::Via(_)
+                RouteAttribute::NhId(id) => nhid = Some(*id),
+                RouteAttribute::Metrics(metrics) => {
+                    for m in metrics {
+                        if let RouteMetric::Mtu(v) = m {
+                            mtu = *v;
+                        }
+                    }
+                }
+                RouteAttribute::MultiPath(hops) => match multipath(hops) {
+                    Some(p) => paths = p,
+                    None => complex = true,
+                },
+                RouteAttribute::Via(_)
                 | RouteAttribute::Encap(_)
-                | RouteAttribute::EncapType(_)
-                | RouteAttribute::NhId(_) => complex = true,
+                | RouteAttribute::EncapType(_) => complex = true,
                 _ => {}
             }
         }
-        if table != TABLE_MAIN && table != TABLE_LOCAL {
-            return None;
-        }
         let len = msg.header.destination_prefix_length;
-        let prefix = match msg.header.address_family {
-            AddressFamily::Inet => {
-                IpNet::new(dst.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), len).ok()?
-            }
-            AddressFamily::Inet6 => {
-                IpNet::new(dst.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), len).ok()?
-            }
+        let v4 = match msg.header.address_family {
+            AddressFamily::Inet => true,
+            AddressFamily::Inet6 => false,
             _ => return None,
         };
-        let unicast = msg.header.kind == RouteType::Unicast
-            && table == TABLE_MAIN
-            && !complex
-            && oif != 0
-            && msg.header.tos == 0
-            && msg.header.source_prefix_length == 0;
-        let action = if unicast { Action::Unicast { oif, gateway } } else { Action::Kernel };
-        Some(Route { prefix: prefix.trunc(), table, metric, tos: msg.header.tos, action })
+        let unspecified =
+            if v4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+        let prefix = IpNet::new(dst.unwrap_or(unspecified), len).ok()?.trunc();
+        let dead = msg.header.flags.contains(RouteFlags::Dead);
+        let plain = !complex && !dead && msg.header.source_prefix_length == 0;
+        let family_ok = |g: &Option<IpAddr>| g.is_none_or(|g| g.is_ipv4() == v4);
+        let action = match msg.header.kind {
+            RouteType::Throw => Action::Throw,
+            RouteType::Unicast if plain => match nhid {
+                Some(id) => Action::Nexthop { id },
+                None if !paths.is_empty()
+                    && paths.iter().all(|p| family_ok(&p.gateway)) =>
+                {
+                    Action::Nexthop { id: 0 }
+                }
+                None if oif != 0 && paths.is_empty() && family_ok(&gateway) => {
+                    Action::Unicast { oif, gateway }
+                }
+                None => Action::Kernel,
+            },
+            _ => Action::Kernel,
+        };
+        if action != (Action::Nexthop { id: 0 }) {
+            paths.clear();
+        }
+        let route = Route { prefix, table, metric, tos: msg.header.tos, action, mtu };
+        Some(Parsed { route, paths })
     }
+}
+
+/// The paths of an `RTA_MULTIPATH` route; `None` when one of them cannot be mirrored.
+fn multipath(hops: &[RouteNextHop]) -> Option<Vec<Path>> {
+    hops.iter()
+        .map(|hop| {
+            let mut gateway = None;
+            for attr in &hop.attributes {
+                match attr {
+                    RouteAttribute::Gateway(a) => gateway = address(a),
+                    RouteAttribute::Via(_)
+                    | RouteAttribute::Encap(_)
+                    | RouteAttribute::EncapType(_) => return None,
+                    _ => {}
+                }
+            }
+            if hop.flags.contains(RouteNextHopFlags::Dead) || hop.interface_index == 0 {
+                return None;
+            }
+            Some(Path {
+                oif: hop.interface_index,
+                gateway,
+                weight: u32::from(hop.hops) + 1,
+            })
+        })
+        .collect()
 }
 
 fn address(a: &RouteAddress) -> Option<IpAddr> {
@@ -102,60 +182,146 @@ fn address(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// All mirrored routes, grouped by prefix.
+/// Where a new route goes among the routes of the same table, prefix, TOS and metric (the
+/// kernel's alias list; the first one is used).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// `NLM_F_APPEND` (`ip route append`) and the order of a dump: last.
+    Append,
+    /// A plain create (`ip route add`, `prepend`): first.
+    Prepend,
+}
+
+/// The table a route's entry lives in: static routes are merged into `main`.
+fn entry_table(table: u32) -> u32 {
+    if table == TABLE_STATIC { TABLE_MAIN } else { table }
+}
+
+/// All mirrored routes, grouped by table and prefix.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    by_prefix: BTreeMap<IpNet, Vec<Route>>,
+    entries: BTreeMap<(u32, IpNet), Vec<Route>>,
+    /// Entries per (table, IPv6).
+    counts: HashMap<(u32, bool), usize>,
 }
 
 impl RouteTable {
-    /// Adds or replaces a route; returns the prefix's new effective action.
-    pub fn add(&mut self, route: Route) -> Option<Action> {
-        let routes = self.by_prefix.entry(route.prefix).or_default();
-        // The kernel identifies a route by table, prefix, tos, metric (and next hop, for
-        // IPv6 siblings).
-        routes.retain(|r| !same_identity(r, &route));
-        routes.push(route);
-        Self::effective(routes)
-    }
-
-    /// Replaces every route of the same prefix, table, metric and TOS (an `NLM_F_REPLACE`
-    /// update: for IPv6 the kernel drops the old next hops without a `RTM_DELROUTE`); returns
-    /// the prefix's new effective action.
-    pub fn replace(&mut self, route: Route) -> Option<Action> {
-        let routes = self.by_prefix.entry(route.prefix).or_default();
-        routes.retain(|r| {
-            !(r.table == route.table && r.metric == route.metric && r.tos == route.tos)
-        });
-        routes.push(route);
-        Self::effective(routes)
-    }
-
-    /// Removes a route; returns the prefix's new effective action (`None`: no route left).
-    pub fn remove(&mut self, route: &Route) -> Option<Action> {
-        let routes = self.by_prefix.get_mut(&route.prefix)?;
-        routes.retain(|r| !same_identity(r, route));
-        let action = Self::effective(routes);
-        if routes.is_empty() {
-            self.by_prefix.remove(&route.prefix);
+    /// Adds a route; returns the entry's table and its new effective route.
+    pub fn add(&mut self, route: Route, place: Place) -> (u32, Option<Route>) {
+        let table = entry_table(route.table);
+        self.count(table, route.prefix);
+        let routes = self.entries.entry((table, route.prefix)).or_default();
+        routes.retain(|r| *r != route);
+        match place {
+            Place::Append => routes.push(route),
+            Place::Prepend => {
+                let at = routes.iter().position(|r| same_key(r, &route)).unwrap_or(routes.len());
+                routes.insert(at, route);
+            }
         }
-        action
+        (table, Self::effective(routes))
     }
 
-    /// Every prefix with its effective action.
-    pub fn actions(&self) -> impl Iterator<Item = (IpNet, Action)> + '_ {
-        self.by_prefix.iter().filter_map(|(p, r)| Some((*p, Self::effective(r)?)))
+    /// An `NLM_F_REPLACE` update: IPv4 replaces the first route of the same key (or adds);
+    /// IPv6 replaces every route of the same key (the kernel drops the old next hops without a
+    /// `RTM_DELROUTE`). Returns the entry's table and its new effective route.
+    pub fn replace(&mut self, route: Route) -> (u32, Option<Route>) {
+        let table = entry_table(route.table);
+        self.count(table, route.prefix);
+        let routes = self.entries.entry((table, route.prefix)).or_default();
+        match routes.iter().position(|r| same_key(r, &route)) {
+            Some(at) if route.prefix.addr().is_ipv4() => routes[at] = route,
+            _ => {
+                routes.retain(|r| !same_key(r, &route));
+                routes.push(route);
+            }
+        }
+        (table, Self::effective(routes))
     }
 
-    /// The effective action of the longest prefix holding `addr` among the kernel's own
-    /// routes (static routes left out).
-    pub fn lookup_kernel(&self, addr: IpAddr) -> Option<Action> {
+    /// Removes a route; returns the entry's table and its new effective route (`None`: no
+    /// route left).
+    pub fn remove(&mut self, route: &Route) -> (u32, Option<Route>) {
+        let table = entry_table(route.table);
+        let key = (table, route.prefix);
+        let Some(routes) = self.entries.get_mut(&key) else { return (table, None) };
+        if let Some(at) = routes.iter().position(|r| r == route) {
+            routes.remove(at);
+        } else if let Some(at) = routes.iter().position(|r| same_key(r, route)) {
+            // A deletion that names fewer attributes than the route had (the kernel deletes
+            // the first match).
+            if route.action == Action::Kernel {
+                routes.remove(at);
+            }
+        }
+        let effective = Self::effective(routes);
+        if routes.is_empty() {
+            self.drop_entry(key);
+        }
+        (table, effective)
+    }
+
+    /// Counts a new entry for `has_table`.
+    fn count(&mut self, table: u32, prefix: IpNet) {
+        if !self.entries.contains_key(&(table, prefix)) {
+            *self.counts.entry((table, prefix.addr().is_ipv6())).or_default() += 1;
+        }
+    }
+
+    fn drop_entry(&mut self, key: (u32, IpNet)) {
+        if self.entries.remove(&key).is_some()
+            && let Some(n) = self.counts.get_mut(&(key.0, key.1.addr().is_ipv6()))
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Removes every route that goes through nexthop `id` (the kernel deletes them with the
+    /// nexthop, without `RTM_DELROUTE`); returns the entries that changed.
+    pub fn remove_nexthop(&mut self, id: u32) -> Vec<(u32, IpNet, Option<Route>)> {
+        let keys: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|(_, rs)| rs.iter().any(|r| r.action == Action::Nexthop { id }))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut changed = Vec::new();
+        for key in keys {
+            if let Some(routes) = self.entries.get_mut(&key) {
+                routes.retain(|r| r.action != Action::Nexthop { id });
+                changed.push((key.0, key.1, Self::effective(routes)));
+                if routes.is_empty() {
+                    self.drop_entry(key);
+                }
+            }
+        }
+        changed
+    }
+
+    /// Every entry (table, prefix) with its effective route.
+    pub fn entries(&self) -> impl Iterator<Item = (u32, IpNet, Route)> + '_ {
+        self.entries.iter().filter_map(|((t, p), r)| Some((*t, *p, Self::effective(r)?)))
+    }
+
+    /// Entries whose effective route goes through nexthop `id`.
+    pub fn using_nexthop(&self, id: u32) -> Vec<(u32, IpNet, Route)> {
+        self.entries().filter(|(_, _, r)| r.action == Action::Nexthop { id }).collect()
+    }
+
+    /// Whether `table` holds a route of the family of `v6`.
+    pub fn has_table(&self, table: u32, v6: bool) -> bool {
+        self.counts.get(&(table, v6)).is_some_and(|n| *n > 0)
+    }
+
+    /// The effective route of the longest prefix holding `addr` among the kernel's own
+    /// `main` routes (static routes left out).
+    pub fn lookup_main(&self, addr: IpAddr) -> Option<Route> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         (0..=max).rev().find_map(|len| {
             let net = IpNet::new(addr, len).ok()?.trunc();
             let routes: Vec<Route> = self
-                .by_prefix
-                .get(&net)?
+                .entries
+                .get(&(TABLE_MAIN, net))?
                 .iter()
                 .filter(|r| r.table != TABLE_STATIC)
                 .copied()
@@ -164,32 +330,30 @@ impl RouteTable {
         })
     }
 
-    /// The route used for a prefix: `local` before xdpfwd's static routes before `main`, then
-    /// the lowest metric; several routes at that metric (ECMP siblings) are left to the kernel.
-    fn effective(routes: &[Route]) -> Option<Action> {
-        let best = routes
-            .iter()
-            .min_by_key(|r| (r.table != TABLE_LOCAL, r.table != TABLE_STATIC, r.metric, r.tos))?;
-        if best.table == TABLE_LOCAL {
-            return Some(Action::Kernel);
-        }
+    /// The route the kernel uses for an entry: a static route before `main`'s, then the
+    /// lowest metric, then the first in the kernel's order. Routes with a TOS (which match
+    /// only some packets) and several IPv6 routes at the lowest metric (ECMP siblings the
+    /// kernel announces one by one) are left to the kernel.
+    fn effective(routes: &[Route]) -> Option<Route> {
+        let best = *routes.iter().min_by_key(|r| (r.table != TABLE_STATIC, r.metric))?;
         if best.table == TABLE_STATIC {
-            return Some(best.action);
+            return Some(best);
         }
-        let siblings = routes
-            .iter()
-            .filter(|r| r.table == best.table && r.metric == best.metric && r.tos == best.tos)
-            .count();
-        Some(if siblings > 1 { Action::Kernel } else { best.action })
+        let kernel = Route { action: Action::Kernel, ..best };
+        if routes.iter().any(|r| r.tos != 0) {
+            return Some(kernel);
+        }
+        let siblings = routes.iter().filter(|r| r.table == best.table && r.metric == best.metric);
+        if best.prefix.addr().is_ipv6() && siblings.count() > 1 {
+            return Some(kernel);
+        }
+        Some(best)
     }
 }
 
-fn same_identity(a: &Route, b: &Route) -> bool {
-    a.prefix == b.prefix
-        && a.table == b.table
-        && a.metric == b.metric
-        && a.tos == b.tos
-        && (a.prefix.addr().is_ipv4() || a.action == b.action)
+/// The kernel's key of a route alias: table, prefix, TOS, metric.
+fn same_key(a: &Route, b: &Route) -> bool {
+    a.prefix == b.prefix && a.table == b.table && a.metric == b.metric && a.tos == b.tos
 }
 
 #[cfg(test)]
@@ -197,75 +361,107 @@ mod tests {
     use super::*;
 
     fn route(prefix: &str, table: u32, metric: u32, action: Action) -> Route {
-        Route { prefix: prefix.parse().unwrap(), table, metric, tos: 0, action }
+        Route { prefix: prefix.parse().unwrap(), table, metric, tos: 0, action, mtu: 0 }
     }
 
     const VIA: Action =
         Action::Unicast { oif: 3, gateway: Some(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1))) };
     const DEV: Action = Action::Unicast { oif: 4, gateway: None };
 
+    fn action(r: (u32, Option<Route>)) -> Option<Action> {
+        r.1.map(|r| r.action)
+    }
+
     #[test]
     fn lowest_metric_wins_and_deletion_falls_back() {
         let mut t = RouteTable::default();
-        assert_eq!(t.add(route("198.51.100.0/24", TABLE_MAIN, 200, VIA)), Some(VIA));
-        assert_eq!(t.add(route("198.51.100.0/24", TABLE_MAIN, 100, DEV)), Some(DEV));
-        assert_eq!(t.remove(&route("198.51.100.0/24", TABLE_MAIN, 100, DEV)), Some(VIA));
-        assert_eq!(t.remove(&route("198.51.100.0/24", TABLE_MAIN, 200, VIA)), None);
-        assert_eq!(t.actions().count(), 0);
+        let a = route("198.51.100.0/24", TABLE_MAIN, 200, VIA);
+        let b = route("198.51.100.0/24", TABLE_MAIN, 100, DEV);
+        assert_eq!(action(t.add(a, Place::Prepend)), Some(VIA));
+        assert_eq!(action(t.add(b, Place::Prepend)), Some(DEV));
+        assert_eq!(action(t.remove(&b)), Some(VIA));
+        assert_eq!(action(t.remove(&a)), None);
+        assert_eq!(t.entries().count(), 0);
     }
 
     #[test]
-    fn local_table_shadows_main() {
+    fn tables_are_separate_entries() {
         let mut t = RouteTable::default();
-        t.add(route("198.18.0.1/32", TABLE_MAIN, 0, DEV));
-        assert_eq!(
-            t.add(route("198.18.0.1/32", TABLE_LOCAL, 0, Action::Kernel)),
-            Some(Action::Kernel)
-        );
+        t.add(route("198.18.0.1/32", TABLE_MAIN, 0, DEV), Place::Append);
+        let (table, r) = t.add(route("198.18.0.1/32", TABLE_LOCAL, 0, Action::Kernel), Place::Append);
+        assert_eq!((table, r.map(|r| r.action)), (TABLE_LOCAL, Some(Action::Kernel)));
+        assert_eq!(t.entries().count(), 2);
+        assert!(t.has_table(TABLE_LOCAL, false));
+        assert!(!t.has_table(TABLE_LOCAL, true));
+        assert!(!t.has_table(100, false));
     }
 
     #[test]
-    fn static_routes_override_main_but_not_local() {
+    fn static_routes_merge_into_main() {
         let mut t = RouteTable::default();
         let fixed = Action::Static { oif: 5, via: None, mac: Some([2, 0, 0, 0, 0, 9]), vlan: 7 };
-        t.add(route("198.51.100.0/24", TABLE_MAIN, 0, VIA));
-        assert_eq!(t.add(route("198.51.100.0/24", TABLE_STATIC, 0, fixed)), Some(fixed));
+        t.add(route("198.51.100.0/24", TABLE_MAIN, 0, VIA), Place::Append);
+        let (table, r) = t.add(route("198.51.100.0/24", TABLE_STATIC, 0, fixed), Place::Append);
+        assert_eq!((table, r.map(|r| r.action)), (TABLE_MAIN, Some(fixed)));
         assert_eq!(
-            t.add(route("198.51.100.0/24", TABLE_LOCAL, 0, Action::Kernel)),
-            Some(Action::Kernel)
-        );
-        assert_eq!(
-            t.lookup_kernel("198.51.100.7".parse().unwrap()),
-            Some(Action::Kernel),
+            t.lookup_main("198.51.100.7".parse().unwrap()).map(|r| r.action),
+            Some(VIA),
             "lookups for next hops see the kernel's routes only"
         );
-        t.add(route("198.19.0.0/16", TABLE_MAIN, 0, DEV));
-        t.add(route("198.19.0.0/16", TABLE_STATIC, 0, fixed));
-        assert_eq!(t.lookup_kernel("198.19.3.4".parse().unwrap()), Some(DEV));
-        assert_eq!(t.lookup_kernel("203.0.113.1".parse().unwrap()), None);
+        t.add(route("198.19.0.0/16", TABLE_MAIN, 0, DEV), Place::Append);
+        assert_eq!(t.lookup_main("198.19.3.4".parse().unwrap()).map(|r| r.action), Some(DEV));
+        assert_eq!(t.lookup_main("203.0.113.1".parse().unwrap()), None);
     }
 
     #[test]
-    fn replace_keeps_one_route_per_identity() {
+    fn append_keeps_the_first_and_prepend_takes_over() {
         let mut t = RouteTable::default();
-        t.add(route("0.0.0.0/0", TABLE_MAIN, 0, VIA));
-        assert_eq!(t.add(route("0.0.0.0/0", TABLE_MAIN, 0, DEV)), Some(DEV), "IPv4 replace");
+        t.add(route("0.0.0.0/0", TABLE_MAIN, 0, VIA), Place::Append);
+        assert_eq!(action(t.add(route("0.0.0.0/0", TABLE_MAIN, 0, DEV), Place::Append)), Some(VIA));
+        let other = Action::Unicast { oif: 9, gateway: None };
+        assert_eq!(
+            action(t.add(route("0.0.0.0/0", TABLE_MAIN, 0, other), Place::Prepend)),
+            Some(other)
+        );
+        assert_eq!(action(t.remove(&route("0.0.0.0/0", TABLE_MAIN, 0, other))), Some(VIA));
+        assert_eq!(action(t.replace(route("0.0.0.0/0", TABLE_MAIN, 0, other))), Some(other));
+        assert_eq!(
+            action(t.remove(&route("0.0.0.0/0", TABLE_MAIN, 0, other))),
+            Some(DEV),
+            "replace took the first route's place"
+        );
     }
 
     #[test]
-    fn ipv6_siblings_are_left_to_the_kernel() {
+    fn tos_routes_and_ipv6_siblings_are_left_to_the_kernel() {
         let mut t = RouteTable::default();
+        let mut tos = route("198.51.100.0/24", TABLE_MAIN, 0, VIA);
+        tos.tos = 0x10;
+        t.add(route("198.51.100.0/24", TABLE_MAIN, 0, DEV), Place::Append);
+        assert_eq!(action(t.add(tos, Place::Append)), Some(Action::Kernel));
         let a = Action::Unicast { oif: 3, gateway: Some("fe80::1".parse().unwrap()) };
         let b = Action::Unicast { oif: 4, gateway: Some("fe80::2".parse().unwrap()) };
-        t.add(route("2001:db8::/32", TABLE_MAIN, 1024, a));
-        assert_eq!(t.add(route("2001:db8::/32", TABLE_MAIN, 1024, b)), Some(Action::Kernel));
-        assert_eq!(t.remove(&route("2001:db8::/32", TABLE_MAIN, 1024, b)), Some(a));
+        t.add(route("2001:2::/48", TABLE_MAIN, 1024, a), Place::Append);
         assert_eq!(
-            t.replace(route("2001:db8::/32", TABLE_MAIN, 1024, b)),
-            Some(b),
-            "replace drops a"
+            action(t.add(route("2001:2::/48", TABLE_MAIN, 1024, b), Place::Append)),
+            Some(Action::Kernel)
         );
-        assert_eq!(t.remove(&route("2001:db8::/32", TABLE_MAIN, 1024, b)), None);
+        assert_eq!(action(t.remove(&route("2001:2::/48", TABLE_MAIN, 1024, b))), Some(a));
+        assert_eq!(action(t.replace(route("2001:2::/48", TABLE_MAIN, 1024, b))), Some(b));
+        assert_eq!(action(t.remove(&route("2001:2::/48", TABLE_MAIN, 1024, b))), None);
+    }
+
+    #[test]
+    fn a_deleted_nexthop_takes_its_routes() {
+        let mut t = RouteTable::default();
+        t.add(route("198.51.100.0/24", TABLE_MAIN, 0, Action::Nexthop { id: 6 }), Place::Append);
+        t.add(route("198.51.0.0/16", 100, 0, Action::Nexthop { id: 6 }), Place::Append);
+        t.add(route("198.51.100.0/24", TABLE_MAIN, 10, DEV), Place::Append);
+        assert_eq!(t.using_nexthop(6).len(), 2);
+        let changed = t.remove_nexthop(6);
+        assert_eq!(changed.len(), 2);
+        assert!(changed.iter().any(|(tb, _, r)| *tb == TABLE_MAIN && r.map(|r| r.action) == Some(DEV)));
+        assert!(changed.iter().any(|(tb, _, r)| *tb == 100 && r.is_none()));
     }
 }
 
@@ -294,6 +490,10 @@ mod parse_tests {
         RouteAttribute::Destination(RouteAddress::Inet(Ipv4Addr::new(198, 51, 100, 0)))
     }
 
+    fn parse(msg: &RouteMessage) -> Route {
+        Route::from_message(msg).unwrap().route
+    }
+
     #[test]
     fn next_hop_is_the_gateway_or_on_link() {
         let gw = Ipv4Addr::new(198, 19, 0, 1);
@@ -302,38 +502,63 @@ mod parse_tests {
             RouteType::Unicast,
             vec![dst(), RouteAttribute::Gateway(RouteAddress::Inet(gw)), RouteAttribute::Oif(3)],
         );
-        let r = Route::from_message(&via).unwrap();
+        let r = parse(&via);
         assert_eq!(r.prefix, "198.51.100.0/24".parse::<IpNet>().unwrap());
         assert_eq!(r.action, Action::Unicast { oif: 3, gateway: Some(IpAddr::V4(gw)) });
         let dev = message(
             254,
             RouteType::Unicast,
-            vec![dst(), RouteAttribute::Oif(4), RouteAttribute::Priority(100)],
+            vec![
+                dst(),
+                RouteAttribute::Oif(4),
+                RouteAttribute::Priority(100),
+                RouteAttribute::Metrics(vec![RouteMetric::Mtu(1400)]),
+            ],
         );
-        let r = Route::from_message(&dev).unwrap();
-        assert_eq!((r.action, r.metric), (Action::Unicast { oif: 4, gateway: None }, 100));
+        let r = parse(&dev);
+        assert_eq!((r.action, r.metric, r.mtu), (Action::Unicast { oif: 4, gateway: None }, 100, 1400));
     }
 
     #[test]
-    fn special_routes_go_to_the_kernel() {
+    fn special_routes_go_to_the_kernel_and_throw_continues() {
         let local = message(255, RouteType::Local, vec![dst(), RouteAttribute::Oif(3)]);
-        assert_eq!(Route::from_message(&local).unwrap().action, Action::Kernel);
-        let blackhole = message(254, RouteType::BlackHole, vec![dst()]);
-        assert_eq!(Route::from_message(&blackhole).unwrap().action, Action::Kernel);
-        let multipath = message(
-            254,
-            RouteType::Unicast,
-            vec![dst(), RouteAttribute::MultiPath(vec![RouteNextHop::default()])],
-        );
-        assert_eq!(Route::from_message(&multipath).unwrap().action, Action::Kernel);
-        let other_table = message(100, RouteType::Unicast, vec![dst(), RouteAttribute::Oif(3)]);
-        assert_eq!(Route::from_message(&other_table), None);
+        assert_eq!(parse(&local).action, Action::Kernel);
+        for kind in [RouteType::BlackHole, RouteType::Unreachable, RouteType::Prohibit] {
+            assert_eq!(parse(&message(254, kind, vec![dst()])).action, Action::Kernel);
+        }
+        assert_eq!(parse(&message(100, RouteType::Throw, vec![dst()])).action, Action::Throw);
         let mut big_table = message(
             252,
             RouteType::Unicast,
-            vec![dst(), RouteAttribute::Oif(3), RouteAttribute::Table(254)],
+            vec![dst(), RouteAttribute::Oif(3), RouteAttribute::Table(1000)],
         );
         big_table.header.table = 252;
-        assert!(Route::from_message(&big_table).is_some(), "RTA_TABLE wins over the header");
+        assert_eq!(parse(&big_table).table, 1000, "RTA_TABLE wins over the header");
+    }
+
+    #[test]
+    fn nexthop_objects_and_multipath_are_kept() {
+        let nh = message(254, RouteType::Unicast, vec![dst(), RouteAttribute::NhId(6)]);
+        assert_eq!(parse(&nh).action, Action::Nexthop { id: 6 });
+        let hop = |oif: u32, gw: [u8; 4], hops: u8| {
+            let mut h = RouteNextHop::default();
+            h.interface_index = oif;
+            h.hops = hops;
+            h.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(gw.into()))];
+            h
+        };
+        let mp = message(
+            254,
+            RouteType::Unicast,
+            vec![dst(), RouteAttribute::MultiPath(vec![hop(3, [198, 18, 1, 2], 0), hop(4, [198, 18, 2, 2], 1)])],
+        );
+        let parsed = Route::from_message(&mp).unwrap();
+        assert_eq!(parsed.route.action, Action::Nexthop { id: 0 });
+        assert_eq!(parsed.paths.len(), 2);
+        assert_eq!(parsed.paths[1].weight, 2, "rtnh_hops is the weight minus one");
+        let mut dead = hop(3, [198, 18, 1, 2], 0);
+        dead.flags = RouteNextHopFlags::Dead;
+        let with_dead = message(254, RouteType::Unicast, vec![dst(), RouteAttribute::MultiPath(vec![dead])]);
+        assert_eq!(parse(&with_dead).action, Action::Kernel);
     }
 }

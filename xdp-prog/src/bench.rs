@@ -11,6 +11,9 @@
 #![no_std]
 #![no_main]
 
+#[path = "rt.rs"]
+mod rt;
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -93,13 +96,3 @@ pub fn bench_redirect(ctx: XdpContext) -> u32 {
     let slot = u32::from_le_bytes([cfg[12], cfg[13], cfg[14], cfg[15]]);
     REDIRECT_DEV.redirect(slot, 0).unwrap_or(xdp_action::XDP_DROP)
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -29,7 +29,15 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "util-linux",
+    "frr",
+    "bird2",
 ];
+
+/// Packages whose maintainer scripts enable and start a system-wide daemon (package, service):
+/// the tests run their own instances inside the namespaces they create and want none in the
+/// root namespace, so bootstrap stops and disables the service right after installing the
+/// package (and only then: an instance set up before bootstrap ran is left alone).
+const SERVICES_STARTED_ON_INSTALL: &[(&str, &str)] = &[("frr", "frr"), ("bird2", "bird")];
 
 pub fn run() -> anyhow::Result<()> {
     check_platform()?;
@@ -117,7 +125,36 @@ fn install_packages() -> anyhow::Result<()> {
         cmd(Command::new("apt-get").args(["update", "-q"])).context("apt-get update")?;
         install(&missing).context("apt-get install")?;
     }
+    stop_services_started_on_install(&missing);
     Ok(())
+}
+
+/// Stops and disables the system-wide service of each package in `installed_now` that starts
+/// one on installation. Failing to do so is reported, not fatal: the tests do not depend on it.
+fn stop_services_started_on_install(installed_now: &[&str]) {
+    let systemd = Path::new("/run/systemd/system").exists();
+    let quiet = |c: &mut Command| {
+        c.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    };
+    for &(pkg, service) in SERVICES_STARTED_ON_INSTALL {
+        if !installed_now.contains(&pkg) {
+            continue;
+        }
+        eprintln!("xtask: stopping and disabling the {service} service that {pkg} started");
+        let done = if systemd {
+            let unit = format!("{service}.service");
+            quiet(Command::new("systemctl").args(["disable", "--now", unit.as_str()]))
+        } else {
+            // Without systemd the postinst starts the init script, unless policy-rc.d denies
+            // it (as in containers); then `invoke-rc.d stop` is denied too, and has nothing
+            // to stop.
+            let _ = quiet(Command::new("invoke-rc.d").args([service, "stop"]));
+            quiet(Command::new("update-rc.d").args([service, "disable"]))
+        };
+        if !done {
+            eprintln!("xtask: warning: could not disable the {service} service; stop it by hand");
+        }
+    }
 }
 
 fn install_nightly() -> anyhow::Result<()> {

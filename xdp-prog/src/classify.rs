@@ -1,0 +1,280 @@
+//! The router's checks, as the kernel makes them: which frames a Linux router would forward
+//! unchanged but for the usual rewrite, and which it must see itself.
+//!
+//! Reads the frame and `IFACES`; hands IP packets to `policy` and `route`, and L2
+//! cross-connects straight to a [`Steer`]. Changes nothing.
+
+use aya_ebpf::programs::XdpContext;
+use xdpfwd_common::{
+    Counter, IFACE_FAST_PATH, IFACE_MANAGED, IFACE_PEER_MAC, IFACE_UP, IFACE_VLAN_POP,
+    IFACE_XCONNECT, IfaceInfo, META_L2, META_MAGIC, NAT_DST, XskMeta, csum,
+};
+
+use crate::{
+    decision::{Flow, Ingress, NO_NAT, Packet, STEER_FAST, STEER_PEER_MAC, Steer, Vlan},
+    maps::{FLOW, NATS, iface},
+    nat::l4_span,
+    policy::{l4_ports, policy_stage},
+    route::route,
+    wire::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
+        NEXTHDR_HOP, VLAN_HLEN, frame_len, ipv4, ipv6, ptr_at, words,
+    },
+};
+
+///
+/// Out of line (a BPF subprogram): its stack frame and `egress::forward`'s are not summed.
+#[inline(never)]
+pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let ingress = iface(ifindex).ok_or(Counter::PassNotManaged)?;
+    if ingress.flags & IFACE_MANAGED == 0 {
+        return Err(Counter::PassNotManaged);
+    }
+    // SAFETY: `ptr_at` checked that the 14 bytes lie inside the frame.
+    let eth = unsafe { &*ptr_at::<[u8; ETH_HLEN]>(ctx, 0)? };
+    if frame_len(ctx) > ingress.max_frame as usize {
+        // An AF_XDP socket would drop it: longer than a UMEM frame carries.
+        return Err(Counter::PassEgress);
+    }
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    if ingress.flags & IFACE_XCONNECT != 0 {
+        return xconnect(ctx, ifindex, ingress, ethertype, steer);
+    }
+    if eth[0..6] != ingress.mac {
+        return Err(Counter::PassNotForUs);
+    }
+    let mut l3 = ETH_HLEN;
+    let mut vlan = 0;
+    let mut ethertype = ethertype;
+    if ethertype == ETH_P_8021Q && ingress.flags & IFACE_VLAN_POP != 0 {
+        // SAFETY: `ptr_at` checked that the 4 bytes lie inside the frame.
+        let tag = unsafe { &*ptr_at::<[u8; VLAN_HLEN]>(ctx, ETH_HLEN)? };
+        vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        l3 = ETH_HLEN + VLAN_HLEN;
+    }
+    let at = Ingress { ifindex, info: ingress, l3, vlan };
+    match ethertype {
+        ETH_P_IP => ipv4(ctx, &at, steer),
+        ETH_P_IPV6 => ipv6(ctx, &at, steer),
+        _ if at.tagged() => Err(Counter::PassVlan),
+        ETH_P_8021Q | ETH_P_8021AD => Err(Counter::PassVlan),
+        _ => Err(Counter::PassNotIp),
+    }
+}
+
+/// An L2 cross-connect: the frame leaves through the peer as it is, but for the VLAN
+/// handling of both interfaces and the peer MAC.
+#[inline(always)]
+fn xconnect(
+    ctx: &XdpContext,
+    ifindex: u32,
+    ingress: &IfaceInfo,
+    ethertype: u16,
+    steer: &mut Steer,
+) -> Result<(), Counter> {
+    let out = egress(ingress.peer, ifindex)?;
+    let len = frame_len(ctx);
+    let vlan = Vlan {
+        pop: ethertype == ETH_P_8021Q && ingress.flags & IFACE_VLAN_POP != 0,
+        push: out.push_vlan,
+    };
+    if vlan.push != 0 && !vlan.pop && len + VLAN_HLEN > ingress.max_frame as usize {
+        return Err(Counter::PassEgress);
+    }
+    if len > out.mtu as usize + ETH_HLEN + VLAN_HLEN {
+        return Err(Counter::PassMtu);
+    }
+    let peer_mac = ingress.flags & IFACE_PEER_MAC != 0;
+    let mut addr = [0u8; 16];
+    if peer_mac {
+        addr[0..6].copy_from_slice(&ingress.peer_mac);
+    }
+    let fast = out.flags & IFACE_FAST_PATH != 0;
+    *steer = Steer {
+        meta: XskMeta {
+            oif: ingress.peer,
+            flags: META_L2,
+            l3_off: ETH_HLEN as u16,
+            addr,
+            magic: META_MAGIC,
+        },
+        slot: ingress.slot,
+        egress_slot: out.slot,
+        ip_len: 0,
+        nat: NO_NAT,
+        push: vlan.push,
+        flags: vlan.flags()
+            | if fast { STEER_FAST } else { 0 }
+            | if peer_mac { STEER_PEER_MAC } else { 0 },
+    };
+    Ok(())
+}
+
+/// The managed, up egress interface `oif`, different from the ingress one.
+#[inline(always)]
+pub fn egress(oif: u32, ifindex: u32) -> Result<&'static IfaceInfo, Counter> {
+    if oif == ifindex {
+        // The kernel would also send an ICMP redirect: leave it to the kernel.
+        return Err(Counter::PassEgress);
+    }
+    let out = iface(oif).ok_or(Counter::PassEgress)?;
+    if out.flags & (IFACE_MANAGED | IFACE_UP) != IFACE_MANAGED | IFACE_UP {
+        return Err(Counter::PassEgress);
+    }
+    Ok(out)
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter> {
+    let l3 = at.l3;
+    // SAFETY: `ptr_at` checked that the 20 bytes lie inside the frame.
+    let ip = unsafe { &*ptr_at::<[u8; IPV4_HLEN]>(ctx, l3)? };
+    if ip[0] >> 4 != 4 || ip[0] & 0xf < 5 {
+        return Err(Counter::PassMalformed);
+    }
+    if ip[0] & 0xf != 5 {
+        return Err(Counter::PassOptions);
+    }
+    let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if total_len < IPV4_HLEN || l3 + total_len > frame_len(ctx) {
+        return Err(Counter::PassMalformed);
+    }
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < IPV4_HLEN {
+        sum += u16::from_be_bytes([ip[i], ip[i + 1]]) as u32;
+        i += 2;
+    }
+    if csum::fold(sum) != 0xffff {
+        return Err(Counter::PassMalformed);
+    }
+    if ip[ipv4::TTL] <= 1 {
+        return Err(Counter::PassTtl);
+    }
+    let (src, dst) = (ip[ipv4::SRC], ip[ipv4::DST]);
+    if special_v4(src) || special_v4(dst) {
+        return Err(Counter::PassSpecialAddr);
+    }
+    let first_fragment = ip[6] & 0x1f == 0 && ip[7] == 0;
+    let packet = Packet {
+        v6: false,
+        proto: ip[ipv4::PROTO],
+        l4: l3 + IPV4_HLEN,
+        ip_len: total_len,
+        first_fragment,
+        unfragmented: first_fragment && ip[6] & 0x20 == 0,
+    };
+    let word = |at: usize| [u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]) as u64, 0];
+    routed(ctx, at, &packet, (word(ipv4::SRC), word(ipv4::DST)), 0, steer)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter> {
+    let l3 = at.l3;
+    // SAFETY: `ptr_at` checked that the 40 bytes lie inside the frame.
+    let ip = unsafe { &*ptr_at::<[u8; IPV6_HLEN]>(ctx, l3)? };
+    if ip[0] >> 4 != 6 {
+        return Err(Counter::PassMalformed);
+    }
+    let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    if l3 + IPV6_HLEN + payload_len > frame_len(ctx) {
+        return Err(Counter::PassMalformed);
+    }
+    if ip[ipv6::NEXT] == NEXTHDR_HOP || payload_len == 0 {
+        // Hop-by-hop options (router alert, jumbograms) are the kernel's business.
+        return Err(Counter::PassOptions);
+    }
+    if ip[ipv6::HOP_LIMIT] <= 1 {
+        return Err(Counter::PassTtl);
+    }
+    // Straight into words: 32 separate bytes would be spilled to the 512-byte stack.
+    let word = |at: usize| {
+        u64::from_ne_bytes([
+            ip[at],
+            ip[at + 1],
+            ip[at + 2],
+            ip[at + 3],
+            ip[at + 4],
+            ip[at + 5],
+            ip[at + 6],
+            ip[at + 7],
+        ])
+    };
+    let src = [word(ipv6::SRC), word(ipv6::SRC + 8)];
+    let dst = [word(ipv6::DST), word(ipv6::DST + 8)];
+    if special_v6(&src) || special_v6(&dst) {
+        return Err(Counter::PassSpecialAddr);
+    }
+    let label = u32::from_be_bytes([0, ip[1] & 0x0f, ip[2], ip[3]]);
+    let packet = Packet {
+        v6: true,
+        proto: ip[ipv6::NEXT],
+        l4: l3 + IPV6_HLEN,
+        ip_len: IPV6_HLEN + payload_len,
+        first_fragment: true,
+        unfragmented: true,
+    };
+    routed(ctx, at, &packet, (src, dst), label, steer)
+}
+
+/// The stages after the IP checks, for both families: policy, NAT's destination, the route.
+#[inline(always)]
+fn routed(
+    ctx: &XdpContext,
+    at: &Ingress,
+    packet: &Packet,
+    addrs: ([u64; 2], [u64; 2]),
+    label: u32,
+    steer: &mut Steer,
+) -> Result<(), Counter> {
+    let ports = l4_ports(ctx, packet);
+    let slot = FLOW.get_ptr_mut(0).ok_or(Counter::PassNoMeta)?;
+    // SAFETY: a per-CPU slot only this CPU uses while this program runs.
+    let flow = unsafe { &mut *slot };
+    *flow = Flow::new(at, packet, addrs, label, ports);
+    let (fast, nat) = policy_stage(flow, packet)?;
+    if nat != NO_NAT {
+        nat_fits(ctx, packet)?;
+        let nat = NATS.get(nat).ok_or(Counter::PassNat)?;
+        if nat.set & NAT_DST != 0 {
+            let mut dst = nat.dst;
+            if !packet.v6 {
+                dst[4..].fill(0);
+            }
+            flow.dst = words(&dst);
+        }
+    }
+    route(ctx, at, flow, packet, (fast, nat), steer)
+}
+
+/// The L4 header a rewrite touches lies in the frame, so that applying it cannot fail.
+#[inline(always)]
+fn nat_fits(ctx: &XdpContext, packet: &Packet) -> Result<(), Counter> {
+    if packet.l4 + l4_span(packet.proto) > frame_len(ctx) {
+        return Err(Counter::PassNat);
+    }
+    Ok(())
+}
+
+/// Addresses a router does not forward as is: this network (0/8), loopback (127/8),
+/// multicast, class E and limited broadcast (224/3), by the address's first byte.
+#[inline(always)]
+fn special_v4(first: u8) -> bool {
+    first == 0 || first == 127 || first >= 224
+}
+
+/// Addresses a router does not forward as is: unspecified, loopback, IPv4-mapped, multicast
+/// (ff00::/8) and link-local (fe80::/10); `addr` as `wire::words`.
+#[inline(always)]
+fn special_v6(addr: &[u64; 2]) -> bool {
+    let [b0, b1, ..] = addr[0].to_ne_bytes();
+    if b0 == 0xff || (b0 == 0xfe && b1 & 0xc0 == 0x80) {
+        return true;
+    }
+    // ::/80 covers the unspecified and loopback addresses and the IPv4-mapped ones
+    // (::ffff:0:0/96) and the deprecated IPv4-compatible ones: the first 10 bytes are zero.
+    let [c0, c1, ..] = addr[1].to_ne_bytes();
+    addr[0] == 0 && c0 == 0 && c1 == 0
+}

@@ -1,0 +1,157 @@
+//! What the stages find out about a frame and decide for it, passed from stage to stage.
+//!
+//! Plain data: no map, no frame access. Nothing of the frame changes until `egress` carries a
+//! [`Steer`] out.
+
+use xdpfwd_common::{IfaceInfo, XskMeta};
+
+use crate::wire::ETH_HLEN;
+
+/// Where and how a frame arrived.
+pub struct Ingress {
+    pub ifindex: u32,
+    pub info: &'static IfaceInfo,
+    /// Offset of the IP header: 14, or 18 behind a tag being popped.
+    pub l3: usize,
+    /// VLAN id of the popped tag (0: none).
+    pub vlan: u16,
+}
+
+impl Ingress {
+    /// The frame arrived with a tag that is being popped.
+    #[inline(always)]
+    pub fn tagged(&self) -> bool {
+        self.l3 != ETH_HLEN
+    }
+}
+
+/// What the stages after classification need to know of an IP packet.
+pub struct Packet {
+    pub v6: bool,
+    pub proto: u8,
+    /// Offset of the L4 header.
+    pub l4: usize,
+    /// IP length, header included.
+    pub ip_len: usize,
+    pub first_fragment: bool,
+    pub unfragmented: bool,
+}
+
+/// What rules, policy rules and the ECMP hash look at. Plain C layout: the BPF global
+/// functions take it by pointer.
+#[repr(C)]
+pub struct Flow {
+    /// Source and destination addresses as `wire::words`.
+    pub src: [u64; 2],
+    pub dst: [u64; 2],
+    pub ifindex: u32,
+    /// IPv6 flow label (0 for IPv4).
+    pub label: u32,
+    /// TCP / UDP source and destination ports, with [`FLOW_PORTS`].
+    pub sport: u16,
+    pub dport: u16,
+    /// VLAN id the frame arrived with (0: untagged).
+    pub vlan: u16,
+    pub proto: u8,
+    /// `FLOW_*` bits.
+    pub flags: u8,
+}
+
+/// `Flow::flags`: IPv6 (IPv4 otherwise).
+pub const FLOW_V6: u8 = 1;
+/// `Flow::flags`: the frame carries TCP / UDP ports (also a first fragment).
+pub const FLOW_PORTS: u8 = 1 << 1;
+/// `Flow::flags`: the packet is a fragment (the kernel's policy rules see no ports in it).
+pub const FLOW_FRAGMENT: u8 = 1 << 2;
+
+impl Flow {
+    #[inline(always)]
+    pub fn new(
+        at: &Ingress,
+        packet: &Packet,
+        (src, dst): ([u64; 2], [u64; 2]),
+        label: u32,
+        ports: Option<(u16, u16)>,
+    ) -> Flow {
+        let (sport, dport) = ports.unwrap_or((0, 0));
+        let flags = if packet.v6 { FLOW_V6 } else { 0 }
+            | if ports.is_some() { FLOW_PORTS } else { 0 }
+            | if packet.unfragmented { 0 } else { FLOW_FRAGMENT };
+        Flow {
+            src,
+            dst,
+            ifindex: at.ifindex,
+            label,
+            sport,
+            dport,
+            vlan: at.vlan,
+            proto: packet.proto,
+            flags,
+        }
+    }
+
+    #[inline(always)]
+    pub fn v6(&self) -> bool {
+        self.flags & FLOW_V6 != 0
+    }
+}
+
+/// A frame to forward, as the stages leave it in the per-CPU `STEER` slot (not on the
+/// stack, and without pointers, which a map may not hold): the metadata for user space and
+/// the ingress interface's XSKMAP slot; with [`STEER_FAST`], the egress slot in `DEVMAP` for
+/// the in-kernel fast path instead. Nothing of the frame has changed yet: `egress::forward`
+/// applies the VLAN change, the NAT rewrite and (fast path) the router rewrite.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Steer {
+    pub meta: XskMeta,
+    pub slot: u32,
+    /// With [`STEER_FAST`]: the egress slot in `DEVMAP`.
+    pub egress_slot: u32,
+    /// IP length (header included): the fast path trims the frame to the L3 offset plus
+    /// this; 0 for cross-connected frames, which are sent as they are.
+    pub ip_len: u32,
+    /// Index of the NAT rewrite in `NATS`, or [`NO_NAT`].
+    pub nat: u32,
+    /// VLAN id to tag the frame with (0: none).
+    pub push: u16,
+    /// `STEER_*` bits.
+    pub flags: u16,
+}
+
+/// `Steer::nat`: no rewrite.
+pub const NO_NAT: u32 = u32::MAX;
+/// `Steer::flags`: the in-kernel fast path.
+pub const STEER_FAST: u16 = 1;
+/// `Steer::flags`: the frame arrived with a tag that is removed (or rewritten, with `push`).
+pub const STEER_POP: u16 = 1 << 1;
+/// `Steer::flags`: cross-connect: set the destination MAC to `meta.addr[0..6]`.
+pub const STEER_PEER_MAC: u16 = 1 << 2;
+
+impl Steer {
+    #[inline(always)]
+    pub fn fast(&self) -> bool {
+        self.flags & STEER_FAST != 0
+    }
+
+    #[inline(always)]
+    pub fn vlan(&self) -> Vlan {
+        Vlan { pop: self.flags & STEER_POP != 0, push: self.push }
+    }
+}
+
+/// What happens to 802.1Q tags on the way out.
+#[derive(Clone, Copy)]
+pub struct Vlan {
+    /// The frame arrived with a tag that is removed (or rewritten, with `push`).
+    pub pop: bool,
+    /// VLAN id to tag the frame with (0: none).
+    pub push: u16,
+}
+
+impl Vlan {
+    #[inline(always)]
+    pub fn flags(&self) -> u16 {
+        if self.pop { STEER_POP } else { 0 }
+    }
+}

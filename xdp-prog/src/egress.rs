@@ -1,0 +1,172 @@
+//! Carries a decision out: the only place a frame changes. Everything that can fail for want
+//! of room (the metadata area, a VLAN push) happens before the first byte is written, so a
+//! frame this module passes to the kernel is the frame that arrived.
+//!
+//! AF_XDP path: metadata for user space, then `XSKS`. Fast path: the router's rewrite, then
+//! `DEVMAP`.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use xdpfwd_common::{
+    Counter, META_IPV6, META_L2, META_LEN, META_NEED_NEIGH, XskMeta, xsk_key,
+};
+
+use crate::{
+    decision::{STEER_PEER_MAC, Steer},
+    maps::{DEVMAP, NATS, XSKS, count},
+    nat::{nat_v4, nat_v6},
+    vlan::vlan_apply,
+    wire::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, VLAN_HLEN, frame_len, ipv4, ipv6, ptr_at},
+};
+
+/// Checks that the destination (socket or device) exists, reserves the metadata, applies the
+/// VLAN change, the NAT rewrite and (fast path) the router rewrite, then redirects.
+///
+/// Out of line (a BPF subprogram), as `classify::classify`.
+#[inline(never)]
+pub fn forward(ctx: &XdpContext, steer: &mut Steer) -> u32 {
+    let fast = steer.fast();
+    let ready = if fast {
+        DEVMAP.get(steer.egress_slot).is_some()
+    } else {
+        XSKS.get(xsk_key(steer.slot, ctx.rx_queue_index())).is_some()
+    };
+    if !ready {
+        return pass(if fast { Counter::PassEgress } else { Counter::PassNoSocket });
+    }
+    // SAFETY: `ctx.ctx` is the live `xdp_md`; the frame's bytes do not move.
+    if !fast && unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(META_LEN as i32)) } != 0 {
+        return pass(Counter::PassNoMeta);
+    }
+    let l3 = match vlan_apply(ctx, steer.meta.l3_off as usize, steer.vlan()) {
+        Ok(l3) => l3,
+        Err(reason) => return pass(reason),
+    };
+    steer.meta.l3_off = l3 as u16;
+    // Nothing below fails on a frame `classify` accepted (the headers were bounds-checked
+    // there); the `Err`s are for the verifier.
+    if let Some(nat) = NATS.get(steer.nat) {
+        let result = match (l3, steer.meta.flags & META_IPV6 != 0) {
+            (ETH_HLEN, false) => nat_v4::<ETH_HLEN>(ctx, nat),
+            (ETH_HLEN, true) => nat_v6::<ETH_HLEN>(ctx, nat),
+            (_, false) => nat_v4::<{ ETH_HLEN + VLAN_HLEN }>(ctx, nat),
+            (_, true) => nat_v6::<{ ETH_HLEN + VLAN_HLEN }>(ctx, nat),
+        };
+        if result.is_err() {
+            return drop(Counter::FastFailed);
+        }
+    }
+    if steer.flags & STEER_PEER_MAC != 0 {
+        let Ok(eth) = ptr_at::<[u8; 6]>(ctx, 0) else { return drop(Counter::FastFailed) };
+        // SAFETY: `ptr_at` checked the 6 bytes; nothing else refers to them.
+        unsafe { (*(eth as *mut [u8; 6])).copy_from_slice(&steer.meta.addr[0..6]) };
+    }
+    if fast { fast_forward(ctx, steer) } else { redirect(ctx, steer) }
+}
+
+#[inline(always)]
+fn pass(reason: Counter) -> u32 {
+    count(reason);
+    xdp_action::XDP_PASS
+}
+
+/// A frame already changed that cannot go on: dropped, never passed half-rewritten.
+#[inline(always)]
+fn drop(reason: Counter) -> u32 {
+    count(reason);
+    xdp_action::XDP_DROP
+}
+
+/// The in-kernel fast path: the same rewrite user space does (MACs, TTL with the kernel's
+/// incremental checksum update, hop limit, padding trimmed), then a redirect to the egress
+/// device. Cross-connected frames go as they are.
+#[inline(always)]
+fn fast_forward(ctx: &XdpContext, steer: &Steer) -> u32 {
+    let meta = &steer.meta;
+    let l3 = meta.l3_off as usize;
+    if meta.flags & META_L2 == 0 {
+        // The offset as a constant: the verifier cannot bound a packet offset read from a map.
+        let rewritten = match l3 {
+            ETH_HLEN => rewrite_in_place::<ETH_HLEN>(ctx, meta),
+            _ => rewrite_in_place::<{ ETH_HLEN + VLAN_HLEN }>(ctx, meta),
+        };
+        if rewritten.is_err() {
+            return drop(Counter::FastFailed);
+        }
+        let len = frame_len(ctx);
+        let want = l3 + steer.ip_len as usize;
+        // SAFETY: `ctx.ctx` is the live `xdp_md`; shrinking by the padding keeps the frame at
+        // least `want` bytes long.
+        if len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - want) as i32)) } != 0 {
+            return drop(Counter::FastFailed);
+        }
+    }
+    match DEVMAP.redirect(steer.egress_slot, 0) {
+        Ok(action) => {
+            count(Counter::FastForwarded);
+            action
+        }
+        Err(_) => drop(Counter::FastFailed),
+    }
+}
+
+/// Writes the MACs and decrements the TTL / hop limit of the frame classified as `meta`,
+/// whose IP header is at `L3`. Touches nothing (returns `Err`) when the headers are not all in
+/// bounds.
+#[inline(always)]
+fn rewrite_in_place<const L3: usize>(ctx: &XdpContext, meta: &XskMeta) -> Result<(), Counter> {
+    let l3 = L3;
+    let eth = ptr_at::<[u8; 12]>(ctx, 0)? as *mut [u8; 12];
+    if meta.flags & META_IPV6 != 0 {
+        let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3)? as *mut [u8; IPV6_HLEN];
+        // SAFETY: both pointers were bounds-checked by `ptr_at`; nothing else aliases them.
+        unsafe {
+            (*ip)[ipv6::HOP_LIMIT] -= 1;
+            (*eth).copy_from_slice(&meta.addr[0..12]);
+        }
+    } else {
+        let ip = ptr_at::<[u8; IPV4_HLEN]>(ctx, l3)? as *mut [u8; IPV4_HLEN];
+        // SAFETY: as above.
+        unsafe {
+            (*ip)[ipv4::TTL] -= 1;
+            // ip_decrease_ttl() from include/net/ip.h: csum += htons(0x0100), folded, in
+            // memory byte order.
+            let at = ipv4::CHECK;
+            let mut sum = u16::from_ne_bytes([(*ip)[at], (*ip)[at + 1]]) as u32;
+            sum += 0x0100u16.to_be() as u32;
+            sum += (sum >= 0xffff) as u32;
+            let check = (sum as u16).to_ne_bytes();
+            (*ip)[at] = check[0];
+            (*ip)[at + 1] = check[1];
+            (*eth).copy_from_slice(&meta.addr[0..12]);
+        }
+    }
+    Ok(())
+}
+
+/// The AF_XDP path: writes the metadata reserved by [`forward`] and redirects to the socket
+/// of the rx queue.
+#[inline(always)]
+fn redirect(ctx: &XdpContext, steer: &Steer) -> u32 {
+    let key = xsk_key(steer.slot, ctx.rx_queue_index());
+    let meta = ctx.metadata();
+    if meta + META_LEN > ctx.data() {
+        return drop(Counter::FastFailed);
+    }
+    // SAFETY: the check above proves `META_LEN` bytes from `meta` lie in the metadata area.
+    unsafe { (meta as *mut XskMeta).write_unaligned(steer.meta) };
+    match XSKS.redirect(key, 0) {
+        Ok(action) => {
+            count(if steer.meta.flags & META_NEED_NEIGH != 0 {
+                Counter::SteeredNeighMiss
+            } else {
+                Counter::Steered
+            });
+            action
+        }
+        Err(_) => drop(Counter::FastFailed),
+    }
+}

@@ -1,0 +1,81 @@
+//! The maps user space fills and the program reads, and the per-CPU counters.
+//!
+//! Owns the map declarations (names as `xdpfwd_common` spells them) and the two accessors
+//! every stage uses; no frame access.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap},
+};
+use crate::decision::{Flow, Steer};
+use xdpfwd_common::{
+    Counter, FibRule, IfaceInfo, MAX_FIB_RULES, MAX_IFACES, MAX_NATS, MAX_NEIGHBOURS,
+    MAX_NH_GROUPS, MAX_NH_SLOTS, MAX_ROUTES, MAX_RULES, Nat, NeighKeyV4, NeighKeyV6, Neighbour,
+    NhGroup, RULESET_LEN, Route, Rule, XSK_MAP_SIZE,
+};
+
+#[map]
+pub static XSKS: XskMap = XskMap::with_max_entries(XSK_MAP_SIZE, 0);
+#[map]
+pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACES, 0);
+/// Routes of every table, keyed by table and prefix (`xdpfwd_common::route_key_v4`).
+#[map]
+pub static ROUTES_V4: LpmTrie<[u8; 8], Route> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+#[map]
+pub static ROUTES_V6: LpmTrie<[u8; 20], Route> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+/// Policy rules: two sets of both families (`xdpfwd_common::fib_rule_index`).
+#[map]
+pub static FIB_RULES: Array<FibRule> = Array::with_max_entries(4 * MAX_FIB_RULES, 0);
+/// The `FibWord` of IPv4 (0) and IPv6 (1).
+#[map]
+pub static FIB_CTL: Array<u32> = Array::with_max_entries(2, 0);
+/// Nexthop slot → index of its published group in `NH_GROUPS` (0: the kernel decides).
+#[map]
+pub static NH_SLOTS: Array<u32> = Array::with_max_entries(MAX_NH_SLOTS, 0);
+#[map]
+pub static NH_GROUPS: Array<NhGroup> = Array::with_max_entries(MAX_NH_GROUPS, 0);
+/// The frame's [`crate::decision::Flow`] (one per CPU): in a map, not on the 512-byte stack.
+#[map]
+pub static FLOW: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+/// The decision for the frame (one per CPU), from `classify` to `egress`.
+#[map]
+pub static STEER: PerCpuArray<Steer> = PerCpuArray::with_max_entries(1, 0);
+/// Where the rule walk leaves the route it found (one per CPU).
+#[map]
+pub static FIB_RESULT: PerCpuArray<Route> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static NEIGH_V4: HashMap<NeighKeyV4, Neighbour> =
+    HashMap::with_max_entries(MAX_NEIGHBOURS, 0);
+#[map]
+pub static NEIGH_V6: HashMap<NeighKeyV6, Neighbour> =
+    HashMap::with_max_entries(MAX_NEIGHBOURS, 0);
+/// Egress devices of the fast path, keyed by interface slot.
+#[map]
+pub static DEVMAP: DevMap = DevMap::with_max_entries(MAX_IFACES, 0);
+/// Two rule sets (see `xdpfwd_common::MAX_RULES`); `RULESET` says which one is active.
+#[map]
+pub static RULES: Array<Rule> = Array::with_max_entries(2 * MAX_RULES, 0);
+/// The active `Policy` word.
+#[map]
+pub static RULESET: Array<u32> = Array::with_max_entries(RULESET_LEN, 0);
+/// Two sets of NAT rewrites, selected with the rules by the `Policy` word.
+#[map]
+pub static NATS: Array<Nat> = Array::with_max_entries(2 * MAX_NATS, 0);
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the pointer comes from a successful lookup in a per-CPU array, so it is valid
+        // and only this CPU writes it while this program runs.
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn iface(ifindex: u32) -> Option<&'static IfaceInfo> {
+    // SAFETY: the map value lives while this program runs; user space may rewrite it
+    // concurrently, which at worst yields a mix of old and new fields for this one frame.
+    unsafe { IFACES.get(&ifindex) }
+}

@@ -1,0 +1,184 @@
+//! The configuration's policy: steering rules and the search for a NAT rewrite.
+//!
+//! Reads `RULESET`, `RULES` and `NATS`; decides, never changes the frame. The selector test
+//! [`rule_matches`] also serves the kernel's policy rules (`route`).
+
+use aya_ebpf::programs::XdpContext;
+use xdpfwd_common::{
+    ACTION_DROP, ACTION_FAST, ACTION_FORWARD, ACTION_KERNEL, Counter, MAX_NATS, MAX_RULES, Policy, RULE_DPORT, RULE_DST, RULE_IN, RULE_PROTO, RULE_SPORT, RULE_SRC, RULE_V4, RULE_V6,
+    RULE_VLAN, Rule,
+};
+
+use crate::{
+    decision::{FLOW_PORTS, Flow, NO_NAT, Packet},
+    maps::{NATS, RULES, RULESET},
+    wire::{IPPROTO_TCP, IPPROTO_UDP, extension_header, ptr_at},
+};
+
+/// The active policy word.
+#[inline(always)]
+fn policy() -> Policy {
+    match RULESET.get(0) {
+        Some(word) => Policy::decode(*word),
+        None => Policy { default: ACTION_FORWARD, ..Policy::default() },
+    }
+}
+
+/// Source and destination ports of a TCP or UDP header at `offset`, when there is one (not in
+/// later fragments).
+#[inline(always)]
+pub fn l4_ports(ctx: &XdpContext, packet: &Packet) -> Option<(u16, u16)> {
+    if !packet.first_fragment || (packet.proto != IPPROTO_TCP && packet.proto != IPPROTO_UDP) {
+        return None;
+    }
+    let p = ptr_at::<[u8; 4]>(ctx, packet.l4).ok()?;
+    // SAFETY: `ptr_at` checked that the 4 bytes lie inside the frame.
+    let p = unsafe { &*p };
+    Some((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
+}
+
+/// The policy stage: the active rules decide (`Err` to pass or drop; `Ok((true, _))` for
+/// the fast path) and the first matching NAT rewrite is returned. With no rules and no
+/// rewrites (the common case) it reads the policy word and nothing else.
+#[inline(always)]
+pub fn policy_stage(flow: &Flow, packet: &Packet) -> Result<(bool, u32), Counter> {
+    let policy = policy();
+    if policy.rules | policy.nats == 0 {
+        return Ok((verdict(policy.default)?, NO_NAT));
+    }
+    let action =
+        if policy.rules == 0 { policy.default } else { xdpfwd_rules(flow, policy.encode()) };
+    let fast = verdict(action)?;
+    Ok((fast, nat_for(flow, &policy, packet.unfragmented)?))
+}
+
+/// A rule action as the stage's result: `Err` to pass (`PassRule`) or drop (`DropRule`),
+/// `Ok(true)` to take the fast path, `Ok(false)` to forward as usual.
+#[inline(always)]
+fn verdict(action: u32) -> Result<bool, Counter> {
+    match action {
+        ACTION_KERNEL => Err(Counter::PassRule),
+        ACTION_DROP => Err(Counter::DropRule),
+        ACTION_FAST => Ok(true),
+        _ => Ok(false),
+    }
+}
+
+/// The action of the first matching rule of the active set (`word`: the [`Policy`]), or the
+/// set's default.
+///
+/// This, [`xdpfwd_nat_index`] and `route::xdpfwd_fib` are BPF *global* functions (they need
+/// the BTF that `.cargo/config.toml` asks for): the kernel verifies each once, on its own,
+/// with its arguments unknown, instead of once for every path that calls it. Inlined, the
+/// loops were re-verified for each IP version, VLAN offset and outcome.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xdpfwd_rules(flow: *const Flow, word: u32) -> u32 {
+    let policy = Policy::decode(word);
+    // SAFETY: callers pass a live `Flow`; the verifier checks the pointer (it may be null).
+    match unsafe { flow.as_ref() } {
+        Some(flow) => rule_action(flow, &policy),
+        None => policy.default,
+    }
+}
+
+#[inline(always)]
+fn rule_action(flow: &Flow, policy: &Policy) -> u32 {
+    let base = policy.set * MAX_RULES;
+    let mut i = 0;
+    while i < MAX_RULES {
+        if i >= policy.rules {
+            break;
+        }
+        if let Some(rule) = RULES.get(base + i)
+            && rule_matches(rule, flow)
+        {
+            return rule.action;
+        }
+        i += 1;
+    }
+    policy.default
+}
+
+/// Index in `NATS` of the first NAT rewrite of the active set that matches ([`NO_NAT`]:
+/// none); `Err(PassNat)` when one matches a frame that cannot be rewritten statelessly.
+#[inline(always)]
+fn nat_for(flow: &Flow, policy: &Policy, unfragmented: bool) -> Result<u32, Counter> {
+    if policy.nats == 0 {
+        return Ok(NO_NAT);
+    }
+    let index = xdpfwd_nat_index(flow, policy.encode());
+    if index == u32::MAX {
+        return Ok(NO_NAT);
+    }
+    if !unfragmented || extension_header(flow.proto) {
+        return Err(Counter::PassNat);
+    }
+    Ok(index)
+}
+
+/// Index in `NATS` of the first rewrite of the active set (`word`) that matches, or
+/// `u32::MAX`. A global function, as [`xdpfwd_rules`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xdpfwd_nat_index(flow: *const Flow, word: u32) -> u32 {
+    let policy = Policy::decode(word);
+    // SAFETY: as in `xdpfwd_rules`.
+    let Some(flow) = (unsafe { flow.as_ref() }) else { return u32::MAX };
+    let base = policy.set * MAX_NATS;
+    let mut i = 0;
+    while i < MAX_NATS {
+        if i >= policy.nats {
+            break;
+        }
+        if let Some(nat) = NATS.get(base + i)
+            && rule_matches(&nat.rule, flow)
+        {
+            return base + i;
+        }
+        i += 1;
+    }
+    u32::MAX
+}
+
+/// Whether the selectors of `r` match the flow (the `action` is not looked at).
+#[inline(always)]
+pub fn rule_matches(r: &Rule, flow: &Flow) -> bool {
+    let &Flow { ifindex, vlan, proto, ref src, ref dst, sport, dport, flags, .. } = flow;
+    let v6 = flow.v6();
+    let f = r.fields;
+    if (f & RULE_V4 != 0 && v6) || (f & RULE_V6 != 0 && !v6) {
+        return false;
+    }
+    if f & RULE_IN != 0 && r.in_ifindex != ifindex {
+        return false;
+    }
+    if f & RULE_VLAN != 0 && r.vlan != vlan {
+        return false;
+    }
+    if f & RULE_PROTO != 0 && r.proto != proto as u16 {
+        return false;
+    }
+    if f & RULE_SRC != 0
+        && (src[0] & r.src_mask[0] != r.src[0] || src[1] & r.src_mask[1] != r.src[1])
+    {
+        return false;
+    }
+    if f & RULE_DST != 0
+        && (dst[0] & r.dst_mask[0] != r.dst[0] || dst[1] & r.dst_mask[1] != r.dst[1])
+    {
+        return false;
+    }
+    if f & (RULE_SPORT | RULE_DPORT) != 0 {
+        if flags & FLOW_PORTS == 0 {
+            return false;
+        }
+        if f & RULE_SPORT != 0 && (sport < r.sport_lo || sport > r.sport_hi) {
+            return false;
+        }
+        if f & RULE_DPORT != 0 && (dport < r.dport_lo || dport > r.dport_hi) {
+            return false;
+        }
+    }
+    true
+}

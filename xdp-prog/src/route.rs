@@ -1,0 +1,293 @@
+//! The kernel's FIB, one step for both families: the policy rules choose tables, the longest
+//! prefix of a table gives a route, a nexthop group gives a path, the neighbour table its MAC.
+//!
+//! Reads `FIB_CTL`, `FIB_RULES`, the route tries, `NH_SLOTS`, `NH_GROUPS` and the neighbour
+//! tables; decides, never changes the frame. Whatever it cannot resolve exactly as the kernel
+//! would goes to the kernel.
+
+use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use xdpfwd_common::{
+    Counter, FIB_INVERT, FIB_NEVER, FIB_NO_SUPPRESS, FibAction, FibWord, HashPolicy,
+    IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IfaceInfo, MAX_FIB_RULES,
+    MAX_PATHS, META_IPV6, META_MAGIC, META_NEED_NEIGH, NeighKeyV4, NeighKeyV6, NhPath,
+    RULE_DPORT, RULE_PROTO, RULE_SPORT, Route, RouteKind, XskMeta, fib_rule_index, flow_hash,
+    route_key_bits, route_key_v4, route_key_v6,
+};
+
+use crate::{
+    classify::egress,
+    decision::{FLOW_FRAGMENT, FLOW_PORTS, Flow, Ingress, NO_NAT, Packet, STEER_FAST, Steer},
+    maps::{
+        FIB_CTL, FIB_RESULT, FIB_RULES, NEIGH_V4, NEIGH_V6, NH_GROUPS, NH_SLOTS, ROUTES_V4,
+        ROUTES_V6,
+    },
+    policy::rule_matches,
+    vlan::egress_vlan,
+    wire::{bytes, extension_header},
+};
+
+/// `xdpfwd_fib` found a route; it is in `FIB_RESULT`.
+const FIB_FOUND: u32 = 0;
+/// No rule led to a route (the kernel answers "network unreachable").
+const FIB_NO_ROUTE: u32 = 1;
+/// A rule whose outcome only the kernel knows.
+const FIB_KERNEL: u32 = 2;
+
+/// The route step: from the flow (its destination already translated by NAT) to the egress
+/// and next hop of the frame, for both families.
+#[inline(always)]
+pub fn route(
+    ctx: &XdpContext,
+    at: &Ingress,
+    flow: &Flow,
+    packet: &Packet,
+    (fast, nat): (bool, u32),
+    steer: &mut Steer,
+) -> Result<(), Counter> {
+    let v6 = flow.v6();
+    let word = FIB_CTL.get(v6 as u32).copied().unwrap_or(0);
+    let fib = FibWord::decode(word);
+    if fib.kernel {
+        return Err(Counter::PassFib);
+    }
+    let route = match xdpfwd_fib(flow, word) {
+        FIB_FOUND => FIB_RESULT.get(0).ok_or(Counter::PassRoute)?,
+        FIB_NO_ROUTE => return Err(Counter::PassRoute),
+        _ => return Err(Counter::PassFib),
+    };
+    let kind = route.kind();
+    let (oif, gateway) = match kind {
+        RouteKind::Unicast | RouteKind::Static | RouteKind::StaticMac => {
+            (route.oif, route.gateway)
+        }
+        RouteKind::Nexthop => {
+            let path = path(route.nh, flow, &fib)?;
+            (path.oif, path.gateway)
+        }
+        _ => return Err(Counter::PassRoute),
+    };
+    let out = egress(oif, at.ifindex)?;
+    let mtu = if route.mtu != 0 && route.mtu < out.mtu { route.mtu } else { out.mtu };
+    if packet.ip_len > mtu as usize {
+        return Err(Counter::PassMtu);
+    }
+    let vlan = egress_vlan(ctx, at, route.vlan, out)?;
+    let fast = fast || out.flags & IFACE_FAST_PATH != 0;
+    *steer = Steer {
+        meta: XskMeta {
+            oif,
+            flags: if v6 { META_IPV6 } else { 0 },
+            l3_off: at.l3 as u16,
+            addr: [0; 16],
+            magic: META_MAGIC,
+        },
+        slot: at.info.slot,
+        egress_slot: out.slot,
+        ip_len: packet.ip_len as u32,
+        nat,
+        push: vlan.push,
+        flags: vlan.flags() | if fast { STEER_FAST } else { 0 },
+    };
+    let mac = if kind == RouteKind::StaticMac {
+        route.mac
+    } else {
+        let next_hop = if gateway == [0; 16] { bytes(&flow.dst) } else { gateway };
+        match neighbour(oif, &next_hop, v6) {
+            Some(mac) => mac,
+            // The kernel forwards the packet itself, as it would without xdpfwd, unless the
+            // route or a rewrite is xdpfwd's own.
+            None if kernel_forwards(at.info, v6) && kind.is_kernel_route() && nat == NO_NAT => {
+                return Err(Counter::PassNeighMiss);
+            }
+            None => {
+                // User space holds the frame until the kernel has resolved `next_hop`.
+                steer.meta.flags |= META_NEED_NEIGH;
+                steer.meta.addr = next_hop;
+                steer.flags &= !STEER_FAST;
+                return Ok(());
+            }
+        }
+    };
+    steer.meta.addr[0..6].copy_from_slice(&mac);
+    steer.meta.addr[6..12].copy_from_slice(&out.mac);
+    Ok(())
+}
+
+#[inline(always)]
+fn kernel_forwards(info: &IfaceInfo, v6: bool) -> bool {
+    let flag = if v6 { IFACE_KERNEL_FWD_V6 } else { IFACE_KERNEL_FWD_V4 };
+    info.flags & flag != 0
+}
+
+/// The next hop's MAC from the neighbour table of its family.
+#[inline(always)]
+fn neighbour(oif: u32, addr: &[u8; 16], v6: bool) -> Option<[u8; 6]> {
+    // SAFETY (both lookups): the value is copied out at once; user space may rewrite it
+    // concurrently, which at worst yields the old or the new MAC for this frame.
+    if v6 {
+        let key = NeighKeyV6 { ifindex: oif, addr: *addr };
+        // SAFETY: see above.
+        unsafe { NEIGH_V6.get(&key) }.map(|n| n.mac)
+    } else {
+        let key = NeighKeyV4 { ifindex: oif, addr: [addr[0], addr[1], addr[2], addr[3]] };
+        // SAFETY: see above.
+        unsafe { NEIGH_V4.get(&key) }.map(|n| n.mac)
+    }
+}
+
+/// The path of nexthop slot `slot` that the flow's hash selects (hash-threshold, as the
+/// kernel's `nexthop_select_path_hthr` and `fib_select_multipath`).
+#[inline(always)]
+fn path(slot: u32, flow: &Flow, fib: &FibWord) -> Result<&'static NhPath, Counter> {
+    let index = NH_SLOTS.get(slot).copied().unwrap_or(0);
+    if index == 0 {
+        // A blackhole nexthop, a resilient group, a path xdpfwd does not mirror.
+        return Err(Counter::PassRoute);
+    }
+    let group = NH_GROUPS.get(index).ok_or(Counter::PassRoute)?;
+    if group.count > 1 && fib.ecmp_kernel {
+        return Err(Counter::PassFib);
+    }
+    let i = if group.count > 1 { xdpfwd_path(flow, index | (fib.hash as u32) << 31) } else { 0 };
+    group.paths.get(i as usize).ok_or(Counter::PassRoute)
+}
+
+/// Index of the path of group `arg & 0x7fff_ffff` that the flow's hash (policy: the top bit)
+/// selects, or `u32::MAX`. A global function, as `policy::xdpfwd_rules`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xdpfwd_path(flow: *const Flow, arg: u32) -> u32 {
+    // SAFETY: as in `xdpfwd_fib`.
+    let Some(flow) = (unsafe { flow.as_ref() }) else { return u32::MAX };
+    let Some(group) = NH_GROUPS.get(arg & 0x7fff_ffff) else { return u32::MAX };
+    let policy = if arg >> 31 == 1 { HashPolicy::L4 } else { HashPolicy::L3 };
+    let hash = hash(flow, policy);
+    let mut i = 0;
+    while i < MAX_PATHS {
+        if i >= group.count {
+            break;
+        }
+        if let Some(p) = group.paths.get(i as usize)
+            && hash <= p.bound
+        {
+            return i;
+        }
+        i += 1;
+    }
+    u32::MAX
+}
+
+/// The flow's ECMP hash over the fields the kernel's `fib_multipath_hash_policy` names:
+/// addresses (IPv6 also flow label and next header), or addresses, protocol and ports.
+#[inline(always)]
+fn hash(flow: &Flow, policy: HashPolicy) -> u32 {
+    let s = flow.src;
+    let d = flow.dst;
+    let (a, b) = match policy {
+        HashPolicy::L3 if flow.v6() => (flow.label, flow.proto as u32),
+        HashPolicy::L3 => (0, 0),
+        HashPolicy::L4 => {
+            let ports = if flow.flags & FLOW_PORTS != 0 {
+                (flow.sport as u32) << 16 | flow.dport as u32
+            } else {
+                0
+            };
+            (flow.proto as u32, ports)
+        }
+    };
+    flow_hash(&[
+        s[0] as u32,
+        (s[0] >> 32) as u32,
+        s[1] as u32,
+        (s[1] >> 32) as u32,
+        d[0] as u32,
+        (d[0] >> 32) as u32,
+        d[1] as u32,
+        (d[1] >> 32) as u32,
+        a,
+        b,
+    ])
+}
+
+/// Walks the policy rules of the flow's family (`word`: its [`FibWord`]) as the kernel's
+/// `fib_rules_lookup` does: the first matching rule whose table has a route (not `throw`, not
+/// suppressed) decides; `goto` jumps forward, `nop` goes on. Returns `FIB_FOUND` with the
+/// route in `FIB_RESULT`, `FIB_NO_ROUTE` or `FIB_KERNEL`. A global function, as
+/// `policy::xdpfwd_rules`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
+    // SAFETY: callers pass a live `Flow`; the verifier checks the pointer (it may be null).
+    let Some(flow) = (unsafe { flow.as_ref() }) else { return FIB_KERNEL };
+    let fib = FibWord::decode(word);
+    let v6 = flow.v6();
+    let mut i = 0;
+    let mut steps = 0;
+    while steps < MAX_FIB_RULES {
+        steps += 1;
+        if i >= fib.rules {
+            return FIB_NO_ROUTE;
+        }
+        let Some(rule) = FIB_RULES.get(fib_rule_index(fib.set, v6, i)) else { return FIB_KERNEL };
+        if rule.flags & FIB_NEVER != 0 {
+            i += 1;
+            continue;
+        }
+        if needs_kernel(rule.sel.fields, flow) {
+            return FIB_KERNEL;
+        }
+        if rule_matches(&rule.sel, flow) == (rule.flags & FIB_INVERT != 0) {
+            i += 1;
+            continue;
+        }
+        match FibAction::from_u32(rule.sel.action) {
+            FibAction::Lookup => {
+                if let Some(route) = lookup(flow, rule.table)
+                    && route.kind() != RouteKind::Throw
+                    && (rule.suppress == FIB_NO_SUPPRESS || route.prefix_len > rule.suppress)
+                {
+                    return match FIB_RESULT.get_ptr_mut(0) {
+                        Some(out) => {
+                            // SAFETY: a per-CPU slot only this CPU writes while this program
+                            // runs; the caller reads it right after this returns.
+                            unsafe { *out = *route };
+                            FIB_FOUND
+                        }
+                        None => FIB_KERNEL,
+                    };
+                }
+                i += 1;
+            }
+            // Only forward jumps exist (the kernel refuses others), so the walk ends.
+            FibAction::Goto if rule.target > i && rule.target != u32::MAX => i = rule.target,
+            FibAction::Goto | FibAction::Nop => i += 1,
+            FibAction::Kernel => return FIB_KERNEL,
+        }
+    }
+    FIB_KERNEL
+}
+
+/// Selectors the kernel evaluates on what its flow dissector finds, where this program sees
+/// something else: ports of fragments and of protocols other than TCP and UDP, the
+/// protocol behind IPv6 extension headers.
+#[inline(always)]
+fn needs_kernel(fields: u32, flow: &Flow) -> bool {
+    if fields & (RULE_SPORT | RULE_DPORT) != 0
+        && (flow.flags & FLOW_PORTS == 0 || flow.flags & FLOW_FRAGMENT != 0)
+    {
+        return true;
+    }
+    fields & (RULE_PROTO | RULE_SPORT | RULE_DPORT) != 0 && flow.v6() && extension_header(flow.proto)
+}
+
+/// The longest-prefix route of `table` for the flow's destination.
+#[inline(always)]
+fn lookup(flow: &Flow, table: u32) -> Option<&'static Route> {
+    let dst = bytes(&flow.dst);
+    if flow.v6() {
+        ROUTES_V6.get(&Key::new(route_key_bits(128), route_key_v6(table, dst)))
+    } else {
+        let addr = [dst[0], dst[1], dst[2], dst[3]];
+        ROUTES_V4.get(&Key::new(route_key_bits(32), route_key_v4(table, addr)))
+    }
+}
