@@ -315,7 +315,8 @@ mod tests {
 
     #[test]
     fn fib_word_round_trips() {
-        let w = FibWord { set: 1, rules: 7, hash: HashPolicy::L4, ecmp_kernel: true, kernel: false };
+        let w =
+            FibWord { set: 1, rules: 7, hash: HashPolicy::L4, ecmp_kernel: true, kernel: false };
         assert_eq!(FibWord::decode(w.encode()), w);
         assert_eq!(FibWord::decode(0xff << 8).rules, MAX_FIB_RULES, "clamped");
     }

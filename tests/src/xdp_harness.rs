@@ -180,8 +180,16 @@ impl Harness {
                 LpmTrie::try_from(self.ebpf.map_mut("ROUTES_V4").context("ROUTES_V4")?)?;
             let key = |table, len, a| Key::new(route_key_bits(len), route_key_v4(table, a));
             r4.insert(&key(254, 0, [0; 4]), route(RouteKind::Unicast, EGRESS, gw4, 0), 0)?;
-            r4.insert(&key(254, 24, [198, 51, 100, 0]), route(RouteKind::Unicast, EGRESS, [0; 16], 24), 0)?;
-            r4.insert(&key(254, 24, [198, 18, 1, 0]), route(RouteKind::Unicast, INGRESS, [0; 16], 24), 0)?;
+            r4.insert(
+                &key(254, 24, [198, 51, 100, 0]),
+                route(RouteKind::Unicast, EGRESS, [0; 16], 24),
+                0,
+            )?;
+            r4.insert(
+                &key(254, 24, [198, 18, 1, 0]),
+                route(RouteKind::Unicast, INGRESS, [0; 16], 24),
+                0,
+            )?;
             r4.insert(&key(255, 32, [198, 18, 1, 1]), route(RouteKind::Kernel, 0, [0; 16], 32), 0)?;
             let mut ecmp = route(RouteKind::Nexthop, 0, [0; 16], 0);
             ecmp.nh = 1;
@@ -233,7 +241,8 @@ impl Harness {
                 rules.set(fib_rule_index(0, v6, i as u32), rule, 0)?;
             }
         }
-        let mut ctl: Array<_, u32> = Array::try_from(self.ebpf.map_mut("FIB_CTL").context("FIB_CTL")?)?;
+        let mut ctl: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut("FIB_CTL").context("FIB_CTL")?)?;
         let word = FibWord { rules: 3, hash: HashPolicy::L4, ..FibWord::default() };
         ctl.set(0, word.encode(), 0)?;
         ctl.set(1, word.encode(), 0)?;

@@ -48,14 +48,14 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use xdpfwd_common::{
     FibRule, FibWord, HashPolicy, IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6,
     IFACE_MANAGED, IFACE_PEER_MAC, IFACE_UP, IFACE_VLAN_POP, IFACE_XCONNECT, IfaceInfo,
-    MAX_FIB_RULES, NeighKeyV4, NeighKeyV6, Neighbour, Route as MapRoute, RouteKind,
-    fib_rule_index, route_key_bits, route_key_v4, route_key_v6,
+    MAX_FIB_RULES, NeighKeyV4, NeighKeyV6, Neighbour, Route as MapRoute, RouteKind, fib_rule_index,
+    route_key_bits, route_key_v4, route_key_v6,
 };
 
 use crate::{
     fib_rules::{FibRuleSpec, FibRules},
     iface::{self, Iface},
-    nexthop::{NhEvent, Nexthops},
+    nexthop::{Nexthops, NhEvent},
     policy::{ControlPolicy, StaticRoute},
     routes::{Action, Place, Route, RouteTable, TABLE_STATIC},
     worker::{Resolve, Shared},
@@ -347,10 +347,11 @@ impl Control {
     /// ECMP to the kernel.
     fn poll_hash_policy(&mut self) {
         for (v6, family) in [(false, "ipv4"), (true, "ipv6")] {
-            let policy = fs::read_to_string(format!("/proc/sys/net/{family}/fib_multipath_hash_policy"))
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-                .unwrap_or(0);
+            let policy =
+                fs::read_to_string(format!("/proc/sys/net/{family}/fib_multipath_hash_policy"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                    .unwrap_or(0);
             let (hash, ecmp_kernel) = match policy {
                 0 => (HashPolicy::L3, false),
                 1 => (HashPolicy::L4, false),
@@ -421,7 +422,9 @@ impl Control {
             }
             NhEvent::Synced => {}
             NhEvent::Overrun => {
-                tracing::error!("nexthop events were lost (socket overrun): restart xdpfwd to resynchronise");
+                tracing::error!(
+                    "nexthop events were lost (socket overrun): restart xdpfwd to resynchronise"
+                );
             }
         }
     }
@@ -445,7 +448,12 @@ impl Control {
         match compiled {
             Some(rules) => {
                 for (i, rule) in rules.iter().enumerate() {
-                    if self.maps.fib_rules.set(fib_rule_index(next, v6, i as u32), *rule, 0).is_err() {
+                    if self
+                        .maps
+                        .fib_rules
+                        .set(fib_rule_index(next, v6, i as u32), *rule, 0)
+                        .is_err()
+                    {
                         kernel = Some("writing the rules failed");
                     }
                 }
@@ -563,17 +571,25 @@ impl Control {
         let value = route.map(|r| self.map_route(&r));
         let bits = route_key_bits(u32::from(prefix.prefix_len()));
         let result = match (prefix, value) {
-            (IpNet::V4(net), Some(v)) => {
-                self.maps.routes_v4.insert(&Key::new(bits, route_key_v4(table, net.addr().octets())), v, 0)
-            }
-            (IpNet::V4(net), None) => ignore_missing(
-                self.maps.routes_v4.remove(&Key::new(bits, route_key_v4(table, net.addr().octets()))),
+            (IpNet::V4(net), Some(v)) => self.maps.routes_v4.insert(
+                &Key::new(bits, route_key_v4(table, net.addr().octets())),
+                v,
+                0,
             ),
-            (IpNet::V6(net), Some(v)) => {
-                self.maps.routes_v6.insert(&Key::new(bits, route_key_v6(table, net.addr().octets())), v, 0)
-            }
+            (IpNet::V4(net), None) => ignore_missing(
+                self.maps
+                    .routes_v4
+                    .remove(&Key::new(bits, route_key_v4(table, net.addr().octets()))),
+            ),
+            (IpNet::V6(net), Some(v)) => self.maps.routes_v6.insert(
+                &Key::new(bits, route_key_v6(table, net.addr().octets())),
+                v,
+                0,
+            ),
             (IpNet::V6(net), None) => ignore_missing(
-                self.maps.routes_v6.remove(&Key::new(bits, route_key_v6(table, net.addr().octets()))),
+                self.maps
+                    .routes_v6
+                    .remove(&Key::new(bits, route_key_v6(table, net.addr().octets()))),
             ),
         };
         if let Err(err) = result {

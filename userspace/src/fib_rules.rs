@@ -140,7 +140,8 @@ pub struct FibRules {
 
 impl FibRules {
     pub fn add(&mut self, spec: FibRuleSpec) {
-        let at = self.rules.iter().position(|r| r.priority > spec.priority).unwrap_or(self.rules.len());
+        let at =
+            self.rules.iter().position(|r| r.priority > spec.priority).unwrap_or(self.rules.len());
         self.rules.insert(at, spec);
     }
 
@@ -300,7 +301,8 @@ mod tests {
         assert_eq!(spec.src, Some("198.18.0.0/24".parse().unwrap()));
         assert_eq!(spec.action, SpecAction::Lookup(100));
         assert!(!spec.opaque);
-        let mark = msg(RuleAction::ToTable, vec![RuleAttribute::FwMark(1), RuleAttribute::Table(7)]);
+        let mark =
+            msg(RuleAction::ToTable, vec![RuleAttribute::FwMark(1), RuleAttribute::Table(7)]);
         assert!(FibRuleSpec::from_message(&mark).unwrap().opaque);
         let goto = msg(RuleAction::Goto, vec![RuleAttribute::Goto(300)]);
         assert_eq!(FibRuleSpec::from_message(&goto).unwrap().action, SpecAction::Goto(300));
@@ -338,7 +340,12 @@ mod tests {
         }
         let base = FibRuleSpec::defaults(false)[0].clone();
         rules.add(FibRuleSpec { priority: 10, action: SpecAction::Goto(30), ..base.clone() });
-        rules.add(FibRuleSpec { priority: 20, opaque: true, action: SpecAction::Lookup(7), ..base.clone() });
+        rules.add(FibRuleSpec {
+            priority: 20,
+            opaque: true,
+            action: SpecAction::Lookup(7),
+            ..base.clone()
+        });
         rules.add(FibRuleSpec { priority: 30, iif: Some("lo".into()), ..base.clone() });
         let out = rules.compile(|_| None, |t| t != 253).unwrap();
         // local, goto, opaque, iif lo, main (the empty default table is left out)

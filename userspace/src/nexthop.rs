@@ -179,9 +179,7 @@ fn read_loop(socket: &Socket, stopped: &impl Fn() -> bool, tx: &UnboundedSender<
                 let _ = tx.send(NhEvent::Overrun);
                 continue;
             }
-            Err(e)
-                if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) =>
-            {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => {
                 continue;
             }
             Err(e) => {
@@ -344,7 +342,9 @@ impl Nexthops {
                     }
                 }
                 None => {
-                    tracing::warn!("nexthop groups exhausted: the kernel forwards through new ones");
+                    tracing::warn!(
+                        "nexthop groups exhausted: the kernel forwards through new ones"
+                    );
                     0
                 }
             },
@@ -395,13 +395,19 @@ mod tests {
     fn parses_single_group_blackhole_and_delete() {
         assert_eq!(
             parse(RTM_NEWNEXTHOP, &single()),
-            Some(NhEvent::Set(6, Nexthop::Single { oif: 3, gateway: Some("198.18.2.2".parse().unwrap()) }))
+            Some(NhEvent::Set(
+                6,
+                Nexthop::Single { oif: 3, gateway: Some("198.18.2.2".parse().unwrap()) }
+            ))
         );
         let mut g = vec![0, 0, 3, 0, 0, 0, 0, 0];
         g.extend_from_slice(&[8, 0, 1, 0, 7, 0, 0, 0]);
         // NHA_GROUP: (6, weight 1), (8, weight 3)
         g.extend_from_slice(&[20, 0, 2, 0, 6, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 2, 0, 0, 0]);
-        assert_eq!(parse(RTM_NEWNEXTHOP, &g), Some(NhEvent::Set(7, Nexthop::Group(vec![(6, 1), (8, 3)]))));
+        assert_eq!(
+            parse(RTM_NEWNEXTHOP, &g),
+            Some(NhEvent::Set(7, Nexthop::Group(vec![(6, 1), (8, 3)])))
+        );
         let mut res = g.clone();
         res.extend_from_slice(&[6, 0, 3, 0, 1, 0, 0, 0]); // NHA_GROUP_TYPE resilient
         assert_eq!(parse(RTM_NEWNEXTHOP, &res), Some(NhEvent::Set(7, Nexthop::Kernel)));

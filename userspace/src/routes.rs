@@ -128,9 +128,7 @@ impl Route {
             RouteType::Throw => Action::Throw,
             RouteType::Unicast if plain => match nhid {
                 Some(id) => Action::Nexthop { id },
-                None if !paths.is_empty()
-                    && paths.iter().all(|p| family_ok(&p.gateway)) =>
-                {
+                None if !paths.is_empty() && paths.iter().all(|p| family_ok(&p.gateway)) => {
                     Action::Nexthop { id: 0 }
                 }
                 None if oif != 0 && paths.is_empty() && family_ok(&gateway) => {
@@ -165,11 +163,7 @@ fn multipath(hops: &[RouteNextHop]) -> Option<Vec<Path>> {
             if hop.flags.contains(RouteNextHopFlags::Dead) || hop.interface_index == 0 {
                 return None;
             }
-            Some(Path {
-                oif: hop.interface_index,
-                gateway,
-                weight: u32::from(hop.hops) + 1,
-            })
+            Some(Path { oif: hop.interface_index, gateway, weight: u32::from(hop.hops) + 1 })
         })
         .collect()
 }
@@ -388,7 +382,8 @@ mod tests {
     fn tables_are_separate_entries() {
         let mut t = RouteTable::default();
         t.add(route("198.18.0.1/32", TABLE_MAIN, 0, DEV), Place::Append);
-        let (table, r) = t.add(route("198.18.0.1/32", TABLE_LOCAL, 0, Action::Kernel), Place::Append);
+        let (table, r) =
+            t.add(route("198.18.0.1/32", TABLE_LOCAL, 0, Action::Kernel), Place::Append);
         assert_eq!((table, r.map(|r| r.action)), (TABLE_LOCAL, Some(Action::Kernel)));
         assert_eq!(t.entries().count(), 2);
         assert!(t.has_table(TABLE_LOCAL, false));
@@ -460,7 +455,9 @@ mod tests {
         assert_eq!(t.using_nexthop(6).len(), 2);
         let changed = t.remove_nexthop(6);
         assert_eq!(changed.len(), 2);
-        assert!(changed.iter().any(|(tb, _, r)| *tb == TABLE_MAIN && r.map(|r| r.action) == Some(DEV)));
+        assert!(
+            changed.iter().any(|(tb, _, r)| *tb == TABLE_MAIN && r.map(|r| r.action) == Some(DEV))
+        );
         assert!(changed.iter().any(|(tb, _, r)| *tb == 100 && r.is_none()));
     }
 }
@@ -516,7 +513,10 @@ mod parse_tests {
             ],
         );
         let r = parse(&dev);
-        assert_eq!((r.action, r.metric, r.mtu), (Action::Unicast { oif: 4, gateway: None }, 100, 1400));
+        assert_eq!(
+            (r.action, r.metric, r.mtu),
+            (Action::Unicast { oif: 4, gateway: None }, 100, 1400)
+        );
     }
 
     #[test]
@@ -550,7 +550,13 @@ mod parse_tests {
         let mp = message(
             254,
             RouteType::Unicast,
-            vec![dst(), RouteAttribute::MultiPath(vec![hop(3, [198, 18, 1, 2], 0), hop(4, [198, 18, 2, 2], 1)])],
+            vec![
+                dst(),
+                RouteAttribute::MultiPath(vec![
+                    hop(3, [198, 18, 1, 2], 0),
+                    hop(4, [198, 18, 2, 2], 1),
+                ]),
+            ],
         );
         let parsed = Route::from_message(&mp).unwrap();
         assert_eq!(parsed.route.action, Action::Nexthop { id: 0 });
@@ -558,7 +564,8 @@ mod parse_tests {
         assert_eq!(parsed.paths[1].weight, 2, "rtnh_hops is the weight minus one");
         let mut dead = hop(3, [198, 18, 1, 2], 0);
         dead.flags = RouteNextHopFlags::Dead;
-        let with_dead = message(254, RouteType::Unicast, vec![dst(), RouteAttribute::MultiPath(vec![dead])]);
+        let with_dead =
+            message(254, RouteType::Unicast, vec![dst(), RouteAttribute::MultiPath(vec![dead])]);
         assert_eq!(parse(&with_dead).action, Action::Kernel);
     }
 }

@@ -166,7 +166,8 @@ fn ipv4(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
         first_fragment,
         unfragmented: first_fragment && ip[6] & 0x20 == 0,
     };
-    let word = |at: usize| [u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]) as u64, 0];
+    let word =
+        |at: usize| [u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]) as u64, 0];
     routed(ctx, at, &packet, (word(ipv4::SRC), word(ipv4::DST)), 0, steer)
 }
 

@@ -10,9 +10,7 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use xdpfwd_common::{
-    Counter, META_IPV6, META_L2, META_LEN, META_NEED_NEIGH, XskMeta, xsk_key,
-};
+use xdpfwd_common::{Counter, META_IPV6, META_L2, META_LEN, META_NEED_NEIGH, XskMeta, xsk_key};
 
 use crate::{
     decision::{STEER_PEER_MAC, Steer},

@@ -7,12 +7,13 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap},
 };
-use crate::decision::{Flow, Steer};
 use xdpfwd_common::{
     Counter, FibRule, IfaceInfo, MAX_FIB_RULES, MAX_IFACES, MAX_NATS, MAX_NEIGHBOURS,
     MAX_NH_GROUPS, MAX_NH_SLOTS, MAX_ROUTES, MAX_RULES, Nat, NeighKeyV4, NeighKeyV6, Neighbour,
     NhGroup, RULESET_LEN, Route, Rule, XSK_MAP_SIZE,
 };
+
+use crate::decision::{Flow, Steer};
 
 #[map]
 pub static XSKS: XskMap = XskMap::with_max_entries(XSK_MAP_SIZE, 0);
@@ -44,11 +45,9 @@ pub static STEER: PerCpuArray<Steer> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static FIB_RESULT: PerCpuArray<Route> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-pub static NEIGH_V4: HashMap<NeighKeyV4, Neighbour> =
-    HashMap::with_max_entries(MAX_NEIGHBOURS, 0);
+pub static NEIGH_V4: HashMap<NeighKeyV4, Neighbour> = HashMap::with_max_entries(MAX_NEIGHBOURS, 0);
 #[map]
-pub static NEIGH_V6: HashMap<NeighKeyV6, Neighbour> =
-    HashMap::with_max_entries(MAX_NEIGHBOURS, 0);
+pub static NEIGH_V6: HashMap<NeighKeyV6, Neighbour> = HashMap::with_max_entries(MAX_NEIGHBOURS, 0);
 /// Egress devices of the fast path, keyed by interface slot.
 #[map]
 pub static DEVMAP: DevMap = DevMap::with_max_entries(MAX_IFACES, 0);

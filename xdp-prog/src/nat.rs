@@ -182,7 +182,6 @@ pub fn nat_v6<const L3: usize>(ctx: &XdpContext, nat: &Nat) -> Result<(), Counte
     Ok(())
 }
 
-
 /// The bytes of the L4 header a rewrite of `proto` reads or writes, from its start.
 #[inline(always)]
 pub fn l4_span(proto: u8) -> usize {

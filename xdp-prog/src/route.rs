@@ -8,10 +8,10 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use xdpfwd_common::{
     Counter, FIB_INVERT, FIB_NEVER, FIB_NO_SUPPRESS, FibAction, FibWord, HashPolicy,
-    IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IfaceInfo, MAX_FIB_RULES,
-    MAX_PATHS, META_IPV6, META_MAGIC, META_NEED_NEIGH, NeighKeyV4, NeighKeyV6, NhPath,
-    RULE_DPORT, RULE_PROTO, RULE_SPORT, Route, RouteKind, XskMeta, fib_rule_index, flow_hash,
-    route_key_bits, route_key_v4, route_key_v6,
+    IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IfaceInfo, MAX_FIB_RULES, MAX_PATHS,
+    META_IPV6, META_MAGIC, META_NEED_NEIGH, NeighKeyV4, NeighKeyV6, NhPath, RULE_DPORT, RULE_PROTO,
+    RULE_SPORT, Route, RouteKind, XskMeta, fib_rule_index, flow_hash, route_key_bits, route_key_v4,
+    route_key_v6,
 };
 
 use crate::{
@@ -57,9 +57,7 @@ pub fn route(
     };
     let kind = route.kind();
     let (oif, gateway) = match kind {
-        RouteKind::Unicast | RouteKind::Static | RouteKind::StaticMac => {
-            (route.oif, route.gateway)
-        }
+        RouteKind::Unicast | RouteKind::Static | RouteKind::StaticMac => (route.oif, route.gateway),
         RouteKind::Nexthop => {
             let path = path(route.nh, flow, &fib)?;
             (path.oif, path.gateway)
@@ -277,7 +275,9 @@ fn needs_kernel(fields: u32, flow: &Flow) -> bool {
     {
         return true;
     }
-    fields & (RULE_PROTO | RULE_SPORT | RULE_DPORT) != 0 && flow.v6() && extension_header(flow.proto)
+    fields & (RULE_PROTO | RULE_SPORT | RULE_DPORT) != 0
+        && flow.v6()
+        && extension_header(flow.proto)
 }
 
 /// The longest-prefix route of `table` for the flow's destination.

@@ -3,10 +3,7 @@
 //! Decides with [`egress_vlan`] (no change) and applies with [`vlan_apply`], which either
 //! changes the frame completely or not at all.
 
-use aya_ebpf::{
-    helpers::bpf_xdp_adjust_head,
-    programs::XdpContext,
-};
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use xdpfwd_common::{Counter, IfaceInfo};
 
 use crate::{
@@ -64,8 +61,8 @@ pub fn vlan_apply(ctx: &XdpContext, l3: usize, vlan: Vlan) -> Result<usize, Coun
             if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(VLAN_HLEN as i32)) } != 0 {
                 return Err(Counter::PassNoMeta);
             }
-            let eth = ptr_at::<[u8; ETH_HLEN + VLAN_HLEN]>(ctx, 0)?
-                as *mut [u8; ETH_HLEN + VLAN_HLEN];
+            let eth =
+                ptr_at::<[u8; ETH_HLEN + VLAN_HLEN]>(ctx, 0)? as *mut [u8; ETH_HLEN + VLAN_HLEN];
             // SAFETY: `ptr_at` checked the 18 bytes. The MACs move 4 bytes down and the tag
             // goes between them and the ethertype.
             unsafe {
