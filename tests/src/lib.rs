@@ -480,6 +480,40 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// A second link between the forwarder and the server, `{p}f2` 198.18.3.1/24,
+    /// 2001:2:0:3::1/64 ─── `{p}s2` 198.18.3.2/24, 2001:2:0:3::2/64; it goes away with the
+    /// namespaces. Returns the two interface names.
+    pub fn second_link(&self) -> anyhow::Result<(String, String)> {
+        let (f2, s2) = (format!("{}f2", self.prefix), format!("{}s2", self.prefix));
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &f2,
+            "netns",
+            &self.fwd,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &s2,
+            "netns",
+            &self.server,
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (&self.fwd, &f2, "198.18.3.1/24", "2001:2:0:3::1/64"),
+            (&self.server, &s2, "198.18.3.2/24", "2001:2:0:3::2/64"),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", v4, "dev", dev])?;
+            sh(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+        }
+        ns_sh(&self.server, &["ethtool", "-K", &s2, "tx", "off"])?;
+        Ok((f2, s2))
+    }
+}
+
 /// "aa:bb:cc:dd:ee:ff"
 pub fn fmt_mac(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")

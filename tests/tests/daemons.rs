@@ -197,36 +197,6 @@ fn assert_no_process_left(ns: &str, pids: &[u32]) {
     }
 }
 
-/// A second link between the forwarder and the server (see the module doc); it goes away
-/// with the namespaces.
-fn second_link(topo: &Topology) -> anyhow::Result<()> {
-    let (f2, s2) = (format!("{}f2", topo.prefix), format!("{}s2", topo.prefix));
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        &f2,
-        "netns",
-        &topo.fwd,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &s2,
-        "netns",
-        &topo.server,
-    ])?;
-    for (ns, dev, v4, v6) in [
-        (&topo.fwd, &f2, "198.18.3.1/24", "2001:2:0:3::1/64"),
-        (&topo.server, &s2, "198.18.3.2/24", "2001:2:0:3::2/64"),
-    ] {
-        sh(&["ip", "-n", ns, "addr", "add", v4, "dev", dev])?;
-        sh(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
-        sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
-    }
-    Ok(())
-}
-
 #[test]
 fn frr_static_route_is_installed_through_a_nexthop_object_and_removed_on_drop() {
     let topo = Topology::new("ds", true).unwrap();
@@ -339,7 +309,7 @@ fn daemons_that_fail_to_start_leave_nothing_behind() {
 #[test]
 fn frr_bgp_over_two_links_installs_an_ecmp_group_and_a_shut_neighbour_withdraws_its_path() {
     let topo = Topology::new("db", true).unwrap();
-    second_link(&topo).unwrap();
+    topo.second_link().unwrap();
     let f2 = format!("{}f2", topo.prefix);
     let started = Instant::now();
     let server =
@@ -410,7 +380,7 @@ fn frr_bgp_over_two_links_installs_an_ecmp_group_and_a_shut_neighbour_withdraws_
 #[test]
 fn bird_merges_two_bgp_paths_from_frr_into_one_multipath_route() {
     let topo = Topology::new("bb", true).unwrap();
-    second_link(&topo).unwrap();
+    topo.second_link().unwrap();
     let f2 = format!("{}f2", topo.prefix);
     let started = Instant::now();
     let server =

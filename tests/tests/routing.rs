@@ -1,0 +1,339 @@
+//! The kernel's FIB as routing daemons and operators build it, mirrored by xdpfwd: policy rules
+//! (`ip rule`) of every selector it evaluates and some it leaves to the kernel, rule tables,
+//! `throw`, blackhole and route MTUs compared frame for frame with the kernel's own
+//! forwarding; routes that FRR installs through nexthop objects and groups, and BIRD's
+//! multipath routes, forwarded with the kernel's forwarding off and followed as they change.
+//!
+//! ```text
+//!   client ns                forwarder ns                   server ns
+//!   {p}c0 198.18.1.2/24 ─── {p}f0 198.18.1.1/24
+//!                            {p}f1 198.18.2.1/24 ─────────── {p}s0 198.18.2.2/24
+//!                            {p}f2 198.18.3.1/24 ─────────── {p}s2 198.18.3.2/24
+//! ```
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use etherparse::PacketBuilder;
+use xdpfwd_tests::{
+    Forwarder, Topology,
+    daemons::{Bird, Frr},
+    fmt_mac, in_netns, ns_sh,
+    packet::RawSocket,
+    sh, xdp_counter,
+};
+
+/// A UDP or TCP frame from `src` to `dst` as the client sends it (raw, any source address).
+fn frame(
+    c_mac: [u8; 6],
+    f_mac: [u8; 6],
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    tcp: bool,
+    (sport, dport): (u16, u16),
+    len: usize,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(c_mac, f_mac).ipv4(src.octets(), dst.octets(), 64);
+    let payload: Vec<u8> = (0..len).map(|i| (i * 13 + 1) as u8).collect();
+    let mut out = Vec::new();
+    if tcp {
+        b.tcp(sport, dport, 1, 64240).ack(1).write(&mut out, &payload).expect("frame builds");
+    } else {
+        b.udp(sport, dport).write(&mut out, &payload).expect("frame builds");
+    }
+    out
+}
+
+/// Both server-side interfaces captured: frames to 198.19.0.0/16 that arrived on each.
+struct Capture {
+    s0: RawSocket,
+    s2: RawSocket,
+}
+
+impl Capture {
+    fn open(topo: &Topology, s2: &str) -> Capture {
+        let (a, b) = (topo.s0.clone(), s2.to_string());
+        Capture {
+            s0: in_netns(&topo.server, move || RawSocket::open(&a)).unwrap().unwrap(),
+            s2: in_netns(&topo.server, move || RawSocket::open(&b)).unwrap().unwrap(),
+        }
+    }
+
+    fn take(&self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let ours = |f: &Vec<u8>| f.len() >= 34 && f[12..14] == [8, 0] && f[30..32] == [198, 19];
+        let a =
+            self.s0.drain(Duration::from_millis(400), 100_000).into_iter().filter(ours).collect();
+        let b =
+            self.s2.drain(Duration::from_millis(400), 100_000).into_iter().filter(ours).collect();
+        (a, b)
+    }
+}
+
+fn neighbours(topo: &Topology, f2: &str, s2: &str) {
+    let s0_mac = fmt_mac(topo.mac(&topo.server, &topo.s0).unwrap());
+    let s2_mac = fmt_mac(topo.mac(&topo.server, s2).unwrap());
+    for (addr, mac, dev) in [("198.18.2.2", &s0_mac, topo.f1.as_str()), ("198.18.3.2", &s2_mac, f2)]
+    {
+        sh(&[
+            "ip",
+            "-n",
+            &topo.fwd,
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    }
+}
+
+fn ip(topo: &Topology, args: &str) {
+    let mut full = vec!["ip", "-n", topo.fwd.as_str()];
+    full.extend(args.split_whitespace());
+    sh(&full).unwrap();
+}
+
+/// The rule set of the test: every selector xdpfwd evaluates, a goto, an inverted rule, a
+/// rule only the kernel can evaluate (fwmark), tables with `throw`, a blackhole, a route MTU.
+fn policy(topo: &Topology, f2: &str) {
+    let f1 = topo.f1.as_str();
+    for r in [
+        format!("route add 198.19.50.0/24 via 198.18.2.2 dev {f1}"),
+        format!("route add 198.19.51.0/24 via 198.18.2.2 dev {f1}"),
+        format!("route add 198.19.52.0/24 via 198.18.2.2 dev {f1} mtu 1000"),
+        format!("route add 198.19.50.0/24 via 198.18.3.2 dev {f2} table 100"),
+        "route add throw 198.19.51.0/24 table 100".to_string(),
+        format!("route add default via 198.18.3.2 dev {f2} table 100"),
+        "route add blackhole 198.19.50.0/24 table 101".to_string(),
+        format!("route add 198.19.51.0/24 via 198.18.3.2 dev {f2} table 102"),
+        "rule add pref 100 from 198.18.1.0/28 lookup 100".to_string(),
+        "rule add pref 110 ipproto udp dport 6000-6010 lookup 102".to_string(),
+        "rule add pref 120 from 198.18.1.128/26 fwmark 1 lookup 100".to_string(),
+        format!("rule add pref 130 iif {} ipproto tcp lookup 100", topo.f0),
+        "rule add pref 140 not from 198.18.1.0/24 lookup 100".to_string(),
+        "rule add pref 150 from 198.18.1.240/28 goto 160".to_string(),
+        "rule add pref 155 from 198.18.1.192/27 lookup 101".to_string(),
+        "rule add pref 160 dport 7000 lookup 102 suppress_prefixlength 0".to_string(),
+    ] {
+        ip(topo, &r);
+    }
+}
+
+/// The stream: each source, protocol and port picks a different rule.
+fn stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
+    let a = |s: [u8; 4], d: [u8; 4]| (Ipv4Addr::from(s), Ipv4Addr::from(d));
+    let mut out = Vec::new();
+    for dst in [[198, 19, 50, 7], [198, 19, 51, 7], [198, 19, 52, 7]] {
+        for (src, tcp, ports) in [
+            ([198, 18, 1, 2], false, (4000, 9000)),  // pref 100: table 100
+            ([198, 18, 1, 60], false, (4000, 6005)), // pref 110: table 102
+            ([198, 18, 1, 60], false, (4000, 6011)), // main
+            ([198, 18, 1, 150], false, (4000, 9000)), // fwmark rule: the kernel's
+            ([198, 18, 1, 60], true, (4000, 80)),    // pref 130: iif + tcp
+            ([198, 18, 5, 5], false, (4000, 9000)),  // pref 140: not from
+            ([198, 18, 1, 245], false, (4000, 9000)), // pref 150: goto over 155
+            ([198, 18, 1, 200], false, (4000, 9000)), // pref 155: blackhole in 101
+            ([198, 18, 1, 60], false, (4000, 7000)), // pref 160: suppressed default
+        ] {
+            out.push(frame(c_mac, f_mac, a(src, dst), tcp, ports, 100));
+        }
+    }
+    // Over the route MTU (1000): the kernel fragments it.
+    out.push(frame(c_mac, f_mac, a([198, 18, 1, 60], [198, 19, 52, 8]), false, (4000, 9000), 1200));
+    out
+}
+
+fn send_stream(topo: &Topology, capture: &Capture) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let c0 = topo.c0.clone();
+    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    for f in stream(c_mac, f_mac) {
+        sender.send(&f).unwrap();
+        thread::sleep(Duration::from_millis(5));
+    }
+    capture.take()
+}
+
+#[test]
+fn policy_rules_choose_the_egress_exactly_as_the_kernel_does() {
+    let topo = Topology::new("pr", true).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    // The sources are not on the client's link: no reverse-path filter in the way.
+    for conf in ["all", "default", topo.f0.as_str()] {
+        ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
+    }
+    policy(&topo, &f2);
+    let capture = Capture::open(&topo, &s2);
+    let kernel = send_stream(&topo, &capture);
+    assert!(kernel.0.len() + kernel.1.len() >= 20, "the kernel forwarded {kernel:?}");
+
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
+    let ours = send_stream(&topo, &capture);
+    let done = fwd.stop().unwrap();
+    assert!(xdp_counter(&done.stdout, "steered") >= 15, "xdpfwd forwarded most: {}", done.stdout);
+    assert!(xdp_counter(&done.stdout, "pass_fib") >= 1, "the fwmark rule went to the kernel");
+    assert_eq!(ours.0, kernel.0, "frames out of f1 differ");
+    assert_eq!(ours.1, kernel.1, "frames out of f2 differ");
+}
+
+/// Sends `flows` UDP flows (different source ports, and source addresses unless
+/// `one_source`), `per_flow` frames each, to `dst`; returns for every flow the set of links
+/// (0: s0, 2: s2) its frames arrived on, and the total.
+fn flows(
+    topo: &Topology,
+    capture: &Capture,
+    dst: Ipv4Addr,
+    (flows, per_flow): (u16, usize),
+    one_source: bool,
+) -> (BTreeMap<u16, BTreeSet<u8>>, usize) {
+    let c0 = topo.c0.clone();
+    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    for _ in 0..per_flow {
+        for port in 0..flows {
+            let host = if one_source { 2 } else { 10 + (port % 200) as u8 };
+            let f = frame(
+                c_mac,
+                f_mac,
+                (Ipv4Addr::new(198, 18, 1, host), dst),
+                false,
+                (10_000 + port, 9000),
+                64,
+            );
+            sender.send(&f).unwrap();
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    let (a, b) = capture.take();
+    let mut seen: BTreeMap<u16, BTreeSet<u8>> = BTreeMap::new();
+    for (link, frames) in [(0u8, &a), (2u8, &b)] {
+        for f in frames.iter() {
+            let sport = u16::from_be_bytes([f[34], f[35]]);
+            seen.entry(sport).or_default().insert(link);
+        }
+    }
+    (seen, a.len() + b.len())
+}
+
+/// Waits (at most 10 s) until the kernel's route for `prefix` in the forwarder shows `want`.
+fn wait_route(topo: &Topology, prefix: &str, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = sh(&["ip", "-n", &topo.fwd, "route", "show", prefix]).unwrap_or_default();
+        if want(&r) || Instant::now() > deadline {
+            return r;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Only xdpfwd can forward: the kernel's forwarding is (still) off.
+fn assert_forwarding_off(topo: &Topology) {
+    let v = ns_sh(&topo.fwd, &["sysctl", "-n", "net.ipv4.ip_forward"]).unwrap();
+    assert_eq!(v.trim(), "0", "the kernel's forwarding is off");
+}
+
+const FRR_CONF: &str = "frr defaults traditional
+!
+ip route 198.19.60.0/24 198.18.2.2
+ip route 198.19.61.0/24 198.18.2.2
+ip route 198.19.61.0/24 198.18.3.2
+!
+";
+
+#[test]
+fn frr_routes_through_nexthop_objects_and_groups_are_forwarded_with_kernel_forwarding_off() {
+    let topo = Topology::new("fr", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    let frr = Frr::start(&topo.fwd, &topo.fwd, &["zebra", "staticd"], FRR_CONF).unwrap();
+    let single = wait_route(&topo, "198.19.60.0/24", |r| r.contains("nhid"));
+    assert!(single.contains("nhid"), "FRR installs through a nexthop object: {single}");
+    let group = wait_route(&topo, "198.19.61.0/24", |r| r.contains("nhid") && r.contains(&f2));
+    assert!(group.contains(&topo.f1) && group.contains(&f2), "{group}");
+
+    assert_forwarding_off(&topo);
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 60, 9), (8, 20), false);
+    assert_eq!(total, 160, "every frame through the nexthop object arrived: {seen:?}");
+    assert!(seen.values().all(|l| *l == BTreeSet::from([0])), "all out of f1: {seen:?}");
+
+    let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 61, 9), (32, 10), false);
+    assert_eq!(total, 320, "every frame through the group arrived");
+    assert!(seen.values().all(|l| l.len() == 1), "a flow never changes path: {seen:?}");
+    let on = |link: u8| seen.values().filter(|l| l.contains(&link)).count();
+    assert!(on(0) >= 4 && on(2) >= 4, "both paths carry flows: {} and {}", on(0), on(2));
+
+    // FRR removes a path: the group changes under the route, frames follow.
+    frr.configure(&["no ip route 198.19.61.0/24 198.18.3.2"]).unwrap();
+    let after = wait_route(&topo, "198.19.61.0/24", |r| !r.contains(&f2));
+    assert!(!after.contains(&f2), "{after}");
+    thread::sleep(Duration::from_millis(300));
+    let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 61, 9), (32, 5), false);
+    assert_eq!(total, 160);
+    assert!(seen.values().all(|l| *l == BTreeSet::from([0])), "all out of f1 now: {seen:?}");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+    assert!(xdp_counter(&done.stdout, "steered") >= 640, "{}", done.stdout);
+    drop(frr);
+}
+
+const BIRD_CONF: &str = "log stderr all;
+router id 198.18.1.1;
+protocol device { scan time 1; }
+protocol kernel kernel4 { scan time 1; merge paths on; ipv4 { export all; import none; }; }
+protocol static static4 { ipv4; route 198.19.80.0/24 via 198.18.2.2 via 198.18.3.2; }
+";
+
+#[test]
+fn bird_multipath_routes_are_forwarded_with_kernel_forwarding_off() {
+    let topo = Topology::new("br", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    let bird = Bird::start(&topo.fwd, &topo.fwd, BIRD_CONF).unwrap();
+    let route = wait_route(&topo, "198.19.80.0/24", |r| r.contains("nexthop") && r.contains(&f2));
+    assert!(route.contains("nexthop") && !route.contains("nhid"), "RTA_MULTIPATH: {route}");
+
+    assert_forwarding_off(&topo);
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 80, 9), (32, 10), false);
+    assert_eq!(total, 320, "every frame arrived");
+    assert!(seen.values().all(|l| l.len() == 1), "a flow never changes path: {seen:?}");
+    let on = |link: u8| seen.values().filter(|l| l.contains(&link)).count();
+    assert!(on(0) >= 4 && on(2) >= 4, "both paths carry flows: {} and {}", on(0), on(2));
+    // fib_multipath_hash_policy 0 hashes addresses only: one source, one path.
+    let (seen, _) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 80, 9), (16, 4), true);
+    let paths: BTreeSet<u8> = seen.values().flatten().copied().collect();
+    assert_eq!(paths.len(), 1, "policy 0: ports do not count: {seen:?}");
+    // Policy 1 hashes the ports too: xdpfwd follows the sysctl.
+    ns_sh(&topo.fwd, &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"]).unwrap();
+    thread::sleep(Duration::from_millis(1200));
+    let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 80, 9), (32, 4), true);
+    assert_eq!(total, 128);
+    assert!(seen.values().all(|l| l.len() == 1), "a flow never changes path: {seen:?}");
+    let paths: BTreeSet<u8> = seen.values().flatten().copied().collect();
+    assert_eq!(paths.len(), 2, "policy 1: ports spread one source's flows: {seen:?}");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+    assert!(xdp_counter(&done.stdout, "steered") >= 512, "{}", done.stdout);
+    drop(bird);
+}
