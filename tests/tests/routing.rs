@@ -337,3 +337,36 @@ fn bird_multipath_routes_are_forwarded_with_kernel_forwarding_off() {
     assert!(xdp_counter(&done.stdout, "steered") >= 512, "{}", done.stdout);
     drop(bird);
 }
+
+/// The kernel deletes the routes through a link that goes down without `RTM_DELROUTE`, and
+/// does not bring them back when it comes up: xdpfwd must not forward on them either.
+#[test]
+fn routes_the_kernel_drops_with_a_link_are_dropped_with_it() {
+    let topo = Topology::new("ld", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    ip(&topo, &format!("route add 198.19.90.0/24 via 198.18.2.2 dev {}", topo.f1));
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    let dst = Ipv4Addr::new(198, 19, 90, 9);
+    let (_, total) = flows(&topo, &capture, dst, (4, 10), false);
+    assert_eq!(total, 40, "forwarded while the route exists");
+
+    ip(&topo, &format!("link set {} down", topo.f1));
+    ip(&topo, &format!("link set {} up", topo.f1));
+    neighbours(&topo, &f2, &s2);
+    let gone = wait_route(&topo, "198.19.90.0/24", |r| r.trim().is_empty());
+    assert!(gone.trim().is_empty(), "the kernel dropped the route: {gone}");
+    thread::sleep(Duration::from_millis(500));
+    let (seen, total) = flows(&topo, &capture, dst, (4, 10), false);
+    assert_eq!(total, 0, "nothing forwarded on a route the kernel no longer has: {seen:?}");
+
+    ip(&topo, &format!("route add 198.19.90.0/24 via 198.18.2.2 dev {}", topo.f1));
+    thread::sleep(Duration::from_millis(300));
+    let (_, total) = flows(&topo, &capture, dst, (4, 10), false);
+    assert_eq!(total, 40, "forwarded again once the route is back");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+}

@@ -138,3 +138,27 @@ proptest! {
         prop_assert!(v6_checksum_ok(&out), "checksum verifies: {:02x?}", &out[..62]);
     }
 }
+
+/// A frame the program passes is the frame that arrived, even when a rewrite and a VLAN pop
+/// apply to it and the destination device exists: a tagged TCP frame to port 80 whose TCP
+/// header is cut short (the IP length covers only 10 of its bytes) cannot be rewritten, and
+/// must reach the kernel with its tag, addresses and ports untouched.
+#[test]
+fn a_truncated_tagged_frame_matching_a_rewrite_passes_unchanged() {
+    const XDP_PASS: u32 = 2;
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(SRC_MAC, INGRESS_MAC)
+        .ipv4([198, 18, 1, 2], [198, 51, 100, 7], 64)
+        .tcp(4000, 80, 1, 1000)
+        .write(&mut f, &[])
+        .unwrap();
+    // Keep 10 bytes of the TCP header; fix the IP total length and header checksum.
+    f.truncate(14 + 20 + 10);
+    f[16..18].copy_from_slice(&30u16.to_be_bytes());
+    xdpfwd_tests::packet::fix_ipv4_checksum(&mut f);
+    // VLAN 10 (priority 3), which the harness's ingress pops.
+    f.splice(12..12, [0x81, 0x00, 0x60, 10]);
+    let (action, out) = run(&f);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, f, "the frame reached the kernel unchanged");
+}

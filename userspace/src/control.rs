@@ -124,6 +124,9 @@ pub struct Control {
     /// Policy rules of IPv4 and IPv6.
     fib: [Fib; 2],
     nexthops: Nexthops,
+    /// The routes must be read again (a link went down or up, an address was deleted, events
+    /// were lost).
+    resync: bool,
 }
 
 impl Control {
@@ -151,6 +154,7 @@ impl Control {
             routes_dumped: false,
             fib: Default::default(),
             nexthops,
+            resync: false,
         }
     }
 
@@ -170,6 +174,8 @@ impl Control {
             MulticastGroup::Ipv6Route,
             MulticastGroup::Ipv4Rule,
             MulticastGroup::Ipv6Rule,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
         ];
         let (mut conn, mut handle, mut events) =
             rtnetlink::new_multicast_connection(&groups).context("opening the rtnetlink socket")?;
@@ -196,6 +202,9 @@ impl Control {
                 Some(event) = nh_events.recv() => self.on_nexthop(event),
                 _ = sysctl.tick() => self.poll_forwarding(),
                 _ = stale.tick() => self.refresh_stale(&mut handle).await,
+            }
+            if std::mem::take(&mut self.resync) {
+                self.resync_routes(&handle).await?;
             }
         }
         Ok(())
@@ -271,7 +280,17 @@ impl Control {
         let replace = msg.header.flags & NLM_F_REPLACE != 0;
         let place =
             if msg.header.flags & NLM_F_APPEND != 0 { Place::Append } else { Place::Prepend };
-        let NetlinkPayload::InnerMessage(msg) = msg.payload else { return Ok(()) };
+        let msg = match msg.payload {
+            NetlinkPayload::InnerMessage(msg) => msg,
+            NetlinkPayload::Overrun(_) => {
+                tracing::warn!(
+                    "route events were lost (netlink overrun): reading all routes again"
+                );
+                self.resync = true;
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
         match msg {
             RouteNetlinkMessage::NewRoute(r) if replace => self.on_route(&r, Change::Replace),
             RouteNetlinkMessage::NewRoute(r) => self.on_route(&r, Change::Add(place)),
@@ -285,6 +304,13 @@ impl Control {
                     let info = self.info(i);
                     let _ = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0);
                 }
+            }
+            // The kernel removes the routes of an address, or of a link going down, without
+            // `RTM_DELROUTE`; nor does it bring them back when the link comes up.
+            RouteNetlinkMessage::DelAddress(a)
+                if self.ifaces.iter().any(|i| i.ifindex == a.header.index) =>
+            {
+                self.resync = true;
             }
             RouteNetlinkMessage::DelLink(l) => {
                 if let Some(iface) = self.ifaces.iter().find(|i| i.ifindex == l.header.index) {
@@ -303,6 +329,9 @@ impl Control {
         let iface = &mut self.ifaces[i];
         if iface.up != fresh.up || iface.mtu != fresh.mtu || iface.mac != fresh.mac {
             tracing::info!(iface = %iface.name, up = fresh.up, mtu = fresh.mtu, "link changed");
+        }
+        if iface.up != fresh.up {
+            self.resync = true;
         }
         if fresh.mtu != iface.mtu && fresh.mtu + 14 + 4 > u32::from(self.max_frame) {
             tracing::error!(
@@ -370,14 +399,7 @@ impl Control {
     }
 
     fn on_route(&mut self, msg: &RouteMessage, change: Change) {
-        if msg.header.kind == RouteType::Unspec {
-            return;
-        }
-        let Some(parsed) = Route::from_message(msg) else { return };
-        let mut route = parsed.route;
-        if !parsed.paths.is_empty() {
-            route.action = Action::Nexthop { id: self.nexthops.multipath(parsed.paths) };
-        }
+        let Some(route) = self.parse_route(msg) else { return };
         let v6 = route.prefix.addr().is_ipv6();
         let had_table = self.routes.has_table(route.table, v6);
         let (table, effective) = match change {
@@ -394,6 +416,66 @@ impl Control {
             // A static route's next hop may have moved to another interface.
             self.sync_static();
         }
+    }
+
+    /// A route message as a [`Route`], with a multipath route's paths registered.
+    fn parse_route(&mut self, msg: &RouteMessage) -> Option<Route> {
+        if msg.header.kind == RouteType::Unspec {
+            return None;
+        }
+        let parsed = Route::from_message(msg)?;
+        let mut route = parsed.route;
+        if !parsed.paths.is_empty() {
+            route.action = Action::Nexthop { id: self.nexthops.multipath(parsed.paths) };
+        }
+        Some(route)
+    }
+
+    /// Reads every route of both families again and writes what differs from the tries.
+    async fn resync_routes(&mut self, handle: &Handle) -> anyhow::Result<()> {
+        let mut fresh = RouteTable::default();
+        let mut v4 = handle
+            .route()
+            .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
+            .execute();
+        while let Some(msg) = v4.try_next().await.context("dumping IPv4 routes")? {
+            if let Some(r) = self.parse_route(&msg) {
+                fresh.add(r, Place::Append);
+            }
+        }
+        let mut v6 = handle
+            .route()
+            .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build())
+            .execute();
+        while let Some(msg) = v6.try_next().await.context("dumping IPv6 routes")? {
+            if let Some(r) = self.parse_route(&msg) {
+                fresh.add(r, Place::Append);
+            }
+        }
+        for r in &self.statics {
+            fresh.replace(*r);
+        }
+        let old: HashMap<(u32, IpNet), Route> =
+            self.routes.entries().map(|(t, p, r)| ((t, p), r)).collect();
+        let new: HashMap<(u32, IpNet), Route> =
+            fresh.entries().map(|(t, p, r)| ((t, p), r)).collect();
+        self.routes = fresh;
+        let mut changed = 0;
+        for (&(table, prefix), route) in &new {
+            if old.get(&(table, prefix)) != Some(route) {
+                self.write_route(table, prefix, Some(*route));
+                changed += 1;
+            }
+        }
+        for &(table, prefix) in old.keys().filter(|k| !new.contains_key(k)) {
+            self.write_route(table, prefix, None);
+            changed += 1;
+        }
+        tracing::info!(routes = new.len(), changed, "routes read again");
+        self.write_fib(false);
+        self.write_fib(true);
+        self.sync_static();
+        Ok(())
     }
 
     fn on_rule(&mut self, msg: &RuleMessage, add: bool) {
