@@ -63,7 +63,15 @@ impl Capture {
     }
 
     fn take(&self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-        let ours = |f: &Vec<u8>| f.len() >= 34 && f[12..14] == [8, 0] && f[30..32] == [198, 19];
+        // IPv4 to 198.19.0.0/16, IPv6 to 2001:2:50::/44.
+        let ours = |f: &Vec<u8>| {
+            (f.len() >= 34 && f[12..14] == [8, 0] && f[30..32] == [198, 19])
+                || (f.len() >= 54
+                    && f[12..14] == [0x86, 0xdd]
+                    && f[38..42] == [0x20, 0x01, 0, 2]
+                    && f[42] == 0
+                    && f[43] & 0xf0 == 0x50)
+        };
         let a =
             self.s0.drain(Duration::from_millis(400), 100_000).into_iter().filter(ours).collect();
         let b =
@@ -122,9 +130,31 @@ fn policy(topo: &Topology, f2: &str) {
         "rule add pref 150 from 198.18.1.240/28 goto 160".to_string(),
         "rule add pref 155 from 198.18.1.192/27 lookup 101".to_string(),
         "rule add pref 160 dport 7000 lookup 102 suppress_prefixlength 0".to_string(),
+        // IPv6: a source rule, a port rule, a throw, an inverted rule.
+        format!("-6 route add 2001:2:50::/64 via 2001:2:0:2::2 dev {f1}"),
+        format!("-6 route add 2001:2:51::/64 via 2001:2:0:2::2 dev {f1}"),
+        format!("-6 route add 2001:2:50::/64 via 2001:2:0:3::2 dev {f2} table 100"),
+        "-6 route add throw 2001:2:51::/64 table 100".to_string(),
+        format!("-6 route add 2001:2:51::/64 via 2001:2:0:3::2 dev {f2} table 102"),
+        "-6 rule add pref 100 from 2001:2:0:1::/120 lookup 100".to_string(),
+        "-6 rule add pref 110 ipproto udp dport 6000 lookup 102".to_string(),
+        "-6 rule add pref 120 not to 2001:2:50::/48 lookup 100".to_string(),
     ] {
         ip(topo, &r);
     }
+}
+
+/// A UDP frame over IPv6.
+fn frame6(c_mac: [u8; 6], f_mac: [u8; 6], src: &str, dst: &str, dport: u16) -> Vec<u8> {
+    let (src, dst): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+        (src.parse().unwrap(), dst.parse().unwrap());
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(c_mac, f_mac)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .udp(4000, dport)
+        .write(&mut out, &[7; 60])
+        .expect("frame builds");
+    out
 }
 
 /// The stream: each source, protocol and port picks a different rule.
@@ -148,6 +178,15 @@ fn stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
     }
     // Over the route MTU (1000): the kernel fragments it.
     out.push(frame(c_mac, f_mac, a([198, 18, 1, 60], [198, 19, 52, 8]), false, (4000, 9000), 1200));
+    for dst in ["2001:2:50::7", "2001:2:51::7", "2001:2:52::7"] {
+        for (src, dport) in [
+            ("2001:2:0:1::2", 9000),   // pref 100: table 100 (2001:2:52:: not there)
+            ("2001:2:0:1::1:2", 6000), // pref 110: table 102
+            ("2001:2:0:1::1:2", 9000), // pref 120 for 2001:2:52::, else main
+        ] {
+            out.push(frame6(c_mac, f_mac, src, dst, dport));
+        }
+    }
     out
 }
 
@@ -169,7 +208,8 @@ fn policy_rules_choose_the_egress_exactly_as_the_kernel_does() {
     topo.enable_gro().unwrap();
     let (f2, s2) = topo.second_link().unwrap();
     neighbours(&topo, &f2, &s2);
-    // The sources are not on the client's link: no reverse-path filter in the way.
+    // IPv6 sources beyond the client's address are on its prefix; the kernel forwards them.
+    // The IPv4 sources are not on the client's link: no reverse-path filter in the way.
     for conf in ["all", "default", topo.f0.as_str()] {
         ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
     }

@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: a client and a server namespace joined through a forwarder namespace
 //! where xdpfwd runs, kernel forwarding off; ping and UDP streams (IPv4 and IPv6) through it;
 //! the forwarder's counters; then a configuration file with a static route and NAT rewrites
-//! (TCP to a virtual address reaches the server); and everything removed afterwards.
+//! (TCP to a virtual address reaches the server); then FRR: routes learned over BGP on two
+//! links, installed as a nexthop group and forwarded by xdpfwd with ECMP; and everything
+//! removed afterwards.
 
 use std::{
     net::IpAddr,
@@ -12,7 +14,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use xdpfwd_tests::{CLIENT_V4, CLIENT_V6, Forwarder, SERVER_V4, SERVER_V6, Topology, ns_sh};
+use xdpfwd_tests::{
+    CLIENT_V4, CLIENT_V6, Forwarder, SERVER_V4, SERVER_V6, Topology, daemons::Frr, ns_sh, sh,
+    wait_for,
+};
 
 pub fn run(bin: &Path) -> anyhow::Result<()> {
     // SAFETY: single-threaded at this point; the variable is read by the Forwarder helper.
@@ -82,6 +87,9 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
     print!("{}", done.stdout);
 
     policy(&topo)?;
+    if let Err(err) = frr(&topo) {
+        println!("   the FRR act failed: {err:#}");
+    }
     println!("== removing the namespaces");
     drop(topo);
     Ok(())
@@ -149,5 +157,126 @@ set_src_port = 80
     let done = fwd.stop()?;
     println!("== xdpfwd stopped (exit {:?})", done.code);
     let _ = std::fs::remove_file(config);
+    Ok(())
+}
+
+/// BGP as the server announces it: 198.19.70.0/24 over both links.
+const FRR_SERVER: &str = "frr defaults traditional
+!
+ip route 198.19.70.0/24 blackhole
+!
+router bgp 65002
+ bgp router-id 198.18.2.2
+ no bgp ebgp-requires-policy
+ timers bgp 1 3
+ coalesce-time 100
+ neighbor 198.18.2.1 remote-as 65001
+ neighbor 198.18.2.1 timers connect 1
+ neighbor 198.18.3.1 remote-as 65001
+ neighbor 198.18.3.1 timers connect 1
+ address-family ipv4 unicast
+  network 198.19.70.0/24
+ exit-address-family
+!
+";
+
+/// BGP as the forwarder learns it, with ECMP over the two sessions.
+const FRR_FORWARDER: &str = "frr defaults traditional
+!
+router bgp 65001
+ bgp router-id 198.18.2.1
+ no bgp ebgp-requires-policy
+ timers bgp 1 3
+ coalesce-time 100
+ neighbor 198.18.2.2 remote-as 65002
+ neighbor 198.18.2.2 timers connect 1
+ neighbor 198.18.3.2 remote-as 65002
+ neighbor 198.18.3.2 timers connect 1
+ address-family ipv4 unicast
+  maximum-paths 2
+ exit-address-family
+!
+";
+
+/// The third act: FRR on the forwarder learns 198.19.70.0/24 from the server over BGP on two
+/// links and installs it through a nexthop group; xdpfwd forwards it, spreading flows.
+fn frr(topo: &Topology) -> anyhow::Result<()> {
+    println!(
+        "== FRR: BGP over two links, ECMP through a nexthop group, kernel forwarding still OFF"
+    );
+    let (f2, _) = topo.second_link()?;
+    ns_sh(&topo.server, &["ip", "addr", "add", "198.19.70.1/32", "dev", "lo"])?;
+    let _server =
+        Frr::start(&topo.server, &topo.server, &["zebra", "staticd", "bgpd"], FRR_SERVER)?;
+    let _forwarder = Frr::start(&topo.fwd, &topo.fwd, &["zebra", "bgpd"], FRR_FORWARDER)?;
+    let show =
+        || sh(&["ip", "-n", &topo.fwd, "route", "show", "198.19.70.0/24"]).unwrap_or_default();
+    if !wait_for(Duration::from_secs(20), || show().contains(f2.as_str())) {
+        anyhow::bail!("BGP did not converge: {}", show());
+    }
+    for line in show().lines() {
+        println!("   {}", line.trim());
+    }
+    let mut fwd = Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"])?;
+    let ok = topo.ping(&topo.client, "198.19.70.1".parse()?, 3);
+    println!(
+        "== ping 198.19.70.1 (learned over BGP): {}",
+        if ok { "3/3 replies" } else { "FAILED" }
+    );
+    for policy in ["0", "1"] {
+        ns_sh(
+            &topo.fwd,
+            &["sysctl", "-qw", &format!("net.ipv4.fib_multipath_hash_policy={policy}")],
+        )?;
+        thread::sleep(Duration::from_millis(1200));
+        println!(
+            "== fib_multipath_hash_policy={policy} ({}): iperf3 -u -P 8 -b 20M -t 2 to 198.19.70.1",
+            if policy == "0" {
+                "addresses: one path for one client"
+            } else {
+                "ports too: flows spread"
+            }
+        );
+        let mut srv = Command::new("ip")
+            .args(["netns", "exec", &topo.server, "iperf3", "-s", "-1", "-p", "5202"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        thread::sleep(Duration::from_millis(500));
+        let out = ns_sh(
+            &topo.client,
+            &[
+                "iperf3",
+                "-c",
+                "198.19.70.1",
+                "-p",
+                "5202",
+                "-u",
+                "-P",
+                "8",
+                "-b",
+                "20M",
+                "-t",
+                "2",
+                "-w",
+                "4M",
+            ],
+        );
+        if let Ok(text) = out {
+            for line in text.lines().filter(|l| l.starts_with("[SUM]") && l.contains("receiver")) {
+                println!("   {}", line.trim());
+            }
+        }
+        let _ = srv.kill();
+        let _ = srv.wait();
+    }
+    let done = fwd.stop()?;
+    println!("== xdpfwd stopped (exit {:?}); what each link sent:", done.code);
+    for line in done.stdout.lines().filter(|l| l.contains("/q0:")) {
+        let port = line.trim().split(':').next().unwrap_or("");
+        let tx = line.split("tx ").nth(1).and_then(|t| t.split(',').next()).unwrap_or("?");
+        println!("   {port}: tx {tx}");
+    }
+    println!("== stopping FRR");
     Ok(())
 }
