@@ -461,26 +461,21 @@ impl Topology {
             ("198.18.2.2", &s, &self.f1),
             ("2001:2:0:2::2", &s, &self.f1),
         ] {
-            sh(&[
-                "ip",
-                "-n",
-                &self.fwd,
-                "neigh",
-                "replace",
-                addr,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ])?;
+            self.permanent_neighbour(addr, mac, dev)?;
         }
         Ok(())
     }
 }
 
 impl Topology {
+    /// A permanent neighbour entry in the forwarder: `addr` is `mac` on `dev`.
+    pub fn permanent_neighbour(&self, addr: &str, mac: &str, dev: &str) -> anyhow::Result<()> {
+        let args = ["neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent"];
+        let mut full = vec!["ip", "-n", self.fwd.as_str()];
+        full.extend_from_slice(&args);
+        sh(&full).map(|_| ())
+    }
+
     /// A second link between the forwarder and the server, `{p}f2` 198.18.3.1/24,
     /// 2001:2:0:3::1/64 ─── `{p}s2` 198.18.3.2/24, 2001:2:0:3::2/64; it goes away with the
     /// namespaces. Returns the two interface names.

@@ -85,21 +85,7 @@ fn neighbours(topo: &Topology, f2: &str, s2: &str) {
     let s2_mac = fmt_mac(topo.mac(&topo.server, s2).unwrap());
     for (addr, mac, dev) in [("198.18.2.2", &s0_mac, topo.f1.as_str()), ("198.18.3.2", &s2_mac, f2)]
     {
-        sh(&[
-            "ip",
-            "-n",
-            &topo.fwd,
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
+        topo.permanent_neighbour(addr, mac, dev).unwrap();
     }
 }
 

@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xdpfwd_tests::{Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns, run_to_exit, xdp_counter};
+use xdpfwd_tests::{
+    FWD_V4_A, FWD_V6_A, Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns, run_to_exit,
+    xdp_counter,
+};
 
 fn write_config(topo: &Topology, name: &str, body: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("{}-{name}.toml", topo.prefix));
@@ -30,8 +33,13 @@ fn bind(ns: &str, addr: SocketAddr) -> UdpSocket {
 /// Sends one datagram from the client (source port `sport`) to the server's `dport`; true
 /// when it arrives.
 fn delivered(topo: &Topology, dst: IpAddr, sport: u16, dport: u16) -> bool {
+    delivered_in(topo, &topo.server, dst, sport, dport)
+}
+
+/// As [`delivered`], to a receiver in namespace `to_ns`.
+fn delivered_in(topo: &Topology, to_ns: &str, dst: IpAddr, sport: u16, dport: u16) -> bool {
     let any = if dst.is_ipv4() { "0.0.0.0" } else { "::" };
-    let rx = bind(&topo.server, SocketAddr::new(any.parse().unwrap(), dport));
+    let rx = bind(to_ns, SocketAddr::new(any.parse().unwrap(), dport));
     let tx = in_netns(&topo.client, move || {
         UdpSocket::bind(SocketAddr::new(any.parse().unwrap(), sport))
     })
@@ -115,6 +123,10 @@ action = "forward"
     assert!(delivered(&topo, v4, 5555, 9100), "in + src_port");
     assert!(!delivered(&topo, v4, 4001, 9100), "unmatched: drop");
     assert!(delivered(&topo, IpAddr::V6(SERVER_V6), 4000, 9100), "IPv6 prefixes, any protocol");
+    // Rules are for transit traffic: the router's own addresses stay reachable (SSH, BGP).
+    for own in [IpAddr::V4(FWD_V4_A), IpAddr::V6(FWD_V6_A)] {
+        assert!(delivered_in(&topo, &topo.fwd, own, 4001, 9100), "unmatched, to the router: {own}");
+    }
     let done = fwd.stop().unwrap();
     assert!(done.success, "{done:?}");
     let out = &done.stdout;

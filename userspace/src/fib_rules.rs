@@ -57,18 +57,9 @@ impl FibRuleSpec {
             _ => return None,
         };
         let mut spec = FibRuleSpec {
-            v6,
-            priority: 0,
-            src: None,
-            dst: None,
-            iif: None,
-            proto: None,
-            sport: None,
-            dport: None,
             invert: msg.header.flags.contains(RuleFlags::Invert),
-            action: SpecAction::Kernel,
-            suppress: None,
             opaque: msg.header.tos != 0,
+            ..FibRuleSpec::all(v6, 0, SpecAction::Kernel)
         };
         let mut table = u32::from(msg.header.table);
         let mut goto = None;
@@ -109,7 +100,17 @@ impl FibRuleSpec {
     /// The default rules of a family with no `ip rule` changes: `local`, `main` (and
     /// `default` for IPv4).
     pub fn defaults(v6: bool) -> Vec<FibRuleSpec> {
-        let rule = |priority, table| FibRuleSpec {
+        let rule = |priority, table| FibRuleSpec::all(v6, priority, SpecAction::Lookup(table));
+        let mut rules = vec![rule(0, 255), rule(32766, 254)];
+        if !v6 {
+            rules.push(rule(32767, 253));
+        }
+        rules
+    }
+
+    /// A rule without selectors: `from all`.
+    pub fn all(v6: bool, priority: u32, action: SpecAction) -> FibRuleSpec {
+        FibRuleSpec {
             v6,
             priority,
             src: None,
@@ -119,15 +120,10 @@ impl FibRuleSpec {
             sport: None,
             dport: None,
             invert: false,
-            action: SpecAction::Lookup(table),
+            action,
             suppress: None,
             opaque: false,
-        };
-        let mut rules = vec![rule(0, 255), rule(32766, 254)];
-        if !v6 {
-            rules.push(rule(32767, 253));
         }
-        rules
     }
 }
 

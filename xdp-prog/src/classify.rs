@@ -15,7 +15,7 @@ use crate::{
     maps::{FLOW, NATS, iface},
     nat::l4_span,
     policy::{l4_ports, policy_stage},
-    route::route,
+    route::{route, to_local},
     wire::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
         NEXTHDR_HOP, VLAN_HLEN, frame_len, ipv4, ipv6, ptr_at, words,
@@ -235,7 +235,12 @@ fn routed(
     // SAFETY: a per-CPU slot only this CPU uses while this program runs.
     let flow = unsafe { &mut *slot };
     *flow = Flow::new(at, packet, addrs, label, ports);
-    let (fast, nat) = policy_stage(flow, packet)?;
+    let (fast, nat) = match policy_stage(flow, packet) {
+        Ok(decided) => decided,
+        // Steering rules are for transit traffic: the router's own addresses stay reachable.
+        Err(Counter::DropRule) if to_local(flow) => return Err(Counter::PassRoute),
+        Err(reason) => return Err(reason),
+    };
     if nat != NO_NAT {
         nat_fits(ctx, packet)?;
         let nat = NATS.get(nat).ok_or(Counter::PassNat)?;

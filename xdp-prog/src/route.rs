@@ -280,6 +280,16 @@ fn needs_kernel(fields: u32, flow: &Flow) -> bool {
         && extension_header(flow.proto)
 }
 
+/// The flow's destination is one of the router's own (or broadcast) addresses: the `local`
+/// table has it.
+#[inline(always)]
+pub fn to_local(flow: &Flow) -> bool {
+    lookup(flow, TABLE_LOCAL).is_some_and(|r| r.kind() == RouteKind::Kernel)
+}
+
+/// `RT_TABLE_LOCAL`.
+const TABLE_LOCAL: u32 = 255;
+
 /// The longest-prefix route of `table` for the flow's destination.
 #[inline(always)]
 fn lookup(flow: &Flow, table: u32) -> Option<&'static Route> {

@@ -147,6 +147,10 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
         cmd(Command::new("rustup")
             .args(["run", "nightly", "cargo", "fmt", "--all", "--check"])
             .current_dir(root()))?;
+        // The eBPF crate is a workspace of its own.
+        cmd(Command::new("rustup")
+            .args(["run", "nightly", "cargo", "fmt", "--all", "--check"])
+            .current_dir(root().join("xdp-prog")))?;
         cmd(cargo()
             .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
             .env("XDPFWD_EBPF_OBJ", &obj))?;
