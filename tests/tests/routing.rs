@@ -396,3 +396,37 @@ fn routes_the_kernel_drops_with_a_link_are_dropped_with_it() {
     let done = fwd.stop().unwrap();
     assert!(done.success, "{}{}", done.stdout, done.stderr);
 }
+
+/// With the default rules xdpfwd answers `local` and `main` with one lookup (the kernel merges
+/// the two tables too). A rule added at run time, or a `local` route that is not a host route
+/// (AnyIP: `local 198.19.95.0/24 dev lo`, covering a more specific `main` route), must bring
+/// the separate `local` lookup back at once, and removing them merges again.
+#[test]
+fn runtime_rules_and_local_prefixes_keep_local_before_main() {
+    let topo = Topology::new("lm", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    ip(&topo, &format!("route add 198.19.95.0/25 via 198.18.2.2 dev {}", topo.f1));
+    ip(&topo, &format!("route add 198.19.95.0/25 via 198.18.3.2 dev {f2} table 100"));
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    let dst = Ipv4Addr::new(198, 19, 95, 9);
+    let links = |topo: &Topology| -> (BTreeSet<u8>, usize) {
+        thread::sleep(Duration::from_millis(300));
+        let (seen, total) = flows(topo, &capture, dst, (4, 5), false);
+        (seen.values().flatten().copied().collect(), total)
+    };
+    assert_eq!(links(&topo), (BTreeSet::from([0]), 20), "main, merged with local");
+    ip(&topo, "rule add pref 100 from 198.18.1.0/24 lookup 100");
+    assert_eq!(links(&topo), (BTreeSet::from([2]), 20), "a rule added at run time");
+    ip(&topo, "rule del pref 100");
+    assert_eq!(links(&topo), (BTreeSet::from([0]), 20), "merged again");
+    ip(&topo, "route add local 198.19.95.0/24 dev lo table local");
+    assert_eq!(links(&topo), (BTreeSet::new(), 0), "local before main: the router's own");
+    ip(&topo, "route del local 198.19.95.0/24 dev lo table local");
+    assert_eq!(links(&topo), (BTreeSet::from([0]), 20), "forwarded again");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+}

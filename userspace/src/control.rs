@@ -57,7 +57,7 @@ use crate::{
     iface::{self, Iface},
     nexthop::{Nexthops, NhEvent},
     policy::{ControlPolicy, StaticRoute},
-    routes::{Action, Place, Route, RouteTable, TABLE_STATIC},
+    routes::{Action, Place, Route, RouteTable, TABLE_LOCAL, TABLE_MAIN, TABLE_STATIC},
     worker::{Resolve, Shared},
 };
 
@@ -127,6 +127,9 @@ pub struct Control {
     /// The routes must be read again (a link went down or up, an address was deleted, events
     /// were lost).
     resync: bool,
+    /// Per family: the `local` table's host routes are also written under `main`, and the
+    /// rule walk skips the `local` lookup (see [`Control::update_merge`]).
+    merged: [bool; 2],
 }
 
 impl Control {
@@ -155,6 +158,7 @@ impl Control {
             fib: Default::default(),
             nexthops,
             resync: false,
+            merged: [false; 2],
         }
     }
 
@@ -262,6 +266,8 @@ impl Control {
         self.sync_static();
         self.write_fib(false);
         self.write_fib(true);
+        self.update_merge(false);
+        self.update_merge(true);
         let mut neigh = handle.neighbours().get().execute();
         while let Some(n) = neigh.try_next().await.context("dumping neighbours")? {
             self.on_neighbour(&n, true);
@@ -407,7 +413,10 @@ impl Control {
             Change::Replace => self.routes.replace(route),
             Change::Remove => self.routes.remove(&route),
         };
-        self.write_route(table, route.prefix, effective);
+        self.write_entry(table, route.prefix, effective);
+        if self.routes_dumped && table == TABLE_LOCAL {
+            self.update_merge(v6);
+        }
         if self.routes_dumped {
             if had_table != self.routes.has_table(route.table, v6) {
                 // A rule's table became empty or not: rules looking it up are (un)skipped.
@@ -463,17 +472,19 @@ impl Control {
         let mut changed = 0;
         for (&(table, prefix), route) in &new {
             if old.get(&(table, prefix)) != Some(route) {
-                self.write_route(table, prefix, Some(*route));
+                self.write_entry(table, prefix, Some(*route));
                 changed += 1;
             }
         }
         for &(table, prefix) in old.keys().filter(|k| !new.contains_key(k)) {
-            self.write_route(table, prefix, None);
+            self.write_entry(table, prefix, None);
             changed += 1;
         }
         tracing::info!(routes = new.len(), changed, "routes read again");
-        self.write_fib(false);
-        self.write_fib(true);
+        for v6 in [false, true] {
+            self.write_fib(v6);
+            self.update_merge(v6);
+        }
         self.sync_static();
         Ok(())
     }
@@ -488,6 +499,76 @@ impl Control {
             self.fib[v6 as usize].rules.remove(&spec);
         }
         self.write_fib(v6);
+        self.update_merge(v6);
+    }
+
+    /// Whether `local` can be merged into `main` for one family: with the default rules only
+    /// (`local`, `main`, `default`: nothing between the two lookups) and when every `local`
+    /// route is a host route or covers only addresses the XDP program never routes (loopback,
+    /// multicast...). Then one lookup in `main` holding `local`'s host routes gives what
+    /// `local` then `main` give: a host route is the longest prefix there is.
+    fn mergeable(&self, v6: bool) -> bool {
+        let defaults = {
+            let mut d = FibRules::default();
+            for spec in FibRuleSpec::defaults(v6) {
+                d.add(spec);
+            }
+            d
+        };
+        self.fib[v6 as usize].rules == defaults
+            && self.routes.prefixes(TABLE_LOCAL, v6).iter().all(|p| host(p) || never_routed(p))
+    }
+
+    /// Merges or unmerges `local` into `main` when [`Self::mergeable`] changed. The order keeps
+    /// every frame exact: merged entries are written before the walk stops looking `local`
+    /// up, and the walk looks it up again before they are removed.
+    fn update_merge(&mut self, v6: bool) {
+        let want = self.mergeable(v6);
+        if want == self.merged[v6 as usize] {
+            return;
+        }
+        let hosts: Vec<IpNet> =
+            self.routes.prefixes(TABLE_LOCAL, v6).into_iter().filter(host).collect();
+        tracing::debug!(v6, merged = want, hosts = hosts.len(), "local table merged into main");
+        if want {
+            self.merged[v6 as usize] = true;
+            for p in &hosts {
+                self.write_merged(v6, *p);
+            }
+            self.write_fib(v6);
+        } else {
+            self.merged[v6 as usize] = false;
+            self.write_fib(v6);
+            for p in &hosts {
+                let main = self.routes.get(TABLE_MAIN, *p);
+                self.write_route(TABLE_MAIN, *p, main);
+            }
+        }
+    }
+
+    /// Writes an entry's effective route; with `local` merged, a host prefix's `main` entry
+    /// holds `local`'s route when there is one.
+    fn write_entry(&mut self, table: u32, prefix: IpNet, effective: Option<Route>) {
+        let v6 = prefix.addr().is_ipv6();
+        let merged_host = self.merged[v6 as usize] && host(&prefix);
+        if merged_host && table == TABLE_MAIN {
+            self.write_merged(v6, prefix);
+            return;
+        }
+        self.write_route(table, prefix, effective);
+        if merged_host && table == TABLE_LOCAL {
+            self.write_merged(v6, prefix);
+        }
+    }
+
+    /// With `local` merged, the `main` entry of a host prefix: `local`'s route wins.
+    fn write_merged(&mut self, v6: bool, prefix: IpNet) {
+        if !self.merged[v6 as usize] || !host(&prefix) {
+            return;
+        }
+        let route =
+            self.routes.get(TABLE_LOCAL, prefix).or_else(|| self.routes.get(TABLE_MAIN, prefix));
+        self.write_route(TABLE_MAIN, prefix, route);
     }
 
     fn on_nexthop(&mut self, event: NhEvent) {
@@ -499,7 +580,7 @@ impl Control {
             NhEvent::Del(id) => {
                 self.nexthops.remove(id);
                 for (table, prefix, effective) in self.routes.remove_nexthop(id) {
-                    self.write_route(table, prefix, effective);
+                    self.write_entry(table, prefix, effective);
                 }
             }
             NhEvent::Synced => {}
@@ -518,10 +599,12 @@ impl Control {
         let names: Vec<(String, u32)> =
             self.ifaces.iter().map(|i| (i.name.clone(), i.ifindex)).collect();
         let routes = &self.routes;
+        let merged = self.merged[v6 as usize];
         let fib = &self.fib[v6 as usize];
         let compiled = fib.rules.compile(
             |name| names.iter().find(|(n, _)| n == name).map(|(_, i)| *i),
-            |table| routes.has_table(table, v6),
+            // Merged, `main` answers for `local`'s host routes: its lookup is left out.
+            |table| routes.has_table(table, v6) && !(merged && table == TABLE_LOCAL),
         );
         let mut word = fib.word;
         let next = 1 - word.set;
@@ -631,11 +714,11 @@ impl Control {
         let old = std::mem::take(&mut self.statics);
         for r in old.iter().filter(|r| !wanted.iter().any(|w| w.prefix == r.prefix)) {
             let (table, effective) = self.routes.remove(r);
-            self.write_route(table, r.prefix, effective);
+            self.write_entry(table, r.prefix, effective);
         }
         for r in &wanted {
             let (table, effective) = self.routes.replace(*r);
-            self.write_route(table, r.prefix, effective);
+            self.write_entry(table, r.prefix, effective);
         }
         tracing::info!(
             active = wanted.len(),
@@ -863,6 +946,22 @@ async fn neigh_use(handle: &mut Handle, ifindex: u32, addr: IpAddr) -> anyhow::R
         }
     }
     Ok(())
+}
+
+/// A host route: /32 or /128.
+fn host(p: &IpNet) -> bool {
+    p.prefix_len() == p.max_prefix_len()
+}
+
+/// A prefix holding only addresses the XDP program never routes (`classify`'s special
+/// addresses): this network, loopback, multicast and class E; IPv6 multicast, link-local and
+/// `::/80`.
+fn never_routed(p: &IpNet) -> bool {
+    let within = |net: &str| net.parse::<IpNet>().is_ok_and(|n| n.contains(p));
+    match p {
+        IpNet::V4(_) => ["0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/3"].into_iter().any(within),
+        IpNet::V6(_) => ["ff00::/8", "fe80::/10", "::/80"].into_iter().any(within),
+    }
 }
 
 fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {

@@ -297,6 +297,21 @@ impl RouteTable {
         self.entries.iter().filter_map(|((t, p), r)| Some((*t, *p, Self::effective(r)?)))
     }
 
+    /// The effective route of one entry.
+    pub fn get(&self, table: u32, prefix: IpNet) -> Option<Route> {
+        Self::effective(self.entries.get(&(entry_table(table), prefix))?)
+    }
+
+    /// The prefixes of `table` of one family.
+    pub fn prefixes(&self, table: u32, v6: bool) -> Vec<IpNet> {
+        self.entries
+            .range((table, IpNet::default())..)
+            .take_while(|((t, _), _)| *t == table)
+            .map(|((_, p), _)| *p)
+            .filter(|p| p.addr().is_ipv6() == v6)
+            .collect()
+    }
+
     /// Entries whose effective route goes through nexthop `id`.
     pub fn using_nexthop(&self, id: u32) -> Vec<(u32, IpNet, Route)> {
         self.entries().filter(|(_, _, r)| r.action == Action::Nexthop { id }).collect()
@@ -444,6 +459,24 @@ mod tests {
         assert_eq!(action(t.remove(&route("2001:2::/48", TABLE_MAIN, 1024, b))), Some(a));
         assert_eq!(action(t.replace(route("2001:2::/48", TABLE_MAIN, 1024, b))), Some(b));
         assert_eq!(action(t.remove(&route("2001:2::/48", TABLE_MAIN, 1024, b))), None);
+    }
+
+    #[test]
+    fn prefixes_of_one_table_and_family() {
+        let mut t = RouteTable::default();
+        t.add(route("198.18.1.1/32", TABLE_LOCAL, 0, Action::Kernel), Place::Append);
+        t.add(route("2001:2::1/128", TABLE_LOCAL, 0, Action::Kernel), Place::Append);
+        t.add(route("198.18.1.0/24", TABLE_MAIN, 0, DEV), Place::Append);
+        t.add(route("10.0.0.0/8", 100, 0, DEV), Place::Append);
+        let v4: Vec<String> =
+            t.prefixes(TABLE_LOCAL, false).iter().map(|p| p.to_string()).collect();
+        assert_eq!(v4, ["198.18.1.1/32"]);
+        assert_eq!(t.prefixes(TABLE_LOCAL, true).len(), 1);
+        assert_eq!(
+            t.get(TABLE_MAIN, "198.18.1.0/24".parse().unwrap()).map(|r| r.action),
+            Some(DEV)
+        );
+        assert_eq!(t.get(TABLE_MAIN, "198.18.1.1/32".parse().unwrap()), None);
     }
 
     #[test]
