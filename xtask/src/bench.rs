@@ -647,13 +647,14 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   cannot show it.
 - **The fast path** does the same work as the bare redirect plus the router's checks and
   lookups and the policy stage. Since the FIB is mirrored as the kernel builds it, a frame
-  walks the policy rules in a BPF global function (`xdpfwd_fib`): with the default rules that
-  is two route-trie lookups (`local`, then `main`) instead of one, and the frame's `Flow` and
-  decision pass through per-CPU maps (the 512-byte stack no longer holds them). Before the
-  FIB walk the fast path ran at 0.84-0.89x the bare redirect; the ratio column shows what it
-  costs now. Merging the `local` host routes into `main` while no custom rules exist, as the
-  kernel itself merges the two tables, would save one lookup; the rest is the router's own
-  work, which a router cannot skip.
+  walks the policy rules in a BPF global function (`xdpfwd_fib`), and the frame's `Flow` and
+  decision pass through per-CPU maps (the 512-byte stack no longer holds them). With the
+  default rules the walk is one route-trie lookup: the `local` table's host routes are
+  merged into `main` (exact, since a host route is the longest prefix there is; the kernel
+  merges the two tables too), and the separate `local` lookup comes back as soon as a rule
+  is added or `local` holds a wider prefix. Before the FIB walk the fast path ran at
+  0.84-0.89x the bare redirect; the ratio column shows what it costs now. The rest is the
+  router's own work, which a router cannot skip.
 - Two cores are shared by the generator, the kernel's softirq work and the forwarder, so
   absolute figures are low and move between runs; compare the ratios within a run.
 "#,
