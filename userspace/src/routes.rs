@@ -128,7 +128,9 @@ impl Route {
             RouteType::Throw => Action::Throw,
             RouteType::Unicast if plain => match nhid {
                 Some(id) => Action::Nexthop { id },
-                None if !paths.is_empty() && paths.iter().all(|p| family_ok(&p.gateway)) => {
+                // IPv6 multipath routes are dumped whole but changed sibling by sibling (a
+                // path's deletion names that path alone): left to the kernel.
+                None if v4 && !paths.is_empty() && paths.iter().all(|p| family_ok(&p.gateway)) => {
                     Action::Nexthop { id: 0 }
                 }
                 None if oif != 0 && paths.is_empty() && family_ok(&gateway) => {
@@ -600,5 +602,16 @@ mod parse_tests {
         let with_dead =
             message(254, RouteType::Unicast, vec![dst(), RouteAttribute::MultiPath(vec![dead])]);
         assert_eq!(parse(&with_dead).action, Action::Kernel);
+        let mut v6 = RouteNextHop::default();
+        v6.interface_index = 3;
+        v6.attributes =
+            vec![RouteAttribute::Gateway(RouteAddress::Inet6("2001:2:0:2::2".parse().unwrap()))];
+        let mut mp6 =
+            message(254, RouteType::Unicast, vec![RouteAttribute::MultiPath(vec![v6.clone(), v6])]);
+        mp6.header.address_family = AddressFamily::Inet6;
+        mp6.header.destination_prefix_length = 0;
+        let parsed = Route::from_message(&mp6).unwrap();
+        assert_eq!(parsed.route.action, Action::Kernel, "IPv6 multipath: the kernel's");
+        assert!(parsed.paths.is_empty());
     }
 }
