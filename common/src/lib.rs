@@ -13,6 +13,39 @@ pub mod route;
 
 pub use route::*;
 
+/// The names of the XDP program's maps, as it declares them (`xdp-prog/src/maps.rs`) and as
+/// the loader, the policy code and the test harness take them.
+pub mod map_names {
+    pub const XSKS: &str = "XSKS";
+    pub const IFACES: &str = "IFACES";
+    pub const ROUTES_V4: &str = "ROUTES_V4";
+    pub const ROUTES_V6: &str = "ROUTES_V6";
+    pub const FIB_RULES: &str = "FIB_RULES";
+    pub const FIB_CTL: &str = "FIB_CTL";
+    pub const NH_SLOTS: &str = "NH_SLOTS";
+    pub const NH_GROUPS: &str = "NH_GROUPS";
+    pub const NEIGH_V4: &str = "NEIGH_V4";
+    pub const NEIGH_V6: &str = "NEIGH_V6";
+    pub const DEVMAP: &str = "DEVMAP";
+    pub const RULES: &str = "RULES";
+    pub const RULESET: &str = "RULESET";
+    pub const NATS: &str = "NATS";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Length of an Ethernet header.
+pub const ETH_HLEN: u32 = 14;
+/// Length of an 802.1Q tag.
+pub const VLAN_HLEN: u32 = 4;
+/// Most bytes of XDP metadata the kernel lets a program reserve in front of a frame.
+pub const XDP_META_MAX: u32 = 32;
+
+/// Longest frame an interface with MTU `mtu` sends or receives: the IP packet, its Ethernet
+/// header and one VLAN tag.
+pub const fn max_frame_for_mtu(mtu: u32) -> u32 {
+    mtu + ETH_HLEN + VLAN_HLEN
+}
+
 /// Most rx queues per interface that xdpfwd steers; the XSKMAP holds `MAX_IFACES * MAX_QUEUES`
 /// sockets, keyed by [`xsk_key`].
 pub const MAX_QUEUES: u32 = 64;
@@ -29,27 +62,34 @@ pub const fn xsk_key(slot: u32, queue: u32) -> u32 {
     slot * MAX_QUEUES + queue
 }
 
-/// `IfaceInfo::flags`: xdpfwd has AF_XDP sockets on every rx queue of this interface.
-pub const IFACE_MANAGED: u32 = 1;
-/// `IfaceInfo::flags`: the kernel forwards IPv4 arriving on this interface
-/// (`net.ipv4.conf.IFACE.forwarding`).
-pub const IFACE_KERNEL_FWD_V4: u32 = 1 << 1;
-/// `IfaceInfo::flags`: the kernel forwards IPv6 (`net.ipv6.conf.IFACE.forwarding`).
-pub const IFACE_KERNEL_FWD_V6: u32 = 1 << 2;
-/// `IfaceInfo::flags`: the link is administratively and operationally up.
-pub const IFACE_UP: u32 = 1 << 3;
-/// `IfaceInfo::flags`: plain L3 forwarding out of this interface takes the in-kernel fast
-/// path (rewrite in the XDP program, `bpf_redirect_map` on `DEVMAP`) instead of AF_XDP.
-pub const IFACE_FAST_PATH: u32 = 1 << 4;
-/// `IfaceInfo::flags`: frames arriving with one 802.1Q tag are accepted; the tag is removed
-/// on the way out unless the egress pushes one (then its VID is rewritten in place).
-pub const IFACE_VLAN_POP: u32 = 1 << 5;
-/// `IfaceInfo::flags`: L2 cross-connect: every frame arriving here leaves through
-/// `IfaceInfo::peer` unchanged (any ethertype, no L3 processing).
-pub const IFACE_XCONNECT: u32 = 1 << 6;
-/// `IfaceInfo::flags`: with [`IFACE_XCONNECT`], the destination MAC of cross-connected
-/// frames is set to `IfaceInfo::peer_mac`.
-pub const IFACE_PEER_MAC: u32 = 1 << 7;
+bitflags::bitflags! {
+    /// What the XDP program knows of an interface's role and state (`IfaceInfo::flags`).
+    #[repr(transparent)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct IfaceFlags: u32 {
+        /// xdpfwd has AF_XDP sockets on every rx queue of this interface.
+        const MANAGED = 1;
+        /// The kernel forwards IPv4 arriving on this interface
+        /// (`net.ipv4.conf.IFACE.forwarding`).
+        const KERNEL_FWD_V4 = 1 << 1;
+        /// The kernel forwards IPv6 (`net.ipv6.conf.IFACE.forwarding`).
+        const KERNEL_FWD_V6 = 1 << 2;
+        /// The link is administratively and operationally up.
+        const UP = 1 << 3;
+        /// Plain L3 forwarding out of this interface takes the in-kernel fast path (rewrite
+        /// in the XDP program, `bpf_redirect_map` on `DEVMAP`) instead of AF_XDP.
+        const FAST_PATH = 1 << 4;
+        /// Frames arriving with one 802.1Q tag are accepted; the tag is removed on the way
+        /// out unless the egress pushes one (then its VID is rewritten in place).
+        const VLAN_POP = 1 << 5;
+        /// L2 cross-connect: every frame arriving here leaves through `IfaceInfo::peer`
+        /// unchanged (any ethertype, no L3 processing).
+        const XCONNECT = 1 << 6;
+        /// With `XCONNECT`, the destination MAC of cross-connected frames is set to
+        /// `IfaceInfo::peer_mac`.
+        const PEER_MAC = 1 << 7;
+    }
+}
 
 /// What the XDP program knows of an interface (map `IFACES`, key: ifindex).
 #[repr(C)]
@@ -57,8 +97,7 @@ pub const IFACE_PEER_MAC: u32 = 1 << 7;
 pub struct IfaceInfo {
     /// Slot of the interface in the XSKMAP (see [`xsk_key`]).
     pub slot: u32,
-    /// `IFACE_*` bits.
-    pub flags: u32,
+    pub flags: IfaceFlags,
     /// Largest IP packet the interface sends (its MTU).
     pub mtu: u32,
     /// The interface's own MAC address: the destination of frames it must route, the source of
@@ -67,9 +106,9 @@ pub struct IfaceInfo {
     /// Longest frame an AF_XDP socket on this interface receives whole (UMEM frame size minus
     /// the kernel's headroom and our metadata); longer frames go to the kernel.
     pub max_frame: u16,
-    /// With [`IFACE_XCONNECT`]: the ifindex frames are cross-connected to.
+    /// With [`IfaceFlags::XCONNECT`]: the ifindex frames are cross-connected to.
     pub peer: u32,
-    /// With [`IFACE_PEER_MAC`]: the destination MAC of cross-connected frames.
+    /// With [`IfaceFlags::PEER_MAC`]: the destination MAC of cross-connected frames.
     pub peer_mac: [u8; 6],
     /// VLAN id tagged onto every frame sent out of this interface (0: none); a route's own
     /// `vlan` takes precedence.
@@ -122,8 +161,8 @@ pub struct Policy {
     pub rules: u32,
     /// Rewrites in the set (at most [`MAX_NATS`]).
     pub nats: u32,
-    /// `ACTION_*` for transit traffic that matches no rule.
-    pub default: u32,
+    /// What transit traffic that matches no rule gets.
+    pub default: Action,
 }
 
 impl Policy {
@@ -132,7 +171,7 @@ impl Policy {
         (self.set & 1)
             | (self.rules & 0xff) << 8
             | (self.nats & 0xff) << 16
-            | (self.default & 0xff) << 24
+            | (self.default as u32 & 0xff) << 24
     }
 
     /// Unpacks a map word; counts are clamped to the set sizes.
@@ -144,51 +183,97 @@ impl Policy {
             set: word & 1,
             rules: if rules > MAX_RULES { MAX_RULES } else { rules },
             nats: if nats > MAX_NATS { MAX_NATS } else { nats },
-            default: word >> 24,
+            default: Action::from_u32(word >> 24),
         }
     }
 }
 /// Length of the `RULESET` array (index 0: the [`Policy`] word).
 pub const RULESET_LEN: u32 = 1;
 
-/// `Rule::fields`: match the ingress ifindex.
-pub const RULE_IN: u32 = 1;
-/// `Rule::fields`: match the IP protocol / next header.
-pub const RULE_PROTO: u32 = 1 << 1;
-/// `Rule::fields`: match the source prefix.
-pub const RULE_SRC: u32 = 1 << 2;
-/// `Rule::fields`: match the destination prefix.
-pub const RULE_DST: u32 = 1 << 3;
-/// `Rule::fields`: match the source port range (TCP and UDP, first fragments).
-pub const RULE_SPORT: u32 = 1 << 4;
-/// `Rule::fields`: match the destination port range.
-pub const RULE_DPORT: u32 = 1 << 5;
-/// `Rule::fields`: IPv4 only (prefixes are IPv4).
-pub const RULE_V4: u32 = 1 << 6;
-/// `Rule::fields`: IPv6 only.
-pub const RULE_V6: u32 = 1 << 7;
-/// `Rule::fields`: match the VLAN id the frame arrived with (interfaces with `vlan_pop`).
-pub const RULE_VLAN: u32 = 1 << 8;
+bitflags::bitflags! {
+    /// The fields a [`Rule`] matches (`Rule::fields`).
+    #[repr(transparent)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct RuleFields: u32 {
+        /// The ingress ifindex.
+        const IN = 1;
+        /// The IP protocol / next header.
+        const PROTO = 1 << 1;
+        /// The source prefix.
+        const SRC = 1 << 2;
+        /// The destination prefix.
+        const DST = 1 << 3;
+        /// The source port range (TCP and UDP, first fragments).
+        const SPORT = 1 << 4;
+        /// The destination port range.
+        const DPORT = 1 << 5;
+        /// IPv4 only (prefixes are IPv4).
+        const V4 = 1 << 6;
+        /// IPv6 only.
+        const V6 = 1 << 7;
+        /// The VLAN id the frame arrived with (interfaces with `vlan_pop`).
+        const VLAN = 1 << 8;
+        /// Either port range.
+        const PORTS = Self::SPORT.bits() | Self::DPORT.bits();
+    }
+}
 
-/// Rule action: the AF_XDP path (or the fast path where the egress is set to it).
-pub const ACTION_FORWARD: u32 = 0;
-/// Rule action: leave the frame to the kernel.
-pub const ACTION_KERNEL: u32 = 1;
-/// Rule action: drop the frame.
-pub const ACTION_DROP: u32 = 2;
-/// Rule action: the in-kernel fast path.
-pub const ACTION_FAST: u32 = 3;
+/// What a steering rule (or the default for unmatched traffic) does with a transit frame.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Action {
+    /// The AF_XDP path (or the fast path where the egress is set to it).
+    #[default]
+    Forward = 0,
+    /// Leave the frame to the kernel.
+    Kernel = 1,
+    /// Drop the frame.
+    Drop = 2,
+    /// The in-kernel fast path.
+    Fast = 3,
+}
+
+impl Action {
+    /// Decodes a map value; an unknown value leaves the frame to the kernel.
+    #[inline(always)]
+    pub const fn from_u32(v: u32) -> Action {
+        match v {
+            0 => Action::Forward,
+            2 => Action::Drop,
+            3 => Action::Fast,
+            _ => Action::Kernel,
+        }
+    }
+
+    /// The configuration's name of the action.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Forward => "forward",
+            Action::Kernel => "kernel",
+            Action::Drop => "drop",
+            Action::Fast => "fast",
+        }
+    }
+
+    /// The action a configuration names.
+    pub fn from_name(name: &str) -> Option<Action> {
+        [Action::Forward, Action::Kernel, Action::Drop, Action::Fast]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+}
 
 /// A steering rule (`RULES`). Addresses and masks are the packet's bytes (IPv4 in the first
 /// 4 bytes) read as two native-endian `u64`s, so that a prefix test is two AND-compares.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
-    pub fields: u32,
+    pub fields: RuleFields,
+    /// An [`Action`] (a [`FibAction`] in a [`FibRule`]), as its `u32`.
     pub action: u32,
     pub in_ifindex: u32,
     pub proto: u16,
-    /// With [`RULE_VLAN`]: the VLAN id (1-4094).
+    /// With [`RuleFields::VLAN`]: the VLAN id (1-4094).
     pub vlan: u16,
     pub sport_lo: u16,
     pub sport_hi: u16,
@@ -201,14 +286,21 @@ pub struct Rule {
 }
 const _: () = assert!(size_of::<Rule>() == 88);
 
-/// `Nat::set`: replace the source address.
-pub const NAT_SRC: u32 = 1;
-/// `Nat::set`: replace the destination address (the route lookup uses the new one).
-pub const NAT_DST: u32 = 1 << 1;
-/// `Nat::set`: replace the TCP / UDP source port (the identifier of an ICMP echo request).
-pub const NAT_SPORT: u32 = 1 << 2;
-/// `Nat::set`: replace the TCP / UDP destination port (the identifier of an ICMP echo reply).
-pub const NAT_DPORT: u32 = 1 << 3;
+bitflags::bitflags! {
+    /// The fields a [`Nat`] replaces (`Nat::set`).
+    #[repr(transparent)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct NatFields: u32 {
+        /// The source address.
+        const SRC = 1;
+        /// The destination address (the route lookup uses the new one).
+        const DST = 1 << 1;
+        /// The TCP / UDP source port (the identifier of an ICMP echo request).
+        const SPORT = 1 << 2;
+        /// The TCP / UDP destination port (the identifier of an ICMP echo reply).
+        const DPORT = 1 << 3;
+    }
+}
 
 /// A stateless NAT rewrite (`NATS`): frames matching `rule` (its `action` is unused) get the
 /// fields named by `set` replaced, with the IP and L4 checksums updated incrementally.
@@ -216,8 +308,7 @@ pub const NAT_DPORT: u32 = 1 << 3;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Nat {
     pub rule: Rule,
-    /// `NAT_*` bits.
-    pub set: u32,
+    pub set: NatFields,
     pub sport: u16,
     pub dport: u16,
     /// New addresses, in packet byte order (IPv4 in the first 4 bytes).
@@ -228,15 +319,22 @@ const _: () = assert!(size_of::<Nat>() == 128);
 
 /// Marks valid [`XskMeta`]; the XDP program writes it last, right in front of the frame.
 pub const META_MAGIC: u32 = 0x7864_6677; // "xdfw"
-/// `XskMeta::flags`: the frame is IPv6 (IPv4 otherwise).
-pub const META_IPV6: u16 = 1;
-/// `XskMeta::flags`: an L2 cross-connected frame: send it as it is (the XDP program already
-/// did the rewrite it needs).
-pub const META_L2: u16 = 1 << 2;
-/// `XskMeta::flags`: the next hop has no known link-layer address; `addr` holds the next
-/// hop's IP address (IPv4 in the first 4 bytes) instead of MACs, and user space must hold the
-/// frame until the kernel has resolved it.
-pub const META_NEED_NEIGH: u16 = 1 << 1;
+bitflags::bitflags! {
+    /// What user space must know to send a steered frame (`XskMeta::flags`).
+    #[repr(transparent)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct MetaFlags: u16 {
+        /// The frame is IPv6 (IPv4 otherwise).
+        const IPV6 = 1;
+        /// The next hop has no known link-layer address; `addr` holds the next hop's IP
+        /// address (IPv4 in the first 4 bytes) instead of MACs, and user space must hold the
+        /// frame until the kernel has resolved it.
+        const NEED_NEIGH = 1 << 1;
+        /// An L2 cross-connected frame: send it as it is (the XDP program already did the
+        /// rewrite it needs).
+        const L2 = 1 << 2;
+    }
+}
 
 /// What the XDP program tells user space about a frame it steers, in the XDP metadata area
 /// (`bpf_xdp_adjust_meta`) right in front of the frame; AF_XDP copies it with the frame.
@@ -245,12 +343,11 @@ pub const META_NEED_NEIGH: u16 = 1 << 1;
 pub struct XskMeta {
     /// Egress ifindex chosen by the route lookup.
     pub oif: u32,
-    /// `META_*` bits.
-    pub flags: u16,
+    pub flags: MetaFlags,
     /// Offset of the IP header in the frame.
     pub l3_off: u16,
     /// Destination MAC in bytes 0..6 and source MAC in 6..12; or, with
-    /// [`META_NEED_NEIGH`], the next hop's IP address.
+    /// [`MetaFlags::NEED_NEIGH`], the next hop's IP address.
     pub addr: [u8; 16],
     /// [`META_MAGIC`].
     pub magic: u32,
@@ -259,124 +356,90 @@ const _: () = assert!(size_of::<XskMeta>() == 28);
 /// Length of the metadata area (a multiple of 4, at most 32, as the kernel requires).
 pub const META_LEN: usize = size_of::<XskMeta>();
 
-/// Per-CPU counters kept by the XDP program (`COUNTERS`, a per-CPU array indexed by the
-/// discriminant). Every frame the program sees is counted in exactly one verdict counter;
-/// `Rx`, the frames seen, is their sum, computed by user space (the program leaves it 0).
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
+/// Declares [`Counter`]: its variants, the list of them and their names, in one place.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
+        /// Per-CPU counters kept by the XDP program (`COUNTERS`, a per-CPU array indexed by
+        /// the discriminant). Every frame the program sees is counted in exactly one verdict
+        /// counter; `Rx`, the frames seen, is their sum, computed by user space (the program
+        /// leaves it 0).
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        const COUNTERS: usize = [$(Counter::$variant),*].len();
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: [Counter; COUNTERS] = [$(Counter::$variant),*];
+            /// Number of counters (size of the `COUNTERS` map).
+            pub const COUNT: u32 = COUNTERS as u32;
+
+            /// A short snake_case name, used in logs, stats and metrics.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
     /// Frames seen.
-    Rx = 0,
+    Rx = "rx",
     /// Steered to an AF_XDP socket with a resolved next hop.
-    Steered,
+    Steered = "steered",
     /// Steered to an AF_XDP socket to wait for neighbour resolution.
-    SteeredNeighMiss,
+    SteeredNeighMiss = "steered_neigh_miss",
     /// Passed: the ingress interface is not managed (should not happen).
-    PassNotManaged,
+    PassNotManaged = "pass_not_managed",
     /// Passed: destination MAC is not the interface's own (multicast, broadcast, other host).
-    PassNotForUs,
+    PassNotForUs = "pass_not_for_us",
     /// Passed: a VLAN tag on an interface without `vlan_pop`, or stacked tags (handled by the
     /// kernel's VLAN devices).
-    PassVlan,
+    PassVlan = "pass_vlan",
     /// Passed: not IPv4 or IPv6 (ARP, LLDP, ...).
-    PassNotIp,
+    PassNotIp = "pass_not_ip",
     /// Passed: truncated or malformed header, bad length or bad IPv4 header checksum.
-    PassMalformed,
+    PassMalformed = "pass_malformed",
     /// Passed: IPv4 options or an IPv6 hop-by-hop header.
-    PassOptions,
+    PassOptions = "pass_options",
     /// Passed: TTL or hop limit ≤ 1 (the kernel sends ICMP time exceeded).
-    PassTtl,
+    PassTtl = "pass_ttl",
     /// Passed: martian, multicast, link-local or loopback source or destination.
-    PassSpecialAddr,
+    PassSpecialAddr = "pass_special_addr",
     /// Passed: no route, or a route the kernel must handle (local, broadcast, unreachable...).
-    PassRoute,
+    PassRoute = "pass_route",
     /// Passed: the egress interface is not managed, down, or the ingress interface itself;
     /// or the frame is longer than an AF_XDP socket receives whole.
-    PassEgress,
+    PassEgress = "pass_egress",
     /// Passed: the packet exceeds the egress MTU (the kernel fragments or sends ICMP).
-    PassMtu,
+    PassMtu = "pass_mtu",
     /// Passed: next hop unresolved and the kernel forwards on this interface, so it resolves
     /// the neighbour and forwards this packet itself.
-    PassNeighMiss,
+    PassNeighMiss = "pass_neigh_miss",
     /// Passed: no AF_XDP socket in the slot for this rx queue.
-    PassNoSocket,
+    PassNoSocket = "pass_no_socket",
     /// Passed: the driver gave no room for the metadata area (or for a pushed VLAN tag).
-    PassNoMeta,
+    PassNoMeta = "pass_no_meta",
     /// Forwarded by the in-kernel fast path (rewritten and redirected to the egress device).
-    FastForwarded,
+    FastForwarded = "fast_forwarded",
     /// Dropped: the fast path rewrote the frame but the redirect failed.
-    FastFailed,
+    FastFailed = "fast_failed",
     /// Passed: a rule (or the default for unmatched traffic) says "kernel".
-    PassRule,
+    PassRule = "pass_rule",
     /// Dropped: a rule (or the default for unmatched traffic) says "drop".
-    DropRule,
+    DropRule = "drop_rule",
     /// Passed: a NAT rewrite matched but the frame cannot be rewritten statelessly (a
     /// fragment, IPv6 extension headers, a truncated L4 header).
-    PassNat,
+    PassNat = "pass_nat",
     /// Passed: a policy rule (`ip rule`) whose outcome only the kernel knows (fwmark, tos,
     /// uidrange, blackhole, ...) applies, or the family's FIB is left to the kernel (too many
     /// rules, a map full, a resync under way).
-    PassFib,
-}
-
-impl Counter {
-    /// Every counter, in index order.
-    pub const ALL: [Counter; 23] = [
-        Counter::Rx,
-        Counter::Steered,
-        Counter::SteeredNeighMiss,
-        Counter::PassNotManaged,
-        Counter::PassNotForUs,
-        Counter::PassVlan,
-        Counter::PassNotIp,
-        Counter::PassMalformed,
-        Counter::PassOptions,
-        Counter::PassTtl,
-        Counter::PassSpecialAddr,
-        Counter::PassRoute,
-        Counter::PassEgress,
-        Counter::PassMtu,
-        Counter::PassNeighMiss,
-        Counter::PassNoSocket,
-        Counter::PassNoMeta,
-        Counter::FastForwarded,
-        Counter::FastFailed,
-        Counter::PassRule,
-        Counter::DropRule,
-        Counter::PassNat,
-        Counter::PassFib,
-    ];
-    /// Number of counters (size of the `COUNTERS` map).
-    pub const COUNT: u32 = Self::ALL.len() as u32;
-
-    /// A short snake_case name, used in logs and stats.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::Rx => "rx",
-            Counter::Steered => "steered",
-            Counter::SteeredNeighMiss => "steered_neigh_miss",
-            Counter::PassNotManaged => "pass_not_managed",
-            Counter::PassNotForUs => "pass_not_for_us",
-            Counter::PassVlan => "pass_vlan",
-            Counter::PassNotIp => "pass_not_ip",
-            Counter::PassMalformed => "pass_malformed",
-            Counter::PassOptions => "pass_options",
-            Counter::PassTtl => "pass_ttl",
-            Counter::PassSpecialAddr => "pass_special_addr",
-            Counter::PassRoute => "pass_route",
-            Counter::PassEgress => "pass_egress",
-            Counter::PassMtu => "pass_mtu",
-            Counter::PassNeighMiss => "pass_neigh_miss",
-            Counter::PassNoSocket => "pass_no_socket",
-            Counter::PassNoMeta => "pass_no_meta",
-            Counter::FastForwarded => "fast_forwarded",
-            Counter::FastFailed => "fast_failed",
-            Counter::PassRule => "pass_rule",
-            Counter::DropRule => "drop_rule",
-            Counter::PassNat => "pass_nat",
-            Counter::PassFib => "pass_fib",
-        }
-    }
+    PassFib = "pass_fib",
 }
 
 #[cfg(feature = "user")]

@@ -186,11 +186,18 @@ impl FibAction {
     }
 }
 
-/// `FibRule::flags`: the selectors' result is inverted (`ip rule add not ...`).
-pub const FIB_INVERT: u32 = 1;
-/// `FibRule::flags`: the rule can never match a forwarded frame (its `iif` is not a managed
-/// interface).
-pub const FIB_NEVER: u32 = 1 << 1;
+bitflags::bitflags! {
+    /// How a [`FibRule`]'s selectors apply (`FibRule::flags`).
+    #[repr(transparent)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FibFlags: u32 {
+        /// The selectors' result is inverted (`ip rule add not ...`).
+        const INVERT = 1;
+        /// The rule can never match a forwarded frame (its `iif` is not a managed interface).
+        const NEVER = 1 << 1;
+    }
+}
+
 /// `FibRule::suppress` when the rule has no `suppress_prefixlength`.
 pub const FIB_NO_SUPPRESS: u32 = u32::MAX;
 
@@ -207,8 +214,7 @@ pub struct FibRule {
     pub target: u32,
     /// Routes with a prefix length up to this are ignored ([`FIB_NO_SUPPRESS`]: none).
     pub suppress: u32,
-    /// `FIB_*` bits.
-    pub flags: u32,
+    pub flags: FibFlags,
 }
 const _: () = assert!(size_of::<FibRule>() == 88 + 16);
 

@@ -18,11 +18,10 @@ use aya::{
     programs::Xdp,
 };
 use xdpfwd_common::{
-    ACTION_FORWARD, ACTION_KERNEL, FIB_NO_SUPPRESS, FibAction, FibRule, FibWord, HashPolicy,
-    IFACE_FAST_PATH, IFACE_MANAGED, IFACE_UP, IFACE_VLAN_POP, IfaceInfo, NAT_DPORT, NAT_DST,
-    NAT_SPORT, NAT_SRC, Nat, NeighKeyV4, NeighKeyV6, Neighbour, NhGroup, NhPath, Policy,
-    RULE_DPORT, RULE_PROTO, RULE_V4, RULE_V6, RULE_VLAN, Route, RouteKind, Rule, fib_rule_index,
-    route_key_bits, route_key_v4, route_key_v6,
+    Action, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy, IfaceFlags,
+    IfaceInfo, Nat, NatFields, NeighKeyV4, NeighKeyV6, Neighbour, NhGroup, NhPath, Policy, Route,
+    RouteKind, Rule, RuleFields, fib_rule_index, map_names, route_key_bits, route_key_v4,
+    route_key_v6,
 };
 
 /// The MAC of the ingress interface in the harness (frames must be sent to it).
@@ -63,17 +62,18 @@ impl Harness {
     fn fill(&mut self) -> anyhow::Result<()> {
         let info = |slot, mac| IfaceInfo {
             slot,
-            flags: IFACE_MANAGED | IFACE_UP,
+            flags: IfaceFlags::MANAGED | IfaceFlags::UP,
             mtu: 1500,
             mac,
             max_frame: 3812,
             ..IfaceInfo::default()
         };
         {
-            let mut ifaces: HashMap<_, u32, IfaceInfo> =
-                HashMap::try_from(self.ebpf.map_mut("IFACES").context("IFACES")?)?;
+            let mut ifaces: HashMap<_, u32, IfaceInfo> = HashMap::try_from(
+                self.ebpf.map_mut(map_names::IFACES).context(map_names::IFACES)?,
+            )?;
             let mut ingress = info(0, INGRESS_MAC);
-            ingress.flags |= IFACE_VLAN_POP;
+            ingress.flags |= IfaceFlags::VLAN_POP;
             ifaces.insert(INGRESS, ingress, 0)?;
             ifaces.insert(EGRESS, info(1, EGRESS_MAC), 0)?;
         }
@@ -81,33 +81,37 @@ impl Harness {
         {
             // TCP port 22 to the kernel; VLAN 10 forwarded; default forward.
             let mut rules: Array<_, Rule> =
-                Array::try_from(self.ebpf.map_mut("RULES").context("RULES")?)?;
+                Array::try_from(self.ebpf.map_mut(map_names::RULES).context(map_names::RULES)?)?;
             let ssh = Rule {
-                fields: RULE_PROTO | RULE_DPORT,
-                action: ACTION_KERNEL,
+                fields: RuleFields::PROTO | RuleFields::DPORT,
+                action: Action::Kernel as u32,
                 proto: 6,
                 dport_lo: 22,
                 dport_hi: 22,
                 ..Rule::default()
             };
             rules.set(0, ssh, 0)?;
-            let vlan =
-                Rule { fields: RULE_VLAN, action: ACTION_FORWARD, vlan: 10, ..Rule::default() };
+            let vlan = Rule {
+                fields: RuleFields::VLAN,
+                action: Action::Forward as u32,
+                vlan: 10,
+                ..Rule::default()
+            };
             rules.set(1, vlan, 0)?;
             // TCP port 80 to 198.18.2.3:8080; IPv6 UDP from 2001:2:0:1::99 port 5000.
             let mut nats: Array<_, Nat> =
-                Array::try_from(self.ebpf.map_mut("NATS").context("NATS")?)?;
+                Array::try_from(self.ebpf.map_mut(map_names::NATS).context(map_names::NATS)?)?;
             let mut dst = [0u8; 16];
             dst[..4].copy_from_slice(&[198, 18, 2, 3]);
             let web = Nat {
                 rule: Rule {
-                    fields: RULE_PROTO | RULE_DPORT | RULE_V4,
+                    fields: RuleFields::PROTO | RuleFields::DPORT | RuleFields::V4,
                     proto: 6,
                     dport_lo: 80,
                     dport_hi: 80,
                     ..Rule::default()
                 },
-                set: NAT_DST | NAT_DPORT,
+                set: NatFields::DST | NatFields::DPORT,
                 dport: 8080,
                 dst,
                 ..Nat::default()
@@ -115,8 +119,12 @@ impl Harness {
             nats.set(0, web, 0)?;
             let src: [u8; 16] = "2001:2:0:1::99".parse::<std::net::Ipv6Addr>()?.octets();
             let udp6 = Nat {
-                rule: Rule { fields: RULE_PROTO | RULE_V6, proto: 17, ..Rule::default() },
-                set: NAT_SRC | NAT_SPORT,
+                rule: Rule {
+                    fields: RuleFields::PROTO | RuleFields::V6,
+                    proto: 17,
+                    ..Rule::default()
+                },
+                set: NatFields::SRC | NatFields::SPORT,
                 sport: 5000,
                 src,
                 ..Nat::default()
@@ -127,32 +135,35 @@ impl Harness {
             src[..4].copy_from_slice(&[198, 18, 1, 77]);
             let dns = Nat {
                 rule: Rule {
-                    fields: RULE_PROTO | RULE_DPORT | RULE_V4,
+                    fields: RuleFields::PROTO | RuleFields::DPORT | RuleFields::V4,
                     proto: 17,
                     dport_lo: 53,
                     dport_hi: 53,
                     ..Rule::default()
                 },
-                set: NAT_SRC | NAT_DPORT,
+                set: NatFields::SRC | NatFields::DPORT,
                 dport: 5353,
                 src,
                 ..Nat::default()
             };
             nats.set(2, dns, 0)?;
-            let mut ruleset: Array<_, u32> =
-                Array::try_from(self.ebpf.map_mut("RULESET").context("RULESET")?)?;
-            let policy = Policy { set: 0, rules: 2, nats: 3, default: ACTION_FORWARD };
+            let mut ruleset: Array<_, u32> = Array::try_from(
+                self.ebpf.map_mut(map_names::RULESET).context(map_names::RULESET)?,
+            )?;
+            let policy = Policy { set: 0, rules: 2, nats: 3, default: Action::Forward };
             ruleset.set(0, policy.encode(), 0)?;
         }
-        let mut n4: HashMap<_, NeighKeyV4, Neighbour> =
-            HashMap::try_from(self.ebpf.map_mut("NEIGH_V4").context("NEIGH_V4")?)?;
+        let mut n4: HashMap<_, NeighKeyV4, Neighbour> = HashMap::try_from(
+            self.ebpf.map_mut(map_names::NEIGH_V4).context(map_names::NEIGH_V4)?,
+        )?;
         n4.insert(
             NeighKeyV4 { ifindex: EGRESS, addr: [198, 18, 2, 2] },
             Neighbour { mac: GATEWAY_MAC, _pad: [0; 2] },
             0,
         )?;
-        let mut n6: HashMap<_, NeighKeyV6, Neighbour> =
-            HashMap::try_from(self.ebpf.map_mut("NEIGH_V6").context("NEIGH_V6")?)?;
+        let mut n6: HashMap<_, NeighKeyV6, Neighbour> = HashMap::try_from(
+            self.ebpf.map_mut(map_names::NEIGH_V6).context(map_names::NEIGH_V6)?,
+        )?;
         let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
         n6.insert(
             NeighKeyV6 { ifindex: EGRESS, addr: gw },
@@ -176,8 +187,9 @@ impl Harness {
         let mut gw4 = [0u8; 16];
         gw4[..4].copy_from_slice(&[198, 18, 2, 2]);
         {
-            let mut r4: LpmTrie<_, [u8; 8], Route> =
-                LpmTrie::try_from(self.ebpf.map_mut("ROUTES_V4").context("ROUTES_V4")?)?;
+            let mut r4: LpmTrie<_, [u8; 8], Route> = LpmTrie::try_from(
+                self.ebpf.map_mut(map_names::ROUTES_V4).context(map_names::ROUTES_V4)?,
+            )?;
             let key = |table, len, a| Key::new(route_key_bits(len), route_key_v4(table, a));
             r4.insert(&key(254, 0, [0; 4]), route(RouteKind::Unicast, EGRESS, gw4, 0), 0)?;
             r4.insert(
@@ -196,8 +208,9 @@ impl Harness {
             r4.insert(&key(100, 0, [0; 4]), ecmp, 0)?;
         }
         {
-            let mut r6: LpmTrie<_, [u8; 20], Route> =
-                LpmTrie::try_from(self.ebpf.map_mut("ROUTES_V6").context("ROUTES_V6")?)?;
+            let mut r6: LpmTrie<_, [u8; 20], Route> = LpmTrie::try_from(
+                self.ebpf.map_mut(map_names::ROUTES_V6).context(map_names::ROUTES_V6)?,
+            )?;
             let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
             r6.insert(
                 &Key::new(route_key_bits(0), route_key_v6(254, [0; 16])),
@@ -206,28 +219,31 @@ impl Harness {
             )?;
         }
         {
-            let mut slots: Array<_, u32> =
-                Array::try_from(self.ebpf.map_mut("NH_SLOTS").context("NH_SLOTS")?)?;
+            let mut slots: Array<_, u32> = Array::try_from(
+                self.ebpf.map_mut(map_names::NH_SLOTS).context(map_names::NH_SLOTS)?,
+            )?;
             slots.set(1, 1, 0)?;
-            let mut groups: Array<_, NhGroup> =
-                Array::try_from(self.ebpf.map_mut("NH_GROUPS").context("NH_GROUPS")?)?;
+            let mut groups: Array<_, NhGroup> = Array::try_from(
+                self.ebpf.map_mut(map_names::NH_GROUPS).context(map_names::NH_GROUPS)?,
+            )?;
             let mut group = NhGroup { count: 2, ..NhGroup::default() };
             group.paths[0] = NhPath { bound: (1 << 30) - 1, oif: EGRESS, gateway: gw4 };
             group.paths[1] = NhPath { bound: (1 << 31) - 1, oif: EGRESS, gateway: [0; 16] };
             groups.set(1, group, 0)?;
         }
-        let mut rules: Array<_, FibRule> =
-            Array::try_from(self.ebpf.map_mut("FIB_RULES").context("FIB_RULES")?)?;
+        let mut rules: Array<_, FibRule> = Array::try_from(
+            self.ebpf.map_mut(map_names::FIB_RULES).context(map_names::FIB_RULES)?,
+        )?;
         let lookup = |table| FibRule {
             sel: Rule { action: FibAction::Lookup as u32, ..Rule::default() },
             table,
             target: u32::MAX,
             suppress: FIB_NO_SUPPRESS,
-            flags: 0,
+            flags: FibFlags::empty(),
         };
         let https = FibRule {
             sel: Rule {
-                fields: RULE_PROTO | RULE_DPORT,
+                fields: RuleFields::PROTO | RuleFields::DPORT,
                 proto: 6,
                 dport_lo: 443,
                 dport_hi: 443,
@@ -242,7 +258,7 @@ impl Harness {
             }
         }
         let mut ctl: Array<_, u32> =
-            Array::try_from(self.ebpf.map_mut("FIB_CTL").context("FIB_CTL")?)?;
+            Array::try_from(self.ebpf.map_mut(map_names::FIB_CTL).context(map_names::FIB_CTL)?)?;
         let word = FibWord { rules: 3, hash: HashPolicy::L4, ..FibWord::default() };
         ctl.set(0, word.encode(), 0)?;
         ctl.set(1, word.encode(), 0)?;
@@ -252,10 +268,13 @@ impl Harness {
     /// Selects the AF_XDP path or the fast path for traffic routed to the egress.
     pub fn set_fast_path(&mut self, on: bool) -> anyhow::Result<()> {
         let mut ifaces: HashMap<_, u32, IfaceInfo> =
-            HashMap::try_from(self.ebpf.map_mut("IFACES").context("IFACES")?)?;
+            HashMap::try_from(self.ebpf.map_mut(map_names::IFACES).context(map_names::IFACES)?)?;
         let mut egress = ifaces.get(&EGRESS, 0)?;
-        egress.flags =
-            if on { egress.flags | IFACE_FAST_PATH } else { egress.flags & !IFACE_FAST_PATH };
+        egress.flags = if on {
+            egress.flags | IfaceFlags::FAST_PATH
+        } else {
+            egress.flags - IfaceFlags::FAST_PATH
+        };
         ifaces.insert(EGRESS, egress, 0)?;
         Ok(())
     }
@@ -264,16 +283,18 @@ impl Harness {
     /// forward are then rewritten by the program and come back `XDP_REDIRECT` (test runs do
     /// not carry out the redirect).
     pub fn enable_redirect(&mut self) -> anyhow::Result<()> {
-        let mut devmap =
-            aya::maps::DevMap::try_from(self.ebpf.map_mut("DEVMAP").context("DEVMAP")?)?;
+        let mut devmap = aya::maps::DevMap::try_from(
+            self.ebpf.map_mut(map_names::DEVMAP).context(map_names::DEVMAP)?,
+        )?;
         devmap.set(1, INGRESS, None, 0)?;
         self.set_fast_path(true)
     }
 
     /// The program's verdict counters, summed over CPUs, by name.
     pub fn counters(&self) -> anyhow::Result<std::collections::BTreeMap<&'static str, u64>> {
-        let map: aya::maps::PerCpuArray<_, u64> =
-            aya::maps::PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("COUNTERS")?)?;
+        let map: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(
+            self.ebpf.map(map_names::COUNTERS).context(map_names::COUNTERS)?,
+        )?;
         let mut out = std::collections::BTreeMap::new();
         for c in xdpfwd_common::Counter::ALL {
             out.insert(c.name(), map.get(&(c as u32), 0)?.iter().sum());

@@ -46,10 +46,9 @@ use netlink_sys::AsyncSocket as _;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::mpsc::UnboundedReceiver;
 use xdpfwd_common::{
-    FibRule, FibWord, HashPolicy, IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6,
-    IFACE_MANAGED, IFACE_PEER_MAC, IFACE_UP, IFACE_VLAN_POP, IFACE_XCONNECT, IfaceInfo,
-    MAX_FIB_RULES, NeighKeyV4, NeighKeyV6, Neighbour, Route as MapRoute, RouteKind, fib_rule_index,
-    route_key_bits, route_key_v4, route_key_v6,
+    FibRule, FibWord, HashPolicy, IfaceFlags, IfaceInfo, MAX_FIB_RULES, NeighKeyV4, NeighKeyV6,
+    Neighbour, Route as MapRoute, RouteKind, fib_rule_index, max_frame_for_mtu, route_key_bits,
+    route_key_v4, route_key_v6,
 };
 
 use crate::{
@@ -339,7 +338,7 @@ impl Control {
         if iface.up != fresh.up {
             self.resync = true;
         }
-        if fresh.mtu != iface.mtu && fresh.mtu + 14 + 4 > u32::from(self.max_frame) {
+        if fresh.mtu != iface.mtu && max_frame_for_mtu(fresh.mtu) > u32::from(self.max_frame) {
             tracing::error!(
                 iface = %iface.name,
                 mtu = fresh.mtu,
@@ -981,29 +980,15 @@ impl Control {
     fn info(&self, i: usize) -> IfaceInfo {
         let iface = &self.ifaces[i];
         let (v4, v6) = self.forwarding.get(&iface.ifindex).copied().unwrap_or_default();
-        let mut flags = IFACE_MANAGED;
-        if iface.up {
-            flags |= IFACE_UP;
-        }
-        if v4 {
-            flags |= IFACE_KERNEL_FWD_V4;
-        }
-        if v6 {
-            flags |= IFACE_KERNEL_FWD_V6;
-        }
-        if self.fast_path {
-            flags |= IFACE_FAST_PATH;
-        }
         let opts = self.policy.ifaces.get(&iface.ifindex).copied().unwrap_or_default();
-        if opts.vlan_pop {
-            flags |= IFACE_VLAN_POP;
-        }
-        if opts.peer != 0 {
-            flags |= IFACE_XCONNECT;
-        }
-        if opts.peer_mac.is_some() {
-            flags |= IFACE_PEER_MAC;
-        }
+        let mut flags = IfaceFlags::MANAGED;
+        flags.set(IfaceFlags::UP, iface.up);
+        flags.set(IfaceFlags::KERNEL_FWD_V4, v4);
+        flags.set(IfaceFlags::KERNEL_FWD_V6, v6);
+        flags.set(IfaceFlags::FAST_PATH, self.fast_path);
+        flags.set(IfaceFlags::VLAN_POP, opts.vlan_pop);
+        flags.set(IfaceFlags::XCONNECT, opts.peer != 0);
+        flags.set(IfaceFlags::PEER_MAC, opts.peer_mac.is_some());
         IfaceInfo {
             slot: iface.slot,
             flags,

@@ -13,11 +13,10 @@ use netlink_packet_route::{
     rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage},
 };
 use xdpfwd_common::{
-    FIB_INVERT, FIB_NEVER, FIB_NO_SUPPRESS, FibAction, FibRule, MAX_FIB_RULES, RULE_DPORT,
-    RULE_DST, RULE_IN, RULE_PROTO, RULE_SPORT, RULE_SRC, Rule,
+    FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, MAX_FIB_RULES, Rule, RuleFields,
 };
 
-use crate::config::prefix_words;
+use crate::policy::prefix_words;
 
 /// One policy rule as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,40 +206,40 @@ impl FibRules {
 
 fn compile_one(spec: &FibRuleSpec, iif: &impl Fn(&str) -> Option<u32>) -> FibRule {
     let mut sel = Rule::default();
-    let mut flags = 0;
+    let mut flags = FibFlags::empty();
     if let Some(name) = &spec.iif {
         match iif(name) {
             Some(ifindex) => {
-                sel.fields |= RULE_IN;
+                sel.fields |= RuleFields::IN;
                 sel.in_ifindex = ifindex;
             }
-            None if !spec.invert => flags |= FIB_NEVER,
+            None if !spec.invert => flags |= FibFlags::NEVER,
             // `not iif X` with X not managed matches every frame xdpfwd sees.
             None => {}
         }
     }
     if let Some(p) = spec.proto {
-        sel.fields |= RULE_PROTO;
+        sel.fields |= RuleFields::PROTO;
         sel.proto = u16::from(p);
     }
     if let Some(net) = &spec.src {
-        sel.fields |= RULE_SRC;
+        sel.fields |= RuleFields::SRC;
         (sel.src, sel.src_mask, _) = prefix_words(net);
     }
     if let Some(net) = &spec.dst {
-        sel.fields |= RULE_DST;
+        sel.fields |= RuleFields::DST;
         (sel.dst, sel.dst_mask, _) = prefix_words(net);
     }
     if let Some((lo, hi)) = spec.sport {
-        sel.fields |= RULE_SPORT;
+        sel.fields |= RuleFields::SPORT;
         (sel.sport_lo, sel.sport_hi) = (lo, hi);
     }
     if let Some((lo, hi)) = spec.dport {
-        sel.fields |= RULE_DPORT;
+        sel.fields |= RuleFields::DPORT;
         (sel.dport_lo, sel.dport_hi) = (lo, hi);
     }
-    if spec.invert && flags & FIB_NEVER == 0 {
-        flags |= FIB_INVERT;
+    if spec.invert && !flags.contains(FibFlags::NEVER) {
+        flags |= FibFlags::INVERT;
     }
     let (action, table) = match spec.action {
         _ if spec.opaque => (FibAction::Kernel, 0),
@@ -253,7 +252,7 @@ fn compile_one(spec: &FibRuleSpec, iif: &impl Fn(&str) -> Option<u32>) -> FibRul
         // Inverting a rule whose selectors are only partly known would narrow it: every frame
         // reaching it goes to the kernel.
         sel = Rule::default();
-        flags = 0;
+        flags = FibFlags::empty();
     }
     sel.action = action as u32;
     FibRule {
@@ -349,7 +348,7 @@ mod tests {
         assert_eq!(FibAction::from_u32(out[1].sel.action), FibAction::Goto);
         assert_eq!(out[1].target, 3);
         assert_eq!(FibAction::from_u32(out[2].sel.action), FibAction::Kernel);
-        assert_eq!(out[3].flags & FIB_NEVER, FIB_NEVER, "iif of an unmanaged interface");
+        assert!(out[3].flags.contains(FibFlags::NEVER), "iif of an unmanaged interface");
         assert_eq!(out[4].table, 254);
         let mut many = FibRules::default();
         for i in 0..=MAX_FIB_RULES {

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{Array, DevMap, HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
-use xdpfwd_common::{ACTION_FORWARD, MAX_IFACES, MAX_QUEUES, xsk_key};
+use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, XDP_META_MAX, map_names, max_frame_for_mtu, xsk_key};
 
 use crate::{
     config::{self, Config},
@@ -95,7 +95,7 @@ pub enum DefaultPath {
 pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let mut settings = match &args.config {
         Some(path) => config::load(path)?,
-        None => Config { unmatched: ACTION_FORWARD, ..Config::default() },
+        None => Config::default(),
     };
     if args.interfaces.is_empty() {
         args.interfaces = settings.names();
@@ -155,26 +155,27 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let take = |ebpf: &mut aya::Ebpf, name: &str| {
         ebpf.take_map(name).with_context(|| format!("map {name} missing"))
     };
-    let mut xsks = XskMap::try_from(take(&mut ebpf, "XSKS")?)?;
-    let mut devmap = DevMap::try_from(take(&mut ebpf, "DEVMAP")?)?;
+    let mut xsks = XskMap::try_from(take(&mut ebpf, map_names::XSKS)?)?;
+    let mut devmap = DevMap::try_from(take(&mut ebpf, map_names::DEVMAP)?)?;
     for iface in &ifaces {
         devmap
             .set(iface.slot, iface.ifindex, None, 0)
             .with_context(|| format!("inserting {} into DEVMAP", iface.name))?;
     }
-    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(take(&mut ebpf, map_names::COUNTERS)?)?;
     let maps = Maps {
-        ifaces: BpfHashMap::try_from(take(&mut ebpf, "IFACES")?)?,
-        routes_v4: LpmTrie::try_from(take(&mut ebpf, "ROUTES_V4")?)?,
-        routes_v6: LpmTrie::try_from(take(&mut ebpf, "ROUTES_V6")?)?,
-        neigh_v4: BpfHashMap::try_from(take(&mut ebpf, "NEIGH_V4")?)?,
-        neigh_v6: BpfHashMap::try_from(take(&mut ebpf, "NEIGH_V6")?)?,
-        fib_rules: Array::try_from(take(&mut ebpf, "FIB_RULES")?)?,
-        fib_ctl: Array::try_from(take(&mut ebpf, "FIB_CTL")?)?,
+        ifaces: BpfHashMap::try_from(take(&mut ebpf, map_names::IFACES)?)?,
+        routes_v4: LpmTrie::try_from(take(&mut ebpf, map_names::ROUTES_V4)?)?,
+        routes_v6: LpmTrie::try_from(take(&mut ebpf, map_names::ROUTES_V6)?)?,
+        neigh_v4: BpfHashMap::try_from(take(&mut ebpf, map_names::NEIGH_V4)?)?,
+        neigh_v6: BpfHashMap::try_from(take(&mut ebpf, map_names::NEIGH_V6)?)?,
+        fib_rules: Array::try_from(take(&mut ebpf, map_names::FIB_RULES)?)?,
+        fib_ctl: Array::try_from(take(&mut ebpf, map_names::FIB_CTL)?)?,
     };
     let nexthops = Nexthops::new(
-        Array::try_from(take(&mut ebpf, "NH_SLOTS")?)?,
-        Array::try_from(take(&mut ebpf, "NH_GROUPS")?)?,
+        Array::try_from(take(&mut ebpf, map_names::NH_SLOTS)?)?,
+        Array::try_from(take(&mut ebpf, map_names::NH_GROUPS)?)?,
     );
 
     let ifaces: Vec<Arc<Iface>> = ifaces.into_iter().map(Arc::new).collect();
@@ -432,7 +433,7 @@ fn validate(ifaces: &[Iface], config: &XskConfig) -> anyhow::Result<()> {
     if !config.ring_size.is_power_of_two() || !(64..=16384).contains(&config.ring_size) {
         bail!("--ring-size must be a power of two between 64 and 16384, not {}", config.ring_size);
     }
-    let max_mtu = config.max_frame_len().saturating_sub(14 + 4 + 32);
+    let max_mtu = config.max_frame_len().saturating_sub(max_frame_for_mtu(0) + XDP_META_MAX);
     for iface in ifaces {
         if iface.mtu > max_mtu {
             bail!(

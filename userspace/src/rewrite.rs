@@ -3,7 +3,7 @@
 //! Pure functions over byte slices; they never panic, never allocate and never touch the
 //! payload. The worker calls them on frames that live in the UMEM.
 
-use xdpfwd_common::{META_LEN, META_MAGIC, XskMeta};
+use xdpfwd_common::{META_LEN, META_MAGIC, MetaFlags, XskMeta};
 
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
@@ -31,7 +31,13 @@ pub fn parse_meta(bytes: &[u8; META_LEN]) -> Option<XskMeta> {
     }
     let mut addr = [0u8; 16];
     addr.copy_from_slice(&bytes[8..24]);
-    Some(XskMeta { oif: word(0), flags: half(4), l3_off: half(6), addr, magic })
+    Some(XskMeta {
+        oif: word(0),
+        flags: MetaFlags::from_bits_retain(half(4)),
+        l3_off: half(6),
+        addr,
+        magic,
+    })
 }
 
 /// Rewrites a routed frame in place and returns its new length.
@@ -223,7 +229,10 @@ mod tests {
         assert_eq!(parse_meta(&bytes), None, "no magic, no meta");
         bytes[24..28].copy_from_slice(&META_MAGIC.to_ne_bytes());
         let meta = parse_meta(&bytes).unwrap();
-        assert_eq!((meta.oif, meta.flags, meta.l3_off, meta.addr), (7, 1, 14, [9; 16]));
+        assert_eq!(
+            (meta.oif, meta.flags, meta.l3_off, meta.addr),
+            (7, MetaFlags::IPV6, 14, [9; 16])
+        );
     }
 
     proptest! {

@@ -22,7 +22,7 @@ use std::{
 };
 
 use tokio::sync::mpsc::UnboundedSender;
-use xdpfwd_common::{META_IPV6, META_L2, META_LEN, META_NEED_NEIGH, XskMeta};
+use xdpfwd_common::{META_LEN, MetaFlags, XskMeta};
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::{
@@ -296,14 +296,14 @@ impl Worker {
             self.drop_frame(desc);
             return;
         };
-        if meta.flags & META_L2 != 0 {
+        if meta.flags.contains(MetaFlags::L2) {
             // Cross-connected: the XDP program did all there is to do.
             self.queue_tx(egress, desc);
             return;
         }
-        let ipv6 = meta.flags & META_IPV6 != 0;
+        let ipv6 = meta.flags.contains(MetaFlags::IPV6);
         let l3_off = usize::from(meta.l3_off);
-        if meta.flags & META_NEED_NEIGH != 0 {
+        if meta.flags.contains(MetaFlags::NEED_NEIGH) {
             self.hold(ingress, egress, desc, meta, l3_off, ipv6);
             return;
         }

@@ -6,12 +6,11 @@
 
 use aya_ebpf::programs::XdpContext;
 use xdpfwd_common::{
-    Counter, IFACE_FAST_PATH, IFACE_MANAGED, IFACE_PEER_MAC, IFACE_UP, IFACE_VLAN_POP,
-    IFACE_XCONNECT, IfaceInfo, META_L2, META_MAGIC, NAT_DST, XskMeta, csum,
+    Counter, IfaceFlags, IfaceInfo, META_MAGIC, MetaFlags, NatFields, XskMeta, csum,
 };
 
 use crate::{
-    decision::{Flow, Ingress, NO_NAT, Packet, STEER_FAST, STEER_PEER_MAC, Steer, Vlan},
+    decision::{Flow, Ingress, NO_NAT, Packet, Steer, SteerFlags, Vlan},
     maps::{FLOW, NATS, iface},
     nat::l4_span,
     policy::{l4_ports, policy_stage},
@@ -28,7 +27,7 @@ use crate::{
 pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
     let ifindex = ctx.ingress_ifindex() as u32;
     let ingress = iface(ifindex).ok_or(Counter::PassNotManaged)?;
-    if ingress.flags & IFACE_MANAGED == 0 {
+    if !ingress.flags.contains(IfaceFlags::MANAGED) {
         return Err(Counter::PassNotManaged);
     }
     // SAFETY: `ptr_at` checked that the 14 bytes lie inside the frame.
@@ -38,7 +37,7 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
         return Err(Counter::PassEgress);
     }
     let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
-    if ingress.flags & IFACE_XCONNECT != 0 {
+    if ingress.flags.contains(IfaceFlags::XCONNECT) {
         return xconnect(ctx, ifindex, ingress, ethertype, steer);
     }
     if eth[0..6] != ingress.mac {
@@ -47,7 +46,7 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
     let mut l3 = ETH_HLEN;
     let mut vlan = 0;
     let mut ethertype = ethertype;
-    if ethertype == ETH_P_8021Q && ingress.flags & IFACE_VLAN_POP != 0 {
+    if ethertype == ETH_P_8021Q && ingress.flags.contains(IfaceFlags::VLAN_POP) {
         // SAFETY: `ptr_at` checked that the 4 bytes lie inside the frame.
         let tag = unsafe { &*ptr_at::<[u8; VLAN_HLEN]>(ctx, ETH_HLEN)? };
         vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
@@ -77,7 +76,7 @@ fn xconnect(
     let out = egress(ingress.peer, ifindex)?;
     let len = frame_len(ctx);
     let vlan = Vlan {
-        pop: ethertype == ETH_P_8021Q && ingress.flags & IFACE_VLAN_POP != 0,
+        pop: ethertype == ETH_P_8021Q && ingress.flags.contains(IfaceFlags::VLAN_POP),
         push: out.push_vlan,
     };
     if vlan.push != 0 && !vlan.pop && len + VLAN_HLEN > ingress.max_frame as usize {
@@ -86,16 +85,16 @@ fn xconnect(
     if len > out.mtu as usize + ETH_HLEN + VLAN_HLEN {
         return Err(Counter::PassMtu);
     }
-    let peer_mac = ingress.flags & IFACE_PEER_MAC != 0;
+    let peer_mac = ingress.flags.contains(IfaceFlags::PEER_MAC);
     let mut addr = [0u8; 16];
     if peer_mac {
         addr[0..6].copy_from_slice(&ingress.peer_mac);
     }
-    let fast = out.flags & IFACE_FAST_PATH != 0;
+    let fast = out.flags.contains(IfaceFlags::FAST_PATH);
     *steer = Steer {
         meta: XskMeta {
             oif: ingress.peer,
-            flags: META_L2,
+            flags: MetaFlags::L2,
             l3_off: ETH_HLEN as u16,
             addr,
             magic: META_MAGIC,
@@ -106,8 +105,8 @@ fn xconnect(
         nat: NO_NAT,
         push: vlan.push,
         flags: vlan.flags()
-            | if fast { STEER_FAST } else { 0 }
-            | if peer_mac { STEER_PEER_MAC } else { 0 },
+            | if fast { SteerFlags::FAST } else { SteerFlags::empty() }
+            | if peer_mac { SteerFlags::PEER_MAC } else { SteerFlags::empty() },
     };
     Ok(())
 }
@@ -120,7 +119,7 @@ pub fn egress(oif: u32, ifindex: u32) -> Result<&'static IfaceInfo, Counter> {
         return Err(Counter::PassEgress);
     }
     let out = iface(oif).ok_or(Counter::PassEgress)?;
-    if out.flags & (IFACE_MANAGED | IFACE_UP) != IFACE_MANAGED | IFACE_UP {
+    if !out.flags.contains(IfaceFlags::MANAGED.union(IfaceFlags::UP)) {
         return Err(Counter::PassEgress);
     }
     Ok(out)
@@ -244,7 +243,7 @@ fn routed(
     if nat != NO_NAT {
         nat_fits(ctx, packet)?;
         let nat = NATS.get(nat).ok_or(Counter::PassNat)?;
-        if nat.set & NAT_DST != 0 {
+        if nat.set.contains(NatFields::DST) {
             let mut dst = nat.dst;
             if !packet.v6 {
                 dst[4..].fill(0);

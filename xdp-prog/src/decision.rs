@@ -47,22 +47,27 @@ pub struct Flow {
     pub ifindex: u32,
     /// IPv6 flow label (0 for IPv4).
     pub label: u32,
-    /// TCP / UDP source and destination ports, with [`FLOW_PORTS`].
+    /// TCP / UDP source and destination ports, with [`FlowFlags::PORTS`].
     pub sport: u16,
     pub dport: u16,
     /// VLAN id the frame arrived with (0: untagged).
     pub vlan: u16,
     pub proto: u8,
-    /// `FLOW_*` bits.
-    pub flags: u8,
+    pub flags: FlowFlags,
 }
 
-/// `Flow::flags`: IPv6 (IPv4 otherwise).
-pub const FLOW_V6: u8 = 1;
-/// `Flow::flags`: the frame carries TCP / UDP ports (also a first fragment).
-pub const FLOW_PORTS: u8 = 1 << 1;
-/// `Flow::flags`: the packet is a fragment (the kernel's policy rules see no ports in it).
-pub const FLOW_FRAGMENT: u8 = 1 << 2;
+bitflags::bitflags! {
+    /// What a [`Flow`] is (`Flow::flags`).
+    #[derive(Clone, Copy)]
+    pub struct FlowFlags: u8 {
+        /// IPv6 (IPv4 otherwise).
+        const V6 = 1;
+        /// The frame carries TCP / UDP ports (also a first fragment).
+        const PORTS = 1 << 1;
+        /// The packet is a fragment (the kernel's policy rules see no ports in it).
+        const FRAGMENT = 1 << 2;
+    }
+}
 
 impl Flow {
     #[inline(always)]
@@ -74,9 +79,10 @@ impl Flow {
         ports: Option<(u16, u16)>,
     ) -> Flow {
         let (sport, dport) = ports.unwrap_or((0, 0));
-        let flags = if packet.v6 { FLOW_V6 } else { 0 }
-            | if ports.is_some() { FLOW_PORTS } else { 0 }
-            | if packet.unfragmented { 0 } else { FLOW_FRAGMENT };
+        let mut flags = FlowFlags::empty();
+        flags.set(FlowFlags::V6, packet.v6);
+        flags.set(FlowFlags::PORTS, ports.is_some());
+        flags.set(FlowFlags::FRAGMENT, !packet.unfragmented);
         Flow {
             src,
             dst,
@@ -92,13 +98,13 @@ impl Flow {
 
     #[inline(always)]
     pub fn v6(&self) -> bool {
-        self.flags & FLOW_V6 != 0
+        self.flags.contains(FlowFlags::V6)
     }
 }
 
 /// A frame to forward, as the stages leave it in the per-CPU `STEER` slot (not on the
 /// stack, and without pointers, which a map may not hold): the metadata for user space and
-/// the ingress interface's XSKMAP slot; with [`STEER_FAST`], the egress slot in `DEVMAP` for
+/// the ingress interface's XSKMAP slot; with [`SteerFlags::FAST`], the egress slot in `DEVMAP` for
 /// the in-kernel fast path instead. Nothing of the frame has changed yet: `egress::forward`
 /// applies the VLAN change, the NAT rewrite and (fast path) the router rewrite.
 #[repr(C)]
@@ -106,7 +112,7 @@ impl Flow {
 pub struct Steer {
     pub meta: XskMeta,
     pub slot: u32,
-    /// With [`STEER_FAST`]: the egress slot in `DEVMAP`.
+    /// With [`SteerFlags::FAST`]: the egress slot in `DEVMAP`.
     pub egress_slot: u32,
     /// IP length (header included): the fast path trims the frame to the L3 offset plus
     /// this; 0 for cross-connected frames, which are sent as they are.
@@ -115,28 +121,34 @@ pub struct Steer {
     pub nat: u32,
     /// VLAN id to tag the frame with (0: none).
     pub push: u16,
-    /// `STEER_*` bits.
-    pub flags: u16,
+    pub flags: SteerFlags,
 }
 
 /// `Steer::nat`: no rewrite.
 pub const NO_NAT: u32 = u32::MAX;
-/// `Steer::flags`: the in-kernel fast path.
-pub const STEER_FAST: u16 = 1;
-/// `Steer::flags`: the frame arrived with a tag that is removed (or rewritten, with `push`).
-pub const STEER_POP: u16 = 1 << 1;
-/// `Steer::flags`: cross-connect: set the destination MAC to `meta.addr[0..6]`.
-pub const STEER_PEER_MAC: u16 = 1 << 2;
+
+bitflags::bitflags! {
+    /// How a [`Steer`] leaves (`Steer::flags`).
+    #[derive(Clone, Copy)]
+    pub struct SteerFlags: u16 {
+        /// The in-kernel fast path.
+        const FAST = 1;
+        /// The frame arrived with a tag that is removed (or rewritten, with `push`).
+        const POP = 1 << 1;
+        /// Cross-connect: set the destination MAC to `meta.addr[0..6]`.
+        const PEER_MAC = 1 << 2;
+    }
+}
 
 impl Steer {
     #[inline(always)]
     pub fn fast(&self) -> bool {
-        self.flags & STEER_FAST != 0
+        self.flags.contains(SteerFlags::FAST)
     }
 
     #[inline(always)]
     pub fn vlan(&self) -> Vlan {
-        Vlan { pop: self.flags & STEER_POP != 0, push: self.push }
+        Vlan { pop: self.flags.contains(SteerFlags::POP), push: self.push }
     }
 }
 
@@ -151,7 +163,7 @@ pub struct Vlan {
 
 impl Vlan {
     #[inline(always)]
-    pub fn flags(&self) -> u16 {
-        if self.pop { STEER_POP } else { 0 }
+    pub fn flags(&self) -> SteerFlags {
+        if self.pop { SteerFlags::POP } else { SteerFlags::empty() }
     }
 }

@@ -10,10 +10,10 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use xdpfwd_common::{Counter, META_IPV6, META_L2, META_LEN, META_NEED_NEIGH, XskMeta, xsk_key};
+use xdpfwd_common::{Counter, META_LEN, MetaFlags, XskMeta, xsk_key};
 
 use crate::{
-    decision::{STEER_PEER_MAC, Steer},
+    decision::{Steer, SteerFlags},
     maps::{DEVMAP, NATS, XSKS, count},
     nat::{nat_v4, nat_v6},
     vlan::vlan_apply,
@@ -47,7 +47,7 @@ pub fn forward(ctx: &XdpContext, steer: &mut Steer) -> u32 {
     // Nothing below fails on a frame `classify` accepted (the headers were bounds-checked
     // there); the `Err`s are for the verifier.
     if let Some(nat) = NATS.get(steer.nat) {
-        let result = match (l3, steer.meta.flags & META_IPV6 != 0) {
+        let result = match (l3, steer.meta.flags.contains(MetaFlags::IPV6)) {
             (ETH_HLEN, false) => nat_v4::<ETH_HLEN>(ctx, nat),
             (ETH_HLEN, true) => nat_v6::<ETH_HLEN>(ctx, nat),
             (_, false) => nat_v4::<{ ETH_HLEN + VLAN_HLEN }>(ctx, nat),
@@ -57,7 +57,7 @@ pub fn forward(ctx: &XdpContext, steer: &mut Steer) -> u32 {
             return drop(Counter::FastFailed);
         }
     }
-    if steer.flags & STEER_PEER_MAC != 0 {
+    if steer.flags.contains(SteerFlags::PEER_MAC) {
         let Ok(eth) = ptr_at::<[u8; 6]>(ctx, 0) else { return drop(Counter::FastFailed) };
         // SAFETY: `ptr_at` checked the 6 bytes; nothing else refers to them.
         unsafe { (*(eth as *mut [u8; 6])).copy_from_slice(&steer.meta.addr[0..6]) };
@@ -85,7 +85,7 @@ fn drop(reason: Counter) -> u32 {
 fn fast_forward(ctx: &XdpContext, steer: &Steer) -> u32 {
     let meta = &steer.meta;
     let l3 = meta.l3_off as usize;
-    if meta.flags & META_L2 == 0 {
+    if !meta.flags.contains(MetaFlags::L2) {
         // The offset as a constant: the verifier cannot bound a packet offset read from a map.
         let rewritten = match l3 {
             ETH_HLEN => rewrite_in_place::<ETH_HLEN>(ctx, meta),
@@ -118,7 +118,7 @@ fn fast_forward(ctx: &XdpContext, steer: &Steer) -> u32 {
 fn rewrite_in_place<const L3: usize>(ctx: &XdpContext, meta: &XskMeta) -> Result<(), Counter> {
     let l3 = L3;
     let eth = ptr_at::<[u8; 12]>(ctx, 0)? as *mut [u8; 12];
-    if meta.flags & META_IPV6 != 0 {
+    if meta.flags.contains(MetaFlags::IPV6) {
         let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3)? as *mut [u8; IPV6_HLEN];
         // SAFETY: both pointers were bounds-checked by `ptr_at`; nothing else aliases them.
         unsafe {
@@ -158,7 +158,7 @@ fn redirect(ctx: &XdpContext, steer: &Steer) -> u32 {
     unsafe { (meta as *mut XskMeta).write_unaligned(steer.meta) };
     match XSKS.redirect(key, 0) {
         Ok(action) => {
-            count(if steer.meta.flags & META_NEED_NEIGH != 0 {
+            count(if steer.meta.flags.contains(MetaFlags::NEED_NEIGH) {
                 Counter::SteeredNeighMiss
             } else {
                 Counter::Steered

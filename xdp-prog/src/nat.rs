@@ -5,7 +5,7 @@
 //! no step fails half-way.
 
 use aya_ebpf::programs::XdpContext;
-use xdpfwd_common::{Counter, NAT_DPORT, NAT_DST, NAT_SPORT, NAT_SRC, Nat, csum};
+use xdpfwd_common::{Counter, Nat, NatFields, csum};
 
 use crate::wire::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, field16, ipv4,
@@ -47,10 +47,10 @@ fn nat_l4(
     let mut check = check;
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            if nat.set & NAT_SPORT != 0 {
+            if nat.set.contains(NatFields::SPORT) {
                 check = set_port(0, nat.sport, check)?;
             }
-            if nat.set & NAT_DPORT != 0 {
+            if nat.set.contains(NatFields::DPORT) {
                 check = set_port(2, nat.dport, check)?;
             }
         }
@@ -58,9 +58,9 @@ fn nat_l4(
             // SAFETY: `ptr_at` checks the byte.
             let kind = unsafe { *ptr_at::<u8>(ctx, l4)? };
             let (request, reply) = if proto == IPPROTO_ICMP { (8, 0) } else { (128, 129) };
-            if kind == request && nat.set & NAT_SPORT != 0 {
+            if kind == request && nat.set.contains(NatFields::SPORT) {
                 check = set_port(4, nat.sport, check)?;
-            } else if kind == reply && nat.set & NAT_DPORT != 0 {
+            } else if kind == reply && nat.set.contains(NatFields::DPORT) {
                 check = set_port(4, nat.dport, check)?;
             }
         }
@@ -138,12 +138,12 @@ pub fn nat_v4<const L3: usize>(ctx: &XdpContext, nat: &Nat) -> Result<(), Counte
     let (offset, update, pseudo, l4_check) = l4_plan(ctx, l4, proto, false)?;
     // SAFETY: `field16` checked the pointer.
     let mut sums = (u16::from_be_bytes(unsafe { *ip_check_at }), l4_check);
-    if nat.set & NAT_SRC != 0 {
+    if nat.set.contains(NatFields::SRC) {
         let new = [nat.src[0], nat.src[1], nat.src[2], nat.src[3]];
         // SAFETY: `ptr_at` checked `src`.
         sums = unsafe { swap_addr(src, &new, sums, update && pseudo) };
     }
-    if nat.set & NAT_DST != 0 {
+    if nat.set.contains(NatFields::DST) {
         let new = [nat.dst[0], nat.dst[1], nat.dst[2], nat.dst[3]];
         // SAFETY: `ptr_at` checked `dst`.
         sums = unsafe { swap_addr(dst, &new, sums, update && pseudo) };
@@ -167,11 +167,11 @@ pub fn nat_v6<const L3: usize>(ctx: &XdpContext, nat: &Nat) -> Result<(), Counte
     let dst = ptr_at::<[u8; 16]>(ctx, L3 + ipv6::DST)? as *mut [u8; 16];
     let (offset, update, _, l4_check) = l4_plan(ctx, l4, proto, true)?;
     let mut sums = (0, l4_check);
-    if nat.set & NAT_SRC != 0 {
+    if nat.set.contains(NatFields::SRC) {
         // SAFETY: `ptr_at` checked `src`.
         sums = unsafe { swap_addr(src, &nat.src, sums, update) };
     }
-    if nat.set & NAT_DST != 0 {
+    if nat.set.contains(NatFields::DST) {
         // SAFETY: `ptr_at` checked `dst`.
         sums = unsafe { swap_addr(dst, &nat.dst, sums, update) };
     }

@@ -4,14 +4,10 @@
 //! [`rule_matches`] also serves the kernel's policy rules (`route`).
 
 use aya_ebpf::programs::XdpContext;
-use xdpfwd_common::{
-    ACTION_DROP, ACTION_FAST, ACTION_FORWARD, ACTION_KERNEL, Counter, MAX_NATS, MAX_RULES, Policy,
-    RULE_DPORT, RULE_DST, RULE_IN, RULE_PROTO, RULE_SPORT, RULE_SRC, RULE_V4, RULE_V6, RULE_VLAN,
-    Rule,
-};
+use xdpfwd_common::{Action, Counter, MAX_NATS, MAX_RULES, Policy, Rule, RuleFields};
 
 use crate::{
-    decision::{FLOW_PORTS, Flow, NO_NAT, Packet},
+    decision::{Flow, FlowFlags, NO_NAT, Packet},
     maps::{NATS, RULES, RULESET},
     wire::{IPPROTO_TCP, IPPROTO_UDP, extension_header, ptr_at},
 };
@@ -21,7 +17,7 @@ use crate::{
 fn policy() -> Policy {
     match RULESET.get(0) {
         Some(word) => Policy::decode(*word),
-        None => Policy { default: ACTION_FORWARD, ..Policy::default() },
+        None => Policy::default(),
     }
 }
 
@@ -47,8 +43,11 @@ pub fn policy_stage(flow: &Flow, packet: &Packet) -> Result<(bool, u32), Counter
     if policy.rules | policy.nats == 0 {
         return Ok((verdict(policy.default)?, NO_NAT));
     }
-    let action =
-        if policy.rules == 0 { policy.default } else { xdpfwd_rules(flow, policy.encode()) };
+    let action = if policy.rules == 0 {
+        policy.default
+    } else {
+        Action::from_u32(xdpfwd_rules(flow, policy.encode()))
+    };
     let fast = verdict(action)?;
     Ok((fast, nat_for(flow, &policy, packet.unfragmented)?))
 }
@@ -56,12 +55,12 @@ pub fn policy_stage(flow: &Flow, packet: &Packet) -> Result<(bool, u32), Counter
 /// A rule action as the stage's result: `Err` to pass (`PassRule`) or drop (`DropRule`),
 /// `Ok(true)` to take the fast path, `Ok(false)` to forward as usual.
 #[inline(always)]
-fn verdict(action: u32) -> Result<bool, Counter> {
+fn verdict(action: Action) -> Result<bool, Counter> {
     match action {
-        ACTION_KERNEL => Err(Counter::PassRule),
-        ACTION_DROP => Err(Counter::DropRule),
-        ACTION_FAST => Ok(true),
-        _ => Ok(false),
+        Action::Kernel => Err(Counter::PassRule),
+        Action::Drop => Err(Counter::DropRule),
+        Action::Fast => Ok(true),
+        Action::Forward => Ok(false),
     }
 }
 
@@ -79,7 +78,7 @@ pub extern "C" fn xdpfwd_rules(flow: *const Flow, word: u32) -> u32 {
     // SAFETY: callers pass a live `Flow`; the verifier checks the pointer (it may be null).
     match unsafe { flow.as_ref() } {
         Some(flow) => rule_action(flow, &policy),
-        None => policy.default,
+        None => policy.default as u32,
     }
 }
 
@@ -98,7 +97,7 @@ fn rule_action(flow: &Flow, policy: &Policy) -> u32 {
         }
         i += 1;
     }
-    policy.default
+    policy.default as u32
 }
 
 /// Index in `NATS` of the first NAT rewrite of the active set that matches ([`NO_NAT`]:
@@ -148,36 +147,36 @@ pub fn rule_matches(r: &Rule, flow: &Flow) -> bool {
     let &Flow { ifindex, vlan, proto, ref src, ref dst, sport, dport, flags, .. } = flow;
     let v6 = flow.v6();
     let f = r.fields;
-    if (f & RULE_V4 != 0 && v6) || (f & RULE_V6 != 0 && !v6) {
+    if (f.contains(RuleFields::V4) && v6) || (f.contains(RuleFields::V6) && !v6) {
         return false;
     }
-    if f & RULE_IN != 0 && r.in_ifindex != ifindex {
+    if f.contains(RuleFields::IN) && r.in_ifindex != ifindex {
         return false;
     }
-    if f & RULE_VLAN != 0 && r.vlan != vlan {
+    if f.contains(RuleFields::VLAN) && r.vlan != vlan {
         return false;
     }
-    if f & RULE_PROTO != 0 && r.proto != proto as u16 {
+    if f.contains(RuleFields::PROTO) && r.proto != proto as u16 {
         return false;
     }
-    if f & RULE_SRC != 0
+    if f.contains(RuleFields::SRC)
         && (src[0] & r.src_mask[0] != r.src[0] || src[1] & r.src_mask[1] != r.src[1])
     {
         return false;
     }
-    if f & RULE_DST != 0
+    if f.contains(RuleFields::DST)
         && (dst[0] & r.dst_mask[0] != r.dst[0] || dst[1] & r.dst_mask[1] != r.dst[1])
     {
         return false;
     }
-    if f & (RULE_SPORT | RULE_DPORT) != 0 {
-        if flags & FLOW_PORTS == 0 {
+    if f.intersects(RuleFields::PORTS) {
+        if !flags.contains(FlowFlags::PORTS) {
             return false;
         }
-        if f & RULE_SPORT != 0 && (sport < r.sport_lo || sport > r.sport_hi) {
+        if f.contains(RuleFields::SPORT) && (sport < r.sport_lo || sport > r.sport_hi) {
             return false;
         }
-        if f & RULE_DPORT != 0 && (dport < r.dport_lo || dport > r.dport_hi) {
+        if f.contains(RuleFields::DPORT) && (dport < r.dport_lo || dport > r.dport_hi) {
             return false;
         }
     }

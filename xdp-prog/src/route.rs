@@ -7,16 +7,15 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use xdpfwd_common::{
-    Counter, FIB_INVERT, FIB_NEVER, FIB_NO_SUPPRESS, FibAction, FibWord, HashPolicy,
-    IFACE_FAST_PATH, IFACE_KERNEL_FWD_V4, IFACE_KERNEL_FWD_V6, IfaceInfo, MAX_FIB_RULES, MAX_PATHS,
-    META_IPV6, META_MAGIC, META_NEED_NEIGH, NeighKeyV4, NeighKeyV6, NhPath, RULE_DPORT, RULE_PROTO,
-    RULE_SPORT, Route, RouteKind, XskMeta, fib_rule_index, flow_hash, route_key_bits, route_key_v4,
+    Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibWord, HashPolicy, IfaceFlags, IfaceInfo,
+    MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags, NeighKeyV4, NeighKeyV6, NhPath, Route,
+    RouteKind, RuleFields, XskMeta, fib_rule_index, flow_hash, route_key_bits, route_key_v4,
     route_key_v6,
 };
 
 use crate::{
     classify::egress,
-    decision::{FLOW_FRAGMENT, FLOW_PORTS, Flow, Ingress, NO_NAT, Packet, STEER_FAST, Steer},
+    decision::{Flow, FlowFlags, Ingress, NO_NAT, Packet, Steer, SteerFlags},
     maps::{
         FIB_CTL, FIB_RESULT, FIB_RULES, NEIGH_V4, NEIGH_V6, NH_GROUPS, NH_SLOTS, ROUTES_V4,
         ROUTES_V6,
@@ -70,11 +69,11 @@ pub fn route(
         return Err(Counter::PassMtu);
     }
     let vlan = egress_vlan(ctx, at, route.vlan, out)?;
-    let fast = fast || out.flags & IFACE_FAST_PATH != 0;
+    let fast = fast || out.flags.contains(IfaceFlags::FAST_PATH);
     *steer = Steer {
         meta: XskMeta {
             oif,
-            flags: if v6 { META_IPV6 } else { 0 },
+            flags: if v6 { MetaFlags::IPV6 } else { MetaFlags::empty() },
             l3_off: at.l3 as u16,
             addr: [0; 16],
             magic: META_MAGIC,
@@ -84,7 +83,7 @@ pub fn route(
         ip_len: packet.ip_len as u32,
         nat,
         push: vlan.push,
-        flags: vlan.flags() | if fast { STEER_FAST } else { 0 },
+        flags: vlan.flags() | if fast { SteerFlags::FAST } else { SteerFlags::empty() },
     };
     let mac = if kind == RouteKind::StaticMac {
         route.mac
@@ -99,9 +98,9 @@ pub fn route(
             }
             None => {
                 // User space holds the frame until the kernel has resolved `next_hop`.
-                steer.meta.flags |= META_NEED_NEIGH;
+                steer.meta.flags |= MetaFlags::NEED_NEIGH;
                 steer.meta.addr = next_hop;
-                steer.flags &= !STEER_FAST;
+                steer.flags.remove(SteerFlags::FAST);
                 return Ok(());
             }
         }
@@ -113,8 +112,8 @@ pub fn route(
 
 #[inline(always)]
 fn kernel_forwards(info: &IfaceInfo, v6: bool) -> bool {
-    let flag = if v6 { IFACE_KERNEL_FWD_V6 } else { IFACE_KERNEL_FWD_V4 };
-    info.flags & flag != 0
+    let flag = if v6 { IfaceFlags::KERNEL_FWD_V6 } else { IfaceFlags::KERNEL_FWD_V4 };
+    info.flags.contains(flag)
 }
 
 /// The next hop's MAC from the neighbour table of its family.
@@ -185,7 +184,7 @@ fn hash(flow: &Flow, policy: HashPolicy) -> u32 {
         HashPolicy::L3 if flow.v6() => (flow.label, flow.proto as u32),
         HashPolicy::L3 => (0, 0),
         HashPolicy::L4 => {
-            let ports = if flow.flags & FLOW_PORTS != 0 {
+            let ports = if flow.flags.contains(FlowFlags::PORTS) {
                 (flow.sport as u32) << 16 | flow.dport as u32
             } else {
                 0
@@ -227,14 +226,14 @@ pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
             return FIB_NO_ROUTE;
         }
         let Some(rule) = FIB_RULES.get(fib_rule_index(fib.set, v6, i)) else { return FIB_KERNEL };
-        if rule.flags & FIB_NEVER != 0 {
+        if rule.flags.contains(FibFlags::NEVER) {
             i += 1;
             continue;
         }
         if needs_kernel(rule.sel.fields, flow) {
             return FIB_KERNEL;
         }
-        if rule_matches(&rule.sel, flow) == (rule.flags & FIB_INVERT != 0) {
+        if rule_matches(&rule.sel, flow) == rule.flags.contains(FibFlags::INVERT) {
             i += 1;
             continue;
         }
@@ -269,13 +268,13 @@ pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
 /// something else: ports of fragments and of protocols other than TCP and UDP, the
 /// protocol behind IPv6 extension headers.
 #[inline(always)]
-fn needs_kernel(fields: u32, flow: &Flow) -> bool {
-    if fields & (RULE_SPORT | RULE_DPORT) != 0
-        && (flow.flags & FLOW_PORTS == 0 || flow.flags & FLOW_FRAGMENT != 0)
+fn needs_kernel(fields: RuleFields, flow: &Flow) -> bool {
+    if fields.intersects(RuleFields::PORTS)
+        && (!flow.flags.contains(FlowFlags::PORTS) || flow.flags.contains(FlowFlags::FRAGMENT))
     {
         return true;
     }
-    fields & (RULE_PROTO | RULE_SPORT | RULE_DPORT) != 0
+    fields.intersects(RuleFields::PROTO.union(RuleFields::PORTS))
         && flow.v6()
         && extension_header(flow.proto)
 }

@@ -1,16 +1,20 @@
 //! The configured policy compiled against the managed interfaces: the XDP program's rule and
 //! NAT sets (switched atomically by one [`Policy`] word), the per-interface settings of the
 //! `IFACES` map (VLAN handling, cross-connects) and the static routes the control plane
-//! merges with the kernel's.
+//! merges with the kernel's. [`compile`] turns the configuration's rules and rewrites into
+//! the program's formats.
 
 use std::{collections::HashMap, net::IpAddr};
 
 use anyhow::{Context as _, bail};
 use aya::maps::{Array, MapData};
 use ipnet::IpNet;
-use xdpfwd_common::{MAX_NATS, MAX_RULES, Nat, Policy, Rule};
+use xdpfwd_common::{MAX_NATS, MAX_RULES, Nat, Policy, Rule, map_names};
 
 use crate::{config::Config, iface::Iface};
+
+mod compile;
+pub use compile::{compile, compile_nat, prefix_words};
 
 /// Settings of one managed interface that come from the configuration.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,9 +110,9 @@ impl PolicyMaps {
         let mut take =
             |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing"));
         Ok(Self {
-            rules: Array::try_from(take("RULES")?)?,
-            nats: Array::try_from(take("NATS")?)?,
-            ruleset: Array::try_from(take("RULESET")?)?,
+            rules: Array::try_from(take(map_names::RULES)?)?,
+            nats: Array::try_from(take(map_names::NATS)?)?,
+            ruleset: Array::try_from(take(map_names::RULESET)?)?,
         })
     }
 
@@ -118,18 +122,17 @@ impl PolicyMaps {
         let ifindex = |name: &str| ifaces.iter().find(|i| i.name == name).map(|i| i.ifindex);
         let mut rules = Vec::new();
         for (i, spec) in config.rules.iter().enumerate() {
-            let rule =
-                crate::config::compile(&spec.matches, spec.action, ifindex).with_context(|| {
-                    format!(
-                        "rule[{i}].in: interface {:?} is not managed by this instance",
-                        spec.matches.input
-                    )
-                })?;
+            let rule = compile(&spec.matches, spec.action, ifindex).with_context(|| {
+                format!(
+                    "rule[{i}].in: interface {:?} is not managed by this instance",
+                    spec.matches.input
+                )
+            })?;
             rules.push(rule);
         }
         let mut nats = Vec::new();
         for (i, spec) in config.rewrites.iter().enumerate() {
-            let nat = crate::config::compile_nat(spec, ifindex).with_context(|| {
+            let nat = compile_nat(spec, ifindex).with_context(|| {
                 format!(
                     "rewrite[{i}].match.in: interface {:?} is not managed by this instance",
                     spec.matches.input
