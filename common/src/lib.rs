@@ -56,10 +56,15 @@ pub const XSK_MAP_SIZE: u32 = MAX_IFACES * MAX_QUEUES;
 /// Capacity of each neighbour table.
 pub const MAX_NEIGHBOURS: u32 = 16_384;
 
-/// The XSKMAP key of the socket bound to queue `queue` of the interface in slot `slot`.
+/// The XSKMAP key of the socket bound to queue `queue` of the interface in slot `slot`;
+/// `None` for a queue beyond [`MAX_QUEUES`] (a NIC with more rx queues than xdpfwd steers),
+/// whose key would name a socket of the next slot's interface.
 #[inline(always)]
-pub const fn xsk_key(slot: u32, queue: u32) -> u32 {
-    slot * MAX_QUEUES + queue
+pub const fn xsk_key(slot: u32, queue: u32) -> Option<u32> {
+    if queue >= MAX_QUEUES || slot >= MAX_IFACES {
+        return None;
+    }
+    Some(slot * MAX_QUEUES + queue)
 }
 
 bitflags::bitflags! {
@@ -463,4 +468,35 @@ mod pod {
     unsafe impl aya::Pod for super::Rule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Nat {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xsk_keys_never_cross_into_another_slot() {
+        assert_eq!(xsk_key(0, 0), Some(0));
+        assert_eq!(xsk_key(1, MAX_QUEUES - 1), Some(2 * MAX_QUEUES - 1));
+        // Queue 70 of slot 0 would otherwise be queue 6 of slot 1.
+        assert_eq!(xsk_key(0, 70), None);
+        assert_eq!(xsk_key(0, MAX_QUEUES), None);
+        assert_eq!(xsk_key(MAX_IFACES, 0), None);
+    }
+
+    #[test]
+    fn counter_names_are_unique_and_in_index_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            assert_eq!(Counter::ALL.iter().filter(|o| o.name() == c.name()).count(), 1);
+        }
+    }
+
+    #[test]
+    fn policy_word_round_trips_and_unknown_actions_go_to_the_kernel() {
+        let p = Policy { set: 1, rules: 3, nats: 2, default: Action::Fast };
+        assert_eq!(Policy::decode(p.encode()), p);
+        assert_eq!(Action::from_u32(9), Action::Kernel);
+        assert_eq!(Action::from_name("drop"), Some(Action::Drop));
+    }
 }

@@ -57,7 +57,7 @@ use crate::{
     nexthop::{Nexthops, NhEvent},
     policy::{ControlPolicy, StaticRoute},
     routes::{Action, Place, Route, RouteTable, TABLE_LOCAL, TABLE_MAIN, TABLE_STATIC},
-    worker::{Resolve, Shared},
+    shared::{Resolve, Shared},
 };
 
 /// The BPF maps the control plane writes.

@@ -25,10 +25,11 @@ use crate::{
     nexthop::{self, Nexthops},
     policy::{ControlPolicy, PolicyMaps},
     privileges,
+    shared::{Resolve, Shared},
     snapshot::{PortView, StatsSource},
     stats::WorkerStats,
     stats_server,
-    worker::{Links, Shared, Sizes, Worker},
+    worker::{Links, Sizes, Worker},
     xsk::{self, BindMode, XskConfig},
 };
 
@@ -92,8 +93,103 @@ pub enum DefaultPath {
     Fast,
 }
 
+/// `xdpfwd run`, step by step: plan, attach, take the maps, open the sockets, start the
+/// control plane, the workers and the reporters, supervise until a signal or a failure, shut
+/// down.
 pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
-    let mut settings = match &args.config {
+    check_flags(&args)?;
+    let mut plan = plan(&mut args)?;
+    validate(&plan.ifaces, &plan.xsk)?;
+    loader::check_free(&plan.ifaces)?;
+    raise_memlock();
+    let mut ebpf = loader::load()?;
+    let modes = attach(&mut ebpf, &plan)?;
+    let mut maps = TakenMaps::take(&mut ebpf, &plan)?;
+    let ifaces: Vec<Arc<Iface>> =
+        std::mem::take(&mut plan.ifaces).into_iter().map(Arc::new).collect();
+    let sockets = open_sockets(&ifaces, &plan.xsk, &args, &mut maps.xsks)?;
+    let copy_mode = if sockets.zero_copy { "zero-copy" } else { "copy" };
+    let shared = Arc::new(Shared::default());
+    let fast = args.default_path == DefaultPath::Fast;
+    let control = start_control(maps.control, &ifaces, &plan, fast, &shared)?;
+    let Workers { threads, views, accounts } =
+        start_workers(sockets, &args, &plan.xsk, &shared, &control.resolve)?;
+
+    let mut attach = modes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    if fast {
+        attach.push_str(" | fast path");
+    }
+    announce(&ifaces, &modes, &attach, copy_mode, threads.len());
+    let source = Arc::new(StatsSource {
+        ports: views,
+        workers: accounts,
+        counters: maps.counters,
+        attach: ifaces.iter().zip(&modes).map(|(i, m)| (i.name.clone(), m.to_string())).collect(),
+        xsk_mode: copy_mode.to_owned(),
+        start: Instant::now(),
+    });
+    let reporters = Reporters::start(&args, &source)?;
+    let mut reload =
+        Reloader { path: args.config.clone(), settings: plan.settings, maps: maps.policy };
+    let failed = supervise(&args, &source, &shared, &mut reload, &ifaces, &control.policy)?;
+
+    // Shutdown: detach first, let the workers flush what they hold, then stop them. The
+    // sockets stay open until the final report has read their kernel statistics.
+    drop(ebpf);
+    thread::sleep(Duration::from_millis(100));
+    shared.stop.store(true, Relaxed);
+    let (ports, mut panicked) = join_all("worker", threads);
+    let control_result = control.join(&mut panicked);
+    reporters.stop(&mut panicked);
+    let fin = source.snapshot();
+    drop(ports);
+    let (pkts, bytes) = fin.forwarded();
+    let secs = source.start.elapsed().as_secs_f64();
+    println!(
+        "xdpfwd: final: forwarded {pkts} packets {bytes} bytes in {secs:.1} s ({:.0} pps avg) | attach {attach} | {copy_mode} mode",
+        pkts as f64 / secs.max(1e-9)
+    );
+    println!("{}", fin.report());
+    if !panicked.is_empty() {
+        bail!("a thread panicked: {}", panicked.join(", "));
+    }
+    if failed {
+        control_result?;
+        bail!("stopped after a control plane failure");
+    }
+    Ok(())
+}
+
+/// Flags the data path cannot take, refused before anything is touched.
+fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
+    if args.batch == 0 || args.batch > args.ring_size as usize {
+        bail!("--batch must be between 1 and --ring-size ({}), not {}", args.ring_size, args.batch);
+    }
+    let interval = args.stats_interval;
+    if !(interval.is_finite() && (0.0..=86_400.0).contains(&interval)) {
+        bail!("--stats-interval must be 0 (off) or seconds up to 86400, not {interval}");
+    }
+    if args.workers == Some(0) {
+        bail!("--workers must be at least 1");
+    }
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(cpu) = args.cpus.iter().find(|c| **c >= cpus.max(nix::sched::CpuSet::count())) {
+        bail!("--cpus: CPU {cpu} does not exist");
+    }
+    Ok(())
+}
+
+/// What the configuration and the interfaces say, before anything is touched.
+struct Plan {
+    settings: Config,
+    ifaces: Vec<Iface>,
+    attach_modes: Vec<ModeArg>,
+    xsk: XskConfig,
+}
+
+/// Reads the configuration, finds the interfaces and applies their per-interface settings.
+fn plan(args: &mut RunArgs) -> anyhow::Result<Plan> {
+    let settings = match &args.config {
         Some(path) => config::load(path)?,
         None => Config::default(),
     };
@@ -109,8 +205,6 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut ifaces = runtime.block_on(iface::discover(&args.interfaces))?;
-    drop(runtime);
-    // Per-interface settings of the configuration.
     let mut attach_modes = Vec::new();
     for iface in &mut ifaces {
         let spec = settings.interfaces.iter().find(|s| s.name == iface.name);
@@ -126,99 +220,146 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         }
         attach_modes.push(args.mode.or(spec.and_then(|s| s.mode)).unwrap_or(ModeArg::Auto));
     }
-
     let bind = match (args.copy, args.zero_copy) {
         (true, _) => BindMode::Copy,
         (_, true) => BindMode::ZeroCopy,
         _ => BindMode::Auto,
     };
-    let config = XskConfig {
+    let xsk = XskConfig {
         frame_size: args.frame_size,
         ring_size: args.ring_size,
         frames_per_socket: args.ring_size * 2,
         bind,
     };
-    validate(&ifaces, &config)?;
-    loader::check_free(&ifaces)?;
-    raise_memlock();
+    Ok(Plan { settings, ifaces, attach_modes, xsk })
+}
 
-    let mut ebpf = loader::load()?;
+/// Attaches the loaded program to every interface; returns the modes it got.
+fn attach(ebpf: &mut aya::Ebpf, plan: &Plan) -> anyhow::Result<Vec<loader::Attached>> {
     let mut modes = Vec::new();
-    for (iface, mode) in ifaces.iter().zip(&attach_modes) {
-        let (_link, mode) = loader::attach(&mut ebpf, iface, *mode)?;
+    for (iface, mode) in plan.ifaces.iter().zip(&plan.attach_modes) {
+        let (_link, mode) = loader::attach(ebpf, iface, *mode)?;
         modes.push(mode);
     }
+    Ok(modes)
+}
 
-    let mut rules = PolicyMaps::take(&mut ebpf)?;
-    rules.apply(&settings, &ifaces)?;
-    let control_policy = ControlPolicy::new(&settings, &ifaces)?;
-    let take = |ebpf: &mut aya::Ebpf, name: &str| {
-        ebpf.take_map(name).with_context(|| format!("map {name} missing"))
-    };
-    let mut xsks = XskMap::try_from(take(&mut ebpf, map_names::XSKS)?)?;
-    let mut devmap = DevMap::try_from(take(&mut ebpf, map_names::DEVMAP)?)?;
-    for iface in &ifaces {
-        devmap
-            .set(iface.slot, iface.ifindex, None, 0)
-            .with_context(|| format!("inserting {} into DEVMAP", iface.name))?;
+/// The program's maps, taken out of it: the policy (with the configuration applied), the
+/// sockets' XSKMAP, the counters, and what the control plane writes.
+struct TakenMaps {
+    policy: PolicyMaps,
+    xsks: XskMap<aya::maps::MapData>,
+    counters: PerCpuArray<aya::maps::MapData, u64>,
+    control: (Maps, Nexthops, ControlPolicy),
+}
+
+impl TakenMaps {
+    fn take(ebpf: &mut aya::Ebpf, plan: &Plan) -> anyhow::Result<Self> {
+        let mut policy = PolicyMaps::take(ebpf)?;
+        policy.apply(&plan.settings, &plan.ifaces)?;
+        let control_policy = ControlPolicy::new(&plan.settings, &plan.ifaces)?;
+        let mut take =
+            |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing"));
+        let mut devmap = DevMap::try_from(take(map_names::DEVMAP)?)?;
+        for iface in &plan.ifaces {
+            devmap
+                .set(iface.slot, iface.ifindex, None, 0)
+                .with_context(|| format!("inserting {} into DEVMAP", iface.name))?;
+        }
+        let maps = Maps {
+            ifaces: BpfHashMap::try_from(take(map_names::IFACES)?)?,
+            routes_v4: LpmTrie::try_from(take(map_names::ROUTES_V4)?)?,
+            routes_v6: LpmTrie::try_from(take(map_names::ROUTES_V6)?)?,
+            neigh_v4: BpfHashMap::try_from(take(map_names::NEIGH_V4)?)?,
+            neigh_v6: BpfHashMap::try_from(take(map_names::NEIGH_V6)?)?,
+            fib_rules: Array::try_from(take(map_names::FIB_RULES)?)?,
+            fib_ctl: Array::try_from(take(map_names::FIB_CTL)?)?,
+        };
+        let nexthops = Nexthops::new(
+            Array::try_from(take(map_names::NH_SLOTS)?)?,
+            Array::try_from(take(map_names::NH_GROUPS)?)?,
+        );
+        Ok(TakenMaps {
+            xsks: XskMap::try_from(take(map_names::XSKS)?)?,
+            counters: PerCpuArray::try_from(take(map_names::COUNTERS)?)?,
+            policy,
+            control: (maps, nexthops, control_policy),
+        })
     }
-    let counters: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(take(&mut ebpf, map_names::COUNTERS)?)?;
-    let maps = Maps {
-        ifaces: BpfHashMap::try_from(take(&mut ebpf, map_names::IFACES)?)?,
-        routes_v4: LpmTrie::try_from(take(&mut ebpf, map_names::ROUTES_V4)?)?,
-        routes_v6: LpmTrie::try_from(take(&mut ebpf, map_names::ROUTES_V6)?)?,
-        neigh_v4: BpfHashMap::try_from(take(&mut ebpf, map_names::NEIGH_V4)?)?,
-        neigh_v6: BpfHashMap::try_from(take(&mut ebpf, map_names::NEIGH_V6)?)?,
-        fib_rules: Array::try_from(take(&mut ebpf, map_names::FIB_RULES)?)?,
-        fib_ctl: Array::try_from(take(&mut ebpf, map_names::FIB_CTL)?)?,
-    };
-    let nexthops = Nexthops::new(
-        Array::try_from(take(&mut ebpf, map_names::NH_SLOTS)?)?,
-        Array::try_from(take(&mut ebpf, map_names::NH_GROUPS)?)?,
-    );
+}
 
-    let ifaces: Vec<Arc<Iface>> = ifaces.into_iter().map(Arc::new).collect();
+/// Opens a socket on every rx queue of every interface and puts them into the XSKMAP.
+fn open_sockets(
+    ifaces: &[Arc<Iface>],
+    config: &XskConfig,
+    args: &RunArgs,
+    xsks: &mut XskMap<aya::maps::MapData>,
+) -> anyhow::Result<xsk::Sockets> {
     let queues: Vec<(Arc<Iface>, u32)> =
         ifaces.iter().flat_map(|i| (0..i.rx_queues).map(move |q| (i.clone(), q))).collect();
-    let sockets = xsk::open(&queues, &config)?;
-    if args.busy_poll > 0 {
-        for port in &sockets.ports {
+    let sockets = xsk::open(&queues, config)?;
+    for port in &sockets.ports {
+        if args.busy_poll > 0 {
             xsk::busy_poll(port.raw_fd(), args.busy_poll, args.batch as u32)
                 .with_context(|| format!("enabling busy polling on {}", port.iface.name))?;
         }
-    }
-    for port in &sockets.ports {
-        xsks.set(xsk_key(port.iface.slot, port.queue), port.raw_fd(), 0).with_context(|| {
+        let key = xsk_key(port.iface.slot, port.queue).context("queue beyond the XSKMAP")?;
+        xsks.set(key, port.raw_fd(), 0).with_context(|| {
             format!("inserting the socket of {} queue {} into XSKS", port.iface.name, port.queue)
         })?;
     }
-    let copy_mode = if sockets.zero_copy { "zero-copy" } else { "copy" };
+    Ok(sockets)
+}
 
-    // Control plane.
-    let shared = Arc::new(Shared::default());
+/// The control plane's threads and the channels into it.
+struct ControlPlane {
+    thread: thread::JoinHandle<anyhow::Result<()>>,
+    nexthop_thread: thread::JoinHandle<()>,
+    resolve: tokio::sync::mpsc::UnboundedSender<Resolve>,
+    policy: tokio::sync::mpsc::UnboundedSender<ControlPolicy>,
+}
+
+impl ControlPlane {
+    /// Waits for both threads; a panic is added to `panicked`.
+    fn join(self, panicked: &mut Vec<String>) -> anyhow::Result<()> {
+        let result = self.thread.join().unwrap_or_else(|_| {
+            panicked.push("xdpfwd-control".into());
+            Ok(())
+        });
+        if self.nexthop_thread.join().is_err() {
+            panicked.push("xdpfwd-nexthops".into());
+        }
+        result
+    }
+}
+
+/// Starts the control plane and waits until it mirrors the kernel (30 s at most).
+fn start_control(
+    (maps, nexthops, policy): (Maps, Nexthops, ControlPolicy),
+    ifaces: &[Arc<Iface>],
+    plan: &Plan,
+    fast: bool,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<ControlPlane> {
     let (resolve_tx, resolve_rx) = tokio::sync::mpsc::unbounded_channel();
     let (policy_tx, policy_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-    let fast = args.default_path == DefaultPath::Fast;
-    let max_frame = (config.max_frame_len() as usize - xdpfwd_common::META_LEN) as u16;
+    let max_frame = (plan.xsk.max_frame_len() as usize - xdpfwd_common::META_LEN) as u16;
     let control = Control::new(
         maps,
         ifaces.iter().map(|i| (**i).clone()).collect(),
         (fast, max_frame),
         shared.clone(),
-        control_policy,
+        policy,
         nexthops,
     );
     let (nh_tx, nh_rx) = tokio::sync::mpsc::unbounded_channel();
-    let nexthop_thread = nexthop::spawn_reader(
-        {
-            let shared = shared.clone();
-            move || shared.stop.load(Relaxed)
-        },
-        nh_tx,
-    )?;
-    let control_thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
+    let stopping = {
+        let shared = shared.clone();
+        move || shared.stop.load(Relaxed)
+    };
+    let nexthop_thread = nexthop::spawn_reader(stopping, nh_tx)?;
+    let thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
         let shared = shared.clone();
         move || -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -234,29 +375,35 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         Ok(Err(err)) => bail!("control plane failed to start: {err}"),
         Err(_) => bail!("control plane did not sync with the kernel within 30 s"),
     }
+    Ok(ControlPlane { thread, nexthop_thread, resolve: resolve_tx, policy: policy_tx })
+}
 
-    // Workers: worker w owns queue q of every interface where q % workers == w, so each
-    // worker has a socket on every interface to transmit on.
-    let min_queues = ifaces.iter().map(|i| i.rx_queues).min().unwrap_or(1) as usize;
+/// The worker threads (each returns its sockets when it stops) and what the reports read.
+struct Workers {
+    threads: Vec<thread::JoinHandle<Vec<xsk::Port>>>,
+    views: Vec<PortView>,
+    accounts: Vec<Arc<WorkerStats>>,
+}
+
+/// Starts the workers: worker w owns queue q of every interface where q % workers == w, so
+/// each worker has a socket on every interface to transmit on, and an equal share of frames.
+fn start_workers(
+    sockets: xsk::Sockets,
+    args: &RunArgs,
+    config: &XskConfig,
+    shared: &Arc<Shared>,
+    resolve: &tokio::sync::mpsc::UnboundedSender<Resolve>,
+) -> anyhow::Result<Workers> {
+    let min_queues = sockets.ports.iter().map(|p| p.iface.rx_queues).min().unwrap_or(1) as usize;
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = args.workers.unwrap_or(min_queues.min(cpus)).clamp(1, min_queues);
-    let views: Vec<PortView> = sockets
-        .ports
-        .iter()
-        .map(|p| PortView {
-            iface: p.iface.name.clone(),
-            queue: p.queue,
-            fd: p.raw_fd(),
-            stats: p.stats.clone(),
-        })
-        .collect();
-    let mut per_worker: Vec<Vec<xsk::Port>> = (0..workers).map(|_| Vec::new()).collect();
+    let count = args.workers.unwrap_or(min_queues.min(cpus)).clamp(1, min_queues);
+    let views = sockets.ports.iter().map(PortView::of).collect();
+    let mut per_worker: Vec<Vec<xsk::Port>> = (0..count).map(|_| Vec::new()).collect();
     for port in sockets.ports {
-        per_worker[port.queue as usize % workers].push(port);
+        per_worker[port.queue as usize % count].push(port);
     }
     let mut frames = sockets.frames;
-    let mut accounts = Vec::new();
-    let mut worker_threads = Vec::new();
+    let (mut threads, mut accounts) = (Vec::new(), Vec::new());
     for (w, ports) in per_worker.into_iter().enumerate() {
         let share = ports.len() * config.frames_per_socket as usize;
         let mine: Vec<_> = frames.drain(..share.min(frames.len())).collect();
@@ -267,71 +414,105 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             ports,
             mine,
             Sizes { batch: args.batch, ring_size: config.ring_size, frame_size: config.frame_size },
-            Links { shared: shared.clone(), resolve: resolve_tx.clone(), account },
+            Links { shared: shared.clone(), resolve: resolve.clone(), account },
         );
         let cpu = (!args.cpus.is_empty()).then(|| args.cpus[w % args.cpus.len()]);
-        worker_threads.push(thread::Builder::new().name(format!("xdpfwd-w{w}")).spawn(
-            move || {
-                if let Some(cpu) = cpu {
-                    pin_to(cpu);
-                }
-                worker.run()
-            },
-        )?);
+        threads.push(thread::Builder::new().name(format!("xdpfwd-w{w}")).spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_to(cpu);
+            }
+            worker.run()
+        })?);
     }
+    Ok(Workers { threads, views, accounts })
+}
 
-    let stop_signal = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop_signal.clone())?;
+/// Waits for `threads`; returns what they returned and the names of those that panicked.
+fn join_all<T>(what: &str, threads: Vec<thread::JoinHandle<Vec<T>>>) -> (Vec<T>, Vec<String>) {
+    let (mut out, mut panicked) = (Vec::new(), Vec::new());
+    for (i, t) in threads.into_iter().enumerate() {
+        match t.join() {
+            Ok(v) => out.extend(v),
+            Err(_) => panicked.push(format!("{what} {i}")),
+        }
     }
-    let reload_signal = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_signal.clone())?;
+    (out, panicked)
+}
+
+/// Logs and prints (for scripts and tests) that forwarding has begun.
+fn announce(
+    ifaces: &[Arc<Iface>],
+    modes: &[loader::Attached],
+    attach: &str,
+    copy_mode: &str,
+    workers: usize,
+) {
     let names: Vec<_> = ifaces
         .iter()
-        .zip(&modes)
+        .zip(modes)
         .map(|(i, m)| format!("{} ({m} XDP, {} queues)", i.name, i.rx_queues))
         .collect();
     tracing::info!(
         "forwarding between {} with {workers} worker(s), AF_XDP {copy_mode} mode",
         names.join(", ")
     );
-    let mut attach = modes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-    if fast {
-        attach.push_str(" | fast path");
-    }
     println!(
         "xdpfwd: ready: {} | attach {attach} | {copy_mode} mode | {workers} worker(s)",
         ifaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(" "),
     );
+}
 
-    let source = Arc::new(StatsSource {
-        ports: views,
-        workers: accounts,
-        counters,
-        attach: ifaces.iter().zip(&modes).map(|(i, m)| (i.name.clone(), m.to_string())).collect(),
-        xsk_mode: copy_mode.to_owned(),
-        start: Instant::now(),
-    });
-    let reporters_stop = Arc::new(AtomicBool::new(false));
-    let mut reporters = Vec::new();
-    match stats_server::serve(source.clone(), reporters_stop.clone()) {
-        Ok(handle) => reporters.push(handle),
-        Err(err) => tracing::warn!("`xdpfwd stats` will not see this instance: {err:#}"),
-    }
-    if let Some(addr) = &args.metrics {
-        reporters.push(metrics::serve(
-            parse_metrics_addr(addr)?,
-            source.clone(),
-            reporters_stop.clone(),
-        )?);
+/// The threads that show the counters: the stats socket and the metrics endpoint.
+struct Reporters {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Reporters {
+    fn start(args: &RunArgs, source: &Arc<StatsSource>) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        match stats_server::serve(source.clone(), stop.clone()) {
+            Ok(handle) => threads.push(handle),
+            Err(err) => tracing::warn!("`xdpfwd stats` will not see this instance: {err:#}"),
+        }
+        if let Some(addr) = &args.metrics {
+            threads.push(metrics::serve(parse_metrics_addr(addr)?, source.clone(), stop.clone())?);
+        }
+        Ok(Reporters { stop, threads })
     }
 
-    let start = Instant::now();
+    fn stop(self, panicked: &mut Vec<String>) {
+        self.stop.store(true, Relaxed);
+        for t in self.threads {
+            if t.join().is_err() {
+                panicked.push("a reporter".into());
+            }
+        }
+    }
+}
+
+/// Runs until SIGINT/SIGTERM or a control plane failure (then returns `true`): reloads on
+/// SIGHUP and logs a counter line every `--stats-interval`.
+fn supervise(
+    args: &RunArgs,
+    source: &StatsSource,
+    shared: &Shared,
+    reload: &mut Reloader,
+    ifaces: &[Arc<Iface>],
+    control: &tokio::sync::mpsc::UnboundedSender<ControlPolicy>,
+) -> anyhow::Result<bool> {
+    let stop_signal = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop_signal.clone())?;
+    }
+    let reload_signal = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_signal.clone())?;
     let mut last = (Instant::now(), source.snapshot());
     while !stop_signal.load(Relaxed) && !shared.stop.load(Relaxed) {
         thread::sleep(Duration::from_millis(50));
         if reload_signal.swap(false, Relaxed) {
-            reload(args.config.as_deref(), &mut settings, &mut rules, &ifaces, &policy_tx);
+            reload.reload(ifaces, control);
         }
         if args.stats_interval > 0.0 && last.0.elapsed().as_secs_f64() >= args.stats_interval {
             let now = source.snapshot();
@@ -339,81 +520,62 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             last = (Instant::now(), now);
         }
     }
+    Ok(shared.stop.load(Relaxed) && !stop_signal.load(Relaxed))
+}
 
-    // Shutdown: detach first, let the workers flush what they hold, then stop them.
-    let failed = shared.stop.load(Relaxed) && !stop_signal.load(Relaxed);
-    drop(ebpf);
-    thread::sleep(Duration::from_millis(100));
-    shared.stop.store(true, Relaxed);
-    for t in worker_threads {
-        let _ = t.join();
-    }
-    let control_result = control_thread.join().unwrap_or_else(|_| Ok(()));
-    let _ = nexthop_thread.join();
-    reporters_stop.store(true, Relaxed);
-    for r in reporters {
-        let _ = r.join();
-    }
-    let fin = source.snapshot();
-    let (pkts, bytes) = fin.forwarded();
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "xdpfwd: final: forwarded {pkts} packets {bytes} bytes in {secs:.1} s ({:.0} pps avg) | attach {attach} | {copy_mode} mode",
-        pkts as f64 / secs.max(1e-9)
-    );
-    println!("{}", fin.report());
-    if failed {
-        control_result?;
-        bail!("stopped after a control plane failure");
-    }
-    Ok(())
+/// What a reload needs: the file, the running configuration, the policy maps.
+struct Reloader {
+    path: Option<std::path::PathBuf>,
+    settings: Config,
+    maps: PolicyMaps,
 }
 
 /// SIGHUP: re-reads the configuration. A valid one replaces the rules and rewrites atomically
 /// and hands the interface settings and static routes to the control plane; an invalid one
 /// is refused and the running configuration stays.
-fn reload(
-    path: Option<&std::path::Path>,
-    current: &mut Config,
-    rules: &mut PolicyMaps,
-    ifaces: &[Arc<Iface>],
-    control: &tokio::sync::mpsc::UnboundedSender<ControlPolicy>,
-) {
-    let Some(path) = path else {
-        tracing::warn!("SIGHUP: no --config to reload");
-        return;
-    };
-    let fresh = match config::load(path) {
-        Ok(c) => c,
-        Err(err) => {
-            tracing::error!("reload refused, the running configuration stays: {err}");
+impl Reloader {
+    fn reload(
+        &mut self,
+        ifaces: &[Arc<Iface>],
+        control: &tokio::sync::mpsc::UnboundedSender<ControlPolicy>,
+    ) {
+        let (current, rules) = (&mut self.settings, &mut self.maps);
+        let Some(path) = self.path.as_deref() else {
+            tracing::warn!("SIGHUP: no --config to reload");
             return;
-        }
-    };
-    let restart = |c: &Config| -> Vec<_> {
-        c.interfaces.iter().map(|i| (i.name.clone(), i.mode, i.queues)).collect()
-    };
-    if restart(&fresh) != restart(current) {
-        tracing::warn!(
-            "reload: adding or removing an [[interface]], or changing its mode or queues, needs a restart; applying the rest"
-        );
-    }
-    let ifaces: Vec<Iface> = ifaces.iter().map(|i| (**i).clone()).collect();
-    let result = ControlPolicy::new(&fresh, &ifaces)
-        .and_then(|policy| rules.apply(&fresh, &ifaces).map(|()| policy));
-    match result {
-        Ok(policy) => {
-            let _ = control.send(policy);
-            tracing::info!(
-                rules = fresh.rules.len(),
-                rewrites = fresh.rewrites.len(),
-                routes = fresh.routes.len(),
-                "reloaded {}",
-                path.display()
+        };
+        let fresh = match config::load(path) {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::error!("reload refused, the running configuration stays: {err}");
+                return;
+            }
+        };
+        let restart = |c: &Config| -> Vec<_> {
+            c.interfaces.iter().map(|i| (i.name.clone(), i.mode, i.queues)).collect()
+        };
+        if restart(&fresh) != restart(current) {
+            tracing::warn!(
+                "reload: adding or removing an [[interface]], or changing its mode or queues, needs a restart; applying the rest"
             );
-            *current = fresh;
         }
-        Err(err) => tracing::error!("reload refused, the running configuration stays: {err:#}"),
+        let ifaces: Vec<Iface> = ifaces.iter().map(|i| (**i).clone()).collect();
+        let result = ControlPolicy::new(&fresh, &ifaces)
+            .and_then(|policy| rules.apply(&fresh, &ifaces).map(|()| policy));
+        match result {
+            Ok(policy) => {
+                let _ = control.send(policy);
+                tracing::info!(
+                    rules = fresh.rules.len(),
+                    rewrites = fresh.rewrites.len(),
+                    routes = fresh.routes.len(),
+                    "reloaded {}",
+                    path.display()
+                );
+                *current = fresh;
+            }
+            Err(err) => tracing::error!("reload refused, the running configuration stays: {err:#}"),
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use xdpfwd::{alloc_count::CountingAlloc, forwarder, stats_server};
+use xdpfwd::{alloc_count::CountingAlloc, forwarder, stats_client};
 
 /// Counts heap allocations made by worker threads (reported at exit; must stay 0).
 #[global_allocator]
@@ -79,9 +79,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Run(args) => forwarder::run(args),
-        Command::Stats { json, interval, count } => stats_server::run(json, interval, count),
+        Command::Stats { json, interval, count } => stats_client::run(json, interval, count),
         Command::Check { config } => check(&config),
-        Command::Reload => stats_server::signal_all(nix::sys::signal::Signal::SIGHUP),
+        Command::Reload => stats_client::signal_all(nix::sys::signal::Signal::SIGHUP),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

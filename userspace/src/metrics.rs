@@ -21,7 +21,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{snapshot::StatsSource, stats::Snapshot};
+use crate::snapshot::{Snapshot, StatsSource};
 
 type Labels = Vec<(String, String)>;
 

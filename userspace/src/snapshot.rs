@@ -1,16 +1,251 @@
-//! Gathers a [`Snapshot`]: the workers' counters, the sockets' kernel statistics and the XDP
-//! program's per-CPU counters. Used by the periodic reports, `xdpfwd stats` and `/metrics`.
+//! A [`Snapshot`]: everything at one instant, gathered by a [`StatsSource`] from the
+//! workers' counters, the sockets' kernel statistics and the XDP program's per-CPU
+//! counters. The periodic reports, the final report, `xdpfwd stats` and `/metrics` show it.
+//! Every part decodes with defaults, so a `stats` client reads an older or newer instance.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Instant,
+};
 
 use aya::maps::{MapData, PerCpuArray};
+use serde::{Deserialize, Serialize};
 use xdpfwd_common::Counter;
 
 use crate::{
     alloc_count,
-    stats::{FrameFigures, PortFigures, PortStats, Snapshot, WorkerStats},
+    stats::{PortStats, WorkerStats},
     xsk,
 };
+
+/// Kernel statistics of one socket (`XDP_STATISTICS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KernelStats {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+impl From<libc::xdp_statistics> for KernelStats {
+    fn from(s: libc::xdp_statistics) -> Self {
+        KernelStats {
+            rx_dropped: s.rx_dropped,
+            rx_invalid_descs: s.rx_invalid_descs,
+            tx_invalid_descs: s.tx_invalid_descs,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: s.tx_ring_empty_descs,
+        }
+    }
+}
+
+/// Worker figures read at one instant (summed over workers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FrameFigures {
+    pub total: u64,
+    pub free: u64,
+    pub fill: u64,
+    pub kernel_tx: u64,
+    pub held: u64,
+    pub violations: u64,
+    pub tx_kicks: u64,
+    pub fill_wakeups: u64,
+    pub idle_polls: u64,
+}
+
+impl FrameFigures {
+    /// Adds another worker's figures.
+    pub fn plus(self, o: FrameFigures) -> FrameFigures {
+        FrameFigures {
+            total: self.total + o.total,
+            free: self.free + o.free,
+            fill: self.fill + o.fill,
+            kernel_tx: self.kernel_tx + o.kernel_tx,
+            held: self.held + o.held,
+            violations: self.violations + o.violations,
+            tx_kicks: self.tx_kicks + o.tx_kicks,
+            fill_wakeups: self.fill_wakeups + o.fill_wakeups,
+            idle_polls: self.idle_polls + o.idle_polls,
+        }
+    }
+
+    /// System calls made by the workers.
+    pub fn syscalls(&self) -> u64 {
+        self.tx_kicks + self.fill_wakeups + self.idle_polls
+    }
+}
+
+/// One port's figures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PortFigures {
+    pub iface: String,
+    pub queue: u32,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drop_invalid: u64,
+    pub drop_rewrite: u64,
+    pub drop_tx_full: u64,
+    pub held: u64,
+    pub held_sent: u64,
+    pub held_dropped: u64,
+    pub kernel: KernelStats,
+}
+
+impl PortFigures {
+    pub fn read(iface: &str, queue: u32, s: &PortStats, kernel: KernelStats) -> Self {
+        Self {
+            iface: iface.to_owned(),
+            queue,
+            rx_packets: s.rx_packets.load(Relaxed),
+            rx_bytes: s.rx_bytes.load(Relaxed),
+            tx_packets: s.tx_packets.load(Relaxed),
+            tx_bytes: s.tx_bytes.load(Relaxed),
+            drop_invalid: s.drop_invalid.load(Relaxed),
+            drop_rewrite: s.drop_rewrite.load(Relaxed),
+            drop_tx_full: s.drop_tx_full.load(Relaxed),
+            held: s.held.load(Relaxed),
+            held_sent: s.held_sent.load(Relaxed),
+            held_dropped: s.held_dropped.load(Relaxed),
+            kernel,
+        }
+    }
+}
+
+/// Everything at one instant: what `xdpfwd stats` receives (as JSON) and what the reports
+/// and the Prometheus endpoint show.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Snapshot {
+    /// Interfaces with their XDP attach mode ("native" or "skb").
+    pub attach: Vec<(String, String)>,
+    /// "copy" or "zero-copy".
+    pub xsk_mode: String,
+    /// Seconds since the forwarder started.
+    pub uptime: f64,
+    pub ports: Vec<PortFigures>,
+    pub frames: FrameFigures,
+    /// XDP program counters, summed over CPUs, by [`Counter::name`].
+    pub xdp: std::collections::BTreeMap<String, u64>,
+    /// Heap allocations made by worker threads since start.
+    pub worker_allocs: u64,
+}
+
+impl Snapshot {
+    pub fn forwarded(&self) -> (u64, u64) {
+        self.ports.iter().fold((0, 0), |(p, b), port| (p + port.tx_packets, b + port.tx_bytes))
+    }
+
+    pub fn xdp(&self, c: Counter) -> u64 {
+        self.xdp.get(c.name()).copied().unwrap_or(0)
+    }
+
+    /// A one-line summary with rates against `prev`, taken `secs` earlier.
+    pub fn line(&self, prev: &Snapshot, secs: f64) -> String {
+        let (pkts, bytes) = self.forwarded();
+        let (ppkts, pbytes) = prev.forwarded();
+        let secs = secs.max(1e-9);
+        let mut line = format!(
+            "forwarded {pkts} pkts {bytes} B ({:.0} pps, {:.1} Mbit/s)",
+            (pkts - ppkts.min(pkts)) as f64 / secs,
+            (bytes - pbytes.min(bytes)) as f64 * 8.0 / secs / 1e6,
+        );
+        let passed: u64 = Counter::ALL
+            .iter()
+            .filter(|c| c.name().starts_with("pass_"))
+            .map(|c| self.xdp(*c))
+            .sum();
+        let _ = write!(
+            line,
+            "; xdp rx {} steered {} passed {}; frames free {} fill {} tx {} held {}",
+            self.xdp(Counter::Rx),
+            self.xdp(Counter::Steered) + self.xdp(Counter::SteeredNeighMiss),
+            passed,
+            self.frames.free,
+            self.frames.fill,
+            self.frames.kernel_tx,
+            self.frames.held
+        );
+        line
+    }
+
+    /// The full multi-line report.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        for p in &self.ports {
+            let _ = writeln!(
+                out,
+                "  {}/q{}: rx {} pkts {} B, tx {} pkts {} B, drops: invalid {} rewrite {} tx_full {}, held {} (sent {}, dropped {}); kernel: rx_dropped {} rx_ring_full {} fill_empty {} tx_invalid {} tx_empty {}",
+                p.iface,
+                p.queue,
+                p.rx_packets,
+                p.rx_bytes,
+                p.tx_packets,
+                p.tx_bytes,
+                p.drop_invalid,
+                p.drop_rewrite,
+                p.drop_tx_full,
+                p.held,
+                p.held_sent,
+                p.held_dropped,
+                p.kernel.rx_dropped,
+                p.kernel.rx_ring_full,
+                p.kernel.rx_fill_ring_empty_descs,
+                p.kernel.tx_invalid_descs,
+                p.kernel.tx_ring_empty_descs,
+            );
+        }
+        let _ = write!(out, "  xdp:");
+        for c in Counter::ALL {
+            let v = self.xdp(c);
+            if v != 0 || matches!(c, Counter::Rx | Counter::Steered) {
+                let _ = write!(out, " {}={}", c.name(), v);
+            }
+        }
+        let f = self.frames;
+        let _ = write!(
+            out,
+            "\n  frames: total {} = free {} + fill {} + tx {} + held {}; ownership violations {}",
+            f.total, f.free, f.fill, f.kernel_tx, f.held, f.violations
+        );
+        let _ = write!(
+            out,
+            "\n  workers: syscalls {} (tx kicks {}, fill wakeups {}, idle polls {}); heap allocations {}",
+            f.syscalls(),
+            f.tx_kicks,
+            f.fill_wakeups,
+            f.idle_polls,
+            self.worker_allocs
+        );
+        out
+    }
+}
+
+impl FrameFigures {
+    /// What one worker publishes, read now.
+    pub fn read(w: &WorkerStats) -> FrameFigures {
+        FrameFigures {
+            total: w.total.load(Relaxed),
+            free: w.free.load(Relaxed),
+            fill: w.fill.load(Relaxed),
+            kernel_tx: w.kernel_tx.load(Relaxed),
+            held: w.held.load(Relaxed),
+            violations: w.violations.load(Relaxed),
+            tx_kicks: w.tx_kicks.load(Relaxed),
+            fill_wakeups: w.fill_wakeups.load(Relaxed),
+            idle_polls: w.idle_polls.load(Relaxed),
+        }
+    }
+}
 
 /// One socket, as the snapshot sees it.
 pub struct PortView {
@@ -18,6 +253,19 @@ pub struct PortView {
     pub queue: u32,
     pub fd: i32,
     pub stats: Arc<PortStats>,
+}
+
+impl PortView {
+    /// The view of `port` (its fd stays valid while the port lives: the worker returns its
+    /// ports when it stops, and they are dropped after the final report).
+    pub fn of(port: &xsk::Port) -> Self {
+        PortView {
+            iface: port.iface.name.clone(),
+            queue: port.queue,
+            fd: port.raw_fd(),
+            stats: port.stats.clone(),
+        }
+    }
 }
 
 /// Where snapshots come from; shared (read-only) by the threads that report.
@@ -40,12 +288,15 @@ impl StatsSource {
                     &v.iface,
                     v.queue,
                     &v.stats,
-                    xsk::kernel_stats(v.fd).unwrap_or_default(),
+                    xsk::kernel_stats(v.fd).map(KernelStats::from).unwrap_or_default(),
                 )
             })
             .collect();
-        let frames =
-            self.workers.iter().map(|a| a.read()).fold(FrameFigures::default(), FrameFigures::plus);
+        let frames = self
+            .workers
+            .iter()
+            .map(|w| FrameFigures::read(w))
+            .fold(FrameFigures::default(), FrameFigures::plus);
         let mut xdp: BTreeMap<String, u64> = Counter::ALL
             .iter()
             .skip(1)

@@ -1,49 +1,86 @@
-//! `xdpfwd stats`: a running forwarder serves its [`Snapshot`] as one JSON line to whoever
-//! connects to its unix socket, `/run/xdpfwd/<netns inode>/<pid>.sock`; the `stats` command
-//! finds the forwarders of its own network namespace there and prints their counters.
+//! The stats socket of a running forwarder: it serves its [`Snapshot`] as one JSON line to
+//! whoever connects to `/run/xdpfwd/<netns inode>/<pid>.sock` (`xdpfwd stats` and `xdpfwd
+//! reload` are the clients, in `stats_client`).
+//!
+//! The directories are checked before use: real directories (not symlinks), owned by root or
+//! by this user, writable by nobody else; so a socket found there was put there by an
+//! instance, and clients may trust what it says.
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Write},
+    io::{self, Write},
     os::{
         linux::fs::MetadataExt,
-        unix::net::{UnixListener, UnixStream},
+        unix::{
+            fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
+            net::{UnixListener, UnixStream},
+        },
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 
-use crate::{snapshot::StatsSource, stats::Snapshot};
+use crate::snapshot::StatsSource;
+
+/// Where every instance's directory lives.
+pub const BASE: &str = "/run/xdpfwd";
 
 /// The directory of this network namespace's sockets.
-fn dir() -> anyhow::Result<PathBuf> {
+pub fn dir() -> anyhow::Result<PathBuf> {
     let ino = fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.st_ino();
-    Ok(PathBuf::from("/run/xdpfwd").join(ino.to_string()))
+    Ok(Path::new(BASE).join(ino.to_string()))
 }
 
-/// Removes sockets of processes that are gone (killed instances, in any namespace) and the
-/// directories left empty.
-fn sweep_stale() {
-    let Ok(dirs) = fs::read_dir("/run/xdpfwd") else { return };
-    for dir in dirs.filter_map(Result::ok) {
-        if let Ok(entries) = fs::read_dir(dir.path()) {
-            for entry in entries.filter_map(Result::ok) {
-                let path = entry.path();
-                let pid =
-                    path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok());
-                if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
-                    let _ = fs::remove_file(&path);
-                }
-            }
+/// Refuses a directory that is a symlink, or owned by another user than root or this one, or
+/// writable by group or others.
+pub fn check_dir(path: &Path) -> anyhow::Result<()> {
+    let meta = fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.file_type().is_dir() {
+        bail!("{} is not a directory (a symlink?): refusing it", path.display());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.st_uid() != 0 && meta.st_uid() != me {
+        bail!(
+            "{} is owned by uid {}, not root or uid {me}: refusing it",
+            path.display(),
+            meta.st_uid()
+        );
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        bail!("{} is writable by group or others: refusing it", path.display());
+    }
+    Ok(())
+}
+
+/// Creates `path` (mode `mode`) unless it exists, then checks it.
+fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+    check_dir(path)
+}
+
+/// Removes sockets in `dir` that nobody listens on any more (left by killed instances): a
+/// connection is refused there. Anything else is left alone.
+fn sweep_stale(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let is_socket = entry.file_type().is_ok_and(|t| t.is_socket());
+        if is_socket
+            && let Err(e) = UnixStream::connect(entry.path())
+            && e.kind() == io::ErrorKind::ConnectionRefused
+        {
+            let _ = fs::remove_file(entry.path());
         }
-        let _ = fs::remove_dir(dir.path());
     }
 }
 
@@ -52,11 +89,11 @@ pub fn serve(
     source: Arc<StatsSource>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
-    sweep_stale();
+    make_dir(Path::new(BASE), 0o755)?;
     let dir = dir()?;
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    make_dir(&dir, 0o755)?;
+    sweep_stale(&dir);
     let path = dir.join(format!("{}.sock", std::process::id()));
-    let socket_dir = dir.clone();
     let _ = fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
@@ -64,101 +101,21 @@ pub fn serve(
     Ok(thread::Builder::new().name("xdpfwd-stats".into()).spawn(move || {
         while !stop.load(Relaxed) {
             match listener.accept() {
-                Ok((mut conn, _)) => {
-                    let _ = conn.set_nonblocking(false);
-                    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-                    if let Ok(json) = serde_json::to_string(&source.snapshot()) {
-                        let _ = writeln!(conn, "{json}");
-                    }
-                }
+                Ok((conn, _)) => answer(conn, &source),
                 Err(_) => thread::sleep(Duration::from_millis(50)),
             }
         }
         let _ = fs::remove_file(&path);
         // The namespace's directory goes too when this was its last instance.
-        let _ = fs::remove_dir(&socket_dir);
+        let _ = fs::remove_dir(&dir);
     })?)
 }
 
-/// Snapshots of every forwarder running in this namespace, by pid. Stale sockets (left by a
-/// killed forwarder) are removed.
-pub fn fetch_all() -> anyhow::Result<Vec<(u32, Snapshot)>> {
-    let dir = dir()?;
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(&dir) else { return Ok(out) };
-    for entry in entries.filter_map(Result::ok) {
-        let path = entry.path();
-        let Some(pid) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok())
-        else {
-            continue;
-        };
-        match UnixStream::connect(&path) {
-            Ok(conn) => {
-                conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-                let mut line = String::new();
-                BufReader::new(conn).read_line(&mut line)?;
-                out.push((pid, serde_json::from_str(&line).context("decoding a snapshot")?));
-            }
-            Err(_) => {
-                let _ = fs::remove_file(&path);
-            }
-        }
-    }
-    out.sort_by_key(|(pid, _)| *pid);
-    Ok(out)
-}
-
-/// `xdpfwd reload` and friends: sends `signal` to every forwarder of this namespace.
-pub fn signal_all(signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
-    let found = fetch_all()?;
-    if found.is_empty() {
-        bail!("no xdpfwd runs in this network namespace (no socket in {})", dir()?.display());
-    }
-    for (pid, _) in found {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-            .with_context(|| format!("signalling pid {pid}"))?;
-        println!("sent {signal:?} to xdpfwd pid {pid}");
-    }
-    Ok(())
-}
-
-/// `xdpfwd stats`: prints the counters of the forwarders in this namespace every `interval`
-/// seconds (`count` times; 0: until interrupted), as text or JSON lines.
-pub fn run(json: bool, interval: f64, count: u64) -> anyhow::Result<()> {
-    let mut prev: Vec<(u32, Snapshot, Instant)> = Vec::new();
-    let mut n = 0;
-    loop {
-        let now = fetch_all()?;
-        if now.is_empty() {
-            bail!("no xdpfwd runs in this network namespace (no socket in {})", dir()?.display());
-        }
-        for (pid, snap) in &now {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&serde_json::json!({ "pid": pid, "stats": snap }))?
-                );
-                continue;
-            }
-            let attach: Vec<String> =
-                snap.attach.iter().map(|(i, m)| format!("{i} ({m})")).collect();
-            println!(
-                "xdpfwd pid {pid}: {} | {} mode | up {:.0} s",
-                attach.join(", "),
-                snap.xsk_mode,
-                snap.uptime
-            );
-            if let Some((_, before, at)) = prev.iter().find(|(p, _, _)| p == pid) {
-                println!("  {}", snap.line(before, at.elapsed().as_secs_f64()));
-            }
-            println!("{}", snap.report());
-        }
-        n += 1;
-        if count != 0 && n >= count {
-            return Ok(());
-        }
-        let at = Instant::now();
-        prev = now.into_iter().map(|(p, s)| (p, s, at)).collect();
-        thread::sleep(Duration::from_secs_f64(interval.max(0.1)));
+/// Writes one snapshot; a client that does not read within a second is dropped.
+fn answer(mut conn: UnixStream, source: &StatsSource) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+    if let Ok(json) = serde_json::to_string(&source.snapshot()) {
+        let _ = writeln!(conn, "{json}");
     }
 }

@@ -12,12 +12,8 @@
 //! start-up.
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicBool, Ordering::Relaxed},
-    },
+    sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
@@ -27,6 +23,7 @@ use xsk_rs::{FrameDesc, Umem};
 
 use crate::{
     alloc_count, rewrite,
+    shared::{Resolve, Shared},
     stats::{PortStats, WorkerStats},
     xsk::Port,
 };
@@ -40,23 +37,6 @@ const RESOLVE_RETRY: Duration = Duration::from_millis(500);
 pub const HOLD_CAPACITY: usize = 256;
 /// Idle iterations before a worker sleeps in `poll()`.
 const SPIN_BEFORE_SLEEP: u32 = 2_000;
-
-/// A request to the control plane: make the kernel resolve `addr` on `ifindex`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Resolve {
-    pub ifindex: u32,
-    pub addr: IpAddr,
-}
-
-/// Neighbours known to the control plane, read by workers for held frames only.
-pub type NeighbourTable = RwLock<HashMap<(u32, IpAddr), [u8; 6]>>;
-
-/// State shared by workers and the control plane.
-#[derive(Default)]
-pub struct Shared {
-    pub stop: AtomicBool,
-    pub neighbours: NeighbourTable,
-}
 
 struct Held {
     desc: FrameDesc,
@@ -200,7 +180,9 @@ impl Worker {
     }
 
     /// Runs until `shared.stop` is set.
-    pub fn run(mut self) {
+    /// Runs until the stop flag is set; returns the sockets, still open, so that their
+    /// kernel statistics can be read once more.
+    pub fn run(mut self) -> Vec<Port> {
         let mut idle = 0u32;
         self.refill();
         alloc_count::count_this_thread(true);
@@ -225,6 +207,7 @@ impl Worker {
         }
         alloc_count::count_this_thread(false);
         self.publish();
+        std::mem::take(&mut self.ports)
     }
 
     fn reap_completions(&mut self) -> usize {

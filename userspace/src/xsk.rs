@@ -167,11 +167,11 @@ fn open_in(
 /// In copy mode the kernel transmits at most 32 frames per `sendto` unless told otherwise
 /// (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17 and later): let one kick send a whole ring.
 fn raise_tx_budget(fd: i32, budget: u32) {
-    const SOL_XDP: i32 = 283;
+    // Not in libc yet (Linux 6.17 `include/uapi/linux/if_xdp.h`).
     const XDP_MAX_TX_SKB_BUDGET: i32 = 9;
     // SAFETY: `budget` is a valid u32 for the duration of the call.
     let ret = unsafe {
-        libc::setsockopt(fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, (&raw const budget).cast(), 4)
+        libc::setsockopt(fd, libc::SOL_XDP, XDP_MAX_TX_SKB_BUDGET, (&raw const budget).cast(), 4)
     };
     if ret != 0 {
         tracing::debug!(
@@ -184,11 +184,11 @@ fn raise_tx_budget(fd: i32, budget: u32) {
 /// Enables busy polling on an AF_XDP socket: `SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` (µs) and
 /// `SO_BUSY_POLL_BUDGET` (frames per poll).
 pub fn busy_poll(fd: i32, usecs: u32, budget: u32) -> io::Result<()> {
-    const SO_PREFER_BUSY_POLL: i32 = 69;
-    const SO_BUSY_POLL_BUDGET: i32 = 70;
-    for (opt, value) in
-        [(SO_PREFER_BUSY_POLL, 1u32), (libc::SO_BUSY_POLL, usecs), (SO_BUSY_POLL_BUDGET, budget)]
-    {
+    for (opt, value) in [
+        (libc::SO_PREFER_BUSY_POLL, 1u32),
+        (libc::SO_BUSY_POLL, usecs),
+        (libc::SO_BUSY_POLL_BUDGET, budget),
+    ] {
         // SAFETY: `value` is a valid u32 for the duration of the call.
         let ret =
             unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&raw const value).cast(), 4) };
@@ -201,46 +201,26 @@ pub fn busy_poll(fd: i32, usecs: u32, budget: u32) -> io::Result<()> {
 
 /// Whether the socket was bound in zero-copy mode (`XDP_OPTIONS`).
 pub fn is_zero_copy(fd: i32) -> bool {
-    const SOL_XDP: i32 = 283;
-    const XDP_OPTIONS: i32 = 8;
-    const XDP_OPTIONS_ZEROCOPY: u32 = 1;
-    let mut flags = 0u32;
-    let mut len = size_of::<u32>() as libc::socklen_t;
-    // SAFETY: `flags` and `len` are valid for writes of the sizes passed.
-    let ret =
-        unsafe { libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&raw mut flags).cast(), &mut len) };
-    ret == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
-}
-
-/// Kernel statistics of one socket (`XDP_STATISTICS`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct KernelStats {
-    pub rx_dropped: u64,
-    pub rx_invalid_descs: u64,
-    pub tx_invalid_descs: u64,
-    pub rx_ring_full: u64,
-    pub rx_fill_ring_empty_descs: u64,
-    pub tx_ring_empty_descs: u64,
+    let mut options = libc::xdp_options { flags: 0 };
+    let mut len = size_of::<libc::xdp_options>() as libc::socklen_t;
+    // SAFETY: `options` and `len` are valid for writes of the sizes passed.
+    let ret = unsafe {
+        libc::getsockopt(fd, libc::SOL_XDP, libc::XDP_OPTIONS, (&raw mut options).cast(), &mut len)
+    };
+    ret == 0 && options.flags & libc::XDP_OPTIONS_ZEROCOPY != 0
 }
 
 /// Reads `XDP_STATISTICS` of the socket `fd`.
-pub fn kernel_stats(fd: i32) -> io::Result<KernelStats> {
-    const SOL_XDP: i32 = 283;
-    const XDP_STATISTICS: i32 = 7;
-    let mut raw = [0u64; 6];
-    let mut len = size_of_val(&raw) as libc::socklen_t;
-    // SAFETY: `raw` and `len` are valid for writes of the sizes passed.
-    let ret =
-        unsafe { libc::getsockopt(fd, SOL_XDP, XDP_STATISTICS, raw.as_mut_ptr().cast(), &mut len) };
+pub fn kernel_stats(fd: i32) -> io::Result<libc::xdp_statistics> {
+    // SAFETY: `xdp_statistics` is plain integers; all zeros is a valid value.
+    let mut stats: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::xdp_statistics>() as libc::socklen_t;
+    // SAFETY: `stats` and `len` are valid for writes of the sizes passed.
+    let ret = unsafe {
+        libc::getsockopt(fd, libc::SOL_XDP, libc::XDP_STATISTICS, (&raw mut stats).cast(), &mut len)
+    };
     if ret != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(KernelStats {
-        rx_dropped: raw[0],
-        rx_invalid_descs: raw[1],
-        tx_invalid_descs: raw[2],
-        rx_ring_full: raw[3],
-        rx_fill_ring_empty_descs: raw[4],
-        tx_ring_empty_descs: raw[5],
-    })
+    Ok(stats)
 }

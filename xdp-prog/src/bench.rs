@@ -81,7 +81,7 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
 pub fn bench_redirect(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: copied out at once.
-    let Some(cfg) = (unsafe { REDIRECT_CFG.get(&ifindex) }).copied() else {
+    let Some(cfg) = (unsafe { REDIRECT_CFG.get(ifindex) }).copied() else {
         return xdp_action::XDP_PASS;
     };
     let start = ctx.data();

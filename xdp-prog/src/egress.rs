@@ -30,7 +30,7 @@ pub fn forward(ctx: &XdpContext, steer: &mut Steer) -> u32 {
     let ready = if fast {
         DEVMAP.get(steer.egress_slot).is_some()
     } else {
-        XSKS.get(xsk_key(steer.slot, ctx.rx_queue_index())).is_some()
+        xsk_key(steer.slot, ctx.rx_queue_index()).is_some_and(|key| XSKS.get(key).is_some())
     };
     if !ready {
         return pass(if fast { Counter::PassEgress } else { Counter::PassNoSocket });
@@ -149,7 +149,10 @@ fn rewrite_in_place<const L3: usize>(ctx: &XdpContext, meta: &XskMeta) -> Result
 /// of the rx queue.
 #[inline(always)]
 fn redirect(ctx: &XdpContext, steer: &Steer) -> u32 {
-    let key = xsk_key(steer.slot, ctx.rx_queue_index());
+    // `forward` checked the key before anything changed.
+    let Some(key) = xsk_key(steer.slot, ctx.rx_queue_index()) else {
+        return drop(Counter::FastFailed);
+    };
     let meta = ctx.metadata();
     if meta + META_LEN > ctx.data() {
         return drop(Counter::FastFailed);

@@ -76,5 +76,5 @@ pub fn count(counter: Counter) {
 pub fn iface(ifindex: u32) -> Option<&'static IfaceInfo> {
     // SAFETY: the map value lives while this program runs; user space may rewrite it
     // concurrently, which at worst yields a mix of old and new fields for this one frame.
-    unsafe { IFACES.get(&ifindex) }
+    unsafe { IFACES.get(ifindex) }
 }

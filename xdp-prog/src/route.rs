@@ -124,11 +124,11 @@ fn neighbour(oif: u32, addr: &[u8; 16], v6: bool) -> Option<[u8; 6]> {
     if v6 {
         let key = NeighKeyV6 { ifindex: oif, addr: *addr };
         // SAFETY: see above.
-        unsafe { NEIGH_V6.get(&key) }.map(|n| n.mac)
+        unsafe { NEIGH_V6.get(key) }.map(|n| n.mac)
     } else {
         let key = NeighKeyV4 { ifindex: oif, addr: [addr[0], addr[1], addr[2], addr[3]] };
         // SAFETY: see above.
-        unsafe { NEIGH_V4.get(&key) }.map(|n| n.mac)
+        unsafe { NEIGH_V4.get(key) }.map(|n| n.mac)
     }
 }
 
@@ -294,9 +294,9 @@ const TABLE_LOCAL: u32 = 255;
 fn lookup(flow: &Flow, table: u32) -> Option<&'static Route> {
     let dst = bytes(&flow.dst);
     if flow.v6() {
-        ROUTES_V6.get(&Key::new(route_key_bits(128), route_key_v6(table, dst)))
+        ROUTES_V6.get(Key::new(route_key_bits(128), route_key_v6(table, dst)))
     } else {
         let addr = [dst[0], dst[1], dst[2], dst[3]];
-        ROUTES_V4.get(&Key::new(route_key_bits(32), route_key_v4(table, addr)))
+        ROUTES_V4.get(Key::new(route_key_bits(32), route_key_v4(table, addr)))
     }
 }

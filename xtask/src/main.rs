@@ -147,10 +147,16 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
         cmd(Command::new("rustup")
             .args(["run", "nightly", "cargo", "fmt", "--all", "--check"])
             .current_dir(root()))?;
-        // The eBPF crate is a workspace of its own.
+        // The eBPF crate is a workspace of its own, built with nightly.
         cmd(Command::new("rustup")
             .args(["run", "nightly", "cargo", "fmt", "--all", "--check"])
             .current_dir(root().join("xdp-prog")))?;
+        cmd(Command::new("rustup")
+            .args(["run", "nightly", "cargo", "clippy", "--release", "--", "-D", "warnings"])
+            .current_dir(root().join("xdp-prog"))
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO"))?;
         cmd(cargo()
             .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
             .env("XDPFWD_EBPF_OBJ", &obj))?;

@@ -1,0 +1,26 @@
+//! What the workers and the control plane share: the stop flag, the neighbours the control
+//! plane knows (read by workers for held frames), and the requests workers send back for a
+//! next hop to be resolved. Neither side imports the other.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{RwLock, atomic::AtomicBool},
+};
+
+/// A request to the control plane: make the kernel resolve `addr` on `ifindex`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolve {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+}
+
+/// Neighbours known to the control plane, read by workers for held frames only.
+pub type NeighbourTable = RwLock<HashMap<(u32, IpAddr), [u8; 6]>>;
+
+/// State shared by workers and the control plane.
+#[derive(Default)]
+pub struct Shared {
+    pub stop: AtomicBool,
+    pub neighbours: NeighbourTable,
+}
