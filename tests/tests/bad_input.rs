@@ -99,3 +99,25 @@ fn invalid_flags_are_named() {
     );
     refused(&topo, &[], &["run", &topo.f0, &topo.f0], &["listed twice"]);
 }
+
+#[test]
+fn flags_out_of_range_are_refused_by_name() {
+    let topo = Topology::new("fl", false).unwrap();
+    // Each of these aborted on allocation, panicked or spun before it was checked.
+    for (flag, value) in [
+        ("--batch", "100000000000"),
+        ("--batch", "0"),
+        ("--stats-interval", "inf"),
+        ("--stats-interval", "-1"),
+        ("--workers", "0"),
+        ("--cpus", "4096"),
+    ] {
+        let arg = format!("{flag}={value}");
+        refused(&topo, &[], &["run", &topo.f0, &topo.f1, &arg], &[flag]);
+    }
+    for interval in ["inf", "NaN", "0"] {
+        let done = run_to_exit(&topo.fwd, &[], &["stats", "--interval", interval]).unwrap();
+        assert_eq!(done.code, Some(1), "a clear error, not a panic: {done:?}");
+        assert!(done.stderr.contains("--interval"), "{done:?}");
+    }
+}

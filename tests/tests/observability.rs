@@ -162,3 +162,91 @@ fn runs_as_an_unprivileged_user_with_only_its_capabilities() {
     assert!(refused.stderr.contains("CAP_BPF"), "{}", refused.stderr);
     assert!(!topo.xdp_attached());
 }
+
+/// The stats directory of namespace `ns`.
+fn stats_dir(ns: &str) -> std::path::PathBuf {
+    let ino = xdpfwd_tests::ns_sh(ns, &["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).unwrap();
+    std::path::Path::new("/run/xdpfwd").join(ino.trim())
+}
+
+#[test]
+fn stats_and_reload_trust_only_instances_that_answer() {
+    let topo = Topology::new("sr", false).unwrap();
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    let dir = stats_dir(&topo.fwd);
+    // A bystander whose pid names a socket that never answers, a stray file and a symlink.
+    let mut victim = Command::new("sleep").arg("60").spawn().unwrap();
+    let silent = dir.join(format!("{}.sock", victim.id()));
+    let _listener = std::os::unix::net::UnixListener::bind(&silent).unwrap();
+    let stray = dir.join("1.sock");
+    std::fs::write(&stray, b"not a socket").unwrap();
+    let link = dir.join("2.sock");
+    std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+
+    let json = run_to_exit(&topo.fwd, &[], &["stats", "--json", "--count", "1"]).unwrap();
+    assert!(json.success, "one silent socket does not hide the others: {json:?}");
+    let pids: Vec<u64> = json
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids, [u64::from(fwd.pid())], "{json:?}");
+    assert!(json.stderr.contains("does not answer"), "the silent socket is reported: {json:?}");
+
+    let reload = run_to_exit(&topo.fwd, &[], &["reload"]).unwrap();
+    assert!(reload.success, "{reload:?}");
+    assert!(reload.stdout.contains(&format!("pid {}", fwd.pid())), "{reload:?}");
+    assert!(victim.try_wait().unwrap().is_none(), "the pid in a file name was not signalled");
+    assert!(stray.exists() && link.exists(), "clients delete nothing");
+    let _ = victim.kill();
+    let _ = victim.wait();
+    for path in [&silent, &stray, &link] {
+        let _ = std::fs::remove_file(path);
+    }
+    let done = fwd.stop().unwrap();
+    assert!(done.success);
+    assert!(done.stderr.contains("SIGHUP: no --config to reload"), "{}", done.stderr);
+}
+
+#[test]
+fn stats_refuses_a_symlinked_directory() {
+    let topo = Topology::new("sd", false).unwrap();
+    let dir = stats_dir(&topo.fwd);
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = std::env::temp_dir().join(format!("xdpfwd-sd-{}", std::process::id()));
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+    std::os::unix::fs::symlink(&target, &dir).unwrap();
+    let refused = run_to_exit(&topo.fwd, &[], &["stats", "--count", "1"]).unwrap();
+    let started = Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]);
+    let _ = std::fs::remove_file(&dir);
+    let _ = std::fs::remove_dir_all(&target);
+    assert!(!refused.success && refused.stderr.contains("symlink"), "{refused:?}");
+    let mut fwd = started.unwrap();
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "forwarding does not depend on the stats socket: {done:?}");
+    assert!(done.stderr.contains("will not see this instance"), "{}", done.stderr);
+}
+
+/// Sum of the `kernel: ... tx_empty N` figures of every port in a report.
+fn kernel_tx_empty(report: &str) -> u64 {
+    report
+        .lines()
+        .filter_map(|l| l.split("tx_empty ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn final_report_reads_the_sockets_while_they_are_open() {
+    let topo = Topology::new("fr", false).unwrap();
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 5));
+    let live = run_to_exit(&topo.fwd, &[], &["stats", "--count", "1"]).unwrap();
+    let before = kernel_tx_empty(&live.stdout);
+    assert!(before > 0, "the kernel counted TX ring checks: {}", live.stdout);
+    let done = fwd.stop().unwrap();
+    let after = kernel_tx_empty(&done.stdout);
+    assert!(after >= before, "final kernel figures {after} < live {before}: {}", done.stdout);
+}
