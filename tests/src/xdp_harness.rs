@@ -5,8 +5,8 @@
 //! The harness moves the calling thread into a fresh network namespace (only `lo`), loads the
 //! program, and fills its maps with a small routing table: a default route through a resolved
 //! gateway, an on-link prefix without neighbour, local routes; and a policy: VLAN pop on the
-//! ingress, two rules and two NAT rewrites, so that every stage runs. No AF_XDP socket and no DEVMAP
-//! entry exist, so every frame must come back `XDP_PASS`; the property is that it also comes
+//! ingress, two rules and three NAT rewrites, so that every stage runs. No AF_XDP socket and no
+//! DEVMAP entry exist (until a test adds one), so every frame must come back `XDP_PASS`; the property is that it also comes
 //! back **byte for byte unchanged**: the program never modifies a frame it passes.
 
 use std::{io, path::PathBuf};

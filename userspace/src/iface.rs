@@ -1,6 +1,7 @@
-//! Managed interfaces: what xdpfwd learns about them at start-up, and the clear errors when an
-//! interface cannot be used (unknown, in another namespace, MTU too large, XDP program already
-//! attached).
+//! Managed interfaces: what xdpfwd learns about them at start-up over netlink (index, MAC,
+//! MTU, rx queues, an XDP program already attached), and the clear error when a name is
+//! unknown (pointing at the namespace that has it). `forwarder` refuses an MTU too large and
+//! `loader` an interface that already has a program.
 
 use std::{ffi::CString, fs, path::Path};
 

@@ -117,7 +117,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker owning `ports` and the `frames` (all of `umem`).
+    /// A worker owning `ports` and `frames`: its share of the UMEM's frames (the forwarder
+    /// gives each worker `frames_per_socket` for each of its sockets).
     pub fn new(
         umem: Umem,
         ports: Vec<Port>,
