@@ -445,6 +445,10 @@ counters! {
     /// uidrange, blackhole, ...) applies, or the family's FIB is left to the kernel (too many
     /// rules, a map full, a resync under way).
     PassFib = "pass_fib",
+    /// Passed: netfilter rules see forwarded traffic of the frame's family (nftables or
+    /// iptables on the forward, prerouting or postrouting hook) and the configuration
+    /// defers to them (`netfilter = "defer"`, the default).
+    PassNetfilter = "pass_netfilter",
 }
 
 #[cfg(feature = "user")]

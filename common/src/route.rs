@@ -251,6 +251,9 @@ pub struct FibWord {
     pub ecmp_kernel: bool,
     /// Everything of this family goes to the kernel.
     pub kernel: bool,
+    /// Netfilter hooks see this family's forwarded traffic and the configuration says
+    /// `netfilter = "defer"`: its transit traffic goes to the kernel.
+    pub netfilter: bool,
 }
 
 impl FibWord {
@@ -260,6 +263,7 @@ impl FibWord {
             | (self.hash as u32) << 16
             | (self.ecmp_kernel as u32) << 17
             | (self.kernel as u32) << 18
+            | (self.netfilter as u32) << 19
     }
 
     #[inline(always)]
@@ -271,6 +275,7 @@ impl FibWord {
             hash: if (word >> 16) & 1 == 1 { HashPolicy::L4 } else { HashPolicy::L3 },
             ecmp_kernel: (word >> 17) & 1 == 1,
             kernel: (word >> 18) & 1 == 1,
+            netfilter: (word >> 19) & 1 == 1,
         }
     }
 }
@@ -321,8 +326,16 @@ mod tests {
 
     #[test]
     fn fib_word_round_trips() {
-        let w =
-            FibWord { set: 1, rules: 7, hash: HashPolicy::L4, ecmp_kernel: true, kernel: false };
+        let w = FibWord {
+            set: 1,
+            rules: 7,
+            hash: HashPolicy::L4,
+            ecmp_kernel: true,
+            kernel: false,
+            netfilter: true,
+        };
+        assert_eq!(FibWord::decode(w.encode()), w);
+        let w = FibWord { netfilter: false, kernel: true, ..w };
         assert_eq!(FibWord::decode(w.encode()), w);
         assert_eq!(FibWord::decode(0xff << 8).rules, MAX_FIB_RULES, "clamped");
     }

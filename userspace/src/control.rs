@@ -54,6 +54,7 @@ use xdpfwd_common::{
 use crate::{
     fib_rules::{FibRuleSpec, FibRules},
     iface::{self, Iface},
+    netfilter::{self, Hooks, NetfilterMode},
     nexthop::{Nexthops, NhEvent},
     policy::{ControlPolicy, StaticRoute},
     routes::{Action, Place, Route, RouteTable, TABLE_LOCAL, TABLE_MAIN, TABLE_STATIC},
@@ -122,6 +123,8 @@ pub struct Control {
     routes_dumped: bool,
     /// Policy rules of IPv4 and IPv6.
     fib: [Fib; 2],
+    /// Netfilter's hooks on forwarded traffic, as last read (`None`: not yet).
+    netfilter: Option<Hooks>,
     nexthops: Nexthops,
     /// The routes must be read again (a link went down or up, an address was deleted, events
     /// were lost).
@@ -155,6 +158,7 @@ impl Control {
             inactive: Vec::new(),
             routes_dumped: false,
             fib: Default::default(),
+            netfilter: None,
             nexthops,
             resync: false,
             merged: [false; 2],
@@ -203,7 +207,10 @@ impl Control {
                 Some(req) = resolve.recv() => self.resolve(&mut handle, req).await,
                 Some(policy) = policies.recv() => self.set_policy(policy),
                 Some(event) = nh_events.recv() => self.on_nexthop(event),
-                _ = sysctl.tick() => self.poll_forwarding(),
+                _ = sysctl.tick() => {
+                    self.poll_forwarding();
+                    self.poll_netfilter();
+                }
                 _ = stale.tick() => self.refresh_stale(&mut handle).await,
             }
             if std::mem::take(&mut self.resync) {
@@ -261,6 +268,7 @@ impl Control {
         while let Some(route) = v6.try_next().await.context("dumping IPv6 routes")? {
             self.on_route(&route, Change::Add(Place::Append));
         }
+        self.poll_netfilter();
         self.routes_dumped = true;
         self.sync_static();
         self.write_fib(false);
@@ -642,6 +650,9 @@ impl Control {
                 None => {}
             }
             fib.kernel = kernel;
+            let cause = if v6 { "ipv6 fib" } else { "ipv4 fib" };
+            let text = kernel.map(|why| format!("{cause}: {why}: the kernel forwards"));
+            notice(&self.shared, cause, text);
         }
         if let Err(err) = self.maps.fib_ctl.set(v6 as u32, word.encode(), 0) {
             tracing::warn!(%err, "switching the policy rules failed");
@@ -650,9 +661,59 @@ impl Control {
         fib.word = word;
     }
 
+    /// Reads netfilter's hooks; when they change, each family's transit traffic goes to the
+    /// kernel (`defer`) or is only reported (`warn`). Hooks that cannot be read count as
+    /// present.
+    fn poll_netfilter(&mut self) {
+        let hooks = netfilter::detect().unwrap_or_else(|why| {
+            let unknown = vec![format!("unknown: {why}")];
+            Hooks { v4: unknown.clone(), v6: unknown }
+        });
+        if self.netfilter.as_ref() != Some(&hooks) {
+            self.netfilter = Some(hooks);
+            self.apply_netfilter();
+        }
+    }
+
+    /// Tells the XDP program, the log and the notices what the hooks and the mode mean.
+    fn apply_netfilter(&mut self) {
+        let Some(hooks) = self.netfilter.clone() else { return };
+        let mode = self.policy.netfilter;
+        let text = if hooks.v4.is_empty() && hooks.v6.is_empty() {
+            tracing::info!("netfilter: no hooks on forwarded traffic");
+            None
+        } else if mode == NetfilterMode::Defer {
+            tracing::warn!(
+                "netfilter hooks see forwarded traffic ({hooks}): the kernel forwards their \
+                 families and runs them (netfilter = \"defer\")"
+            );
+            Some(format!("netfilter (defer): the kernel forwards past {hooks}"))
+        } else {
+            tracing::warn!(
+                "netfilter hooks see forwarded traffic ({hooks}): xdpfwd bypasses them \
+                 (netfilter = \"warn\")"
+            );
+            Some(format!("netfilter (warn): xdpfwd bypasses {hooks}"))
+        };
+        notice(&self.shared, "netfilter", text);
+        for v6 in [false, true] {
+            let defer = mode == NetfilterMode::Defer && !hooks.of(v6).is_empty();
+            if self.fib[v6 as usize].word.netfilter != defer {
+                self.fib[v6 as usize].word.netfilter = defer;
+                if self.routes_dumped {
+                    self.write_fib(v6);
+                }
+            }
+        }
+    }
+
     /// A reload's interface settings and static routes.
     fn set_policy(&mut self, policy: ControlPolicy) {
+        let netfilter_changed = policy.netfilter != self.policy.netfilter;
         self.policy = policy;
+        if netfilter_changed {
+            self.apply_netfilter();
+        }
         for i in 0..self.ifaces.len() {
             let info = self.info(i);
             if let Err(err) = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0) {
@@ -999,5 +1060,15 @@ impl Control {
             peer_mac: opts.peer_mac.unwrap_or_default(),
             push_vlan: opts.push_vlan,
         }
+    }
+}
+
+/// Sets (or clears, with `None`) the operator's notice of `cause`.
+fn notice(shared: &Shared, cause: &'static str, text: Option<String>) {
+    if let Ok(mut notices) = shared.notices.write() {
+        match text {
+            Some(text) => notices.insert(cause, text),
+            None => notices.remove(cause),
+        };
     }
 }

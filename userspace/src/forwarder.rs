@@ -127,6 +127,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         attach: ifaces.iter().zip(&modes).map(|(i, m)| (i.name.clone(), m.to_string())).collect(),
         xsk_mode: copy_mode.to_owned(),
         start: Instant::now(),
+        shared: shared.clone(),
     });
     let reporters = Reporters::start(&args, &source)?;
     let mut reload =

@@ -12,6 +12,7 @@ pub mod forwarder;
 pub mod iface;
 pub mod loader;
 pub mod metrics;
+pub mod netfilter;
 pub mod nexthop;
 pub mod policy;
 pub mod privileges;

@@ -171,6 +171,16 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
     let up = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     up.set(snap.uptime);
     registry.register_with_unit("uptime", "Time since the forwarder started", Unit::Seconds, up);
+    let notices = Family::<Labels, Gauge>::default();
+    registry.register(
+        "notice",
+        "A condition the operator must know, by cause (value 1 while it holds): a fallback to \
+         the kernel, netfilter hooks bypassed",
+        notices.clone(),
+    );
+    for cause in snap.notices.keys() {
+        notices.get_or_create(&labels(&[("cause", cause)])).set(1);
+    }
 
     let mut out = String::new();
     let _ = encode(&mut out, &registry);

@@ -155,9 +155,13 @@ pub fn spawn_reader(
     Ok(handle)
 }
 
-fn set_timeout(socket: &Socket, timeout: Duration) {
+/// Bounds every blocking receive on `socket` (`SO_RCVTIMEO`).
+pub(crate) fn set_timeout(socket: &Socket, timeout: Duration) {
     use std::os::fd::AsRawFd as _;
-    let tv = libc::timeval { tv_sec: 0, tv_usec: timeout.as_micros() as libc::suseconds_t };
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
     // SAFETY: a valid socket descriptor and a `timeval` of the size passed.
     unsafe {
         libc::setsockopt(

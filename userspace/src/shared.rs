@@ -3,7 +3,7 @@
 //! next hop to be resolved. Neither side imports the other.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     sync::{RwLock, atomic::AtomicBool},
 };
@@ -23,4 +23,7 @@ pub type NeighbourTable = RwLock<HashMap<(u32, IpAddr), [u8; 6]>>;
 pub struct Shared {
     pub stop: AtomicBool,
     pub neighbours: NeighbourTable,
+    /// What the operator must know now, by cause: the control plane's fallbacks to the
+    /// kernel and netfilter hooks bypassed; shown by `xdpfwd stats` and metrics.
+    pub notices: RwLock<BTreeMap<&'static str, String>>,
 }

@@ -16,6 +16,7 @@ use xdpfwd_common::Counter;
 
 use crate::{
     alloc_count,
+    shared::Shared,
     stats::{PortStats, WorkerStats},
     xsk,
 };
@@ -138,6 +139,9 @@ pub struct Snapshot {
     pub xdp: std::collections::BTreeMap<String, u64>,
     /// Heap allocations made by worker threads since start.
     pub worker_allocs: u64,
+    /// What the operator must know now, by cause (fallbacks to the kernel, netfilter hooks
+    /// bypassed).
+    pub notices: BTreeMap<String, String>,
 }
 
 impl Snapshot {
@@ -226,6 +230,9 @@ impl Snapshot {
             f.idle_polls,
             self.worker_allocs
         );
+        for text in self.notices.values() {
+            let _ = write!(out, "\n  notice: {text}");
+        }
         out
     }
 }
@@ -276,6 +283,7 @@ pub struct StatsSource {
     pub attach: Vec<(String, String)>,
     pub xsk_mode: String,
     pub start: Instant,
+    pub shared: Arc<Shared>,
 }
 
 impl StatsSource {
@@ -315,6 +323,12 @@ impl StatsSource {
             frames,
             xdp,
             worker_allocs: alloc_count::counted(),
+            notices: self
+                .shared
+                .notices
+                .read()
+                .map(|n| n.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect())
+                .unwrap_or_default(),
         }
     }
 }

@@ -46,6 +46,9 @@ pub fn route(
     let v6 = flow.v6();
     let word = FIB_CTL.get(v6 as u32).copied().unwrap_or(0);
     let fib = FibWord::decode(word);
+    if fib.netfilter {
+        return Err(Counter::PassNetfilter);
+    }
     if fib.kernel {
         return Err(Counter::PassFib);
     }

@@ -31,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "frr",
     "bird2",
+    "nftables",
 ];
 
 /// Packages whose maintainer scripts enable and start a system-wide daemon (package, service):

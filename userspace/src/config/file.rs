@@ -25,6 +25,7 @@ pub(super) struct File {
 #[serde(deny_unknown_fields)]
 pub(super) struct Defaults {
     pub unmatched: Option<Spanned<String>>,
+    pub netfilter: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,7 +47,7 @@ use std::{fmt, net::IpAddr, path::Path};
 use ipnet::IpNet;
 use xdpfwd_common::Action;
 
-use crate::loader::ModeArg;
+use crate::{loader::ModeArg, netfilter::NetfilterMode};
 
 /// A configuration error, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,6 +145,8 @@ pub struct Config {
     pub rules: Vec<RuleSpec>,
     /// Action for transit traffic that matches no rule.
     pub unmatched: Action,
+    /// What to do while netfilter hooks see forwarded traffic (`defer` unless set).
+    pub netfilter: NetfilterMode,
     pub routes: Vec<RouteSpec>,
     pub xconnects: Vec<XconnectSpec>,
     pub rewrites: Vec<RewriteSpec>,
@@ -178,11 +180,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     })?;
     let interfaces = validate::interfaces(&loc, &parsed.interface)?;
     let unmatched = validate::unmatched(&loc, &parsed.defaults)?;
+    let netfilter = validate::netfilter(&loc, &parsed.defaults)?;
     let xconnects = validate::xconnects(&loc, &parsed.xconnect, &interfaces)?;
     let rules = validate::rules(&loc, &parsed.rule, &interfaces, &xconnects)?;
     let routes = validate::routes(&loc, &parsed.route, &interfaces, &xconnects)?;
     let rewrites = validate::rewrites(&loc, &parsed.rewrite, &interfaces, &xconnects)?;
-    Ok(Config { interfaces, rules, unmatched, routes, xconnects, rewrites })
+    Ok(Config { interfaces, rules, unmatched, netfilter, routes, xconnects, rewrites })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::{
     ConfigError, InterfaceSpec, MatchSpec, RewriteSpec, RouteSpec, RuleSpec, XconnectSpec,
     file::{Defaults, InterfaceCfg, MatchCfg, RewriteCfg, RouteCfg, RuleCfg, XconnectCfg},
 };
-use crate::loader::ModeArg;
+use crate::{loader::ModeArg, netfilter::NetfilterMode};
 
 /// Builds located errors for one file.
 pub(super) struct Locator<'a> {
@@ -218,6 +218,20 @@ pub(super) fn unmatched(loc: &Locator, defaults: &Defaults) -> Result<Action, Co
     match &defaults.unmatched {
         Some(a) => loc.action(a, "defaults.unmatched".into()),
         None => Ok(Action::Forward),
+    }
+}
+
+/// `[defaults]`: what to do while netfilter hooks see forwarded traffic.
+pub(super) fn netfilter(loc: &Locator, defaults: &Defaults) -> Result<NetfilterMode, ConfigError> {
+    match &defaults.netfilter {
+        Some(v) => NetfilterMode::from_name(v.get_ref()).ok_or_else(|| {
+            loc.at(
+                v.span(),
+                "defaults.netfilter",
+                format!("unknown netfilter mode {:?}: expected defer or warn", v.get_ref()),
+            )
+        }),
+        None => Ok(NetfilterMode::Defer),
     }
 }
 

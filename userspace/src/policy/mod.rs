@@ -11,7 +11,7 @@ use aya::maps::{Array, MapData};
 use ipnet::IpNet;
 use xdpfwd_common::{MAX_NATS, MAX_RULES, Nat, Policy, Rule, map_names};
 
-use crate::{config::Config, iface::Iface};
+use crate::{config::Config, iface::Iface, netfilter::NetfilterMode};
 
 mod compile;
 pub use compile::{compile, compile_nat, prefix_words};
@@ -49,6 +49,8 @@ pub struct ControlPolicy {
     /// By ifindex; interfaces not listed get the defaults.
     pub ifaces: HashMap<u32, IfaceOpts>,
     pub routes: Vec<StaticRoute>,
+    /// What to do while netfilter hooks see forwarded traffic.
+    pub netfilter: NetfilterMode,
 }
 
 fn ifindex_of(ifaces: &[Iface], name: &str) -> anyhow::Result<u32> {
@@ -93,7 +95,7 @@ impl ControlPolicy {
                 vlan: r.vlan.unwrap_or(0),
             });
         }
-        Ok(Self { ifaces: opts, routes })
+        Ok(Self { ifaces: opts, routes, netfilter: config.netfilter })
     }
 }
 
