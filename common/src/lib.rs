@@ -93,6 +93,12 @@ bitflags::bitflags! {
         /// With `XCONNECT`, the destination MAC of cross-connected frames is set to
         /// `IfaceInfo::peer_mac`.
         const PEER_MAC = 1 << 7;
+        /// IPv4 arriving here is checked as `rp_filter = 1` (strict) does: the route back
+        /// to its source must leave through this interface (the larger of
+        /// `net.ipv4.conf.{all,IFACE}.rp_filter`).
+        const RP_STRICT = 1 << 8;
+        /// `rp_filter = 2` (loose): a unicast route back to the source must exist.
+        const RP_LOOSE = 1 << 9;
     }
 }
 
@@ -449,6 +455,10 @@ counters! {
     /// iptables on the forward, prerouting or postrouting hook) and the configuration
     /// defers to them (`netfilter = "defer"`, the default).
     PassNetfilter = "pass_netfilter",
+    /// Passed: the kernel's source validation (`rp_filter`, a source that is one of the
+    /// router's own addresses, a source routed to a blackhole) might refuse the IPv4 packet,
+    /// so the kernel decides.
+    PassSourceCheck = "pass_source_check",
 }
 
 #[cfg(feature = "user")]

@@ -254,6 +254,9 @@ pub struct FibWord {
     /// Netfilter hooks see this family's forwarded traffic and the configuration says
     /// `netfilter = "defer"`: its transit traffic goes to the kernel.
     pub netfilter: bool,
+    /// IPv4: the kernel validates sources with a full reverse lookup even where
+    /// `rp_filter` is 0 (custom policy rules or `local` routes: `fib_validate_source`).
+    pub full_check: bool,
 }
 
 impl FibWord {
@@ -264,6 +267,7 @@ impl FibWord {
             | (self.ecmp_kernel as u32) << 17
             | (self.kernel as u32) << 18
             | (self.netfilter as u32) << 19
+            | (self.full_check as u32) << 20
     }
 
     #[inline(always)]
@@ -276,6 +280,7 @@ impl FibWord {
             ecmp_kernel: (word >> 17) & 1 == 1,
             kernel: (word >> 18) & 1 == 1,
             netfilter: (word >> 19) & 1 == 1,
+            full_check: (word >> 20) & 1 == 1,
         }
     }
 }
@@ -333,6 +338,7 @@ mod tests {
             ecmp_kernel: true,
             kernel: false,
             netfilter: true,
+            full_check: true,
         };
         assert_eq!(FibWord::decode(w.encode()), w);
         let w = FibWord { netfilter: false, kernel: true, ..w };

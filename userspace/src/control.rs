@@ -106,8 +106,8 @@ pub struct Control {
     /// Neighbours of managed interfaces with a usable MAC, and their state.
     neighbours: HashMap<(u32, IpAddr), NeighbourState>,
     last_resolve: HashMap<(u32, IpAddr), Instant>,
-    /// Kernel forwarding (IPv4, IPv6) per managed ifindex, from the sysctls.
-    forwarding: HashMap<u32, (bool, bool)>,
+    /// The kernel's per-interface sysctls that decide forwarding, per managed ifindex.
+    forwarding: HashMap<u32, IfaceSysctls>,
     /// Plain L3 forwarding takes the in-kernel fast path.
     fast_path: bool,
     /// Longest frame the sockets receive whole (`IfaceInfo::max_frame`).
@@ -364,19 +364,20 @@ impl Control {
     fn poll_forwarding(&mut self) {
         let mut changed = Vec::new();
         for (i, iface) in self.ifaces.iter().enumerate() {
-            let read = |family: &str| {
-                fs::read_to_string(format!("/proc/sys/net/{family}/conf/{}/forwarding", iface.name))
-                    .map(|s| s.trim() != "0")
-                    .unwrap_or(false)
-            };
-            let flags = (read("ipv4"), read("ipv6"));
+            let flags = IfaceSysctls::read(&iface.name);
             if self.forwarding.get(&iface.ifindex) != Some(&flags) {
                 changed.push((i, flags));
             }
         }
         self.poll_hash_policy();
         for (i, flags) in changed {
-            tracing::info!(iface = %self.ifaces[i].name, ipv4 = flags.0, ipv6 = flags.1, "kernel forwarding");
+            tracing::info!(
+                iface = %self.ifaces[i].name,
+                ipv4 = flags.v4,
+                ipv6 = flags.v6,
+                rp_filter = flags.rp_filter,
+                "kernel forwarding"
+            );
             self.forwarding.insert(self.ifaces[i].ifindex, flags);
             let info = self.info(i);
             if let Err(err) = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0) {
@@ -635,6 +636,9 @@ impl Control {
         }
         word.set = next;
         word.kernel = kernel.is_some();
+        // The kernel's quick source check (own addresses only) holds with the default rules
+        // and a `local` table of host routes: exactly when `local` is merged.
+        word.full_check = !v6 && !merged;
         let fib = &mut self.fib[v6 as usize];
         if kernel != fib.kernel {
             match kernel {
@@ -1040,12 +1044,14 @@ impl Control {
     /// The `IFACES` map value of managed interface `i`.
     fn info(&self, i: usize) -> IfaceInfo {
         let iface = &self.ifaces[i];
-        let (v4, v6) = self.forwarding.get(&iface.ifindex).copied().unwrap_or_default();
+        let sysctls = self.forwarding.get(&iface.ifindex).copied().unwrap_or_default();
         let opts = self.policy.ifaces.get(&iface.ifindex).copied().unwrap_or_default();
         let mut flags = IfaceFlags::MANAGED;
         flags.set(IfaceFlags::UP, iface.up);
-        flags.set(IfaceFlags::KERNEL_FWD_V4, v4);
-        flags.set(IfaceFlags::KERNEL_FWD_V6, v6);
+        flags.set(IfaceFlags::KERNEL_FWD_V4, sysctls.v4);
+        flags.set(IfaceFlags::KERNEL_FWD_V6, sysctls.v6);
+        flags.set(IfaceFlags::RP_STRICT, sysctls.rp_filter == 1);
+        flags.set(IfaceFlags::RP_LOOSE, sysctls.rp_filter >= 2);
         flags.set(IfaceFlags::FAST_PATH, self.fast_path);
         flags.set(IfaceFlags::VLAN_POP, opts.vlan_pop);
         flags.set(IfaceFlags::XCONNECT, opts.peer != 0);
@@ -1070,5 +1076,34 @@ fn notice(shared: &Shared, cause: &'static str, text: Option<String>) {
             Some(text) => notices.insert(cause, text),
             None => notices.remove(cause),
         };
+    }
+}
+
+/// The sysctls of one interface that decide how the kernel forwards what arrives on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct IfaceSysctls {
+    /// `net.ipv4.conf.IFACE.forwarding`.
+    v4: bool,
+    /// `net.ipv6.conf.IFACE.forwarding`.
+    v6: bool,
+    /// The larger of `net.ipv4.conf.{all,IFACE}.rp_filter` (as the kernel combines them).
+    rp_filter: u8,
+}
+
+impl IfaceSysctls {
+    fn read(iface: &str) -> Self {
+        let read =
+            |path: String| fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<u8>().ok());
+        let conf = |family: &str, dev: &str, key: &str| {
+            read(format!("/proc/sys/net/{family}/conf/{dev}/{key}"))
+        };
+        IfaceSysctls {
+            v4: conf("ipv4", iface, "forwarding").is_some_and(|v| v != 0),
+            v6: conf("ipv6", iface, "forwarding").is_some_and(|v| v != 0),
+            // Unreadable: strict, the check that refuses most.
+            rp_filter: conf("ipv4", "all", "rp_filter")
+                .unwrap_or(1)
+                .max(conf("ipv4", iface, "rp_filter").unwrap_or(1)),
+        }
     }
 }

@@ -36,8 +36,9 @@ pub static NH_SLOTS: Array<u32> = Array::with_max_entries(MAX_NH_SLOTS, 0);
 #[map]
 pub static NH_GROUPS: Array<NhGroup> = Array::with_max_entries(MAX_NH_GROUPS, 0);
 /// The frame's [`crate::decision::Flow`] (one per CPU): in a map, not on the 512-byte stack.
+/// Index 1 holds the reverse flow of the source check.
 #[map]
-pub static FLOW: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+pub static FLOW: PerCpuArray<Flow> = PerCpuArray::with_max_entries(2, 0);
 /// The decision for the frame (one per CPU), from `classify` to `egress`.
 #[map]
 pub static STEER: PerCpuArray<Steer> = PerCpuArray::with_max_entries(1, 0);

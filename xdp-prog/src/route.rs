@@ -17,7 +17,7 @@ use crate::{
     classify::egress,
     decision::{Flow, FlowFlags, Ingress, NO_NAT, Packet, Steer, SteerFlags},
     maps::{
-        FIB_CTL, FIB_RESULT, FIB_RULES, NEIGH_V4, NEIGH_V6, NH_GROUPS, NH_SLOTS, ROUTES_V4,
+        FIB_CTL, FIB_RESULT, FIB_RULES, FLOW, NEIGH_V4, NEIGH_V6, NH_GROUPS, NH_SLOTS, ROUTES_V4,
         ROUTES_V6,
     },
     policy::rule_matches,
@@ -33,9 +33,27 @@ const FIB_NO_ROUTE: u32 = 1;
 const FIB_KERNEL: u32 = 2;
 
 /// The route step: from the flow (its destination already translated by NAT) to the egress
-/// and next hop of the frame, for both families.
+/// and next hop of the frame, for both families; then, for IPv4, the kernel's check of the
+/// source against the route back to it.
 #[inline(always)]
 pub fn route(
+    ctx: &XdpContext,
+    at: &Ingress,
+    flow: &Flow,
+    packet: &Packet,
+    decided: (bool, u32),
+    steer: &mut Steer,
+) -> Result<(), Counter> {
+    forward_route(ctx, at, flow, packet, decided, steer)?;
+    if !flow.v6() {
+        // Last: the reverse lookup reuses `FIB_RESULT`.
+        validate_source(at, flow, steer.meta.oif)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn forward_route(
     ctx: &XdpContext,
     at: &Ingress,
     flow: &Flow,
@@ -272,6 +290,13 @@ pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
 /// protocol behind IPv6 extension headers.
 #[inline(always)]
 fn needs_kernel(fields: RuleFields, flow: &Flow) -> bool {
+    // The kernel's reverse lookup sees the protocol and ports only when its rules ask for an
+    // early flow dissection; which they do is not known here.
+    if flow.flags.contains(FlowFlags::REVERSE)
+        && fields.intersects(RuleFields::PROTO.union(RuleFields::PORTS))
+    {
+        return true;
+    }
     if fields.intersects(RuleFields::PORTS)
         && (!flow.flags.contains(FlowFlags::PORTS) || flow.flags.contains(FlowFlags::FRAGMENT))
     {
@@ -280,6 +305,72 @@ fn needs_kernel(fields: RuleFields, flow: &Flow) -> bool {
     fields.intersects(RuleFields::PROTO.union(RuleFields::PORTS))
         && flow.v6()
         && extension_header(flow.proto)
+}
+
+/// The kernel's source validation of a forwarded IPv4 packet (`fib_validate_source` in
+/// `net/ipv4/fib_frontend.c`), or the frame goes to the kernel, which decides. With
+/// `rp_filter` off and no custom rules or `local` routes, the kernel only refuses a source
+/// that is one of the router's own addresses. Otherwise it looks the source up as a
+/// destination, arriving on the egress (`oif`): strict mode wants a unicast route through the
+/// ingress, loose mode any unicast route, and with `rp_filter` off any route but a special
+/// one (or none). xdpfwd forwards only where that lookup certainly succeeds; a route through
+/// another interface in loose mode (the kernel then also asks whether the ingress has an
+/// address) goes to the kernel.
+#[inline(always)]
+fn validate_source(at: &Ingress, flow: &Flow, oif: u32) -> Result<(), Counter> {
+    let strict = at.info.flags.contains(IfaceFlags::RP_STRICT);
+    let loose = at.info.flags.contains(IfaceFlags::RP_LOOSE);
+    let word = FIB_CTL.get(0).copied().unwrap_or(0);
+    if !strict && !loose && !FibWord::decode(word).full_check {
+        return match lookup_addr(&flow.src, false, TABLE_LOCAL) {
+            Some(r) if r.kind() == RouteKind::Kernel => Err(Counter::PassSourceCheck),
+            _ => Ok(()),
+        };
+    }
+    let slot = FLOW.get_ptr_mut(1).ok_or(Counter::PassSourceCheck)?;
+    // SAFETY: slot 1 of a per-CPU array that only this CPU uses while this program runs.
+    let reverse = unsafe { &mut *slot };
+    *reverse = Flow {
+        src: flow.dst,
+        dst: flow.src,
+        ifindex: oif,
+        sport: flow.dport,
+        dport: flow.sport,
+        flags: flow.flags | FlowFlags::REVERSE,
+        ..*flow
+    };
+    match xdpfwd_fib(reverse, word) {
+        FIB_FOUND => {}
+        FIB_NO_ROUTE if !strict && !loose => return Ok(()),
+        _ => return Err(Counter::PassSourceCheck),
+    }
+    let route = FIB_RESULT.get(0).ok_or(Counter::PassSourceCheck)?;
+    let through_ingress = match route.kind() {
+        RouteKind::Unicast => route.oif == at.ifindex,
+        RouteKind::Nexthop => uses_dev(route.nh, at.ifindex),
+        // Special routes, and xdpfwd's own static routes, which the kernel does not have.
+        _ => return Err(Counter::PassSourceCheck),
+    };
+    if through_ingress || (!strict && !loose) { Ok(()) } else { Err(Counter::PassSourceCheck) }
+}
+
+/// Whether a path of nexthop slot `slot` leaves through `ifindex` (the kernel's
+/// `fib_info_nh_uses_dev`).
+#[inline(always)]
+fn uses_dev(slot: u32, ifindex: u32) -> bool {
+    let index = NH_SLOTS.get(slot).copied().unwrap_or(0);
+    let Some(group) = NH_GROUPS.get(index).filter(|_| index != 0) else { return false };
+    let mut i = 0;
+    while i < MAX_PATHS {
+        if i >= group.count {
+            break;
+        }
+        if group.paths.get(i as usize).is_some_and(|p| p.oif == ifindex) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// The flow's destination is one of the router's own (or broadcast) addresses: the `local`
@@ -295,8 +386,14 @@ const TABLE_LOCAL: u32 = 255;
 /// The longest-prefix route of `table` for the flow's destination.
 #[inline(always)]
 fn lookup(flow: &Flow, table: u32) -> Option<&'static Route> {
-    let dst = bytes(&flow.dst);
-    if flow.v6() {
+    lookup_addr(&flow.dst, flow.v6(), table)
+}
+
+/// The longest-prefix route of `table` for `addr` (the flow's word layout).
+#[inline(always)]
+fn lookup_addr(addr: &[u64; 2], v6: bool, table: u32) -> Option<&'static Route> {
+    let dst = bytes(addr);
+    if v6 {
         ROUTES_V6.get(Key::new(route_key_bits(128), route_key_v6(table, dst)))
     } else {
         let addr = [dst[0], dst[1], dst[2], dst[3]];
