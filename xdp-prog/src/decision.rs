@@ -66,9 +66,6 @@ bitflags::bitflags! {
         const PORTS = 1 << 1;
         /// The packet is a fragment (the kernel's policy rules see no ports in it).
         const FRAGMENT = 1 << 2;
-        /// The reverse flow of a source check: from the destination back to the source, as
-        /// the kernel's `fib_validate_source` looks it up.
-        const REVERSE = 1 << 3;
     }
 }
 

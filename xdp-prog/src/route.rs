@@ -290,13 +290,6 @@ pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
 /// protocol behind IPv6 extension headers.
 #[inline(always)]
 fn needs_kernel(fields: RuleFields, flow: &Flow) -> bool {
-    // The kernel's reverse lookup sees the protocol and ports only when its rules ask for an
-    // early flow dissection; which they do is not known here.
-    if flow.flags.contains(FlowFlags::REVERSE)
-        && fields.intersects(RuleFields::PROTO.union(RuleFields::PORTS))
-    {
-        return true;
-    }
     if fields.intersects(RuleFields::PORTS)
         && (!flow.flags.contains(FlowFlags::PORTS) || flow.flags.contains(FlowFlags::FRAGMENT))
     {
@@ -336,7 +329,9 @@ fn validate_source(at: &Ingress, flow: &Flow, oif: u32) -> Result<(), Counter> {
         ifindex: oif,
         sport: flow.dport,
         dport: flow.sport,
-        flags: flow.flags | FlowFlags::REVERSE,
+        // The kernel's reverse lookup dissects the protocol and ports (swapped) exactly
+        // when a rule has such a selector (`fib4_rules_early_flow_dissect`): where they
+        // matter, it sees them.
         ..*flow
     };
     match xdpfwd_fib(reverse, word) {
