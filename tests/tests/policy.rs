@@ -506,6 +506,7 @@ fn per_interface_attach_mode_and_queue_count() {
     // The command line overrides the file.
     let mut fwd = start_with(&topo, &config, &["--mode", "skb"]);
     assert!(fwd.ready_line.contains("attach skb,skb"), "{}", fwd.ready_line);
-    assert!(fwd.stop().unwrap().success);
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{done:?}");
     let _ = std::fs::remove_file(config);
 }

@@ -115,11 +115,12 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let Workers { threads, views, accounts } =
         start_workers(sockets, &args, &plan.xsk, &shared, &control.resolve)?;
 
+    // Signals, stats and metrics before "ready": whoever reads it may use them at once.
+    let signals = Signals::register()?;
     let mut attach = modes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     if fast {
         attach.push_str(" | fast path");
     }
-    announce(&ifaces, &modes, &attach, copy_mode, threads.len());
     let source = Arc::new(StatsSource {
         ports: views,
         workers: accounts,
@@ -130,9 +131,11 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         shared: shared.clone(),
     });
     let reporters = Reporters::start(&args, &source)?;
+    announce(&ifaces, &modes, &attach, copy_mode, threads.len());
     let mut reload =
         Reloader { path: args.config.clone(), settings: plan.settings, maps: maps.policy };
-    let failed = supervise(&args, &source, &shared, &mut reload, &ifaces, &control.policy)?;
+    let failed =
+        supervise(&args, &signals, &source, &shared, &mut reload, &ifaces, &control.policy);
 
     // Shutdown: detach first, let the workers flush what they hold, then stop them. The
     // sockets stay open until the final report has read their kernel statistics.
@@ -493,22 +496,36 @@ impl Reporters {
     }
 }
 
+/// SIGINT / SIGTERM (stop) and SIGHUP (reload), as flags.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn register() -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, stop.clone())?;
+        }
+        let reload = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
+        Ok(Signals { stop, reload })
+    }
+}
+
 /// Runs until SIGINT/SIGTERM or a control plane failure (then returns `true`): reloads on
 /// SIGHUP and logs a counter line every `--stats-interval`.
 fn supervise(
     args: &RunArgs,
+    signals: &Signals,
     source: &StatsSource,
     shared: &Shared,
     reload: &mut Reloader,
     ifaces: &[Arc<Iface>],
     control: &tokio::sync::mpsc::UnboundedSender<ControlPolicy>,
-) -> anyhow::Result<bool> {
-    let stop_signal = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop_signal.clone())?;
-    }
-    let reload_signal = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_signal.clone())?;
+) -> bool {
+    let (stop_signal, reload_signal) = (&signals.stop, &signals.reload);
     let mut last = (Instant::now(), source.snapshot());
     while !stop_signal.load(Relaxed) && !shared.stop.load(Relaxed) {
         thread::sleep(Duration::from_millis(50));
@@ -521,7 +538,7 @@ fn supervise(
             last = (Instant::now(), now);
         }
     }
-    Ok(shared.stop.load(Relaxed) && !stop_signal.load(Relaxed))
+    shared.stop.load(Relaxed) && !stop_signal.load(Relaxed)
 }
 
 /// What a reload needs: the file, the running configuration, the policy maps.
