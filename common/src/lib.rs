@@ -150,7 +150,11 @@ const _: () = assert!(size_of::<NeighKeyV6>() == 20);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Neighbour {
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Set by the XDP program when it forwards to this neighbour (written only while 0, so
+    /// at most once per refresh); user space clears it when it asks the kernel to re-confirm
+    /// a stale entry, and re-confirms only entries in use.
+    pub used: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(size_of::<Neighbour>() == 8);
 

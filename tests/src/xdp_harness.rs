@@ -5,7 +5,7 @@
 //! The harness moves the calling thread into a fresh network namespace (only `lo`), loads the
 //! program, and fills its maps with a small routing table: a default route through a resolved
 //! gateway, an on-link prefix without neighbour, local routes; and a policy: VLAN pop on the
-//! ingress, two rules and three NAT rewrites, so that every stage runs. No AF_XDP socket and no
+//! ingress, two rules and four NAT rewrites, so that every stage runs. No AF_XDP socket and no
 //! DEVMAP entry exist (until a test adds one), so every frame must come back `XDP_PASS`; the property is that it also comes
 //! back **byte for byte unchanged**: the program never modifies a frame it passes.
 
@@ -147,10 +147,26 @@ impl Harness {
                 ..Nat::default()
             };
             nats.set(2, dns, 0)?;
+            // Any protocol to 198.18.2.44 goes to 198.18.2.45.
+            let word = |b: [u8; 4]| u64::from_ne_bytes([b[0], b[1], b[2], b[3], 0, 0, 0, 0]);
+            let mut moved = [0u8; 16];
+            moved[..4].copy_from_slice(&[198, 18, 2, 45]);
+            let host = Nat {
+                rule: Rule {
+                    fields: RuleFields::DST | RuleFields::V4,
+                    dst: [word([198, 18, 2, 44]), 0],
+                    dst_mask: [word([255; 4]), 0],
+                    ..Rule::default()
+                },
+                set: NatFields::DST,
+                dst: moved,
+                ..Nat::default()
+            };
+            nats.set(3, host, 0)?;
             let mut ruleset: Array<_, u32> = Array::try_from(
                 self.ebpf.map_mut(map_names::RULESET).context(map_names::RULESET)?,
             )?;
-            let policy = Policy { set: 0, rules: 2, nats: 3, default: Action::Forward };
+            let policy = Policy { set: 0, rules: 2, nats: 4, default: Action::Forward };
             ruleset.set(0, policy.encode(), 0)?;
         }
         let mut n4: HashMap<_, NeighKeyV4, Neighbour> = HashMap::try_from(
@@ -158,7 +174,7 @@ impl Harness {
         )?;
         n4.insert(
             NeighKeyV4 { ifindex: EGRESS, addr: [198, 18, 2, 2] },
-            Neighbour { mac: GATEWAY_MAC, _pad: [0; 2] },
+            Neighbour { mac: GATEWAY_MAC, ..Neighbour::default() },
             0,
         )?;
         let mut n6: HashMap<_, NeighKeyV6, Neighbour> = HashMap::try_from(
@@ -167,7 +183,7 @@ impl Harness {
         let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
         n6.insert(
             NeighKeyV6 { ifindex: EGRESS, addr: gw },
-            Neighbour { mac: GATEWAY_MAC, _pad: [0; 2] },
+            Neighbour { mac: GATEWAY_MAC, ..Neighbour::default() },
             0,
         )?;
         Ok(())

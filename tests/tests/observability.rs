@@ -141,6 +141,10 @@ fn runs_as_an_unprivileged_user_with_only_its_capabilities() {
         eprintln!("skipped: {} is not executable by an unprivileged user here", bin.display());
         return;
     }
+    // As systemd's `RuntimeDirectory=` would: the instance's user owns where it serves stats.
+    let dir = stats_dir(&topo.fwd);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
     let wrapper = setpriv(CAPS);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let mut fwd = Forwarder::start_wrapped(
@@ -150,6 +154,9 @@ fn runs_as_an_unprivileged_user_with_only_its_capabilities() {
     )
     .unwrap();
     assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 3), "forwards without root");
+    let stats = run_to_exit(&topo.fwd, &[], &["stats", "--json", "--count", "1"]).unwrap();
+    let _ = std::fs::remove_dir(&dir);
+    assert!(stats.success, "root reads the unprivileged instance's stats: {stats:?}");
     let done = fwd.stop().unwrap();
     assert!(done.success, "{done:?}");
     assert!(xdpfwd_tests::forwarded_packets(&done.stdout).unwrap() >= 6);
@@ -249,4 +256,56 @@ fn final_report_reads_the_sockets_while_they_are_open() {
     let done = fwd.stop().unwrap();
     let after = kernel_tx_empty(&done.stdout);
     assert!(after >= before, "final kernel figures {after} < live {before}: {}", done.stdout);
+}
+
+#[test]
+fn metrics_endpoint_outlasts_slow_and_endless_clients() {
+    use std::time::{Duration, Instant};
+    let topo = Topology::new("ms", false).unwrap();
+    let mut fwd = Forwarder::start(
+        &topo.fwd,
+        &[&topo.f0, &topo.f1, "--stats-interval", "0", "--metrics", "19101"],
+    )
+    .unwrap();
+    let checks = in_netns(&topo.fwd, || -> std::io::Result<(bool, usize, Duration, bool)> {
+        // A client that connects and says nothing, and one whose request head never ends.
+        let mut idle = TcpStream::connect(("127.0.0.1", 19101))?;
+        let mut endless = TcpStream::connect(("127.0.0.1", 19101))?;
+        endless.set_write_timeout(Some(Duration::from_secs(1)))?;
+        endless.write_all(b"GET /metrics HTTP/1.1\r\nX-Endless: ")?;
+        // Meanwhile a scrape is answered at once.
+        let mut scrape = TcpStream::connect(("127.0.0.1", 19101))?;
+        scrape.set_read_timeout(Some(Duration::from_secs(2)))?;
+        scrape.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut answer = String::new();
+        scrape.read_to_string(&mut answer)?;
+        let served = answer.starts_with("HTTP/1.1 200") && answer.contains("# EOF");
+        // The endless head is cut off: writes fail within seconds, after a bounded amount.
+        let start = Instant::now();
+        let mut sent = 0;
+        while start.elapsed() < Duration::from_secs(10) {
+            match endless.write(&[b'a'; 4096]) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        // The silent client is dropped after the header timeout.
+        idle.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut byte = [0u8; 1];
+        let closed = matches!(idle.read(&mut byte), Ok(0) | Err(_));
+        Ok((served, sent, start.elapsed(), closed))
+    })
+    .unwrap()
+    .unwrap();
+    let (served, sent, took, closed) = checks;
+    assert!(served, "a scrape is served beside a silent and an endless client");
+    assert!(took < Duration::from_secs(8), "the endless client is cut off ({sent} B in {took:?})");
+    assert!(sent < 16 << 20, "and buffered boundedly ({sent} B)");
+    assert!(closed, "the silent client is dropped");
+    // A client left connected does not hold the shutdown.
+    let _held = in_netns(&topo.fwd, || TcpStream::connect(("127.0.0.1", 19101))).unwrap().unwrap();
+    let start = std::time::Instant::now();
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{done:?}");
+    assert!(start.elapsed() < Duration::from_secs(5), "shutdown took {:?}", start.elapsed());
 }

@@ -1,8 +1,9 @@
 //! The NAT rewrite of the real XDP program on arbitrary TCP and UDP frames, under
 //! `BPF_PROG_RUN` through the fast path (see `xdp_harness`: its rewrites send TCP port 80 to
-//! 198.18.2.3:8080, IPv4 UDP port 53 from 198.18.1.77 to port 5353, and IPv6 UDP from
-//! 2001:2:0:1::99 port 5000): every rewritten frame carries the new fields and checksums that
-//! verify from scratch, and an IPv4 UDP checksum of zero stays zero.
+//! 198.18.2.3:8080, IPv4 UDP port 53 from 198.18.1.77 to port 5353, IPv6 UDP from
+//! 2001:2:0:1::99 port 5000, and any protocol to 198.18.2.44 to .45): every rewritten frame
+//! carries the new fields and checksums that verify from scratch, and an IPv4 UDP checksum of
+//! zero stays zero.
 
 use std::{cell::RefCell, net::Ipv6Addr};
 
@@ -161,4 +162,68 @@ fn a_truncated_tagged_frame_matching_a_rewrite_passes_unchanged() {
     let (action, out) = run(&f);
     assert_eq!(action, XDP_PASS);
     assert_eq!(out, f, "the frame reached the kernel unchanged");
+}
+
+/// A TCP frame over IPv6 to `dport`, with a destination options header when `ext`.
+fn tcp6(dport: u16, ext: bool) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(SRC_MAC, INGRESS_MAC)
+        .ipv6(
+            "2001:2:0:1::2".parse::<Ipv6Addr>().unwrap().octets(),
+            "2001:2:0:2::2".parse::<Ipv6Addr>().unwrap().octets(),
+            64,
+        )
+        .tcp(40000, dport, 1, 1000)
+        .write(&mut f, &[1; 20])
+        .unwrap();
+    if ext { xdpfwd_tests::packet::with_ipv6_extension(&f, 60) } else { f }
+}
+
+/// The harness's first rule sends TCP port 22 to the kernel. Behind a destination options
+/// header the port is not where the rule looks: such a frame goes to the kernel too, instead
+/// of slipping past the rule.
+#[test]
+fn extension_headers_do_not_slip_past_port_rules() {
+    const XDP_PASS: u32 = 2;
+    assert_eq!(run(&tcp6(22, false)).0, XDP_PASS, "the rule applies");
+    assert_eq!(run(&tcp6(23, false)).0, XDP_REDIRECT, "other ports are forwarded");
+    let (verdict, out) = run(&tcp6(22, true));
+    assert_eq!(verdict, XDP_PASS, "behind a destination options header");
+    assert_eq!(out, tcp6(22, true), "unchanged");
+}
+
+/// A frame to 198.18.2.44 (the harness rewrites any protocol's destination to .45) of IP
+/// protocol `proto`, with 16 bytes of L4 payload.
+fn to_moved_host(proto: u8) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(SRC_MAC, INGRESS_MAC)
+        .ipv4([198, 18, 1, 2], [198, 18, 2, 44], 64)
+        .udp(1000, 2000)
+        .write(&mut f, &[5; 8])
+        .unwrap();
+    f[23] = proto;
+    let sum = {
+        let mut ip = f[14..34].to_vec();
+        ip[10..12].fill(0);
+        checksum(&ip)
+    };
+    f[24..26].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// An address rewrite updates the checksums it knows (TCP, UDP, ICMP); DCCP's and
+/// UDP-Lite's also cover the addresses, so such frames go to the kernel unchanged rather
+/// than leave with a wrong checksum.
+#[test]
+fn address_rewrites_leave_protocols_with_unknown_checksums_to_the_kernel() {
+    const XDP_PASS: u32 = 2;
+    let (verdict, out) = run(&to_moved_host(17));
+    assert_eq!(verdict, XDP_REDIRECT, "UDP is rewritten");
+    assert_eq!(out[30..34], [198, 18, 2, 45]);
+    assert!(v4_checksums_ok(&out));
+    for proto in [33, 136] {
+        let frame = to_moved_host(proto);
+        let (verdict, out) = run(&frame);
+        assert_eq!((verdict, out), (XDP_PASS, frame), "protocol {proto}");
+    }
 }

@@ -355,9 +355,17 @@ impl Control {
                 self.max_frame
             );
         }
+        if iface.name != fresh.name && !fresh.name.is_empty() {
+            // The sysctls are read by name.
+            tracing::info!(from = %iface.name, to = %fresh.name, "interface renamed");
+            iface.name = fresh.name;
+        }
         iface.up = fresh.up;
         iface.mtu = fresh.mtu;
         iface.mac = fresh.mac;
+        if let Ok(mut macs) = self.shared.macs.write() {
+            macs.insert(iface.ifindex, iface.mac);
+        }
         Some(i)
     }
 
@@ -928,7 +936,7 @@ impl Control {
         let result = match (addr, mac) {
             (IpAddr::V4(a), Some(m)) => self.maps.neigh_v4.insert(
                 NeighKeyV4 { ifindex, addr: a.octets() },
-                Neighbour { mac: m, _pad: [0; 2] },
+                Neighbour { mac: m, ..Neighbour::default() },
                 0,
             ),
             (IpAddr::V4(a), None) => {
@@ -936,7 +944,7 @@ impl Control {
             }
             (IpAddr::V6(a), Some(m)) => self.maps.neigh_v6.insert(
                 NeighKeyV6 { ifindex, addr: a.octets() },
-                Neighbour { mac: m, _pad: [0; 2] },
+                Neighbour { mac: m, ..Neighbour::default() },
                 0,
             ),
             (IpAddr::V6(a), None) => {
@@ -981,8 +989,34 @@ impl Control {
             .map(|(k, _)| *k)
             .collect();
         for (ifindex, addr) in stale {
-            let _ = neigh_use(handle, ifindex, addr).await;
+            if self.take_used(ifindex, addr) {
+                let _ = neigh_use(handle, ifindex, addr).await;
+            }
         }
+    }
+
+    /// Whether the XDP program forwarded to this neighbour since the last call (it marks the
+    /// map entry); clears the mark. Entries nobody sends to are left to age as the kernel
+    /// ages them.
+    fn take_used(&mut self, ifindex: u32, addr: IpAddr) -> bool {
+        let used = |n: Neighbour| (n.used != 0).then_some(Neighbour { used: 0, ..n });
+        match addr {
+            IpAddr::V4(a) => {
+                let key = NeighKeyV4 { ifindex, addr: a.octets() };
+                let Some(clear) = self.maps.neigh_v4.get(&key, 0).ok().and_then(used) else {
+                    return false;
+                };
+                let _ = self.maps.neigh_v4.insert(key, clear, 0);
+            }
+            IpAddr::V6(a) => {
+                let key = NeighKeyV6 { ifindex, addr: a.octets() };
+                let Some(clear) = self.maps.neigh_v6.get(&key, 0).ok().and_then(used) else {
+                    return false;
+                };
+                let _ = self.maps.neigh_v6.insert(key, clear, 0);
+            }
+        }
+        true
     }
 }
 
@@ -1002,14 +1036,20 @@ async fn neigh_use(handle: &mut Handle, ifindex: u32, addr: IpAddr) -> anyhow::R
     let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
     let mut response = handle.request(req)?;
-    while let Some(reply) = response.next().await {
-        if let NetlinkPayload::Error(err) = reply.payload
-            && err.code.is_some()
-        {
-            anyhow::bail!("RTM_NEWNEIGH NTF_USE: {err}");
+    // The kernel answers at once; a lost answer must not stall the control plane.
+    let answer = async {
+        while let Some(reply) = response.next().await {
+            if let NetlinkPayload::Error(err) = reply.payload
+                && err.code.is_some()
+            {
+                anyhow::bail!("RTM_NEWNEIGH NTF_USE: {err}");
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(1), answer)
+        .await
+        .map_err(|_| anyhow::anyhow!("RTM_NEWNEIGH NTF_USE: no answer within 1 s"))?
 }
 
 /// A host route: /32 or /128.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod fib_rules;
 pub mod forwarder;
+pub mod hold;
 pub mod iface;
 pub mod loader;
 pub mod metrics;

@@ -1,11 +1,11 @@
 //! `--metrics ADDR`: the counters in Prometheus (OpenMetrics) text on `GET /metrics`, built
 //! with prometheus-client from a fresh [`Snapshot`] at every scrape. Names follow Prometheus
 //! conventions: `xdpfwd_` prefix, base units, `_total` counters, `iface` / `queue` /
-//! `reason` labels, and `xdpfwd_build_info`.
+//! `reason` labels, and `xdpfwd_build_info`. Served by hyper with bounded connections,
+//! request heads and times.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -187,38 +187,94 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
     out
 }
 
-/// Serves `/metrics` on `addr` until `stop`.
+/// Most scrapes served at once; a connection beyond them is closed at once.
+const MAX_CONNECTIONS: usize = 8;
+/// Time a client has to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time a connection may take in all, reading and writing included.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes of a request head buffered (hyper's minimum).
+const MAX_HEAD: usize = 8192;
+
+/// Serves `/metrics` on `addr` until `stop`, with hyper on a runtime of its own thread: at
+/// most [`MAX_CONNECTIONS`] at once, each with a bounded request head and time, so no client
+/// can hold the endpoint or the shutdown.
 pub fn serve(
     addr: SocketAddr,
     source: Arc<StatsSource>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
-    let listener =
-        TcpListener::bind(addr).with_context(|| format!("binding the metrics endpoint {addr}"))?;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("binding the metrics endpoint {addr}"))?;
     listener.set_nonblocking(true)?;
     tracing::info!("serving Prometheus metrics on http://{}/metrics", listener.local_addr()?);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     Ok(thread::Builder::new().name("xdpfwd-metrics".into()).spawn(move || {
-        while !stop.load(Relaxed) {
-            let Ok((mut conn, _)) = listener.accept() else {
-                thread::sleep(Duration::from_millis(50));
-                continue;
-            };
-            let _ = conn.set_nonblocking(false);
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut request = String::new();
-            if BufReader::new(&conn).read_line(&mut request).is_err() {
-                continue;
+        runtime.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => accept_loop(listener, source, &stop).await,
+                Err(err) => tracing::error!(%err, "the metrics endpoint stopped"),
             }
-            let response = if request.starts_with("GET /metrics ") || request.starts_with("GET /metrics?") {
-                let body = encode_snapshot(&source.snapshot());
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-            };
-            let _ = conn.write_all(response.as_bytes());
-        }
+        });
+        // Dropping the runtime cancels the connections still open.
     })?)
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    source: Arc<StatsSource>,
+    stop: &AtomicBool,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !stop.load(Relaxed) {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            _ = tick.tick() => continue,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // Busy: the connection is dropped, i.e. closed.
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let source = source.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &source)) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            drop(permit);
+        });
+    }
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+/// `GET /metrics` (any query): the OpenMetrics text; anything else: 404 or 405.
+fn respond<B>(req: &hyper::Request<B>, source: &StatsSource) -> hyper::Response<Body> {
+    let status = if req.uri().path() != "/metrics" {
+        hyper::StatusCode::NOT_FOUND
+    } else if req.method() != hyper::Method::GET {
+        hyper::StatusCode::METHOD_NOT_ALLOWED
+    } else {
+        let body = encode_snapshot(&source.snapshot());
+        return hyper::Response::builder()
+            .header(
+                hyper::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Body::new(body.into()))
+            .unwrap_or_default();
+    };
+    let mut response = hyper::Response::new(Body::default());
+    *response.status_mut() = status;
+    response
 }

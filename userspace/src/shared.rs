@@ -23,6 +23,9 @@ pub type NeighbourTable = RwLock<HashMap<(u32, IpAddr), [u8; 6]>>;
 pub struct Shared {
     pub stop: AtomicBool,
     pub neighbours: NeighbourTable,
+    /// The managed interfaces' MAC addresses as they are now (a link may change its own),
+    /// by ifindex: the source of held frames.
+    pub macs: RwLock<HashMap<u32, [u8; 6]>>,
     /// What the operator must know now, by cause: the control plane's fallbacks to the
     /// kernel and netfilter hooks bypassed; shown by `xdpfwd stats` and metrics.
     pub notices: RwLock<BTreeMap<&'static str, String>>,

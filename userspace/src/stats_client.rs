@@ -25,13 +25,14 @@ const MAX_INTERVAL: f64 = 86_400.0;
 /// An instance found in this namespace, or why a socket there could not be read.
 pub type Found = Result<(u32, Snapshot), String>;
 
-/// Reads one socket: its owner's pid and uid from the kernel, then a snapshot.
-fn read_instance(path: &Path) -> anyhow::Result<(u32, Snapshot)> {
+/// Reads one socket: its owner's pid and uid from the kernel (root, this user or the
+/// directory's owner, the service's user), then a snapshot.
+fn read_instance(path: &Path, owner: u32) -> anyhow::Result<(u32, Snapshot)> {
     let conn = UnixStream::connect(path).context("connecting")?;
     let cred = getsockopt(&conn, PeerCredentials).context("SO_PEERCRED")?;
     let me = nix::unistd::geteuid().as_raw();
-    if cred.uid() != 0 && cred.uid() != me {
-        bail!("served by uid {}, not root or uid {me}", cred.uid());
+    if ![0, me, owner].contains(&cred.uid()) {
+        bail!("served by uid {}, not root, uid {me} or the directory's owner", cred.uid());
     }
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     // A snapshot line is far below 16 MiB; nothing reads more.
@@ -48,7 +49,7 @@ pub fn fetch_all() -> anyhow::Result<Vec<Found>> {
         return Ok(Vec::new());
     }
     stats_server::check_dir(Path::new(stats_server::BASE))?;
-    stats_server::check_dir(&dir)?;
+    let owner = stats_server::check_dir(&dir)?;
     let mut out = Vec::new();
     for entry in fs::read_dir(&dir)?.filter_map(Result::ok) {
         // `file_type` does not follow symlinks: only sockets themselves are read.
@@ -56,7 +57,7 @@ pub fn fetch_all() -> anyhow::Result<Vec<Found>> {
             continue;
         }
         let path = entry.path();
-        out.push(read_instance(&path).map_err(|e| format!("{}: {e:#}", path.display())));
+        out.push(read_instance(&path, owner).map_err(|e| format!("{}: {e:#}", path.display())));
     }
     out.sort_by_key(|f| f.as_ref().map_or(0, |(pid, _)| *pid));
     Ok(out)

@@ -2,9 +2,10 @@
 //! whoever connects to `/run/xdpfwd/<netns inode>/<pid>.sock` (`xdpfwd stats` and `xdpfwd
 //! reload` are the clients, in `stats_client`).
 //!
-//! The directories are checked before use: real directories (not symlinks), owned by root or
-//! by this user, writable by nobody else; so a socket found there was put there by an
-//! instance, and clients may trust what it says.
+//! The directories are checked before use: real directories (not symlinks), writable by
+//! nobody but their owner, who must be root or the instance's user (under systemd,
+//! `RuntimeDirectory=xdpfwd` makes `/run/xdpfwd` the service user's); so a socket found
+//! there was put there by an instance.
 
 use std::{
     fs,
@@ -38,35 +39,32 @@ pub fn dir() -> anyhow::Result<PathBuf> {
     Ok(Path::new(BASE).join(ino.to_string()))
 }
 
-/// Refuses a directory that is a symlink, or owned by another user than root or this one, or
-/// writable by group or others.
-pub fn check_dir(path: &Path) -> anyhow::Result<()> {
+/// Refuses a directory that is a symlink or writable by group or others; returns its owner.
+pub fn check_dir(path: &Path) -> anyhow::Result<u32> {
     let meta = fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if !meta.file_type().is_dir() {
         bail!("{} is not a directory (a symlink?): refusing it", path.display());
     }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.st_uid() != 0 && meta.st_uid() != me {
-        bail!(
-            "{} is owned by uid {}, not root or uid {me}: refusing it",
-            path.display(),
-            meta.st_uid()
-        );
-    }
     if meta.permissions().mode() & 0o022 != 0 {
         bail!("{} is writable by group or others: refusing it", path.display());
     }
-    Ok(())
+    Ok(meta.st_uid())
 }
 
-/// Creates `path` (mode `mode`) unless it exists, then checks it.
+/// Creates `path` (mode `mode`) unless it exists, then checks it: this instance writes
+/// there, so it must be root's or its own user's.
 fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
     match fs::DirBuilder::new().mode(mode).create(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
     }
-    check_dir(path)
+    let owner = check_dir(path)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if owner != 0 && owner != me {
+        bail!("{} is owned by uid {owner}, not root or uid {me}: refusing it", path.display());
+    }
+    Ok(())
 }
 
 /// Removes sockets in `dir` that nobody listens on any more (left by killed instances): a

@@ -22,7 +22,7 @@ use xdpfwd_common::{META_LEN, MetaFlags, XskMeta};
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::{
-    alloc_count, rewrite,
+    alloc_count, hold, rewrite,
     shared::{Resolve, Shared},
     stats::{PortStats, WorkerStats},
     xsk::Port,
@@ -33,8 +33,6 @@ use crate::{
 pub const HOLD_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often resolution is requested again while frames wait for a next hop.
 const RESOLVE_RETRY: Duration = Duration::from_millis(500);
-/// Most frames one worker holds for unresolved next hops.
-pub const HOLD_CAPACITY: usize = 256;
 /// Idle iterations before a worker sleeps in `poll()`.
 const SPIN_BEFORE_SLEEP: u32 = 2_000;
 
@@ -54,6 +52,28 @@ struct PortState {
     in_fill: u32,
     in_tx: u32,
     fill_target: u32,
+    /// Since when the TX ring has taken nothing while frames wait (a stalled egress).
+    stalled_since: Option<Instant>,
+}
+
+/// How long an egress may take no frame before it stops holding back the receive side: a
+/// dead egress then loses its frames (`drop_tx_full`) instead of stopping every interface
+/// of the worker.
+const STALL: Duration = Duration::from_millis(100);
+
+/// Frames the receive side may take: as many as the fullest pending list of an egress that
+/// is not stalled can still hold (back-pressure), at most `batch`.
+fn receive_room<'a>(
+    states: impl Iterator<Item = (usize, usize, Option<Instant>)> + 'a,
+    now: Instant,
+    batch: usize,
+) -> usize {
+    states
+        .filter(|(_, _, since)| since.is_none_or(|t| now.duration_since(t) < STALL))
+        .map(|(len, capacity, _)| capacity - len)
+        .min()
+        .unwrap_or(batch)
+        .min(batch)
 }
 
 /// Batch and ring sizes of a worker.
@@ -144,6 +164,7 @@ impl Worker {
                 in_fill: 0,
                 in_tx: 0,
                 fill_target: ring_size,
+                stalled_since: None,
             })
             .collect();
         let pollfds = ports
@@ -157,7 +178,7 @@ impl Worker {
             state,
             free,
             scratch: vec![FrameDesc::default(); batch.max(1)],
-            held: Vec::with_capacity(HOLD_CAPACITY),
+            held: Vec::with_capacity(hold::CAPACITY),
             pollfds,
             ring_size,
             frame_size,
@@ -233,12 +254,15 @@ impl Worker {
 
     fn receive(&mut self) -> usize {
         let mut received = 0;
+        let now = Instant::now();
         for p in 0..self.ports.len() {
             // Back-pressure: take no more than every pending TX list can hold, so a full TX
             // ring leaves frames in the RX ring (and the kernel stops filling when the fill
-            // ring runs dry) instead of dropping frames already received.
-            let room = self.state.iter().map(|s| s.pending.capacity() - s.pending.len()).min();
-            let take = room.unwrap_or(0).min(self.scratch.len());
+            // ring runs dry) instead of dropping frames already received; a stalled egress
+            // does not count.
+            let states =
+                self.state.iter().map(|s| (s.pending.len(), s.pending.capacity(), s.stalled_since));
+            let take = receive_room(states, now, self.scratch.len());
             if take == 0 {
                 break;
             }
@@ -350,21 +374,25 @@ impl Worker {
         l3_off: usize,
         ipv6: bool,
     ) {
-        let stats = &self.ports[ingress].stats;
-        if self.held.len() == self.held.capacity() {
-            PortStats::add(&stats.held_dropped, 1);
-            self.drop_frame(desc);
-            return;
-        }
         let next_hop = if ipv6 {
             IpAddr::V6(Ipv6Addr::from(meta.addr))
         } else {
             IpAddr::V4(Ipv4Addr::new(meta.addr[0], meta.addr[1], meta.addr[2], meta.addr[3]))
         };
-        if !self.held.iter().any(|h| h.ifindex == meta.oif && h.next_hop == next_hop) {
+        let same = |h: &Held| h.ifindex == meta.oif && h.next_hop == next_hop;
+        let oldest_same = self.held.iter().position(same);
+        let same_hop = self.held.iter().filter(|h| same(h)).count();
+        if let Some(i) = hold::victim(same_hop, oldest_same, self.held.len()) {
+            let old = self.held.remove(i);
+            PortStats::add(&self.ports[ingress].stats.held_dropped, 1);
+            self.hand_over(&old.desc, Owner::Held, Owner::Worker);
+            self.drop_frame(old.desc);
+        }
+        if oldest_same.is_none() {
             // First frame for this next hop: ask the kernel to resolve it.
             let _ = self.resolve.send(Resolve { ifindex: meta.oif, addr: next_hop });
         }
+        let stats = &self.ports[ingress].stats;
         PortStats::add(&stats.held, 1);
         self.hand_over(&desc, Owner::Worker, Owner::Held);
         self.held.push(Held {
@@ -392,8 +420,9 @@ impl Worker {
                 }
             }
         }
-        let neighbours = Arc::clone(&self.shared);
-        let Ok(table) = neighbours.neighbours.read() else { return };
+        let shared = Arc::clone(&self.shared);
+        let Ok(table) = shared.neighbours.read() else { return };
+        let Ok(macs) = shared.macs.read() else { return };
         let mut keep = 0;
         for i in 0..self.held.len() {
             let h = &self.held[i];
@@ -401,7 +430,8 @@ impl Worker {
             let (key, deadline) = ((h.ifindex, h.next_hop), h.deadline);
             if let Some(mac) = table.get(&key) {
                 self.hand_over(&desc, Owner::Held, Owner::Worker);
-                let src = self.ports[port].iface.mac;
+                let egress = &self.ports[port].iface;
+                let src = macs.get(&egress.ifindex).copied().unwrap_or(egress.mac);
                 if self.rewrite(&mut desc, l3_off, ipv6, mac, &src) {
                     PortStats::add(&self.ports[port].stats.held_sent, 1);
                     self.queue_tx(port, desc);
@@ -438,6 +468,13 @@ impl Worker {
                 }
                 // What did not fit waits for the next iteration, in order.
                 state.pending.drain(..n);
+                state.stalled_since = match (n, state.stalled_since) {
+                    (0, None) => Some(Instant::now()),
+                    (0, since) => since,
+                    _ => None,
+                };
+            } else {
+                state.stalled_since = None;
             }
             // Kick while descriptors wait in the ring: in copy mode each kick sends a bounded
             // batch, so a partial batch must not wait for the next packet.
@@ -538,4 +575,23 @@ unsafe fn read_meta(umem: &Umem, desc: &FrameDesc) -> Option<XskMeta> {
     let bytes: [u8; META_LEN] =
         unsafe { start.sub(META_LEN).cast::<[u8; META_LEN]>().read_unaligned() };
     rewrite::parse_meta(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_egress_stops_holding_back_the_others() {
+        let now = Instant::now();
+        let busy = Some(now - Duration::from_millis(10));
+        let dead = Some(now - STALL * 2);
+        // Room of the fullest list, bounded by the batch.
+        assert_eq!(receive_room([(10, 64, None), (60, 64, None)].into_iter(), now, 32), 4);
+        assert_eq!(receive_room([(0, 64, None)].into_iter(), now, 32), 32);
+        // A full list that took nothing for a moment still holds back (back-pressure) ...
+        assert_eq!(receive_room([(0, 64, None), (64, 64, busy)].into_iter(), now, 32), 0);
+        // ... but not once it has taken nothing for longer than `STALL`.
+        assert_eq!(receive_room([(0, 64, None), (64, 64, dead)].into_iter(), now, 32), 32);
+    }
 }

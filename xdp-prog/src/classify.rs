@@ -16,8 +16,9 @@ use crate::{
     policy::{l4_ports, policy_stage},
     route::{route, to_local},
     wire::{
-        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
-        NEXTHDR_HOP, VLAN_HLEN, frame_len, ipv4, ipv6, ptr_at, words,
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, NEXTHDR_HOP, VLAN_HLEN, frame_len, ipv4,
+        ipv6, ptr_at, words,
     },
 };
 
@@ -243,6 +244,13 @@ fn routed(
     if nat != NO_NAT {
         nat_fits(ctx, packet)?;
         let nat = NATS.get(nat).ok_or(Counter::PassNat)?;
+        // An address rewrite must update every checksum that covers the addresses; the
+        // rewrite knows TCP's, UDP's and ICMP's (DCCP, UDP-Lite, ... go to the kernel).
+        if nat.set.intersects(NatFields::SRC.union(NatFields::DST))
+            && !matches!(packet.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6)
+        {
+            return Err(Counter::PassNat);
+        }
         if nat.set.contains(NatFields::DST) {
             let mut dst = nat.dst;
             if !packet.v6 {

@@ -90,10 +90,18 @@ fn rule_action(flow: &Flow, policy: &Policy) -> u32 {
         if i >= policy.rules {
             break;
         }
-        if let Some(rule) = RULES.get(base + i)
-            && rule_matches(rule, flow)
-        {
-            return rule.action;
+        if let Some(rule) = RULES.get(base + i) {
+            // Behind IPv6 extension headers the protocol and ports are not where the rule
+            // looks: the kernel takes the frame rather than letting it slip past the rule.
+            if rule.fields.intersects(RuleFields::PROTO.union(RuleFields::PORTS))
+                && flow.v6()
+                && extension_header(flow.proto)
+            {
+                return Action::Kernel as u32;
+            }
+            if rule_matches(rule, flow) {
+                return rule.action;
+            }
         }
         i += 1;
     }

@@ -140,16 +140,20 @@ fn kernel_forwards(info: &IfaceInfo, v6: bool) -> bool {
 /// The next hop's MAC from the neighbour table of its family.
 #[inline(always)]
 fn neighbour(oif: u32, addr: &[u8; 16], v6: bool) -> Option<[u8; 6]> {
-    // SAFETY (both lookups): the value is copied out at once; user space may rewrite it
-    // concurrently, which at worst yields the old or the new MAC for this frame.
-    if v6 {
-        let key = NeighKeyV6 { ifindex: oif, addr: *addr };
-        // SAFETY: see above.
-        unsafe { NEIGH_V6.get(key) }.map(|n| n.mac)
+    let entry = if v6 {
+        NEIGH_V6.get_ptr_mut(NeighKeyV6 { ifindex: oif, addr: *addr })
     } else {
-        let key = NeighKeyV4 { ifindex: oif, addr: [addr[0], addr[1], addr[2], addr[3]] };
-        // SAFETY: see above.
-        unsafe { NEIGH_V4.get(key) }.map(|n| n.mac)
+        NEIGH_V4
+            .get_ptr_mut(NeighKeyV4 { ifindex: oif, addr: [addr[0], addr[1], addr[2], addr[3]] })
+    }?;
+    // SAFETY: a pointer into a map value, valid while this program runs. User space may
+    // rewrite the value concurrently, which at worst yields the old or the new MAC for this
+    // frame, or a `used` mark lost (the entry is then re-confirmed a refresh later).
+    unsafe {
+        if (*entry).used == 0 {
+            (*entry).used = 1;
+        }
+        Some((*entry).mac)
     }
 }
 

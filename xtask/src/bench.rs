@@ -652,9 +652,13 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   default rules the walk is one route-trie lookup: the `local` table's host routes are
   merged into `main` (exact, since a host route is the longest prefix there is; the kernel
   merges the two tables too), and the separate `local` lookup comes back as soon as a rule
-  is added or `local` holds a wider prefix. Before the FIB walk the fast path ran at
-  0.84-0.89x the bare redirect; the ratio column shows what it costs now. The rest is the
-  router's own work, which a router cannot skip.
+  is added or `local` holds a wider prefix. After the route, IPv4 frames get the kernel's
+  source check (`fib_validate_source`): with `rp_filter` off and the default rules it is
+  one more trie lookup (is the source one of the router's addresses?); with `rp_filter` on
+  or custom rules, a second walk for the route back. Before the FIB walk the fast path ran
+  at 0.84-0.89x the bare redirect, with the walk at 0.69-0.81x, with the source check at
+  the ratio column's figures. That is the router's own work, which a router cannot skip
+  and the bare redirect does not do; a per-CPU flow cache (issue 12) is how to win it back.
 - Two cores are shared by the generator, the kernel's softirq work and the forwarder, so
   absolute figures are low and move between runs; compare the ratios within a run.
 "#,
