@@ -348,6 +348,50 @@ bitflags::bitflags! {
         /// An L2 cross-connected frame: send it as it is (the XDP program already did the
         /// rewrite it needs).
         const L2 = 1 << 2;
+        /// Not to be forwarded: the router answers it with the ICMP error named by
+        /// `addr[0]` ([`IcmpError`]; [`ICMP_QUOTE_FORWARDED`] in `addr[1]`; the MTU of a
+        /// "too big" error in `addr[4..8]`, big-endian), which user space sends through the
+        /// kernel, and drops the frame.
+        /// `oif` is the ingress. Only while the kernel's forwarding is off on the ingress
+        /// (the kernel would drop the frame silently).
+        const ICMP = 1 << 3;
+    }
+}
+
+/// `XskMeta::addr[1]` of an ICMP answer: the kernel finds this error after the forwarding
+/// rewrite (IPv6 "packet too big" for a route MTU below the link's, from `ip6_fragment`), so
+/// the quoted packet shows its hop limit decremented.
+pub const ICMP_QUOTE_FORWARDED: u8 = 1;
+
+/// The ICMP error the router owes a frame it cannot forward ([`MetaFlags::ICMP`]), as the
+/// kernel's `ip_forward` / `ip6_forward` / `ip_error` would send it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpError {
+    /// TTL / hop limit exhausted in transit (IPv4 type 11 code 0, IPv6 type 3 code 0).
+    TimeExceeded = 1,
+    /// Larger than the route's MTU: IPv4 "fragmentation needed" with DF set (type 3 code 4),
+    /// IPv6 "packet too big" (type 2); the MTU travels with it.
+    TooBig = 2,
+    /// IPv4: no route (type 3 code 0, network unreachable).
+    NoRoute = 3,
+    /// IPv4: an `unreachable` route (type 3 code 1, host unreachable).
+    Unreachable = 4,
+    /// IPv4: a `prohibit` route (type 3 code 13, communication administratively filtered).
+    Prohibited = 5,
+}
+
+impl IcmpError {
+    #[inline(always)]
+    pub const fn from_u8(v: u8) -> Option<IcmpError> {
+        match v {
+            1 => Some(IcmpError::TimeExceeded),
+            2 => Some(IcmpError::TooBig),
+            3 => Some(IcmpError::NoRoute),
+            4 => Some(IcmpError::Unreachable),
+            5 => Some(IcmpError::Prohibited),
+            _ => None,
+        }
     }
 }
 
@@ -422,7 +466,8 @@ counters! {
     PassMalformed = "pass_malformed",
     /// Passed: IPv4 options or an IPv6 hop-by-hop header.
     PassOptions = "pass_options",
-    /// Passed: TTL or hop limit ≤ 1 (the kernel sends ICMP time exceeded).
+    /// Passed: TTL or hop limit ≤ 1 and the kernel forwards on the ingress (it sends the
+    /// ICMP error), or a rewrite applies.
     PassTtl = "pass_ttl",
     /// Passed: martian, multicast, link-local or loopback source or destination.
     PassSpecialAddr = "pass_special_addr",
@@ -463,6 +508,10 @@ counters! {
     /// router's own addresses, a source routed to a blackhole) might refuse the IPv4 packet,
     /// so the kernel decides.
     PassSourceCheck = "pass_source_check",
+    /// Steered to user space to be answered with the ICMP error the kernel's forwarding
+    /// would send (TTL exhausted, too big, no route), because the kernel's forwarding is off
+    /// on the ingress; the frame itself is not forwarded.
+    SteeredIcmp = "steered_icmp",
 }
 
 #[cfg(feature = "user")]

@@ -54,7 +54,7 @@ pub enum RouteKind {
     /// Unicast out of `oif`, through `gateway` (all zero: on-link).
     Unicast = 1,
     /// The kernel handles what this route matches: local and broadcast addresses, blackhole,
-    /// unreachable, prohibit, routes with attributes xdpfwd does not mirror. Ends the rule walk.
+    /// routes with attributes xdpfwd does not mirror. Ends the rule walk.
     Kernel = 2,
     /// A static route of the configuration, through `gateway` (all zero: on-link); a
     /// neighbour miss is always held and resolved by xdpfwd.
@@ -66,6 +66,10 @@ pub enum RouteKind {
     Nexthop = 5,
     /// `throw`: the lookup in this table fails and the rule walk goes on.
     Throw = 6,
+    /// `unreachable`: the kernel answers "host unreachable". Ends the rule walk.
+    Unreachable = 7,
+    /// `prohibit`: the kernel answers "administratively filtered". Ends the rule walk.
+    Prohibit = 8,
 }
 
 impl RouteKind {
@@ -79,6 +83,8 @@ impl RouteKind {
             4 => RouteKind::StaticMac,
             5 => RouteKind::Nexthop,
             6 => RouteKind::Throw,
+            7 => RouteKind::Unreachable,
+            8 => RouteKind::Prohibit,
             _ => RouteKind::Kernel,
         }
     }

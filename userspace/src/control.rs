@@ -872,6 +872,8 @@ impl Control {
             },
             Action::Throw => RouteKind::Throw,
             Action::Kernel => RouteKind::Kernel,
+            Action::Unreachable => RouteKind::Unreachable,
+            Action::Prohibit => RouteKind::Prohibit,
             Action::Static { oif, via, mac, vlan } => {
                 (m.oif, m.gateway, m.vlan) = (oif, octets(via), vlan);
                 match mac {
@@ -1124,7 +1126,9 @@ fn notice(shared: &Shared, cause: &'static str, text: Option<String>) {
 struct IfaceSysctls {
     /// `net.ipv4.conf.IFACE.forwarding`.
     v4: bool,
-    /// `net.ipv6.conf.IFACE.forwarding`.
+    /// The kernel forwards IPv6 arriving on the interface: `net.ipv6.conf.all.forwarding`
+    /// (the per-interface `forwarding` only chooses host or router behaviour), or the
+    /// interface's `force_forwarding` (`ip6_forward`).
     v6: bool,
     /// The larger of `net.ipv4.conf.{all,IFACE}.rp_filter` (as the kernel combines them).
     rp_filter: u8,
@@ -1139,7 +1143,8 @@ impl IfaceSysctls {
         };
         IfaceSysctls {
             v4: conf("ipv4", iface, "forwarding").is_some_and(|v| v != 0),
-            v6: conf("ipv6", iface, "forwarding").is_some_and(|v| v != 0),
+            v6: conf("ipv6", "all", "forwarding").is_some_and(|v| v != 0)
+                || conf("ipv6", iface, "force_forwarding").is_some_and(|v| v != 0),
             // Unreadable: strict, the check that refuses most.
             rp_filter: conf("ipv4", "all", "rp_filter")
                 .unwrap_or(1)

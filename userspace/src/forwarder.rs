@@ -19,6 +19,7 @@ use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, XDP_META_MAX, map_names, max_frame_f
 use crate::{
     config::{self, Config},
     control::{Control, Maps},
+    icmp,
     iface::{self, Iface},
     loader::{self, ModeArg},
     metrics,
@@ -112,7 +113,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::default());
     let fast = args.default_path == DefaultPath::Fast;
     let control = start_control(maps.control, &ifaces, &plan, fast, &shared)?;
-    let Workers { threads, views, accounts } =
+    let Workers { threads, views, accounts, icmp: icmp_thread } =
         start_workers(sockets, &args, &plan.xsk, &shared, &control.resolve)?;
 
     // Signals, stats and metrics before "ready": whoever reads it may use them at once.
@@ -143,6 +144,9 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     thread::sleep(Duration::from_millis(100));
     shared.stop.store(true, Relaxed);
     let (ports, mut panicked) = join_all("worker", threads);
+    if icmp_thread.is_some_and(|t| t.join().is_err()) {
+        panicked.push("icmp".into());
+    }
     let control_result = control.join(&mut panicked);
     reporters.stop(&mut panicked);
     let fin = source.snapshot();
@@ -387,6 +391,8 @@ struct Workers {
     threads: Vec<thread::JoinHandle<Vec<xsk::Port>>>,
     views: Vec<PortView>,
     accounts: Vec<Arc<WorkerStats>>,
+    /// The thread that sends the router's ICMP errors (none without raw sockets).
+    icmp: Option<thread::JoinHandle<()>>,
 }
 
 /// Starts the workers: worker w owns queue q of every interface where q % workers == w, so
@@ -407,6 +413,8 @@ fn start_workers(
         per_worker[port.queue as usize % count].push(port);
     }
     let mut frames = sockets.frames;
+    let stop = shared.clone();
+    let (icmp, icmp_thread) = icmp::start(shared.icmp.clone(), move || stop.stop.load(Relaxed));
     let (mut threads, mut accounts) = (Vec::new(), Vec::new());
     for (w, ports) in per_worker.into_iter().enumerate() {
         let share = ports.len() * config.frames_per_socket as usize;
@@ -418,7 +426,7 @@ fn start_workers(
             ports,
             mine,
             Sizes { batch: args.batch, ring_size: config.ring_size, frame_size: config.frame_size },
-            Links { shared: shared.clone(), resolve: resolve.clone(), account },
+            Links { shared: shared.clone(), resolve: resolve.clone(), account, icmp: icmp.clone() },
         );
         let cpu = (!args.cpus.is_empty()).then(|| args.cpus[w % args.cpus.len()]);
         threads.push(thread::Builder::new().name(format!("xdpfwd-w{w}")).spawn(move || {
@@ -428,7 +436,7 @@ fn start_workers(
             worker.run()
         })?);
     }
-    Ok(Workers { threads, views, accounts })
+    Ok(Workers { threads, views, accounts, icmp: icmp_thread })
 }
 
 /// Waits for `threads`; returns what they returned and the names of those that panicked.

@@ -10,6 +10,7 @@ pub mod control;
 pub mod fib_rules;
 pub mod forwarder;
 pub mod hold;
+pub mod icmp;
 pub mod iface;
 pub mod loader;
 pub mod metrics;

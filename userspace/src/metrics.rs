@@ -168,6 +168,23 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
         "Heap allocations by worker threads (0 in steady state)",
         snap.worker_allocs,
     );
+    let icmp = counter_family(
+        &mut registry,
+        "icmp_errors",
+        "Packets the router answers with an ICMP error while the kernel's forwarding is off, \
+         by outcome",
+        None,
+    );
+    let i = snap.icmp;
+    for (outcome, v) in [
+        ("sent", i.sent),
+        ("rate_limited", i.rate_limited),
+        ("not_answered", i.not_answered),
+        ("queue_full", i.queue_full),
+        ("failed", i.failed),
+    ] {
+        icmp.get_or_create(&labels(&[("outcome", outcome)])).inc_by(v);
+    }
     let up = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     up.set(snap.uptime);
     registry.register_with_unit("uptime", "Time since the forwarder started", Unit::Seconds, up);

@@ -39,9 +39,13 @@ pub enum Action {
     Nexthop { id: u32 },
     /// `throw`: the table has no route for the destination; the rule walk goes on.
     Throw,
-    /// Let the kernel handle it (local, broadcast, blackhole, unreachable, prohibit, routes
-    /// with attributes xdpfwd does not mirror).
+    /// Let the kernel handle it (local, broadcast, blackhole, routes with attributes xdpfwd
+    /// does not mirror).
     Kernel,
+    /// `unreachable`: no forwarding; the router answers "host unreachable".
+    Unreachable,
+    /// `prohibit`: no forwarding; the router answers "administratively filtered".
+    Prohibit,
     /// A static route of the configuration: out of `oif`, to the neighbour `via` or the fixed
     /// `mac`, tagged with `vlan` (0: none).
     Static { oif: u32, via: Option<IpAddr>, mac: Option<[u8; 6]>, vlan: u16 },
@@ -126,6 +130,8 @@ impl Route {
         let family_ok = |g: &Option<IpAddr>| g.is_none_or(|g| g.is_ipv4() == v4);
         let action = match msg.header.kind {
             RouteType::Throw => Action::Throw,
+            RouteType::Unreachable if msg.header.source_prefix_length == 0 => Action::Unreachable,
+            RouteType::Prohibit if msg.header.source_prefix_length == 0 => Action::Prohibit,
             RouteType::Unicast if plain => match nhid {
                 Some(id) => Action::Nexthop { id },
                 // IPv6 multipath routes are dumped whole but changed sibling by sibling (a
@@ -558,9 +564,10 @@ mod parse_tests {
     fn special_routes_go_to_the_kernel_and_throw_continues() {
         let local = message(255, RouteType::Local, vec![dst(), RouteAttribute::Oif(3)]);
         assert_eq!(parse(&local).action, Action::Kernel);
-        for kind in [RouteType::BlackHole, RouteType::Unreachable, RouteType::Prohibit] {
-            assert_eq!(parse(&message(254, kind, vec![dst()])).action, Action::Kernel);
-        }
+        assert_eq!(parse(&message(254, RouteType::BlackHole, vec![dst()])).action, Action::Kernel);
+        let unreachable = parse(&message(254, RouteType::Unreachable, vec![dst()]));
+        assert_eq!(unreachable.action, Action::Unreachable);
+        assert_eq!(parse(&message(254, RouteType::Prohibit, vec![dst()])).action, Action::Prohibit);
         assert_eq!(parse(&message(100, RouteType::Throw, vec![dst()])).action, Action::Throw);
         let mut big_table = message(
             252,

@@ -5,8 +5,10 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
-    sync::{RwLock, atomic::AtomicBool},
+    sync::{Arc, RwLock, atomic::AtomicBool},
 };
+
+use crate::icmp;
 
 /// A request to the control plane: make the kernel resolve `addr` on `ifindex`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,4 +31,6 @@ pub struct Shared {
     /// What the operator must know now, by cause: the control plane's fallbacks to the
     /// kernel and netfilter hooks bypassed; shown by `xdpfwd stats` and metrics.
     pub notices: RwLock<BTreeMap<&'static str, String>>,
+    /// What became of the packets the router answers with ICMP errors.
+    pub icmp: Arc<icmp::Counters>,
 }

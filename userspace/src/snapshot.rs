@@ -16,6 +16,7 @@ use xdpfwd_common::Counter;
 
 use crate::{
     alloc_count,
+    icmp::IcmpFigures,
     shared::Shared,
     stats::{PortStats, WorkerStats},
     xsk,
@@ -142,6 +143,8 @@ pub struct Snapshot {
     /// What the operator must know now, by cause (fallbacks to the kernel, netfilter hooks
     /// bypassed).
     pub notices: BTreeMap<String, String>,
+    /// The router's ICMP errors for traffic it does not forward (kernel forwarding off).
+    pub icmp: IcmpFigures,
 }
 
 impl Snapshot {
@@ -229,6 +232,12 @@ impl Snapshot {
             f.fill_wakeups,
             f.idle_polls,
             self.worker_allocs
+        );
+        let i = self.icmp;
+        let _ = write!(
+            out,
+            "\n  icmp errors: sent {}, rate-limited {}, not answered {}, queue full {}, failed {}",
+            i.sent, i.rate_limited, i.not_answered, i.queue_full, i.failed
         );
         for text in self.notices.values() {
             let _ = write!(out, "\n  notice: {text}");
@@ -329,6 +338,7 @@ impl StatsSource {
                 .read()
                 .map(|n| n.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect())
                 .unwrap_or_default(),
+            icmp: self.shared.icmp.read(),
         }
     }
 }

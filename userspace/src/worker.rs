@@ -18,11 +18,11 @@ use std::{
 };
 
 use tokio::sync::mpsc::UnboundedSender;
-use xdpfwd_common::{META_LEN, MetaFlags, XskMeta};
+use xdpfwd_common::{ICMP_QUOTE_FORWARDED, IcmpError, META_LEN, MetaFlags, XskMeta};
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::{
-    alloc_count, hold, rewrite,
+    alloc_count, hold, icmp, rewrite,
     shared::{Resolve, Shared},
     stats::{PortStats, WorkerStats},
     xsk::Port,
@@ -111,6 +111,8 @@ pub struct Links {
     pub resolve: UnboundedSender<Resolve>,
     /// Where the worker publishes its frame accounting and system call counts.
     pub account: Arc<WorkerStats>,
+    /// Packets to answer with an ICMP error, to the ICMP thread.
+    pub icmp: icmp::Queue,
 }
 
 pub struct Worker {
@@ -134,6 +136,7 @@ pub struct Worker {
     shared: Arc<Shared>,
     resolve: UnboundedSender<Resolve>,
     account: Arc<WorkerStats>,
+    icmp: icmp::Queue,
 }
 
 impl Worker {
@@ -147,7 +150,7 @@ impl Worker {
         links: Links,
     ) -> Self {
         let Sizes { batch, ring_size, frame_size } = sizes;
-        let Links { shared, resolve, account } = links;
+        let Links { shared, resolve, account, icmp } = links;
         let total = frames.len();
         let frame_size = frame_size.max(1) as usize;
         let frames_in_umem = frames.iter().map(|d| d.addr() / frame_size + 1).max().unwrap_or(0);
@@ -191,6 +194,7 @@ impl Worker {
             shared,
             resolve,
             account,
+            icmp,
         }
     }
 
@@ -299,6 +303,10 @@ impl Worker {
         // SAFETY: `desc` came from our RX ring, so it addresses a frame of `self.umem` that we
         // own; the metadata area lies in that frame's headroom.
         let meta = unsafe { read_meta(&self.umem, &desc) };
+        if let Some(meta) = meta.filter(|m| m.flags.contains(MetaFlags::ICMP)) {
+            self.answer(desc, &meta);
+            return;
+        }
         let Some((meta, egress)) = meta.and_then(|m| Some((m, self.port_for(m.oif)?))) else {
             PortStats::add(&self.ports[ingress].stats.drop_invalid, 1);
             self.drop_frame(desc);
@@ -325,6 +333,22 @@ impl Worker {
             PortStats::add(&self.ports[ingress].stats.drop_rewrite, 1);
             self.drop_frame(desc);
         }
+    }
+
+    /// A frame the router answers with an ICMP error instead of forwarding it: its head goes
+    /// to the ICMP thread, the frame back to the free list.
+    #[inline]
+    fn answer(&mut self, desc: FrameDesc, meta: &XskMeta) {
+        if let Some(error) = IcmpError::from_u8(meta.addr[0]) {
+            let mtu = u32::from_be_bytes([meta.addr[4], meta.addr[5], meta.addr[6], meta.addr[7]]);
+            // SAFETY: we own the frame (it came from the RX ring).
+            let data = unsafe { self.umem.data(&desc) };
+            let packet = data.contents().get(usize::from(meta.l3_off)..).unwrap_or(&[]);
+            let v6 = meta.flags.contains(MetaFlags::IPV6);
+            let forwarded = meta.addr[1] == ICMP_QUOTE_FORWARDED;
+            self.icmp.push(icmp::Job::new(error, (v6, forwarded), mtu, meta.oif, packet));
+        }
+        self.drop_frame(desc);
     }
 
     /// Returns a frame this worker holds to the free list.

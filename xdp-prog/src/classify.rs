@@ -150,7 +150,8 @@ fn ipv4(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
     if csum::fold(sum) != 0xffff {
         return Err(Counter::PassMalformed);
     }
-    if ip[ipv4::TTL] <= 1 {
+    let expired = ip[ipv4::TTL] <= 1;
+    if expired && !at.answers_icmp(false) {
         return Err(Counter::PassTtl);
     }
     let (src, dst) = (ip[ipv4::SRC], ip[ipv4::DST]);
@@ -165,6 +166,8 @@ fn ipv4(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
         ip_len: total_len,
         first_fragment,
         unfragmented: first_fragment && ip[6] & 0x20 == 0,
+        expired,
+        no_fragmenting: ip[6] & 0x40 != 0,
     };
     let word =
         |at: usize| [u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]) as u64, 0];
@@ -187,7 +190,8 @@ fn ipv6(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
         // Hop-by-hop options (router alert, jumbograms) are the kernel's business.
         return Err(Counter::PassOptions);
     }
-    if ip[ipv6::HOP_LIMIT] <= 1 {
+    let expired = ip[ipv6::HOP_LIMIT] <= 1;
+    if expired && !at.answers_icmp(true) {
         return Err(Counter::PassTtl);
     }
     // Straight into words: 32 separate bytes would be spilled to the 512-byte stack.
@@ -216,6 +220,8 @@ fn ipv6(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
         ip_len: IPV6_HLEN + payload_len,
         first_fragment: true,
         unfragmented: true,
+        expired,
+        no_fragmenting: true,
     };
     routed(ctx, at, &packet, (src, dst), label, steer)
 }
@@ -242,6 +248,10 @@ fn routed(
         Err(reason) => return Err(reason),
     };
     if nat != NO_NAT {
+        if packet.expired {
+            // The answer would quote the frame before or after the rewrite: the kernel's.
+            return Err(Counter::PassTtl);
+        }
         nat_fits(ctx, packet)?;
         let nat = NATS.get(nat).ok_or(Counter::PassNat)?;
         // An address rewrite must update every checksum that covers the addresses; the

@@ -3,7 +3,7 @@
 //! Plain data: no map, no frame access. Nothing of the frame changes until `egress` carries a
 //! [`Steer`] out.
 
-use xdpfwd_common::{IfaceInfo, XskMeta};
+use xdpfwd_common::{IfaceFlags, IfaceInfo, XskMeta};
 
 use crate::wire::ETH_HLEN;
 
@@ -23,6 +23,22 @@ impl Ingress {
     pub fn tagged(&self) -> bool {
         self.l3 != ETH_HLEN
     }
+
+    /// The kernel forwards the family on this interface: what xdpfwd passes it, it forwards
+    /// (or answers with an ICMP error) itself.
+    #[inline(always)]
+    pub fn kernel_forwards(&self, v6: bool) -> bool {
+        let flag = if v6 { IfaceFlags::KERNEL_FWD_V6 } else { IfaceFlags::KERNEL_FWD_V4 };
+        self.info.flags.contains(flag)
+    }
+
+    /// xdpfwd owes the frame the router's ICMP errors: the kernel's forwarding is off on
+    /// this interface, so the kernel would drop the frame silently. Not for frames whose
+    /// tag is popped (the kernel's reply would leave by its own routes, untagged).
+    #[inline(always)]
+    pub fn answers_icmp(&self, v6: bool) -> bool {
+        !self.kernel_forwards(v6) && !self.tagged()
+    }
 }
 
 /// What the stages after classification need to know of an IP packet.
@@ -35,6 +51,12 @@ pub struct Packet {
     pub ip_len: usize,
     pub first_fragment: bool,
     pub unfragmented: bool,
+    /// TTL / hop limit ≤ 1: the router answers "time exceeded" instead of forwarding
+    /// (reaches the route step only when xdpfwd owes that answer).
+    pub expired: bool,
+    /// Too big for the route's MTU means "fragmentation needed" (IPv4 with DF set, every
+    /// IPv6 packet), not fragmentation.
+    pub no_fragmenting: bool,
 }
 
 /// What rules, policy rules and the ECMP hash look at. Plain C layout: the BPF global

@@ -161,7 +161,10 @@ fn redirect(ctx: &XdpContext, steer: &Steer) -> u32 {
     unsafe { (meta as *mut XskMeta).write_unaligned(steer.meta) };
     match XSKS.redirect(key, 0) {
         Ok(action) => {
-            count(if steer.meta.flags.contains(MetaFlags::NEED_NEIGH) {
+            let flags = steer.meta.flags;
+            count(if flags.contains(MetaFlags::ICMP) {
+                Counter::SteeredIcmp
+            } else if flags.contains(MetaFlags::NEED_NEIGH) {
                 Counter::SteeredNeighMiss
             } else {
                 Counter::Steered

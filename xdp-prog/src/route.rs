@@ -7,10 +7,10 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use xdpfwd_common::{
-    Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibWord, HashPolicy, IfaceFlags, IfaceInfo,
-    MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags, NeighKeyV4, NeighKeyV6, NhPath, Route,
-    RouteKind, RuleFields, XskMeta, fib_rule_index, flow_hash, route_key_bits, route_key_v4,
-    route_key_v6,
+    Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibWord, HashPolicy, ICMP_QUOTE_FORWARDED,
+    IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags, NeighKeyV4, NeighKeyV6,
+    NhPath, Route, RouteKind, RuleFields, XskMeta, fib_rule_index, flow_hash, route_key_bits,
+    route_key_v4, route_key_v6,
 };
 
 use crate::{
@@ -33,27 +33,12 @@ const FIB_NO_ROUTE: u32 = 1;
 const FIB_KERNEL: u32 = 2;
 
 /// The route step: from the flow (its destination already translated by NAT) to the egress
-/// and next hop of the frame, for both families; then, for IPv4, the kernel's check of the
-/// source against the route back to it.
+/// and next hop of the frame, for both families, in the kernel's order: the route, the check
+/// of the source against the route back to it (IPv4), the TTL, the MTU, the neighbour. Where
+/// the kernel's forwarding would answer with an ICMP error and the kernel's own forwarding
+/// is off on the ingress, the frame goes to user space for that answer instead.
 #[inline(always)]
 pub fn route(
-    ctx: &XdpContext,
-    at: &Ingress,
-    flow: &Flow,
-    packet: &Packet,
-    decided: (bool, u32),
-    steer: &mut Steer,
-) -> Result<(), Counter> {
-    forward_route(ctx, at, flow, packet, decided, steer)?;
-    if !flow.v6() {
-        // Last: the reverse lookup reuses `FIB_RESULT`.
-        validate_source(at, flow, steer.meta.oif)?;
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn forward_route(
     ctx: &XdpContext,
     at: &Ingress,
     flow: &Flow,
@@ -72,7 +57,7 @@ fn forward_route(
     }
     let route = match xdpfwd_fib(flow, word) {
         FIB_FOUND => FIB_RESULT.get(0).ok_or(Counter::PassRoute)?,
-        FIB_NO_ROUTE => return Err(Counter::PassRoute),
+        FIB_NO_ROUTE => return refuse(at, packet, IcmpError::NoRoute, steer),
         _ => return Err(Counter::PassFib),
     };
     let kind = route.kind();
@@ -82,14 +67,25 @@ fn forward_route(
             let path = path(route.nh, flow, &fib)?;
             (path.oif, path.gateway)
         }
+        RouteKind::Unreachable => return refuse(at, packet, IcmpError::Unreachable, steer),
+        RouteKind::Prohibit => return refuse(at, packet, IcmpError::Prohibited, steer),
         _ => return Err(Counter::PassRoute),
     };
-    let out = egress(oif, at.ifindex)?;
-    let mtu = if route.mtu != 0 && route.mtu < out.mtu { route.mtu } else { out.mtu };
-    if packet.ip_len > mtu as usize {
-        return Err(Counter::PassMtu);
+    // Copied out: the source check below reuses `FIB_RESULT`.
+    let (route_mtu, route_vlan, static_mac) = (route.mtu, route.vlan, route.mac);
+    if !v6 {
+        validate_source(at, flow, oif)?;
     }
-    let vlan = egress_vlan(ctx, at, route.vlan, out)?;
+    if packet.expired {
+        // `classify` lets an expired packet come this far only when the answer is ours.
+        return answer(at, packet, IcmpError::TimeExceeded, 0, steer);
+    }
+    let out = egress(oif, at.ifindex)?;
+    let mtu = if route_mtu != 0 && route_mtu < out.mtu { route_mtu } else { out.mtu };
+    if packet.ip_len > mtu as usize {
+        return too_big(at, packet, nat, (route_mtu, out.mtu), steer);
+    }
+    let vlan = egress_vlan(ctx, at, route_vlan, out)?;
     let fast = fast || out.flags.contains(IfaceFlags::FAST_PATH);
     *steer = Steer {
         meta: XskMeta {
@@ -107,14 +103,14 @@ fn forward_route(
         flags: vlan.flags() | if fast { SteerFlags::FAST } else { SteerFlags::empty() },
     };
     let mac = if kind == RouteKind::StaticMac {
-        route.mac
+        static_mac
     } else {
         let next_hop = if gateway == [0; 16] { bytes(&flow.dst) } else { gateway };
         match neighbour(oif, &next_hop, v6) {
             Some(mac) => mac,
             // The kernel forwards the packet itself, as it would without xdpfwd, unless the
             // route or a rewrite is xdpfwd's own.
-            None if kernel_forwards(at.info, v6) && kind.is_kernel_route() && nat == NO_NAT => {
+            None if at.kernel_forwards(v6) && kind.is_kernel_route() && nat == NO_NAT => {
                 return Err(Counter::PassNeighMiss);
             }
             None => {
@@ -131,10 +127,90 @@ fn forward_route(
     Ok(())
 }
 
+/// A destination the FIB refuses (no route, `unreachable`, `prohibit`): IPv4 routers answer
+/// with "destination unreachable" (`ip_error`), which is xdpfwd's to send while the kernel's
+/// forwarding is off; the kernel answers IPv6 itself, forwarding or not.
 #[inline(always)]
-fn kernel_forwards(info: &IfaceInfo, v6: bool) -> bool {
-    let flag = if v6 { IfaceFlags::KERNEL_FWD_V6 } else { IfaceFlags::KERNEL_FWD_V4 };
-    info.flags.contains(flag)
+fn refuse(
+    at: &Ingress,
+    packet: &Packet,
+    error: IcmpError,
+    steer: &mut Steer,
+) -> Result<(), Counter> {
+    if packet.v6 || !at.answers_icmp(false) {
+        return Err(Counter::PassRoute);
+    }
+    answer(at, packet, error, 0, steer)
+}
+
+/// A packet over the MTU: the kernel's forwarding answers "fragmentation needed" for IPv4
+/// with DF (`ip_forward`, against the route's MTU, else the link's) and fragments the rest;
+/// for IPv6 it answers "packet too big" against the link's MTU in `ip6_forward`, or against
+/// a smaller route MTU in `ip6_fragment`, after the hop limit was decremented (which the
+/// quote then shows). Everything else stays with the kernel.
+#[inline(always)]
+fn too_big(
+    at: &Ingress,
+    packet: &Packet,
+    nat: u32,
+    (route_mtu, link_mtu): (u32, u32),
+    steer: &mut Steer,
+) -> Result<(), Counter> {
+    if nat != NO_NAT || !at.answers_icmp(packet.v6) {
+        return Err(Counter::PassMtu);
+    }
+    if !packet.v6 {
+        if !packet.no_fragmenting || route_mtu > link_mtu {
+            return Err(Counter::PassMtu);
+        }
+        let mtu = if route_mtu != 0 { route_mtu } else { link_mtu };
+        return answer(at, packet, IcmpError::TooBig, mtu, steer);
+    }
+    let (mtu, forwarded) = if packet.ip_len > link_mtu as usize {
+        (if link_mtu < IPV6_MIN_MTU { IPV6_MIN_MTU } else { link_mtu }, false)
+    } else {
+        (route_mtu, true)
+    };
+    answer(at, packet, IcmpError::TooBig, mtu, steer)?;
+    if forwarded {
+        steer.meta.addr[1] = ICMP_QUOTE_FORWARDED;
+    }
+    Ok(())
+}
+
+/// `IPV6_MIN_MTU`.
+const IPV6_MIN_MTU: u32 = 1280;
+
+/// Steers the frame to user space to be answered with `error` (and `mtu` for "too big")
+/// instead of being forwarded; nothing of it changes.
+#[inline(always)]
+fn answer(
+    at: &Ingress,
+    packet: &Packet,
+    error: IcmpError,
+    mtu: u32,
+    steer: &mut Steer,
+) -> Result<(), Counter> {
+    let mut addr = [0u8; 16];
+    addr[0] = error as u8;
+    addr[4..8].copy_from_slice(&mtu.to_be_bytes());
+    let family = if packet.v6 { MetaFlags::IPV6 } else { MetaFlags::empty() };
+    *steer = Steer {
+        meta: XskMeta {
+            oif: at.ifindex,
+            flags: MetaFlags::ICMP | family,
+            l3_off: at.l3 as u16,
+            addr,
+            magic: META_MAGIC,
+        },
+        slot: at.info.slot,
+        egress_slot: 0,
+        ip_len: packet.ip_len as u32,
+        nat: NO_NAT,
+        push: 0,
+        flags: SteerFlags::empty(),
+    };
+    Ok(())
 }
 
 /// The next hop's MAC from the neighbour table of its family.

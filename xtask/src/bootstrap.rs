@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     "frr",
     "bird2",
     "nftables",
+    "traceroute",
+    "iputils-tracepath",
 ];
 
 /// Packages whose maintainer scripts enable and start a system-wide daemon (package, service):
