@@ -182,6 +182,44 @@ fn icmp_errors_are_the_kernels_with_forwarding_off() {
     assert!(done.stdout.contains("icmp errors: sent"), "{}", done.stdout);
 }
 
+/// `icmp_errors_use_inbound_ifaddr = 1`: the errors come from the ingress's own address,
+/// not from the route back's preferred source (here the other interface's address).
+#[test]
+fn icmp_errors_take_the_inbound_address_when_told() {
+    let topo = Topology::new("icmpin", true).unwrap();
+    prepare(&topo);
+    let f = |args: &[&str]| ns_sh(&topo.fwd, args).unwrap();
+    f(&["sysctl", "-qw", "net.ipv4.icmp_errors_use_inbound_ifaddr=1"]);
+    let f0 = topo.f0.clone();
+    f(&[
+        "ip",
+        "route",
+        "change",
+        "198.18.1.0/24",
+        "dev",
+        &f0,
+        "proto",
+        "kernel",
+        "src",
+        "198.18.2.1",
+    ]);
+    let kernel = errors(&topo);
+    let from = |errs: &[Vec<u8>]| {
+        errs.iter().filter(|e| to_v4(e).is_some()).map(|e| e[26..30].to_vec()).collect::<Vec<_>>()
+    };
+    assert!(
+        from(&kernel).iter().all(|a| a[..] == [198, 18, 1, 1]),
+        "inbound address: {kernel:02x?}"
+    );
+    topo.set_forwarding(false).unwrap();
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    let ours = errors(&topo);
+    let done = fwd.stop().unwrap();
+    assert_eq!(from(&ours), from(&kernel), "sources: {}", done.stdout);
+    assert_eq!(ours, kernel, "the same errors");
+}
+
 /// With the kernel's IPv6 forwarding off for all interfaces but on for the ingress's own
 /// `forwarding` (host/router behaviour only), the kernel does not forward IPv6: xdpfwd owes
 /// the hop-limit error.

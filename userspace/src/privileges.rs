@@ -26,7 +26,7 @@ pub fn missing() -> Vec<&'static str> {
         missing.push("CAP_NET_ADMIN (attach XDP, netlink)");
     }
     if !has(CAP_NET_RAW) {
-        missing.push("CAP_NET_RAW (AF_XDP sockets)");
+        missing.push("CAP_NET_RAW (AF_XDP sockets, raw ICMP sockets for the router's errors)");
     }
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         missing.push("CAP_BPF (load the program, create maps)");
