@@ -31,8 +31,10 @@ use anyhow::{Context as _, bail};
 
 pub mod daemons;
 pub mod generator;
+pub mod mirror;
 pub mod packet;
 pub mod prog_run;
+pub mod routed;
 pub mod traffic;
 pub mod xdp_harness;
 
@@ -364,6 +366,13 @@ impl Forwarder {
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
+        if thread::panicking() {
+            // A failing test shows what the forwarder said: its log is the diagnosis.
+            if let Ok(done) = self.stop_with(libc::SIGTERM) {
+                eprintln!("--- the forwarder's log ---\n{}{}", done.stdout, done.stderr);
+            }
+            return;
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -155,9 +155,10 @@ fn runs_as_an_unprivileged_user_with_only_its_capabilities() {
     .unwrap();
     assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 3), "forwards without root");
     let stats = run_to_exit(&topo.fwd, &[], &["stats", "--json", "--count", "1"]).unwrap();
-    let _ = std::fs::remove_dir(&dir);
     assert!(stats.success, "root reads the unprivileged instance's stats: {stats:?}");
     let done = fwd.stop().unwrap();
+    // The service's runtime directory is its manager's to remove (systemd does).
+    let _ = std::fs::remove_dir(&dir);
     assert!(done.success, "{done:?}");
     assert!(xdpfwd_tests::forwarded_packets(&done.stdout).unwrap() >= 6);
 
@@ -214,6 +215,29 @@ fn stats_and_reload_trust_only_instances_that_answer() {
     let done = fwd.stop().unwrap();
     assert!(done.success);
     assert!(done.stderr.contains("SIGHUP: no --config to reload"), "{}", done.stderr);
+}
+
+/// A namespace's directory that an unprivileged instance left behind (it cannot remove it from
+/// the root-owned `/run/xdpfwd`, and a later namespace may get the same inode number) is taken
+/// over by the next instance once nothing in it answers.
+#[test]
+fn a_directory_another_users_instance_left_is_taken_over() {
+    let topo = Topology::new("tk", false).unwrap();
+    let dir = stats_dir(&topo.fwd);
+    std::fs::create_dir_all(&dir).unwrap();
+    let left = dir.join("99999999.sock");
+    drop(std::os::unix::net::UnixListener::bind(&left).unwrap());
+    for path in [&dir, &left] {
+        std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+    }
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    let stats = run_to_exit(&topo.fwd, &[], &["stats", "--json", "--count", "1"]).unwrap();
+    let done = fwd.stop().unwrap();
+    let _ = std::fs::remove_file(&left);
+    let _ = std::fs::remove_dir(&dir);
+    assert!(stats.success, "the instance took the directory over: {stats:?}\n{}", done.stderr);
+    assert!(done.stderr.contains("took over a stats directory"), "{}", done.stderr);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, XDP_META_MAX, map_names, max_frame_f
 
 use crate::{
     config::{self, Config},
-    control::{Control, Maps},
+    control::{Control, Maps, Tuning},
     icmp,
     iface::{self, Iface},
     loader::{self, ModeArg},
@@ -84,6 +84,18 @@ pub struct RunArgs {
     /// Seconds between one-line counter reports (0: none).
     #[arg(long, default_value_t = 10.0)]
     pub stats_interval: f64,
+    /// Receive buffer of the control plane's netlink sockets, in bytes (granted beyond
+    /// `net.core.rmem_max`). Events a burst loses make xdpfwd read everything again, leaving
+    /// transit traffic to the kernel meanwhile.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 << 20)]
+    pub netlink_buffer: u32,
+    /// Most IPv4 routes mirrored (all tables, plus one per local address). Memory is taken per
+    /// route; beyond it, IPv4 transit is left to the kernel.
+    #[arg(long, value_name = "ROUTES", default_value_t = 2 << 20)]
+    pub max_routes_v4: u32,
+    /// Most IPv6 routes mirrored, as `--max-routes-v4`.
+    #[arg(long, value_name = "ROUTES", default_value_t = 1 << 20)]
+    pub max_routes_v6: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -103,7 +115,9 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     validate(&plan.ifaces, &plan.xsk)?;
     loader::check_free(&plan.ifaces)?;
     raise_memlock();
-    let mut ebpf = loader::load()?;
+    let capacity =
+        loader::Capacity { routes_v4: args.max_routes_v4, routes_v6: args.max_routes_v6 };
+    let mut ebpf = loader::load(capacity)?;
     let modes = attach(&mut ebpf, &plan)?;
     let mut maps = TakenMaps::take(&mut ebpf, &plan)?;
     let ifaces: Vec<Arc<Iface>> =
@@ -112,7 +126,8 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let copy_mode = if sockets.zero_copy { "zero-copy" } else { "copy" };
     let shared = Arc::new(Shared::default());
     let fast = args.default_path == DefaultPath::Fast;
-    let control = start_control(maps.control, &ifaces, &plan, fast, &shared)?;
+    let control =
+        start_control(maps.control, &ifaces, &plan, (fast, args.netlink_buffer), &shared)?;
     let Workers { threads, views, accounts, icmp: icmp_thread } =
         start_workers(sockets, &args, &plan.xsk, &shared, &control.resolve)?;
 
@@ -169,6 +184,18 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Flags the data path cannot take, refused before anything is touched.
+/// How long the control plane may take to mirror the kernel's tables at start (a full
+/// Internet table takes seconds; a hung netlink socket must not stall the start for ever).
+const CONTROL_READY: Duration = Duration::from_secs(300);
+
+/// Bounds of `--max-routes-v4` and `--max-routes-v6`: a small router's, and 64 million
+/// (beyond any table of today, and of this machine's memory at ~100 bytes a route).
+const MIN_ROUTES: u32 = 1024;
+const MAX_ROUTES: u32 = 1 << 26;
+/// Bounds of `--netlink-buffer`: a page, and a gigabyte (the kernel's own limit is 1 GiB).
+const MIN_NETLINK_BUFFER: u32 = 4096;
+const MAX_NETLINK_BUFFER: u32 = 1 << 30;
+
 fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.batch > args.ring_size as usize {
         bail!("--batch must be between 1 and --ring-size ({}), not {}", args.ring_size, args.batch);
@@ -179,6 +206,19 @@ fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
     }
     if args.workers == Some(0) {
         bail!("--workers must be at least 1");
+    }
+    for (flag, n) in
+        [("--max-routes-v4", args.max_routes_v4), ("--max-routes-v6", args.max_routes_v6)]
+    {
+        if !(MIN_ROUTES..=MAX_ROUTES).contains(&n) {
+            bail!("{flag} must be {MIN_ROUTES} to {MAX_ROUTES} routes, not {n}");
+        }
+    }
+    if !(MIN_NETLINK_BUFFER..=MAX_NETLINK_BUFFER).contains(&args.netlink_buffer) {
+        bail!(
+            "--netlink-buffer must be {MIN_NETLINK_BUFFER} to {MAX_NETLINK_BUFFER} bytes, not {}",
+            args.netlink_buffer
+        );
     }
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     if let Some(cpu) = args.cpus.iter().find(|c| **c >= cpus.max(nix::sched::CpuSet::count())) {
@@ -346,7 +386,7 @@ fn start_control(
     (maps, nexthops, policy): (Maps, Nexthops, ControlPolicy),
     ifaces: &[Arc<Iface>],
     plan: &Plan,
-    fast: bool,
+    (fast_path, netlink_buffer): (bool, u32),
     shared: &Arc<Shared>,
 ) -> anyhow::Result<ControlPlane> {
     let (resolve_tx, resolve_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -356,7 +396,7 @@ fn start_control(
     let control = Control::new(
         maps,
         ifaces.iter().map(|i| (**i).clone()).collect(),
-        (fast, max_frame),
+        Tuning { fast_path, max_frame, netlink_buffer },
         shared.clone(),
         policy,
         nexthops,
@@ -366,7 +406,7 @@ fn start_control(
         let shared = shared.clone();
         move || shared.stop.load(Relaxed)
     };
-    let nexthop_thread = nexthop::spawn_reader(stopping, nh_tx)?;
+    let nexthop_thread = nexthop::spawn_reader(stopping, nh_tx, netlink_buffer)?;
     let thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
         let shared = shared.clone();
         move || -> anyhow::Result<()> {
@@ -378,10 +418,12 @@ fn start_control(
             result
         }
     })?;
-    match ready_rx.recv_timeout(Duration::from_secs(30)) {
+    match ready_rx.recv_timeout(CONTROL_READY) {
         Ok(Ok(())) => {}
         Ok(Err(err)) => bail!("control plane failed to start: {err}"),
-        Err(_) => bail!("control plane did not sync with the kernel within 30 s"),
+        Err(_) => {
+            bail!("control plane did not sync with the kernel within {} s", CONTROL_READY.as_secs())
+        }
     }
     Ok(ControlPlane { thread, nexthop_thread, resolve: resolve_tx, policy: policy_tx })
 }

@@ -22,6 +22,7 @@ pub mod rewrite;
 pub mod routes;
 pub mod shared;
 pub mod snapshot;
+pub mod sockopt;
 pub mod stats;
 pub mod stats_client;
 pub mod stats_server;

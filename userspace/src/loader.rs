@@ -4,9 +4,10 @@
 use std::fmt;
 
 use aya::{
-    Ebpf, include_bytes_aligned,
+    Ebpf, EbpfLoader, include_bytes_aligned,
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
+use xdpfwd_common::map_names;
 
 use crate::iface::Iface;
 
@@ -58,9 +59,20 @@ pub enum LoadError {
     Attach { iface: String, mode: &'static str, source: aya::programs::ProgramError },
 }
 
-/// Loads the embedded object and verifies the program.
-pub fn load() -> Result<Ebpf, LoadError> {
-    let mut ebpf = Ebpf::load(include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-prog")))?;
+/// Capacities of the maps whose size follows the routing table (entries of all tables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub routes_v4: u32,
+    pub routes_v6: u32,
+}
+
+/// Loads the embedded object with the route tries sized to `capacity` (they allocate per
+/// entry, not up front) and verifies the program.
+pub fn load(capacity: Capacity) -> Result<Ebpf, LoadError> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(map_names::ROUTES_V4, capacity.routes_v4)
+        .map_max_entries(map_names::ROUTES_V6, capacity.routes_v6)
+        .load(include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-prog")))?;
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM)
         .ok_or(LoadError::NoProgram)?

@@ -185,6 +185,7 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
     ] {
         icmp.get_or_create(&labels(&[("outcome", outcome)])).inc_by(v);
     }
+    tables(&mut registry, &snap.tables);
     let up = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     up.set(snap.uptime);
     registry.register_with_unit("uptime", "Time since the forwarder started", Unit::Seconds, up);
@@ -294,4 +295,46 @@ fn respond<B>(req: &hyper::Request<B>, source: &StatsSource) -> hyper::Response<
     let mut response = hyper::Response::new(Body::default());
     *response.status_mut() = status;
     response
+}
+
+/// The mirrored tables: routes and capacity by family, the route tries' memory, nexthops and
+/// neighbours.
+fn tables(registry: &mut Registry, t: &crate::snapshot::TableFigures) {
+    let gauges = |registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>| {
+        let family = Family::<Labels, Gauge>::default();
+        match unit {
+            Some(unit) => registry.register_with_unit(name, help, unit, family.clone()),
+            None => registry.register(name, help, family.clone()),
+        }
+        family
+    };
+    let routes =
+        gauges(registry, "routes", "Routes mirrored into the XDP program, by family", None);
+    let capacity = gauges(
+        registry,
+        "route_capacity",
+        "Most routes the XDP program's tries hold, by family",
+        None,
+    );
+    let memory = gauges(
+        registry,
+        "route_memory",
+        "Memory the kernel charges for the route tries, by family",
+        Some(Unit::Bytes),
+    );
+    for (family, n, max, bytes) in [
+        ("ipv4", t.routes_v4, t.max_routes_v4, t.route_bytes_v4),
+        ("ipv6", t.routes_v6, t.max_routes_v6, t.route_bytes_v6),
+    ] {
+        routes.get_or_create(&labels(&[("family", family)])).set(n as i64);
+        capacity.get_or_create(&labels(&[("family", family)])).set(max as i64);
+        memory.get_or_create(&labels(&[("family", family)])).set(bytes as i64);
+    }
+    let single = |registry: &mut Registry, name: &str, help: &str, v: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(v as i64);
+        registry.register(name, help, g);
+    };
+    single(registry, "nexthops", "Nexthop objects and multipath sets mirrored", t.nexthops);
+    single(registry, "neighbours", "Usable neighbours of the managed interfaces", t.neighbours);
 }

@@ -15,7 +15,7 @@ use std::{fmt, fs, time::Duration};
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use crate::nexthop::set_timeout;
+use crate::sockopt::set_timeout;
 
 /// What `netfilter = ...` asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

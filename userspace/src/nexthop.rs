@@ -22,7 +22,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::sync::mpsc::UnboundedSender;
 use xdpfwd_common::{MAX_NH_GROUPS, MAX_NH_SLOTS, MAX_PATHS, NhGroup, NhPath, upper_bounds};
 
-use crate::routes::Path;
+use crate::{routes::Path, sockopt};
 
 const RTM_NEWNEXTHOP: u16 = 104;
 const RTM_DELNEXTHOP: u16 = 105;
@@ -131,71 +131,112 @@ pub fn parse(kind: u16, payload: &[u8]) -> Option<NhEvent> {
 }
 
 /// Starts the thread that reads nexthop messages (dump, then events) until `stopped()`
-/// (checked every 200 ms) or the receiver is gone.
+/// (checked every 200 ms) or the receiver is gone. `rx_buf`: the socket's receive buffer.
 pub fn spawn_reader(
     stopped: impl Fn() -> bool + Send + 'static,
     tx: UnboundedSender<NhEvent>,
+    rx_buf: u32,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
     let mut socket = Socket::new(NETLINK_ROUTE).context("opening the nexthop netlink socket")?;
     socket.bind_auto().context("binding the nexthop netlink socket")?;
     socket.add_membership(RTNLGRP_NEXTHOP).context("joining RTNLGRP_NEXTHOP")?;
-    let _ = socket.set_rx_buf_sz(8 << 20);
-    set_timeout(&socket, Duration::from_millis(200));
-    // nlmsghdr (16 bytes) + nhmsg (8 bytes, family AF_UNSPEC).
-    let mut req = [0u8; 24];
-    req[0..4].copy_from_slice(&24u32.to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETNEXTHOP.to_ne_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    socket.send_to(&req, &SocketAddr::new(0, 0), 0).context("dumping nexthops")?;
+    let granted = sockopt::force_rx_buf(&socket, rx_buf).context("sizing the nexthop socket")?;
+    tracing::debug!(granted, "nexthop socket receive buffer");
+    sockopt::set_timeout(&socket, Duration::from_millis(200));
+    let mut reader = Reader { socket, dumping: false, again: false };
+    reader.dump()?;
     let handle = thread::Builder::new()
         .name("xdpfwd-nexthops".into())
-        .spawn(move || read_loop(&socket, &stopped, &tx))
+        .spawn(move || reader.run(&stopped, &tx))
         .context("starting the nexthop thread")?;
     Ok(handle)
 }
 
-/// Bounds every blocking receive on `socket` (`SO_RCVTIMEO`).
-pub(crate) fn set_timeout(socket: &Socket, timeout: Duration) {
-    use std::os::fd::AsRawFd as _;
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
-    };
-    // SAFETY: a valid socket descriptor and a `timeval` of the size passed.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
+/// The nexthop socket and its dump: one at a time (the kernel refuses a second), repeated
+/// when events were lost while it ran, so the [`NhEvent::Synced`] that ends it follows a
+/// dump that began after the last loss.
+struct Reader {
+    socket: Socket,
+    dumping: bool,
+    /// Events were lost during the running dump: dump again when it ends.
+    again: bool,
 }
 
-fn read_loop(socket: &Socket, stopped: &impl Fn() -> bool, tx: &UnboundedSender<NhEvent>) {
-    let mut buf = vec![0u8; 1 << 16];
-    while !stopped() {
-        let n = match socket.recv(&mut &mut buf[..], 0) {
-            Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                let _ = tx.send(NhEvent::Overrun);
-                continue;
-            }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => {
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(%e, "reading nexthop events failed");
-                return;
-            }
-        };
-        for event in messages(&buf[..n]) {
-            if tx.send(event).is_err() {
-                return;
+impl Reader {
+    /// Asks the kernel for every nexthop object.
+    fn dump(&mut self) -> anyhow::Result<()> {
+        // nlmsghdr (16 bytes) + nhmsg (8 bytes, family AF_UNSPEC).
+        let mut req = [0u8; 24];
+        req[0..4].copy_from_slice(&24u32.to_ne_bytes());
+        req[4..6].copy_from_slice(&RTM_GETNEXTHOP.to_ne_bytes());
+        req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        self.socket.send_to(&req, &SocketAddr::new(0, 0), 0).context("dumping nexthops")?;
+        self.dumping = true;
+        Ok(())
+    }
+
+    /// Events were lost: say so, and read every object again.
+    fn lost(&mut self, tx: &UnboundedSender<NhEvent>) -> anyhow::Result<()> {
+        let _ = tx.send(NhEvent::Overrun);
+        if self.dumping {
+            self.again = true;
+            return Ok(());
+        }
+        self.dump()
+    }
+
+    /// The end of a dump: a [`NhEvent::Synced`], or another dump if events were lost.
+    fn dumped(&mut self) -> anyhow::Result<Option<NhEvent>> {
+        if std::mem::take(&mut self.again) {
+            self.dump()?;
+            return Ok(None);
+        }
+        self.dumping = false;
+        Ok(Some(NhEvent::Synced))
+    }
+
+    fn run(mut self, stopped: &impl Fn() -> bool, tx: &UnboundedSender<NhEvent>) {
+        if let Err(e) = self.read(stopped, tx) {
+            tracing::error!("reading nexthop events failed: {e:#}");
+        }
+    }
+
+    fn read(
+        &mut self,
+        stopped: &impl Fn() -> bool,
+        tx: &UnboundedSender<NhEvent>,
+    ) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; 1 << 16];
+        while !stopped() {
+            let n = match self.socket.recv(&mut &mut buf[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    self.lost(tx)?;
+                    continue;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for event in messages(&buf[..n]) {
+                let event = match event {
+                    NhEvent::Synced => self.dumped()?,
+                    NhEvent::Overrun => {
+                        self.lost(tx)?;
+                        None
+                    }
+                    other => Some(other),
+                };
+                if let Some(event) = event
+                    && tx.send(event).is_err()
+                {
+                    return Ok(());
+                }
             }
         }
+        Ok(())
     }
 }
 
@@ -273,6 +314,20 @@ impl Nexthops {
     }
 
     /// A nexthop object was deleted.
+    /// Nexthop objects and multipath sets known.
+    pub fn len(&self) -> usize {
+        self.objects.len() + self.anon_paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ids of the kernel's nexthop objects known.
+    pub fn ids(&self) -> Vec<u32> {
+        self.objects.keys().copied().collect()
+    }
+
     pub fn remove(&mut self, id: u32) {
         self.objects.remove(&id);
         self.republish(id);

@@ -325,6 +325,11 @@ impl RouteTable {
         self.entries().filter(|(_, _, r)| r.action == Action::Nexthop { id }).collect()
     }
 
+    /// Entries (table, prefix) of one family: what its trie holds.
+    pub fn len(&self, v6: bool) -> usize {
+        self.counts.iter().filter(|((_, f), _)| *f == v6).map(|(_, n)| n).sum()
+    }
+
     /// Whether `table` holds a route of the family of `v6`.
     pub fn has_table(&self, table: u32, v6: bool) -> bool {
         self.counts.get(&(table, v6)).is_some_and(|n| *n > 0)

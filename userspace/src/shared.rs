@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, RwLock, atomic::AtomicBool},
 };
 
-use crate::icmp;
+use crate::{icmp, snapshot::TableFigures};
 
 /// A request to the control plane: make the kernel resolve `addr` on `ifindex`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,4 +33,6 @@ pub struct Shared {
     pub notices: RwLock<BTreeMap<&'static str, String>>,
     /// What became of the packets the router answers with ICMP errors.
     pub icmp: Arc<icmp::Counters>,
+    /// The mirrored tables' sizes, as the control plane last published them.
+    pub tables: RwLock<TableFigures>,
 }

@@ -145,6 +145,25 @@ pub struct Snapshot {
     pub notices: BTreeMap<String, String>,
     /// The router's ICMP errors for traffic it does not forward (kernel forwarding off).
     pub icmp: IcmpFigures,
+    /// The kernel's tables as xdpfwd mirrors them.
+    pub tables: TableFigures,
+}
+
+/// The mirrored tables: entries, capacities and the memory the kernel charges for the route
+/// tries (what `/proc/PID/fdinfo` says of each map).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TableFigures {
+    pub routes_v4: u64,
+    pub max_routes_v4: u64,
+    pub route_bytes_v4: u64,
+    pub routes_v6: u64,
+    pub max_routes_v6: u64,
+    pub route_bytes_v6: u64,
+    /// Nexthop objects and multipath sets.
+    pub nexthops: u64,
+    /// Usable neighbours of the managed interfaces.
+    pub neighbours: u64,
 }
 
 impl Snapshot {
@@ -238,6 +257,20 @@ impl Snapshot {
             out,
             "\n  icmp errors: sent {}, rate-limited {}, not answered {}, queue full {}, failed {}",
             i.sent, i.rate_limited, i.not_answered, i.queue_full, i.failed
+        );
+        let t = self.tables;
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        let _ = write!(
+            out,
+            "\n  tables: routes v4 {} of {} ({:.1} MiB), v6 {} of {} ({:.1} MiB); nexthops {}; neighbours {}",
+            t.routes_v4,
+            t.max_routes_v4,
+            mib(t.route_bytes_v4),
+            t.routes_v6,
+            t.max_routes_v6,
+            mib(t.route_bytes_v6),
+            t.nexthops,
+            t.neighbours
         );
         for text in self.notices.values() {
             let _ = write!(out, "\n  notice: {text}");
@@ -339,6 +372,7 @@ impl StatsSource {
                 .map(|n| n.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect())
                 .unwrap_or_default(),
             icmp: self.shared.icmp.read(),
+            tables: self.shared.tables.read().map(|t| *t).unwrap_or_default(),
         }
     }
 }

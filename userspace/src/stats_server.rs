@@ -82,6 +82,22 @@ fn sweep_stale(dir: &Path) {
     }
 }
 
+/// Takes over the directory of a namespace that an instance of another user left behind (it
+/// cannot remove it from `/run/xdpfwd`; a later namespace may reuse the inode number): when
+/// nothing in it answers any more, it is removed. Returns whether it was.
+fn reclaim(dir: &Path) -> bool {
+    if !fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir()) {
+        return false;
+    }
+    sweep_stale(dir);
+    let empty = fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+    if empty && fs::remove_dir(dir).is_ok() {
+        tracing::info!(dir = %dir.display(), "took over a stats directory left by another user");
+        return true;
+    }
+    false
+}
+
 /// Serves snapshots until `stop`; removes the socket when done.
 pub fn serve(
     source: Arc<StatsSource>,
@@ -89,7 +105,12 @@ pub fn serve(
 ) -> anyhow::Result<thread::JoinHandle<()>> {
     make_dir(Path::new(BASE), 0o755)?;
     let dir = dir()?;
-    make_dir(&dir, 0o755)?;
+    if let Err(err) = make_dir(&dir, 0o755) {
+        if !reclaim(&dir) {
+            return Err(err);
+        }
+        make_dir(&dir, 0o755)?;
+    }
     sweep_stale(&dir);
     let path = dir.join(format!("{}.sock", std::process::id()));
     let _ = fs::remove_file(&path);

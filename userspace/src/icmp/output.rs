@@ -23,7 +23,7 @@ use netlink_packet_route::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, SockaddrIn6, sendmsg};
 
-use crate::nexthop::set_timeout;
+use crate::sockopt::set_timeout;
 
 /// `ICMP_FILTER` (`linux/icmp.h`), on `SOL_RAW`: the ICMP types a raw socket does not
 /// receive.

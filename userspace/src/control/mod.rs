@@ -1,0 +1,510 @@
+//! The control plane: keeps the XDP program's maps in step with the kernel.
+//!
+//! Runs on its own thread with a single-threaded tokio runtime. It subscribes to rtnetlink
+//! link, neighbour, route and rule events (and nexthop events, read by [`crate::nexthop`]),
+//! dumps the current state, and from then on applies every change: routes of every table
+//! ([`crate::routes`]), policy rules ([`crate::fib_rules`]), nexthop objects and multipath
+//! sets, neighbours of the managed interfaces, interface MTU / MAC / carrier, and the
+//! per-interface forwarding and ECMP hash sysctls (polled: rtnetlink carries no events for
+//! them here). It also asks the kernel to resolve
+//! next hops that workers are waiting for (`RTM_NEWNEIGH` with `NTF_USE`), and to re-confirm
+//! stale neighbours that xdpfwd keeps sending to, as the kernel's own forwarding would.
+//! The configuration's static routes are merged into the same tries (after `local`, before
+//! `main`), and its per-interface settings into `IFACES`; a reload hands new ones over.
+//!
+//! It never touches frames.
+
+mod fib;
+mod figures;
+mod neighbours;
+mod resync;
+mod sysctls;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    sync::{Arc, atomic::Ordering::Relaxed, mpsc::SyncSender},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, lpm_trie::LpmTrie};
+use futures::{StreamExt, TryStreamExt};
+use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_REPLACE, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{RouteNetlinkMessage, link::LinkMessage, neighbour::NeighbourState};
+use netlink_sys::AsyncSocket as _;
+use rtnetlink::{Handle, MulticastGroup};
+use sysctls::IfaceSysctls;
+use tokio::sync::mpsc::UnboundedReceiver;
+use xdpfwd_common::{
+    FibRule, FibWord, IfaceFlags, IfaceInfo, NeighKeyV4, NeighKeyV6, Neighbour, Route as MapRoute,
+    max_frame_for_mtu,
+};
+
+use crate::{
+    fib_rules::{FibRuleSpec, FibRules},
+    iface::{self, Iface},
+    netfilter::Hooks,
+    nexthop::{Nexthops, NhEvent},
+    policy::ControlPolicy,
+    routes::{Place, Route, RouteTable},
+    shared::{Resolve, Shared},
+    sockopt,
+};
+
+/// The BPF maps the control plane writes.
+pub struct Maps {
+    pub ifaces: BpfHashMap<MapData, u32, IfaceInfo>,
+    pub routes_v4: LpmTrie<MapData, [u8; 8], MapRoute>,
+    pub routes_v6: LpmTrie<MapData, [u8; 20], MapRoute>,
+    pub neigh_v4: BpfHashMap<MapData, NeighKeyV4, Neighbour>,
+    pub neigh_v6: BpfHashMap<MapData, NeighKeyV6, Neighbour>,
+    pub fib_rules: Array<MapData, FibRule>,
+    pub fib_ctl: Array<MapData, u32>,
+}
+
+/// Why a family is left to the kernel after a route map write failed.
+const ROUTE_FAILED: &str = "a route could not be mirrored (route trie full?)";
+/// Why a family is left to the kernel while lost events are being made up for.
+const STALE: &str = "netlink events were lost and are being read again";
+/// How often the forwarding sysctls are read.
+const SYSCTL_POLL: Duration = Duration::from_millis(500);
+/// How often stale neighbours are re-confirmed.
+const STALE_REFRESH: Duration = Duration::from_secs(5);
+/// Least time between two resolution requests for one next hop (workers repeat theirs every
+/// 500 ms while frames wait).
+const RESOLVE_INTERVAL: Duration = Duration::from_millis(400);
+
+/// What a route message does.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Add(Place),
+    Replace,
+    Remove,
+}
+
+/// One family's policy rules and what the XDP program was last told about them.
+#[derive(Default)]
+struct Fib {
+    rules: FibRules,
+    word: FibWord,
+    /// Why the family's transit traffic goes to the kernel, if it does (logged once).
+    kernel: Option<&'static str>,
+}
+
+/// How the control plane sets up what it writes and reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Plain L3 forwarding takes the in-kernel fast path.
+    pub fast_path: bool,
+    /// Longest frame the sockets receive whole (`IfaceInfo::max_frame`).
+    pub max_frame: u16,
+    /// Receive buffer of the netlink sockets, in bytes.
+    pub netlink_buffer: u32,
+}
+
+pub struct Control {
+    maps: Maps,
+    ifaces: Vec<Iface>,
+    routes: RouteTable,
+    /// Neighbours of managed interfaces with a usable MAC, and their state.
+    neighbours: HashMap<(u32, IpAddr), NeighbourState>,
+    last_resolve: HashMap<(u32, IpAddr), Instant>,
+    /// The kernel's per-interface sysctls that decide forwarding, per managed ifindex.
+    forwarding: HashMap<u32, IfaceSysctls>,
+    tuning: Tuning,
+    shared: Arc<Shared>,
+    /// The configuration's interface settings and static routes.
+    policy: ControlPolicy,
+    /// The static routes currently merged into `routes`.
+    statics: Vec<Route>,
+    /// Static routes whose next hop is on no managed interface's network.
+    inactive: Vec<IpNet>,
+    /// The kernel's routes have been dumped: static routes can be resolved against them.
+    routes_dumped: bool,
+    /// Policy rules of IPv4 and IPv6.
+    fib: [Fib; 2],
+    /// Netfilter's hooks on forwarded traffic, as last read (`None`: not yet).
+    netfilter: Option<Hooks>,
+    nexthops: Nexthops,
+    /// The routes must be read again (a link went down or up, an address was deleted).
+    resync: bool,
+    /// rtnetlink events were lost: everything must be read again (`resync`).
+    lost: bool,
+    /// rtnetlink events were lost and not everything has been read again since.
+    stale: bool,
+    /// Nexthop events were lost: the ids the nexthop socket's new dump reported so far.
+    nh_seen: Option<HashSet<u32>>,
+    /// Per family: the `local` table's host routes are also written under `main`, and the
+    /// rule walk skips the `local` lookup (see [`Control::update_merge`]).
+    merged: [bool; 2],
+}
+
+impl Control {
+    pub fn new(
+        maps: Maps,
+        ifaces: Vec<Iface>,
+        tuning: Tuning,
+        shared: Arc<Shared>,
+        policy: ControlPolicy,
+        nexthops: Nexthops,
+    ) -> Self {
+        Self {
+            maps,
+            ifaces,
+            routes: RouteTable::default(),
+            neighbours: HashMap::new(),
+            last_resolve: HashMap::new(),
+            forwarding: HashMap::new(),
+            tuning,
+            shared,
+            policy,
+            statics: Vec::new(),
+            inactive: Vec::new(),
+            routes_dumped: false,
+            fib: Default::default(),
+            netfilter: None,
+            nexthops,
+            resync: false,
+            lost: false,
+            stale: false,
+            nh_seen: None,
+            merged: [false; 2],
+        }
+    }
+
+    /// Runs until `shared.stop` is set; reports the initial sync through `ready`. Returns an
+    /// error when a managed interface disappears or netlink fails.
+    pub async fn run(
+        mut self,
+        mut resolve: UnboundedReceiver<Resolve>,
+        mut policies: UnboundedReceiver<ControlPolicy>,
+        mut nh_events: UnboundedReceiver<NhEvent>,
+        ready: SyncSender<Result<(), String>>,
+    ) -> anyhow::Result<()> {
+        let groups = [
+            MulticastGroup::Link,
+            MulticastGroup::Neigh,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+            MulticastGroup::Ipv4Rule,
+            MulticastGroup::Ipv6Rule,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+        ];
+        // The events' socket: nothing is asked on it (its handle only keeps it open).
+        let (mut conn, _events_handle, mut events) =
+            rtnetlink::new_multicast_connection(&groups).context("opening the rtnetlink socket")?;
+        // Route bursts (a link going down, a BGP session lost) must not overflow the socket;
+        // events lost anyway make everything be read again (`resync`).
+        let granted =
+            sockopt::force_rx_buf(conn.socket_mut().socket_mut(), self.tuning.netlink_buffer)
+                .context("sizing the rtnetlink socket")?;
+        tracing::info!(granted, "netlink receive buffer (bytes)");
+        tokio::spawn(conn);
+        // Dumps and requests on a socket of their own: events filling the events' buffer
+        // cannot crowd out a dump's answers (the kernel refuses a dump it cannot queue).
+        let (conn, mut handle, _) =
+            rtnetlink::new_connection().context("opening the rtnetlink request socket")?;
+        tokio::spawn(conn);
+
+        if let Err(err) = self.initial_sync(&handle, &mut nh_events).await {
+            let _ = ready.send(Err(format!("{err:#}")));
+            return Err(err);
+        }
+        let _ = ready.send(Ok(()));
+
+        let mut sysctl = tokio::time::interval(SYSCTL_POLL);
+        let mut stale = tokio::time::interval(STALE_REFRESH);
+        while !self.shared.stop.load(Relaxed) {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some((msg, _)) => self.on_event(msg)?,
+                    None => anyhow::bail!("the rtnetlink event stream ended"),
+                },
+                Some(req) = resolve.recv() => self.resolve(&mut handle, req).await,
+                Some(policy) = policies.recv() => self.set_policy(policy),
+                Some(event) = nh_events.recv() => self.on_nexthop(event),
+                _ = sysctl.tick() => {
+                    self.poll_forwarding();
+                    self.poll_netfilter();
+                    self.publish_tables();
+                }
+                _ = stale.tick() => self.refresh_stale(&mut handle).await,
+            }
+            if self.lost {
+                self.resync_all(&handle, &mut events).await?;
+            } else if std::mem::take(&mut self.resync) {
+                self.resync_routes(&handle).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn initial_sync(
+        &mut self,
+        handle: &Handle,
+        nh_events: &mut UnboundedReceiver<NhEvent>,
+    ) -> anyhow::Result<()> {
+        let mut links = handle.link().get().execute();
+        while let Some(link) = links.try_next().await.context("dumping links")? {
+            self.on_link(&link);
+        }
+        self.poll_forwarding();
+        for i in 0..self.ifaces.len() {
+            let info = self.info(i);
+            self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0).with_context(|| {
+                format!("writing interface {} into the IFACES map", self.ifaces[i].name)
+            })?;
+        }
+        let mut v4 = handle
+            .route()
+            .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
+            .execute();
+        // Nexthop objects first, so the routes through them forward from the start.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(deadline, nh_events.recv()).await {
+                Ok(Some(NhEvent::Synced)) => {
+                    // Ends the tracking of a loss during the dump, if there was one.
+                    self.on_nexthop(NhEvent::Synced);
+                    break;
+                }
+                Ok(Some(event)) => self.on_nexthop(event),
+                Ok(None) => anyhow::bail!("the nexthop reader stopped"),
+                Err(_) => anyhow::bail!("no answer to the nexthop dump within 5 s"),
+            }
+        }
+        for (version, v6) in [(rtnetlink::IpVersion::V4, false), (rtnetlink::IpVersion::V6, true)] {
+            let mut rules = handle.rule().get(version).execute();
+            while let Some(rule) = rules.try_next().await.context("dumping policy rules")? {
+                if let Some(spec) = FibRuleSpec::from_message(&rule) {
+                    self.fib[v6 as usize].rules.add(spec);
+                }
+            }
+        }
+        while let Some(route) = v4.try_next().await.context("dumping IPv4 routes")? {
+            self.on_route(&route, Change::Add(Place::Append));
+        }
+        let mut v6 = handle
+            .route()
+            .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build())
+            .execute();
+        while let Some(route) = v6.try_next().await.context("dumping IPv6 routes")? {
+            self.on_route(&route, Change::Add(Place::Append));
+        }
+        self.poll_netfilter();
+        self.routes_dumped = true;
+        self.sync_static();
+        self.write_fib(false);
+        self.write_fib(true);
+        self.update_merge(false);
+        self.update_merge(true);
+        let mut neigh = handle.neighbours().get().execute();
+        while let Some(n) = neigh.try_next().await.context("dumping neighbours")? {
+            self.on_neighbour(&n, true);
+        }
+        self.publish_tables();
+        let t = self.shared.tables.read().map(|t| *t).unwrap_or_default();
+        tracing::info!(
+            routes_v4 = t.routes_v4,
+            routes_v6 = t.routes_v6,
+            route_memory_mib = (t.route_bytes_v4 + t.route_bytes_v6) >> 20,
+            rules_v4 = self.fib[0].rules.len(),
+            rules_v6 = self.fib[1].rules.len(),
+            neighbours = self.neighbours.len(),
+            "control plane in sync with the kernel"
+        );
+        Ok(())
+    }
+
+    fn on_event(&mut self, msg: NetlinkMessage<RouteNetlinkMessage>) -> anyhow::Result<()> {
+        let replace = msg.header.flags & NLM_F_REPLACE != 0;
+        let place =
+            if msg.header.flags & NLM_F_APPEND != 0 { Place::Append } else { Place::Prepend };
+        let msg = match msg.payload {
+            NetlinkPayload::InnerMessage(msg) => msg,
+            NetlinkPayload::Overrun(_) => {
+                self.events_lost();
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        match msg {
+            RouteNetlinkMessage::NewRoute(r) if replace => self.on_route(&r, Change::Replace),
+            RouteNetlinkMessage::NewRoute(r) => self.on_route(&r, Change::Add(place)),
+            RouteNetlinkMessage::DelRoute(r) => self.on_route(&r, Change::Remove),
+            RouteNetlinkMessage::NewRule(r) => self.on_rule(&r, true),
+            RouteNetlinkMessage::DelRule(r) => self.on_rule(&r, false),
+            RouteNetlinkMessage::NewNeighbour(n) => self.on_neighbour(&n, true),
+            RouteNetlinkMessage::DelNeighbour(n) => self.on_neighbour(&n, false),
+            RouteNetlinkMessage::NewLink(l) => {
+                if let Some(i) = self.on_link(&l) {
+                    let info = self.info(i);
+                    let _ = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0);
+                }
+            }
+            // The kernel removes the routes of an address, or of a link going down, without
+            // `RTM_DELROUTE`; nor does it bring them back when the link comes up.
+            RouteNetlinkMessage::DelAddress(a)
+                if self.ifaces.iter().any(|i| i.ifindex == a.header.index) =>
+            {
+                self.resync = true;
+            }
+            RouteNetlinkMessage::DelLink(l) => {
+                if let Some(iface) = self.ifaces.iter().find(|i| i.ifindex == l.header.index) {
+                    anyhow::bail!("managed interface '{}' was deleted", iface.name);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Applies a link message to the managed interface it names; returns its index.
+    fn on_link(&mut self, msg: &LinkMessage) -> Option<usize> {
+        let i = self.ifaces.iter().position(|i| i.ifindex == msg.header.index)?;
+        let fresh = iface::from_link(msg, self.ifaces[i].slot)?;
+        let iface = &mut self.ifaces[i];
+        if iface.up != fresh.up || iface.mtu != fresh.mtu || iface.mac != fresh.mac {
+            tracing::info!(iface = %iface.name, up = fresh.up, mtu = fresh.mtu, "link changed");
+        }
+        if iface.up != fresh.up {
+            self.resync = true;
+        }
+        if fresh.mtu != iface.mtu && max_frame_for_mtu(fresh.mtu) > u32::from(self.tuning.max_frame)
+        {
+            tracing::error!(
+                iface = %iface.name,
+                mtu = fresh.mtu,
+                "MTU raised beyond what single-buffer AF_XDP carries (frames up to {} bytes): \
+                 longer frames now go to the kernel; lower the MTU to restore full forwarding",
+                self.tuning.max_frame
+            );
+        }
+        if iface.name != fresh.name && !fresh.name.is_empty() {
+            // The sysctls are read by name.
+            tracing::info!(from = %iface.name, to = %fresh.name, "interface renamed");
+            iface.name = fresh.name;
+        }
+        iface.up = fresh.up;
+        iface.mtu = fresh.mtu;
+        iface.mac = fresh.mac;
+        if let Ok(mut macs) = self.shared.macs.write() {
+            macs.insert(iface.ifindex, iface.mac);
+        }
+        Some(i)
+    }
+
+    fn on_nexthop(&mut self, event: NhEvent) {
+        match event {
+            NhEvent::Set(id, nh) => {
+                tracing::debug!(id, ?nh, "nexthop");
+                if let Some(seen) = &mut self.nh_seen {
+                    seen.insert(id);
+                }
+                self.nexthops.set(id, nh);
+            }
+            NhEvent::Del(id) => self.remove_nexthop(id),
+            NhEvent::Overrun => {
+                if self.nh_seen.is_none() {
+                    tracing::warn!(
+                        "nexthop events were lost (socket overrun): the kernel forwards transit \
+                         traffic while xdpfwd reads the nexthop objects again"
+                    );
+                }
+                // Whatever was reported before this loss proves nothing.
+                let was = self.is_stale();
+                self.nh_seen = Some(HashSet::new());
+                self.stale_changed(was);
+            }
+            NhEvent::Synced => {
+                // After a loss: objects the new dump did not report are gone.
+                let Some(seen) = self.nh_seen.take() else { return };
+                let gone: Vec<u32> =
+                    self.nexthops.ids().into_iter().filter(|id| !seen.contains(id)).collect();
+                tracing::info!(objects = seen.len(), removed = gone.len(), "nexthops read again");
+                for id in gone {
+                    self.remove_nexthop(id);
+                }
+                self.stale_changed(true);
+            }
+        }
+    }
+
+    /// A nexthop object is gone, and with it the routes through it.
+    fn remove_nexthop(&mut self, id: u32) {
+        self.nexthops.remove(id);
+        for (table, prefix, effective) in self.routes.remove_nexthop(id) {
+            self.write_entry(table, prefix, effective);
+        }
+    }
+
+    /// A reload's interface settings and static routes.
+    fn set_policy(&mut self, policy: ControlPolicy) {
+        let netfilter_changed = policy.netfilter != self.policy.netfilter;
+        self.policy = policy;
+        if netfilter_changed {
+            self.apply_netfilter();
+        }
+        for i in 0..self.ifaces.len() {
+            let info = self.info(i);
+            if let Err(err) = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0) {
+                tracing::warn!(%err, "updating the IFACES map failed");
+            }
+        }
+        self.sync_static();
+    }
+}
+
+impl Control {
+    /// The `IFACES` map value of managed interface `i`.
+    fn info(&self, i: usize) -> IfaceInfo {
+        let iface = &self.ifaces[i];
+        let sysctls = self.forwarding.get(&iface.ifindex).copied().unwrap_or_default();
+        let opts = self.policy.ifaces.get(&iface.ifindex).copied().unwrap_or_default();
+        let mut flags = IfaceFlags::MANAGED;
+        flags.set(IfaceFlags::UP, iface.up);
+        flags.set(IfaceFlags::KERNEL_FWD_V4, sysctls.v4);
+        flags.set(IfaceFlags::KERNEL_FWD_V6, sysctls.v6);
+        flags.set(IfaceFlags::RP_STRICT, sysctls.rp_filter == 1);
+        flags.set(IfaceFlags::RP_LOOSE, sysctls.rp_filter >= 2);
+        flags.set(IfaceFlags::FAST_PATH, self.tuning.fast_path);
+        flags.set(IfaceFlags::VLAN_POP, opts.vlan_pop);
+        flags.set(IfaceFlags::XCONNECT, opts.peer != 0);
+        flags.set(IfaceFlags::PEER_MAC, opts.peer_mac.is_some());
+        IfaceInfo {
+            slot: iface.slot,
+            flags,
+            mtu: iface.mtu,
+            mac: iface.mac,
+            max_frame: self.tuning.max_frame,
+            peer: opts.peer,
+            peer_mac: opts.peer_mac.unwrap_or_default(),
+            push_vlan: opts.push_vlan,
+        }
+    }
+}
+
+/// Sets (or clears, with `None`) the operator's notice of `cause`.
+fn notice(shared: &Shared, cause: &'static str, text: Option<String>) {
+    if let Ok(mut notices) = shared.notices.write() {
+        match text {
+            Some(text) => notices.insert(cause, text),
+            None => notices.remove(cause),
+        };
+    }
+}
+
+fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,140 @@
+//! The kernel's settings the control plane polls: per-interface forwarding and source
+//! checks, the ECMP hash policy and netfilter's hooks on forwarded traffic.
+
+use std::fs;
+
+use xdpfwd_common::HashPolicy;
+
+use super::{Control, notice};
+use crate::netfilter::{self, Hooks, NetfilterMode};
+
+impl Control {
+    pub(super) fn poll_forwarding(&mut self) {
+        let mut changed = Vec::new();
+        for (i, iface) in self.ifaces.iter().enumerate() {
+            let flags = IfaceSysctls::read(&iface.name);
+            if self.forwarding.get(&iface.ifindex) != Some(&flags) {
+                changed.push((i, flags));
+            }
+        }
+        self.poll_hash_policy();
+        for (i, flags) in changed {
+            tracing::info!(
+                iface = %self.ifaces[i].name,
+                ipv4 = flags.v4,
+                ipv6 = flags.v6,
+                rp_filter = flags.rp_filter,
+                "kernel forwarding"
+            );
+            self.forwarding.insert(self.ifaces[i].ifindex, flags);
+            let info = self.info(i);
+            if let Err(err) = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0) {
+                tracing::warn!(%err, "updating the IFACES map failed");
+            }
+        }
+    }
+
+    /// Follows `fib_multipath_hash_policy`: 0 and 1 are implemented, other policies leave
+    /// ECMP to the kernel.
+    pub(super) fn poll_hash_policy(&mut self) {
+        for (v6, family) in [(false, "ipv4"), (true, "ipv6")] {
+            let policy =
+                fs::read_to_string(format!("/proc/sys/net/{family}/fib_multipath_hash_policy"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                    .unwrap_or(0);
+            let (hash, ecmp_kernel) = match policy {
+                0 => (HashPolicy::L3, false),
+                1 => (HashPolicy::L4, false),
+                _ => (HashPolicy::L3, true),
+            };
+            let fib = &mut self.fib[v6 as usize];
+            if fib.word.hash != hash || fib.word.ecmp_kernel != ecmp_kernel {
+                tracing::info!(family, policy, ecmp_kernel, "ECMP hash policy");
+                fib.word.hash = hash;
+                fib.word.ecmp_kernel = ecmp_kernel;
+                if self.routes_dumped {
+                    self.write_fib(v6);
+                }
+            }
+        }
+    }
+
+    /// Reads netfilter's hooks; when they change, each family's transit traffic goes to the
+    /// kernel (`defer`) or is only reported (`warn`). Hooks that cannot be read count as
+    /// present.
+    pub(super) fn poll_netfilter(&mut self) {
+        let hooks = netfilter::detect().unwrap_or_else(|why| {
+            let unknown = vec![format!("unknown: {why}")];
+            Hooks { v4: unknown.clone(), v6: unknown }
+        });
+        if self.netfilter.as_ref() != Some(&hooks) {
+            self.netfilter = Some(hooks);
+            self.apply_netfilter();
+        }
+    }
+
+    /// Tells the XDP program, the log and the notices what the hooks and the mode mean.
+    pub(super) fn apply_netfilter(&mut self) {
+        let Some(hooks) = self.netfilter.clone() else { return };
+        let mode = self.policy.netfilter;
+        let text = if hooks.v4.is_empty() && hooks.v6.is_empty() {
+            tracing::info!("netfilter: no hooks on forwarded traffic");
+            None
+        } else if mode == NetfilterMode::Defer {
+            tracing::warn!(
+                "netfilter hooks see forwarded traffic ({hooks}): the kernel forwards their \
+                 families and runs them (netfilter = \"defer\")"
+            );
+            Some(format!("netfilter (defer): the kernel forwards past {hooks}"))
+        } else {
+            tracing::warn!(
+                "netfilter hooks see forwarded traffic ({hooks}): xdpfwd bypasses them \
+                 (netfilter = \"warn\")"
+            );
+            Some(format!("netfilter (warn): xdpfwd bypasses {hooks}"))
+        };
+        notice(&self.shared, "netfilter", text);
+        for v6 in [false, true] {
+            let defer = mode == NetfilterMode::Defer && !hooks.of(v6).is_empty();
+            if self.fib[v6 as usize].word.netfilter != defer {
+                self.fib[v6 as usize].word.netfilter = defer;
+                if self.routes_dumped {
+                    self.write_fib(v6);
+                }
+            }
+        }
+    }
+}
+
+/// The sysctls of one interface that decide how the kernel forwards what arrives on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct IfaceSysctls {
+    /// `net.ipv4.conf.IFACE.forwarding`.
+    pub(super) v4: bool,
+    /// The kernel forwards IPv6 arriving on the interface: `net.ipv6.conf.all.forwarding`
+    /// (the per-interface `forwarding` only chooses host or router behaviour), or the
+    /// interface's `force_forwarding` (`ip6_forward`).
+    pub(super) v6: bool,
+    /// The larger of `net.ipv4.conf.{all,IFACE}.rp_filter` (as the kernel combines them).
+    pub(super) rp_filter: u8,
+}
+
+impl IfaceSysctls {
+    pub(super) fn read(iface: &str) -> Self {
+        let read =
+            |path: String| fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<u8>().ok());
+        let conf = |family: &str, dev: &str, key: &str| {
+            read(format!("/proc/sys/net/{family}/conf/{dev}/{key}"))
+        };
+        IfaceSysctls {
+            v4: conf("ipv4", iface, "forwarding").is_some_and(|v| v != 0),
+            v6: conf("ipv6", "all", "forwarding").is_some_and(|v| v != 0)
+                || conf("ipv6", iface, "force_forwarding").is_some_and(|v| v != 0),
+            // Unreadable: strict, the check that refuses most.
+            rp_filter: conf("ipv4", "all", "rp_filter")
+                .unwrap_or(1)
+                .max(conf("ipv4", iface, "rp_filter").unwrap_or(1)),
+        }
+    }
+}
