@@ -403,3 +403,73 @@ fn bounded(args: &[&str]) -> anyhow::Result<String> {
     }
     Ok(stdout)
 }
+
+/// The server (AS 65002) announces 198.19.70.0/24 and 2001:2:0:70::/64 (backed by blackhole
+/// statics) to the forwarder over both links, one session per link and address family.
+pub const FRR_BGP_SERVER: &str = "\
+frr defaults traditional
+!
+ip route 198.19.70.0/24 blackhole
+ipv6 route 2001:2:0:70::/64 blackhole
+!
+router bgp 65002
+ bgp router-id 198.18.2.2
+ no bgp ebgp-requires-policy
+ no bgp default ipv4-unicast
+ timers bgp 1 3
+ coalesce-time 100
+ neighbor 198.18.2.1 remote-as 65001
+ neighbor 198.18.2.1 timers connect 1
+ neighbor 198.18.3.1 remote-as 65001
+ neighbor 198.18.3.1 timers connect 1
+ neighbor 2001:2:0:2::1 remote-as 65001
+ neighbor 2001:2:0:2::1 timers connect 1
+ neighbor 2001:2:0:3::1 remote-as 65001
+ neighbor 2001:2:0:3::1 timers connect 1
+ !
+ address-family ipv4 unicast
+  network 198.19.70.0/24
+  neighbor 198.18.2.1 activate
+  neighbor 198.18.3.1 activate
+ exit-address-family
+ !
+ address-family ipv6 unicast
+  network 2001:2:0:70::/64
+  neighbor 2001:2:0:2::1 activate
+  neighbor 2001:2:0:3::1 activate
+ exit-address-family
+!
+";
+
+/// The forwarder (AS 65001) accepts both paths and installs them as one ECMP route.
+pub const FRR_BGP_FWD: &str = "\
+frr defaults traditional
+!
+router bgp 65001
+ bgp router-id 198.18.2.1
+ no bgp ebgp-requires-policy
+ no bgp default ipv4-unicast
+ timers bgp 1 3
+ coalesce-time 100
+ neighbor 198.18.2.2 remote-as 65002
+ neighbor 198.18.2.2 timers connect 1
+ neighbor 198.18.3.2 remote-as 65002
+ neighbor 198.18.3.2 timers connect 1
+ neighbor 2001:2:0:2::2 remote-as 65002
+ neighbor 2001:2:0:2::2 timers connect 1
+ neighbor 2001:2:0:3::2 remote-as 65002
+ neighbor 2001:2:0:3::2 timers connect 1
+ !
+ address-family ipv4 unicast
+  neighbor 198.18.2.2 activate
+  neighbor 198.18.3.2 activate
+  maximum-paths 2
+ exit-address-family
+ !
+ address-family ipv6 unicast
+  neighbor 2001:2:0:2::2 activate
+  neighbor 2001:2:0:3::2 activate
+  maximum-paths 2
+ exit-address-family
+!
+";

@@ -144,7 +144,18 @@ pub fn flows(
 
 /// Waits (at most 10 s) until the kernel's route for `prefix` in the forwarder shows `want`.
 pub fn wait_route(topo: &Topology, prefix: &str, want: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_route_for(topo, prefix, Duration::from_secs(10), want)
+}
+
+/// Waits (at most `timeout`) until the kernel's route for `prefix` in the forwarder shows
+/// `want`; returns the route as last seen.
+pub fn wait_route_for(
+    topo: &Topology,
+    prefix: &str,
+    timeout: Duration,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
     loop {
         let r = sh(&["ip", "-n", &topo.fwd, "route", "show", prefix]).unwrap_or_default();
         if want(&r) || Instant::now() > deadline {

@@ -11,14 +11,22 @@
 //!                            {p}f2 198.18.3.1/24 ─────────── {p}s2 198.18.3.2/24
 //! ```
 
-use std::{collections::BTreeSet, net::Ipv4Addr, thread, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    thread,
+    time::Duration,
+};
 
 use xdpfwd_tests::{
     Forwarder, Topology,
-    daemons::{Bird, Frr},
+    daemons::{Bird, FRR_BGP_FWD, FRR_BGP_SERVER, Frr},
     in_netns, ns_sh,
     packet::RawSocket,
-    routed::{Capture, assert_forwarding_off, flows, frame, frame6, ip, neighbours, wait_route},
+    routed::{
+        Capture, assert_forwarding_off, flows, frame, frame6, ip, neighbours, wait_route,
+        wait_route_for,
+    },
     xdp_counter,
 };
 
@@ -174,6 +182,57 @@ fn frr_routes_through_nexthop_objects_and_groups_are_forwarded_with_kernel_forwa
     assert!(done.success, "{}{}", done.stdout, done.stderr);
     assert!(xdp_counter(&done.stdout, "steered") >= 640, "{}", done.stdout);
     drop(frr);
+}
+
+/// BGP over two links (FRR in the forwarder and the server, one session per link): the
+/// announced prefix is an ECMP nexthop group; a session going down withdraws its path and
+/// frames leave only by the other link within a second of the kernel's change, and come back
+/// to both when it returns. The kernel's forwarding is off: what arrives, xdpfwd forwarded.
+#[test]
+fn bgp_paths_going_down_and_up_are_followed_with_kernel_forwarding_off() {
+    let topo = Topology::new("bg", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    assert_forwarding_off(&topo);
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
+    let server =
+        Frr::start(&topo.server, &topo.server, &["zebra", "staticd", "bgpd"], FRR_BGP_SERVER)
+            .unwrap();
+    let frr = Frr::start(&topo.fwd, &topo.fwd, &["zebra", "bgpd"], FRR_BGP_FWD).unwrap();
+    let prefix = "198.19.70.0/24";
+    let both = |r: &str| r.contains("nhid") && r.contains(&topo.f1) && r.contains(&f2);
+    let r = wait_route_for(&topo, prefix, Duration::from_secs(60), both);
+    assert!(both(&r), "BGP installs two paths: {r}\n{}\n{}", frr.logs(), server.logs());
+    let capture = Capture::open(&topo, &s2);
+    let dst = Ipv4Addr::new(198, 19, 70, 9);
+    let spread = |seen: &BTreeMap<u16, BTreeSet<u8>>, link: u8| {
+        seen.values().filter(|l| l.contains(&link)).count()
+    };
+    let (seen, total) = flows(&topo, &capture, dst, (32, 5), false);
+    assert_eq!(total, 160, "every frame through the BGP group arrived: {seen:?}");
+    assert!(spread(&seen, 0) >= 4 && spread(&seen, 2) >= 4, "both paths carry flows: {seen:?}");
+
+    frr.configure(&["router bgp 65001", "neighbor 198.18.3.2 shutdown"]).unwrap();
+    let one = wait_route_for(&topo, prefix, Duration::from_secs(10), |r| !r.contains(&f2));
+    assert!(!one.contains(&f2), "the session's path is withdrawn: {one}");
+    thread::sleep(Duration::from_millis(1000));
+    let (seen, total) = flows(&topo, &capture, dst, (32, 5), false);
+    assert_eq!(total, 160, "{seen:?}");
+    assert!(seen.values().all(|l| *l == BTreeSet::from([0])), "only f1 is left: {seen:?}");
+
+    frr.configure(&["router bgp 65001", "no neighbor 198.18.3.2 shutdown"]).unwrap();
+    let back = wait_route_for(&topo, prefix, Duration::from_secs(30), both);
+    assert!(both(&back), "the path comes back: {back}");
+    thread::sleep(Duration::from_millis(1000));
+    let (seen, total) = flows(&topo, &capture, dst, (32, 5), false);
+    assert_eq!(total, 160, "{seen:?}");
+    assert!(spread(&seen, 0) >= 4 && spread(&seen, 2) >= 4, "both paths again: {seen:?}");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+    drop(frr);
+    drop(server);
 }
 
 const BIRD_CONF: &str = "log stderr all;
