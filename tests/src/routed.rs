@@ -57,20 +57,29 @@ impl Capture {
     }
 
     pub fn take(&self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-        // IPv4 to 198.19.0.0/16, IPv6 to 2001:2:50::/44.
+        // IPv4 to 198.19.0.0/16, IPv6 to 2001:2:50::/44 and 2001:2:0:8000::/49.
         let ours = |f: &Vec<u8>| {
+            let v6 = f.len() >= 54 && f[12..14] == [0x86, 0xdd] && f[38..42] == [0x20, 0x01, 0, 2];
             (f.len() >= 34 && f[12..14] == [8, 0] && f[30..32] == [198, 19])
-                || (f.len() >= 54
-                    && f[12..14] == [0x86, 0xdd]
-                    && f[38..42] == [0x20, 0x01, 0, 2]
-                    && f[42] == 0
-                    && f[43] & 0xf0 == 0x50)
+                || (v6 && f[42] == 0 && f[43] & 0xf0 == 0x50)
+                || (v6 && f[42..44] == [0, 0] && f[44] & 0x80 != 0)
         };
         let a =
             self.s0.drain(Duration::from_millis(400), 100_000).into_iter().filter(ours).collect();
         let b =
             self.s2.drain(Duration::from_millis(400), 100_000).into_iter().filter(ours).collect();
         (a, b)
+    }
+}
+
+/// Permanent IPv6 neighbours for the server's addresses on both links.
+pub fn neighbours_v6(topo: &Topology, f2: &str, s2: &str) {
+    let s0_mac = fmt_mac(topo.mac(&topo.server, &topo.s0).unwrap());
+    let s2_mac = fmt_mac(topo.mac(&topo.server, s2).unwrap());
+    for (addr, mac, dev) in
+        [("2001:2:0:2::2", &s0_mac, topo.f1.as_str()), ("2001:2:0:3::2", &s2_mac, f2)]
+    {
+        topo.permanent_neighbour(addr, mac, dev).unwrap();
     }
 }
 
@@ -157,7 +166,8 @@ pub fn wait_route_for(
 ) -> String {
     let deadline = Instant::now() + timeout;
     loop {
-        let r = sh(&["ip", "-n", &topo.fwd, "route", "show", prefix]).unwrap_or_default();
+        let family = if prefix.contains(':') { "-6" } else { "-4" };
+        let r = sh(&["ip", "-n", &topo.fwd, family, "route", "show", prefix]).unwrap_or_default();
         if want(&r) || Instant::now() > deadline {
             return r;
         }

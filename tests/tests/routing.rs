@@ -24,8 +24,8 @@ use xdpfwd_tests::{
     in_netns, ns_sh,
     packet::RawSocket,
     routed::{
-        Capture, assert_forwarding_off, flows, frame, frame6, ip, neighbours, wait_route,
-        wait_route_for,
+        Capture, assert_forwarding_off, flows, frame, frame6, ip, neighbours, neighbours_v6,
+        wait_route, wait_route_for,
     },
     xdp_counter,
 };
@@ -233,6 +233,51 @@ fn bgp_paths_going_down_and_up_are_followed_with_kernel_forwarding_off() {
     assert!(done.success, "{}{}", done.stdout, done.stderr);
     drop(frr);
     drop(server);
+}
+
+/// The kernel keeps an IPv6 multipath route as sibling routes and deletes them one by one,
+/// each `RTM_DELROUTE` naming only the sibling that went: it then forwards by the one left,
+/// and by none once the last is gone. So must xdpfwd (while siblings share the prefix, the
+/// kernel forwards: with its forwarding off, nothing arrives).
+#[test]
+fn ipv6_multipath_siblings_deleted_one_by_one_are_followed() {
+    let topo = Topology::new("s6", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours_v6(&topo, &f2, &s2);
+    let f1 = topo.f1.clone();
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &f1, &f2, "--stats-interval", "0"]).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    let c0 = topo.c0.clone();
+    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    let send = || {
+        for port in 0..20 {
+            let f = frame6(c_mac, f_mac, "2001:2:0:1::2", "2001:2:0:8060::9", 9000 + port);
+            sender.send(&f).unwrap();
+            thread::sleep(Duration::from_millis(2));
+        }
+        let (a, b) = capture.take();
+        (a.len(), b.len())
+    };
+    ip(&topo, &format!("-6 route add 2001:2:0:8060::/64 via 2001:2:0:2::2 dev {f1}"));
+    ip(&topo, &format!("-6 route append 2001:2:0:8060::/64 via 2001:2:0:3::2 dev {f2}"));
+    let both = wait_route(&topo, "2001:2:0:8060::/64", |r| r.contains("nexthop"));
+    assert!(both.contains(&f1) && both.contains(&f2), "two siblings: {both}");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(send(), (0, 0), "siblings are the kernel's (its forwarding is off)");
+
+    ip(&topo, &format!("-6 route del 2001:2:0:8060::/64 via 2001:2:0:3::2 dev {f2}"));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(send(), (20, 0), "the sibling left forwards, out of f1");
+
+    ip(&topo, &format!("-6 route del 2001:2:0:8060::/64 via 2001:2:0:2::2 dev {f1}"));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(send(), (0, 0), "no route left: nothing forwarded");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
 }
 
 const BIRD_CONF: &str = "log stderr all;

@@ -313,7 +313,6 @@ impl Nexthops {
         self.republish(id);
     }
 
-    /// A nexthop object was deleted.
     /// Nexthop objects and multipath sets known.
     pub fn len(&self) -> usize {
         self.objects.len() + self.anon_paths.len()
@@ -328,6 +327,7 @@ impl Nexthops {
         self.objects.keys().copied().collect()
     }
 
+    /// A nexthop object was deleted.
     pub fn remove(&mut self, id: u32) {
         self.objects.remove(&id);
         self.republish(id);

@@ -134,9 +134,9 @@ impl Route {
             RouteType::Prohibit if msg.header.source_prefix_length == 0 => Action::Prohibit,
             RouteType::Unicast if plain => match nhid {
                 Some(id) => Action::Nexthop { id },
-                // IPv6 multipath routes are dumped whole but changed sibling by sibling (a
-                // path's deletion names that path alone): left to the kernel.
-                None if v4 && !paths.is_empty() && paths.iter().all(|p| family_ok(&p.gateway)) => {
+                // An IPv6 multipath route is sibling routes to the kernel (a path's deletion
+                // names that path alone): the caller mirrors it as such.
+                None if !paths.is_empty() && paths.iter().all(|p| family_ok(&p.gateway)) => {
                     Action::Nexthop { id: 0 }
                 }
                 None if oif != 0 && paths.is_empty() && family_ok(&gateway) => {
@@ -623,7 +623,7 @@ mod parse_tests {
         mp6.header.address_family = AddressFamily::Inet6;
         mp6.header.destination_prefix_length = 0;
         let parsed = Route::from_message(&mp6).unwrap();
-        assert_eq!(parsed.route.action, Action::Kernel, "IPv6 multipath: the kernel's");
-        assert!(parsed.paths.is_empty());
+        assert_eq!(parsed.route.action, Action::Nexthop { id: 0 }, "IPv6 multipath: its paths");
+        assert_eq!(parsed.paths.len(), 2, "the control plane mirrors them as siblings");
     }
 }

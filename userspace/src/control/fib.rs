@@ -18,12 +18,22 @@ use super::{Change, Control, ROUTE_FAILED, STALE, ignore_missing, notice};
 use crate::{
     fib_rules::{FibRuleSpec, FibRules},
     policy::StaticRoute,
-    routes::{Action, Route, TABLE_LOCAL, TABLE_MAIN, TABLE_STATIC},
+    routes::{Action, Place, Route, TABLE_LOCAL, TABLE_MAIN, TABLE_STATIC},
 };
 
 impl Control {
     pub(super) fn on_route(&mut self, msg: &RouteMessage, change: Change) {
-        let Some(route) = self.parse_route(msg) else { return };
+        for (i, route) in self.parse_routes(msg).into_iter().enumerate() {
+            // An IPv6 multipath message's routes after the first join it as its siblings.
+            let change = match change {
+                Change::Replace if i > 0 => Change::Add(Place::Append),
+                change => change,
+            };
+            self.apply_route(route, change);
+        }
+    }
+
+    fn apply_route(&mut self, route: Route, change: Change) {
         let v6 = route.prefix.addr().is_ipv6();
         let had_table = self.routes.has_table(route.table, v6);
         let (table, effective) = match change {
@@ -45,17 +55,32 @@ impl Control {
         }
     }
 
-    /// A route message as a [`Route`], with a multipath route's paths registered.
-    pub(super) fn parse_route(&mut self, msg: &RouteMessage) -> Option<Route> {
+    /// A route message as [`Route`]s: one, with an IPv4 multipath route's paths registered as a
+    /// set; an IPv6 multipath route as its siblings.
+    pub(super) fn parse_routes(&mut self, msg: &RouteMessage) -> Vec<Route> {
         if msg.header.kind == RouteType::Unspec {
-            return None;
+            return Vec::new();
         }
-        let parsed = Route::from_message(msg)?;
+        let Some(parsed) = Route::from_message(msg) else { return Vec::new() };
         let mut route = parsed.route;
-        if !parsed.paths.is_empty() {
-            route.action = Action::Nexthop { id: self.nexthops.multipath(parsed.paths) };
+        if parsed.paths.is_empty() {
+            return vec![route];
         }
-        Some(route)
+        if route.prefix.addr().is_ipv6() {
+            // The kernel keeps an IPv6 multipath route as sibling routes of one path each, and
+            // may delete them one by one (`RTM_DELROUTE` names only the sibling that went):
+            // mirrored the same way, a sibling's removal never leaves the others' set behind.
+            return parsed
+                .paths
+                .iter()
+                .map(|p| Route {
+                    action: Action::Unicast { oif: p.oif, gateway: p.gateway },
+                    ..route
+                })
+                .collect();
+        }
+        route.action = Action::Nexthop { id: self.nexthops.multipath(parsed.paths) };
+        vec![route]
     }
 
     pub(super) fn on_rule(&mut self, msg: &RuleMessage, add: bool) {

@@ -68,6 +68,8 @@ pub struct Maps {
 const ROUTE_FAILED: &str = "a route could not be mirrored (route trie full?)";
 /// Why a family is left to the kernel while lost events are being made up for.
 const STALE: &str = "netlink events were lost and are being read again";
+/// Longest a re-read of the kernel's tables may take (a full Internet table takes seconds).
+const REREAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the forwarding sysctls are read.
 const SYSCTL_POLL: Duration = Duration::from_millis(500);
 /// How often stale neighbours are re-confirmed.
@@ -233,11 +235,23 @@ impl Control {
                 }
                 _ = stale.tick() => self.refresh_stale(&mut handle).await,
             }
-            if self.lost {
-                self.resync_all(&handle, &mut events).await?;
-            } else if std::mem::take(&mut self.resync) {
-                self.resync_routes(&handle).await?;
-            }
+            // A dump that never ends must not hold the control plane (and shutdown) for ever:
+            // past the bound, xdpfwd stops and leaves everything to the kernel.
+            let reread = async {
+                if self.lost {
+                    self.resync_all(&handle, &mut events).await
+                } else if std::mem::take(&mut self.resync) {
+                    self.resync_routes(&handle).await
+                } else {
+                    Ok(())
+                }
+            };
+            tokio::time::timeout(REREAD_TIMEOUT, reread).await.map_err(|_| {
+                anyhow::anyhow!(
+                    "reading the kernel's tables again took over {} s",
+                    REREAD_TIMEOUT.as_secs()
+                )
+            })??;
         }
         Ok(())
     }

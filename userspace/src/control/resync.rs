@@ -141,7 +141,7 @@ impl Control {
             .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
             .execute();
         while let Some(msg) = v4.try_next().await.context("dumping IPv4 routes")? {
-            if let Some(r) = self.parse_route(&msg) {
+            for r in self.parse_routes(&msg) {
                 fresh.add(r, Place::Append);
             }
         }
@@ -150,7 +150,7 @@ impl Control {
             .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build())
             .execute();
         while let Some(msg) = v6.try_next().await.context("dumping IPv6 routes")? {
-            if let Some(r) = self.parse_route(&msg) {
+            for r in self.parse_routes(&msg) {
                 fresh.add(r, Place::Append);
             }
         }
