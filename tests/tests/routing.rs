@@ -27,7 +27,7 @@ use xdpfwd_tests::{
         Capture, assert_forwarding_off, flows, frame, frame6, ip, neighbours, neighbours_v6,
         wait_route, wait_route_for,
     },
-    xdp_counter,
+    sh, xdp_counter,
 };
 
 /// The rule set of the test: every selector xdpfwd evaluates, a goto, an inverted rule, a
@@ -278,6 +278,51 @@ fn ipv6_multipath_siblings_deleted_one_by_one_are_followed() {
     assert_eq!(send(), (0, 0), "no route left: nothing forwarded");
     let done = fwd.stop().unwrap();
     assert!(done.success, "{}{}", done.stdout, done.stderr);
+}
+
+/// FRR creates nexthop objects as routes change and deletes those no route uses any more, for
+/// as long as it runs: over time more objects than xdpfwd has slots (16,384). The slots of
+/// deleted objects are reused, so a route through the newest object is still forwarded.
+#[test]
+fn nexthop_objects_created_and_deleted_beyond_the_slot_count_keep_forwarding() {
+    let topo = Topology::new("nx", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
+    let mut batch = String::new();
+    for i in 0..20_000u32 {
+        let via = if i % 2 == 0 {
+            format!("198.18.2.2 dev {}", topo.f1)
+        } else {
+            format!("198.18.3.2 dev {f2}")
+        };
+        batch += &format!("nexthop add id {} via {via}\n", 10_000 + i);
+        batch += &format!("route replace 198.19.200.0/24 nhid {}\n", 10_000 + i);
+        if i > 0 {
+            batch += &format!("nexthop del id {}\n", 10_000 + i - 1);
+        }
+    }
+    let file = std::env::temp_dir().join(format!("xdpfwd-test-{}.batch", topo.fwd));
+    std::fs::write(&file, batch).unwrap();
+    let done = sh(&["ip", "-n", &topo.fwd, "-batch", &file.to_string_lossy()]);
+    let _ = std::fs::remove_file(&file);
+    done.unwrap();
+    let r = wait_route(&topo, "198.19.200.0/24", |r| r.contains("nhid 29999"));
+    assert!(r.contains("nhid 29999"), "{r}");
+
+    assert_forwarding_off(&topo);
+    let capture = Capture::open(&topo, &s2);
+    let dst = Ipv4Addr::new(198, 19, 200, 9);
+    let mut last = (BTreeMap::new(), 0);
+    let caught_up = xdpfwd_tests::wait_for(Duration::from_secs(20), || {
+        last = flows(&topo, &capture, dst, (4, 5), false);
+        last.1 == 20 && last.0.values().all(|l| *l == BTreeSet::from([2]))
+    });
+    let done = fwd.stop().unwrap();
+    assert!(caught_up, "the newest object's route forwards out of f2: {last:?}\n{}", done.stdout);
+    assert!(!done.stderr.contains("nexthop slots exhausted"), "{}", done.stderr);
 }
 
 const BIRD_CONF: &str = "log stderr all;

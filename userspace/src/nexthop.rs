@@ -273,7 +273,8 @@ pub struct Nexthops {
     anon_paths: HashMap<u32, Vec<Path>>,
     /// Slot of (id, IPv6 route) in `NH_SLOTS`, and the group index published there.
     slots: HashMap<(u32, bool), (u32, u32)>,
-    free_slots: Vec<u32>,
+    /// Slots not in use, oldest first (as groups: reused as late as possible).
+    free_slots: VecDeque<u32>,
     /// Group indices not in use, oldest first: an index is reused as late as possible, long
     /// after any frame that read the old group is gone.
     free_groups: VecDeque<u32>,
@@ -288,7 +289,7 @@ impl Nexthops {
             anon: HashMap::new(),
             anon_paths: HashMap::new(),
             slots: HashMap::new(),
-            free_slots: (1..MAX_NH_SLOTS).rev().collect(),
+            free_slots: (1..MAX_NH_SLOTS).collect(),
             free_groups: (1..MAX_NH_GROUPS).collect(),
             nh_slots,
             nh_groups,
@@ -327,10 +328,20 @@ impl Nexthops {
         self.objects.keys().copied().collect()
     }
 
-    /// A nexthop object was deleted.
+    /// A nexthop object was deleted: its slots publish "the kernel" (frames of routes still
+    /// pointing there, until the caller removes them, go to the kernel) and are freed, so a
+    /// routing daemon that creates and deletes objects for ever never runs out of them.
     pub fn remove(&mut self, id: u32) {
         self.objects.remove(&id);
         self.republish(id);
+        for v6 in [false, true] {
+            if let Some((slot, group)) = self.slots.remove(&(id, v6)) {
+                if group != 0 {
+                    self.free_groups.push_back(group);
+                }
+                self.free_slots.push_back(slot);
+            }
+        }
     }
 
     fn republish(&mut self, id: u32) {
@@ -354,7 +365,7 @@ impl Nexthops {
         if let Some((slot, _)) = self.slots.get(&(id, v6)) {
             return Some(*slot);
         }
-        let slot = self.free_slots.pop()?;
+        let slot = self.free_slots.pop_front()?;
         self.slots.insert((id, v6), (slot, 0));
         self.publish((id, v6));
         Some(slot)
