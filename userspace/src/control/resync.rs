@@ -4,8 +4,9 @@
 //! A netlink socket that overflows (`ENOBUFS`) has dropped events nobody can name. From the
 //! moment xdpfwd learns of it until every table has been read again, the XDP program leaves
 //! both families' transit traffic to the kernel (the `stale` cause in [`Control::write_fib`]):
-//! no frame is forwarded by a route, rule or neighbour that may no longer exist. Then links,
-//! policy rules, routes and neighbours are dumped, whatever differs is written, events that
+//! no frame is forwarded by a route, rule or neighbour that may no longer exist. Once the
+//! burst has passed (the events it sends are dropped: the dump reads what they changed),
+//! links, policy rules, routes and neighbours are dumped, whatever differs is written, events that
 //! arrived meanwhile are applied on top, and xdpfwd forwards again; a loss during all this
 //! starts it over. Nexthop objects come from their own socket, whose reader dumps them again
 //! after a loss of its own ([`crate::nexthop`]); objects that dump no longer reports are
@@ -14,7 +15,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -35,6 +36,25 @@ pub(super) type Events = futures::channel::mpsc::UnboundedReceiver<(
     NetlinkMessage<RouteNetlinkMessage>,
     netlink_sys::SocketAddr,
 )>;
+
+/// How long the event stream must stay quiet before a re-read starts, and the longest wait
+/// for it: a burst still running would make the dump overrun again.
+const QUIET: Duration = Duration::from_millis(100);
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Lets a burst pass before a re-read: discards events until none came for [`QUIET`], at most
+/// [`SETTLE`]. Whatever they changed, the dump that follows reads.
+async fn settle(events: &mut Events) -> anyhow::Result<()> {
+    let until = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let quiet = (tokio::time::Instant::now() + QUIET).min(until);
+        match tokio::time::timeout_at(quiet, events.next()).await {
+            Ok(Some(_)) if tokio::time::Instant::now() < until => {}
+            Ok(Some(_)) | Err(_) => return Ok(()),
+            Ok(None) => anyhow::bail!("the rtnetlink event stream ended"),
+        }
+    }
+}
 
 impl Control {
     /// Events were lost on the rtnetlink socket: transit goes to the kernel at once, and
@@ -78,6 +98,7 @@ impl Control {
         {
             rounds += 1;
             self.resync = false;
+            settle(events).await?;
             self.resync_links(handle).await?;
             self.resync_rules(handle).await?;
             self.resync_routes(handle).await?;
