@@ -355,6 +355,8 @@ bitflags::bitflags! {
         /// `oif` is the ingress. Only while the kernel's forwarding is off on the ingress
         /// (the kernel would drop the frame silently).
         const ICMP = 1 << 3;
+        /// With `NEED_NEIGH` on an IPv4 frame: the next hop in `addr` is IPv6 (RFC 5549).
+        const NEXT_HOP_V6 = 1 << 4;
     }
 }
 

@@ -115,8 +115,21 @@ pub struct Route {
     pub nh: u32,
     /// The route's own prefix length (for `suppress_prefixlength`).
     pub prefix_len: u32,
+    /// What the gateway is.
+    pub hop: HopFlags,
 }
-const _: () = assert!(size_of::<Route>() == 44);
+const _: () = assert!(size_of::<Route>() == 48);
+
+bitflags::bitflags! {
+    /// What a route's or a path's gateway is.
+    #[repr(transparent)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct HopFlags: u32 {
+        /// An IPv6 gateway of an IPv4 route (RFC 5549, `via inet6`, FRR's BGP unnumbered):
+        /// its link-layer address is in the IPv6 neighbour table.
+        const GATEWAY_V6 = 1;
+    }
+}
 
 impl Route {
     #[inline(always)]
@@ -140,10 +153,12 @@ pub struct NhPath {
     /// this (the kernel's `nh_upper_bound`, from the weights).
     pub bound: u32,
     pub oif: u32,
-    /// Next hop address (all zero: on-link), in the route's family.
+    /// Next hop address (all zero: on-link), in the route's family or, with
+    /// [`HopFlags::GATEWAY_V6`], IPv6.
     pub gateway: [u8; 16],
+    pub hop: HopFlags,
 }
-const _: () = assert!(size_of::<NhPath>() == 24);
+const _: () = assert!(size_of::<NhPath>() == 28);
 
 /// The paths of a nexthop object, group or multipath route (`NH_GROUPS`). A published group
 /// never changes: a change publishes a new one and switches the slot's word in `NH_SLOTS`, so
@@ -156,7 +171,7 @@ pub struct NhGroup {
     pub _pad: u32,
     pub paths: [NhPath; MAX_PATHS as usize],
 }
-const _: () = assert!(size_of::<NhGroup>() == 8 + 24 * 16);
+const _: () = assert!(size_of::<NhGroup>() == 8 + 28 * 16);
 
 impl Default for NhGroup {
     fn default() -> Self {

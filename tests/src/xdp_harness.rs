@@ -243,8 +243,9 @@ impl Harness {
                 self.ebpf.map_mut(map_names::NH_GROUPS).context(map_names::NH_GROUPS)?,
             )?;
             let mut group = NhGroup { count: 2, ..NhGroup::default() };
-            group.paths[0] = NhPath { bound: (1 << 30) - 1, oif: EGRESS, gateway: gw4 };
-            group.paths[1] = NhPath { bound: (1 << 31) - 1, oif: EGRESS, gateway: [0; 16] };
+            group.paths[0] =
+                NhPath { bound: (1 << 30) - 1, oif: EGRESS, gateway: gw4, ..NhPath::default() };
+            group.paths[1] = NhPath { bound: (1 << 31) - 1, oif: EGRESS, ..NhPath::default() };
             groups.set(1, group, 0)?;
         }
         let mut rules: Array<_, FibRule> = Array::try_from(

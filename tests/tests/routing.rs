@@ -325,6 +325,39 @@ fn nexthop_objects_created_and_deleted_beyond_the_slot_count_keep_forwarding() {
     assert!(!done.stderr.contains("nexthop slots exhausted"), "{}", done.stderr);
 }
 
+/// IPv4 routes through IPv6 next hops (RFC 5549; FRR's BGP unnumbered installs them through
+/// nexthop objects, `ip route add ... via inet6 ...` with `RTA_VIA`): the next hop's MAC comes
+/// from the IPv6 neighbour table, and when it is missing the kernel resolves it over ND while
+/// xdpfwd holds the frames. The kernel's forwarding is off: what arrives, xdpfwd forwarded.
+#[test]
+fn ipv4_routes_through_ipv6_next_hops_are_forwarded() {
+    let topo = Topology::new("r5", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours_v6(&topo, &f2, &s2);
+    ip(&topo, &format!("nexthop add id 50 via 2001:2:0:2::2 dev {}", topo.f1));
+    ip(&topo, "route add 198.19.90.0/24 nhid 50");
+    ip(&topo, &format!("route add 198.19.91.0/24 via inet6 2001:2:0:3::2 dev {f2}"));
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    for (last, link) in [(90, 0u8), (91, 2)] {
+        let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, last, 9), (4, 5), false);
+        assert_eq!(total, 20, "198.19.{last}.9: {seen:?}");
+        assert!(seen.values().all(|l| *l == BTreeSet::from([link])), "{last}: {seen:?}");
+    }
+    // An unresolved IPv6 next hop: resolved by the kernel, the held frames then leave.
+    ip(&topo, &format!("neigh del 2001:2:0:2::2 dev {}", topo.f1));
+    thread::sleep(Duration::from_millis(200));
+    let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 90, 9), (4, 5), false);
+    assert_eq!(total, 20, "held until ND resolved the next hop: {seen:?}");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+    let held = xdp_counter(&done.stdout, "steered_neigh_miss");
+    assert!(held >= 1, "frames waited for ND: {}", done.stdout);
+    assert!(xdp_counter(&done.stdout, "steered") + held >= 60, "{}", done.stdout);
+}
+
 const BIRD_CONF: &str = "log stderr all;
 router id 198.18.1.1;
 protocol device { scan time 1; }

@@ -20,7 +20,9 @@ use anyhow::Context as _;
 use aya::maps::{Array, MapData};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::sync::mpsc::UnboundedSender;
-use xdpfwd_common::{MAX_NH_GROUPS, MAX_NH_SLOTS, MAX_PATHS, NhGroup, NhPath, upper_bounds};
+use xdpfwd_common::{
+    HopFlags, MAX_NH_GROUPS, MAX_NH_SLOTS, MAX_PATHS, NhGroup, NhPath, upper_bounds,
+};
 
 use crate::{routes::Path, sockopt};
 
@@ -392,7 +394,8 @@ impl Nexthops {
                 Nexthop::Kernel => return None,
             }
         };
-        let family_ok = paths.iter().all(|p| p.gateway.is_none_or(|g| g.is_ipv6() == v6));
+        // IPv4 routes may go through IPv6 gateways (RFC 5549), IPv6 routes only through IPv6.
+        let family_ok = paths.iter().all(|p| p.gateway.is_none_or(|g| !v6 || g.is_ipv6()));
         (!paths.is_empty() && paths.len() <= MAX_PATHS as usize && family_ok).then_some(paths)
     }
 
@@ -438,12 +441,16 @@ pub fn group_of(paths: &[Path]) -> NhGroup {
     upper_bounds(&weights, &mut bounds);
     for ((slot, path), bound) in group.paths.iter_mut().zip(paths).zip(bounds) {
         let mut gateway = [0u8; 16];
+        let mut hop = HopFlags::empty();
         match path.gateway {
             Some(IpAddr::V4(g)) => gateway[..4].copy_from_slice(&g.octets()),
-            Some(IpAddr::V6(g)) => gateway = g.octets(),
+            Some(IpAddr::V6(g)) => {
+                gateway = g.octets();
+                hop = HopFlags::GATEWAY_V6;
+            }
             None => {}
         }
-        *slot = NhPath { bound, oif: path.oif, gateway };
+        *slot = NhPath { bound, oif: path.oif, gateway, hop };
     }
     group
 }

@@ -15,7 +15,7 @@ use netlink_packet_route::{
     AddressFamily,
     route::{
         RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteNextHop,
-        RouteNextHopFlags, RouteType,
+        RouteNextHopFlags, RouteType, RouteVia,
     },
 };
 
@@ -110,9 +110,11 @@ impl Route {
                     Some(p) => paths = p,
                     None => complex = true,
                 },
-                RouteAttribute::Via(_)
-                | RouteAttribute::Encap(_)
-                | RouteAttribute::EncapType(_) => complex = true,
+                RouteAttribute::Via(via) => match via_address(via) {
+                    Some(a) => gateway = Some(a),
+                    None => complex = true,
+                },
+                RouteAttribute::Encap(_) | RouteAttribute::EncapType(_) => complex = true,
                 _ => {}
             }
         }
@@ -127,7 +129,8 @@ impl Route {
         let prefix = IpNet::new(dst.unwrap_or(unspecified), len).ok()?.trunc();
         let dead = msg.header.flags.contains(RouteFlags::Dead);
         let plain = !complex && !dead && msg.header.source_prefix_length == 0;
-        let family_ok = |g: &Option<IpAddr>| g.is_none_or(|g| g.is_ipv4() == v4);
+        // An IPv4 route may go through an IPv6 gateway (RFC 5549); not the other way round.
+        let family_ok = |g: &Option<IpAddr>| g.is_none_or(|g| v4 || g.is_ipv6());
         let action = match msg.header.kind {
             RouteType::Throw => Action::Throw,
             RouteType::Unreachable if msg.header.source_prefix_length == 0 => Action::Unreachable,
@@ -162,9 +165,8 @@ fn multipath(hops: &[RouteNextHop]) -> Option<Vec<Path>> {
             for attr in &hop.attributes {
                 match attr {
                     RouteAttribute::Gateway(a) => gateway = address(a),
-                    RouteAttribute::Via(_)
-                    | RouteAttribute::Encap(_)
-                    | RouteAttribute::EncapType(_) => return None,
+                    RouteAttribute::Via(via) => gateway = Some(via_address(via)?),
+                    RouteAttribute::Encap(_) | RouteAttribute::EncapType(_) => return None,
                     _ => {}
                 }
             }
@@ -174,6 +176,16 @@ fn multipath(hops: &[RouteNextHop]) -> Option<Vec<Path>> {
             Some(Path { oif: hop.interface_index, gateway, weight: u32::from(hop.hops) + 1 })
         })
         .collect()
+}
+
+/// The gateway of `RTA_VIA` (an IPv4 route through an IPv6 next hop); `None` for MPLS and
+/// other families.
+fn via_address(via: &RouteVia) -> Option<IpAddr> {
+    match via {
+        RouteVia::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteVia::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
 }
 
 fn address(a: &RouteAddress) -> Option<IpAddr> {
@@ -535,6 +547,32 @@ mod parse_tests {
 
     fn parse(msg: &RouteMessage) -> Route {
         Route::from_message(msg).unwrap().route
+    }
+
+    #[test]
+    fn ipv4_routes_may_go_through_ipv6_gateways_not_the_reverse() {
+        let gw6: Ipv6Addr = "2001:2:0:2::2".parse().unwrap();
+        let via = message(
+            254,
+            RouteType::Unicast,
+            vec![dst(), RouteAttribute::Via(RouteVia::Inet6(gw6)), RouteAttribute::Oif(3)],
+        );
+        assert_eq!(
+            parse(&via).action,
+            Action::Unicast { oif: 3, gateway: Some(IpAddr::V6(gw6)) },
+            "RFC 5549: `via inet6`"
+        );
+        let mut v6 = message(
+            254,
+            RouteType::Unicast,
+            vec![
+                RouteAttribute::Via(RouteVia::Inet(Ipv4Addr::new(198, 18, 2, 2))),
+                RouteAttribute::Oif(3),
+            ],
+        );
+        v6.header.address_family = AddressFamily::Inet6;
+        v6.header.destination_prefix_length = 0;
+        assert_eq!(parse(&v6).action, Action::Kernel, "an IPv6 route via IPv4: the kernel's");
     }
 
     #[test]

@@ -398,7 +398,7 @@ impl Worker {
         l3_off: usize,
         ipv6: bool,
     ) {
-        let next_hop = if ipv6 {
+        let next_hop = if ipv6 || meta.flags.contains(MetaFlags::NEXT_HOP_V6) {
             IpAddr::V6(Ipv6Addr::from(meta.addr))
         } else {
             IpAddr::V4(Ipv4Addr::new(meta.addr[0], meta.addr[1], meta.addr[2], meta.addr[3]))

@@ -7,10 +7,10 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use xdpfwd_common::{
-    Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibWord, HashPolicy, ICMP_QUOTE_FORWARDED,
-    IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags, NeighKeyV4, NeighKeyV6,
-    NhPath, Route, RouteKind, RuleFields, XskMeta, fib_rule_index, flow_hash, route_key_bits,
-    route_key_v4, route_key_v6,
+    Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibWord, HashPolicy, HopFlags,
+    ICMP_QUOTE_FORWARDED, IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags,
+    NeighKeyV4, NeighKeyV6, NhPath, Route, RouteKind, RuleFields, XskMeta, fib_rule_index,
+    flow_hash, route_key_bits, route_key_v4, route_key_v6,
 };
 
 use crate::{
@@ -61,11 +61,13 @@ pub fn route(
         _ => return Err(Counter::PassFib),
     };
     let kind = route.kind();
-    let (oif, gateway) = match kind {
-        RouteKind::Unicast | RouteKind::Static | RouteKind::StaticMac => (route.oif, route.gateway),
+    let (oif, gateway, hop) = match kind {
+        RouteKind::Unicast | RouteKind::Static | RouteKind::StaticMac => {
+            (route.oif, route.gateway, route.hop)
+        }
         RouteKind::Nexthop => {
             let path = path(route.nh, flow, &fib)?;
-            (path.oif, path.gateway)
+            (path.oif, path.gateway, path.hop)
         }
         RouteKind::Unreachable => return refuse(at, packet, IcmpError::Unreachable, steer),
         RouteKind::Prohibit => return refuse(at, packet, IcmpError::Prohibited, steer),
@@ -105,8 +107,13 @@ pub fn route(
     let mac = if kind == RouteKind::StaticMac {
         static_mac
     } else {
-        let next_hop = if gateway == [0; 16] { bytes(&flow.dst) } else { gateway };
-        match neighbour(oif, &next_hop, v6) {
+        // An IPv4 route may go through an IPv6 gateway (RFC 5549).
+        let (next_hop, hop_v6) = if gateway == [0; 16] {
+            (bytes(&flow.dst), v6)
+        } else {
+            (gateway, v6 || hop.contains(HopFlags::GATEWAY_V6))
+        };
+        match neighbour(oif, &next_hop, hop_v6) {
             Some(mac) => mac,
             // The kernel forwards the packet itself, as it would without xdpfwd, unless the
             // route or a rewrite is xdpfwd's own.
@@ -116,6 +123,9 @@ pub fn route(
             None => {
                 // User space holds the frame until the kernel has resolved `next_hop`.
                 steer.meta.flags |= MetaFlags::NEED_NEIGH;
+                if hop_v6 != v6 {
+                    steer.meta.flags |= MetaFlags::NEXT_HOP_V6;
+                }
                 steer.meta.addr = next_hop;
                 steer.flags.remove(SteerFlags::FAST);
                 return Ok(());

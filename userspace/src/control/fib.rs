@@ -10,8 +10,8 @@ use netlink_packet_route::{
     rule::RuleMessage,
 };
 use xdpfwd_common::{
-    MAX_FIB_RULES, Route as MapRoute, RouteKind, fib_rule_index, route_key_bits, route_key_v4,
-    route_key_v6,
+    HopFlags, MAX_FIB_RULES, Route as MapRoute, RouteKind, fib_rule_index, route_key_bits,
+    route_key_v4, route_key_v6,
 };
 
 use super::{Change, Control, ROUTE_FAILED, STALE, ignore_missing, notice};
@@ -373,6 +373,7 @@ impl Control {
         let kind = match r.action {
             Action::Unicast { oif, gateway } => {
                 (m.oif, m.gateway) = (oif, octets(gateway));
+                m.hop.set(HopFlags::GATEWAY_V6, gateway.is_some_and(|g| g.is_ipv6()));
                 RouteKind::Unicast
             }
             Action::Nexthop { id } => match self.nexthops.slot(id, v6) {
