@@ -17,7 +17,7 @@ use std::{
     fs::File,
     io::{BufRead, BufReader, Read},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -132,6 +132,10 @@ impl Topology {
         for ns in [&self.client, &self.fwd, &self.server] {
             sh(&["ip", "netns", "add", ns])?;
             ns_sh(ns, &["ip", "link", "set", "lo", "up"])?;
+            // No instance runs in a new namespace: a stats directory under its inode number
+            // is a leftover of a test killed in an earlier one (inode numbers are reused).
+            let ino = ns_sh(ns, &["stat", "-L", "-c", "%i", "/proc/self/ns/net"])?;
+            let _ = std::fs::remove_dir_all(Path::new("/run/xdpfwd").join(ino.trim()));
             // No duplicate address detection: a fresh link's tentative link-local address
             // would delay neighbour solicitations by a second or two.
             ns_sh(

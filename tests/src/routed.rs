@@ -57,12 +57,14 @@ impl Capture {
     }
 
     pub fn take(&self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-        // IPv4 to 198.19.0.0/16, IPv6 to 2001:2:50::/44 and 2001:2:0:8000::/49.
+        // IPv4 to 198.19.0.0/16, IPv6 to 2001:2:50::/44, 2001:2:0:8000::/49 and
+        // 2001:2:0:70::/64 (what the BGP configurations announce).
         let ours = |f: &Vec<u8>| {
             let v6 = f.len() >= 54 && f[12..14] == [0x86, 0xdd] && f[38..42] == [0x20, 0x01, 0, 2];
             (f.len() >= 34 && f[12..14] == [8, 0] && f[30..32] == [198, 19])
                 || (v6 && f[42] == 0 && f[43] & 0xf0 == 0x50)
                 || (v6 && f[42..44] == [0, 0] && f[44] & 0x80 != 0)
+                || (v6 && f[42..46] == [0, 0, 0, 0x70])
         };
         let a =
             self.s0.drain(Duration::from_millis(400), 100_000).into_iter().filter(ours).collect();

@@ -18,7 +18,7 @@ use std::{
 
 use xdpfwd_tests::{
     Topology,
-    daemons::{Bird, FRR_BGP_FWD, FRR_BGP_SERVER, Frr},
+    daemons::{BIRD_BGP_FWD, Bird, FRR_BGP_FWD, FRR_BGP_SERVER, Frr},
     sh, wait_for,
 };
 
@@ -58,37 +58,6 @@ protocol static static6 {
   ipv6;
   route 2001:2:0:80::/64 via 2001:2:0:1::2 via 2001:2:0:2::2;
 }
-";
-
-/// BIRD on the forwarder (AS 65001) peering with [`FRR_BGP_SERVER`]: `merge paths on` in the
-/// kernel protocols turns the two BGP routes into one multipath kernel route.
-const BIRD_BGP_FWD: &str = "\
-log stderr all;
-router id 198.18.2.1;
-protocol device { scan time 1; }
-protocol kernel kernel4 {
-  scan time 1;
-  merge paths on;
-  ipv4 { export all; import none; };
-}
-protocol kernel kernel6 {
-  scan time 1;
-  merge paths on;
-  ipv6 { export all; import none; };
-}
-template bgp frr {
-  local as 65001;
-  hold time 3;
-  keepalive time 1;
-  connect delay time 1;
-  connect retry time 1;
-  error wait time 1, 2;
-  graceful restart off;
-}
-protocol bgp b4a from frr { neighbor 198.18.2.2 as 65002; ipv4 { import all; export none; }; }
-protocol bgp b4b from frr { neighbor 198.18.3.2 as 65002; ipv4 { import all; export none; }; }
-protocol bgp b6a from frr { neighbor 2001:2:0:2::2 as 65002; ipv6 { import all; export none; }; }
-protocol bgp b6b from frr { neighbor 2001:2:0:3::2 as 65002; ipv6 { import all; export none; }; }
 ";
 
 /// How long BGP may take to (re)converge; it takes 0.5 to 3 s on an idle machine.

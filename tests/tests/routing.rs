@@ -20,7 +20,7 @@ use std::{
 
 use xdpfwd_tests::{
     Forwarder, Topology,
-    daemons::{Bird, FRR_BGP_FWD, FRR_BGP_SERVER, Frr},
+    daemons::{BIRD_BGP_FWD, Bird, FRR_BGP_FWD, FRR_BGP_SERVER, Frr},
     in_netns, ns_sh,
     packet::RawSocket,
     routed::{
@@ -356,6 +356,78 @@ fn ipv4_routes_through_ipv6_next_hops_are_forwarded() {
     let held = xdp_counter(&done.stdout, "steered_neigh_miss");
     assert!(held >= 1, "frames waited for ND: {}", done.stdout);
     assert!(xdp_counter(&done.stdout, "steered") + held >= 60, "{}", done.stdout);
+}
+
+/// BIRD learns 198.19.70.0/24 and 2001:2:0:70::/64 over BGP from FRR on two links and merges
+/// the paths (IPv4: one `RTA_MULTIPATH` route; IPv6: the kernel's sibling routes). IPv4 is
+/// spread over both links and follows a session going down and up; IPv6 siblings are the
+/// kernel's (its forwarding is off: nothing arrives) until one session goes, then the path
+/// left is forwarded.
+#[test]
+fn bird_bgp_multipath_is_forwarded_and_follows_sessions() {
+    let topo = Topology::new("bb", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    neighbours_v6(&topo, &f2, &s2);
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
+    let server =
+        Frr::start(&topo.server, &topo.server, &["zebra", "staticd", "bgpd"], FRR_BGP_SERVER)
+            .unwrap();
+    let bird = Bird::start(&topo.fwd, &topo.fwd, BIRD_BGP_FWD).unwrap();
+    let two = |r: &str| r.contains("nexthop") && r.contains(&topo.f1) && r.contains(&f2);
+    let long = Duration::from_secs(60);
+    for prefix in ["198.19.70.0/24", "2001:2:0:70::/64"] {
+        let r = wait_route_for(&topo, prefix, long, two);
+        assert!(two(&r), "{prefix}: {r}\n{}\n{}", bird.log(), server.logs());
+    }
+    let capture = Capture::open(&topo, &s2);
+    let dst = Ipv4Addr::new(198, 19, 70, 9);
+    let on = |seen: &BTreeMap<u16, BTreeSet<u8>>, link: u8| {
+        seen.values().filter(|l| l.contains(&link)).count()
+    };
+    let (seen, total) = flows(&topo, &capture, dst, (32, 5), false);
+    assert_eq!(total, 160, "{seen:?}");
+    assert!(on(&seen, 0) >= 4 && on(&seen, 2) >= 4, "both paths carry flows: {seen:?}");
+    let c0 = topo.c0.clone();
+    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    let send6 = || {
+        for port in 0..20 {
+            let f = frame6(c_mac, f_mac, "2001:2:0:1::2", "2001:2:0:70::9", 9000 + port);
+            sender.send(&f).unwrap();
+            thread::sleep(Duration::from_millis(2));
+        }
+        let (a, b) = capture.take();
+        (a.len(), b.len())
+    };
+    assert_eq!(send6(), (0, 0), "IPv6 siblings are the kernel's");
+
+    bird.birdc("disable b4b").unwrap();
+    bird.birdc("disable b6b").unwrap();
+    for prefix in ["198.19.70.0/24", "2001:2:0:70::/64"] {
+        let r = wait_route_for(&topo, prefix, long, |r| !r.contains(&f2) && !r.is_empty());
+        assert!(!r.contains(&f2) && r.contains(&topo.f1), "{prefix}: one path left: {r}");
+    }
+    thread::sleep(Duration::from_millis(1000));
+    let (seen, total) = flows(&topo, &capture, dst, (32, 5), false);
+    assert_eq!(total, 160, "{seen:?}");
+    assert!(seen.values().all(|l| *l == BTreeSet::from([0])), "only f1 is left: {seen:?}");
+    assert_eq!(send6(), (20, 0), "the IPv6 path left is forwarded, out of f1");
+
+    bird.birdc("enable b4b").unwrap();
+    let r = wait_route_for(&topo, "198.19.70.0/24", long, two);
+    assert!(two(&r), "{r}");
+    thread::sleep(Duration::from_millis(1000));
+    let (seen, total) = flows(&topo, &capture, dst, (32, 5), false);
+    assert_eq!(total, 160, "{seen:?}");
+    assert!(on(&seen, 0) >= 4 && on(&seen, 2) >= 4, "both paths again: {seen:?}");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+    drop(bird);
+    drop(server);
 }
 
 const BIRD_CONF: &str = "log stderr all;
