@@ -191,6 +191,13 @@ fn lost_netlink_events_are_made_up_for_by_reading_everything_again() {
     if log.contains("nexthop events were lost") {
         assert!(log.contains("nexthops read again"), "{log}");
     }
+    // The report says how often.
+    let rereads = done
+        .stdout
+        .split("read again after lost events ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok());
+    assert!(rereads.is_some_and(|n| n >= 1), "{}", done.stdout);
     // While xdpfwd read everything again, transit went to the kernel.
     assert!(xdp_counter(&done.stdout, "pass_fib") > 0, "sent {sent}: {}", done.stdout);
 }

@@ -337,4 +337,13 @@ fn tables(registry: &mut Registry, t: &crate::snapshot::TableFigures) {
     };
     single(registry, "nexthops", "Nexthop objects and multipath sets mirrored", t.nexthops);
     single(registry, "neighbours", "Usable neighbours of the managed interfaces", t.neighbours);
+    let rereads = Family::<Labels, Counter<u64>>::default();
+    registry.register(
+        "netlink_rereads",
+        "Times the kernel's tables were read again after netlink events were lost, by socket",
+        rereads.clone(),
+    );
+    for (socket, v) in [("rtnetlink", t.rereads), ("nexthop", t.nexthop_rereads)] {
+        rereads.get_or_create(&labels(&[("socket", socket)])).inc_by(v);
+    }
 }

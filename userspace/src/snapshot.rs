@@ -164,6 +164,10 @@ pub struct TableFigures {
     pub nexthops: u64,
     /// Usable neighbours of the managed interfaces.
     pub neighbours: u64,
+    /// Times every table was read again after rtnetlink events were lost.
+    pub rereads: u64,
+    /// Times the nexthop objects were read again after their events were lost.
+    pub nexthop_rereads: u64,
 }
 
 impl Snapshot {
@@ -262,7 +266,7 @@ impl Snapshot {
         let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
         let _ = write!(
             out,
-            "\n  tables: routes v4 {} of {} ({:.1} MiB), v6 {} of {} ({:.1} MiB); nexthops {}; neighbours {}",
+            "\n  tables: routes v4 {} of {} ({:.1} MiB), v6 {} of {} ({:.1} MiB); nexthops {}; neighbours {}; read again after lost events {} (nexthops {})",
             t.routes_v4,
             t.max_routes_v4,
             mib(t.route_bytes_v4),
@@ -270,7 +274,9 @@ impl Snapshot {
             t.max_routes_v6,
             mib(t.route_bytes_v6),
             t.nexthops,
-            t.neighbours
+            t.neighbours,
+            t.rereads,
+            t.nexthop_rereads
         );
         for text in self.notices.values() {
             let _ = write!(out, "\n  notice: {text}");

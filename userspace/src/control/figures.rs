@@ -25,6 +25,8 @@ impl Control {
             route_bytes_v6: memlock(v6),
             nexthops: self.nexthops.len() as u64,
             neighbours: self.neighbours.len() as u64,
+            rereads: self.rereads.0,
+            nexthop_rereads: self.rereads.1,
         };
         if let Ok(mut tables) = self.shared.tables.write() {
             *tables = figures;

@@ -138,6 +138,8 @@ pub struct Control {
     stale: bool,
     /// Nexthop events were lost: the ids the nexthop socket's new dump reported so far.
     nh_seen: Option<HashSet<u32>>,
+    /// Completed re-reads after lost events: of every table, of the nexthop objects.
+    rereads: (u64, u64),
     /// Per family: the `local` table's host routes are also written under `main`, and the
     /// rule walk skips the `local` lookup (see [`Control::update_merge`]).
     merged: [bool; 2],
@@ -172,6 +174,7 @@ impl Control {
             lost: false,
             stale: false,
             nh_seen: None,
+            rereads: (0, 0),
             merged: [false; 2],
         }
     }
@@ -439,6 +442,7 @@ impl Control {
                 let gone: Vec<u32> =
                     self.nexthops.ids().into_iter().filter(|id| !seen.contains(id)).collect();
                 tracing::info!(objects = seen.len(), removed = gone.len(), "nexthops read again");
+                self.rereads.1 += 1;
                 for id in gone {
                     self.remove_nexthop(id);
                 }

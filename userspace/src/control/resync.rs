@@ -111,6 +111,8 @@ impl Control {
         let was = self.is_stale();
         self.stale = false;
         self.stale_changed(was);
+        self.rereads.0 += 1;
+        self.publish_tables();
         tracing::info!(
             rounds,
             elapsed_ms = started.elapsed().as_millis() as u64,
