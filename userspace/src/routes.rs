@@ -49,6 +49,9 @@ pub enum Action {
     /// A static route of the configuration: out of `oif`, to the neighbour `via` or the fixed
     /// `mac`, tagged with `vlan` (0: none).
     Static { oif: u32, via: Option<IpAddr>, mac: Option<[u8; 6]>, vlan: u16 },
+    /// IPv6 ECMP: the entry's sibling routes ([`RouteTable::siblings`]), which the kernel
+    /// chooses among by hash-threshold over their weights as for a nexthop group.
+    Siblings,
 }
 
 /// One path of an `RTA_MULTIPATH` route.
@@ -69,6 +72,10 @@ pub struct Route {
     pub action: Action,
     /// The `mtu` metric (0: none).
     pub mtu: u32,
+    /// The weight of an IPv6 ECMP sibling (its path's in the `RTA_MULTIPATH` it came in); 1
+    /// otherwise. Messages about one sibling alone do not carry it: it takes no part in
+    /// telling routes apart ([`same_route`]).
+    pub weight: u32,
 }
 
 /// A parsed route message: the route, and the paths of a multipath route (its `action` is
@@ -152,7 +159,7 @@ impl Route {
         if action != (Action::Nexthop { id: 0 }) {
             paths.clear();
         }
-        let route = Route { prefix, table, metric, tos: msg.header.tos, action, mtu };
+        let route = Route { prefix, table, metric, tos: msg.header.tos, action, mtu, weight: 1 };
         Some(Parsed { route, paths })
     }
 }
@@ -225,7 +232,7 @@ impl RouteTable {
         let table = entry_table(route.table);
         self.count(table, route.prefix);
         let routes = self.entries.entry((table, route.prefix)).or_default();
-        routes.retain(|r| *r != route);
+        routes.retain(|r| !same_route(r, &route));
         match place {
             Place::Append => routes.push(route),
             Place::Prepend => {
@@ -259,7 +266,7 @@ impl RouteTable {
         let table = entry_table(route.table);
         let key = (table, route.prefix);
         let Some(routes) = self.entries.get_mut(&key) else { return (table, None) };
-        if let Some(at) = routes.iter().position(|r| r == route) {
+        if let Some(at) = routes.iter().position(|r| same_route(r, route)) {
             routes.remove(at);
         } else if let Some(at) = routes.iter().position(|r| same_key(r, route)) {
             // A deletion that names fewer attributes than the route had (the kernel deletes
@@ -377,12 +384,47 @@ impl RouteTable {
         if routes.iter().any(|r| r.tos != 0) {
             return Some(kernel);
         }
-        let siblings = routes.iter().filter(|r| r.table == best.table && r.metric == best.metric);
-        if best.prefix.addr().is_ipv6() && siblings.count() > 1 {
-            return Some(kernel);
+        let siblings: Vec<&Route> =
+            routes.iter().filter(|r| r.table == best.table && r.metric == best.metric).collect();
+        if best.prefix.addr().is_ipv6() && siblings.len() > 1 {
+            // ECMP siblings through IPv6 gateways are a group; anything else among them is the
+            // kernel's.
+            let gateway_v6 = |r: &&Route| {
+                matches!(r.action, Action::Unicast { gateway: Some(IpAddr::V6(_)), .. })
+            };
+            let ecmp = siblings.iter().all(gateway_v6) && siblings.len() <= MAX_SIBLINGS;
+            return Some(if ecmp { Route { action: Action::Siblings, ..best } } else { kernel });
         }
         Some(best)
     }
+
+    /// The paths of an entry whose effective route is [`Action::Siblings`], in the kernel's
+    /// order, with their weights.
+    pub fn siblings(&self, table: u32, prefix: IpNet) -> Vec<Path> {
+        let Some(routes) = self.entries.get(&(entry_table(table), prefix)) else {
+            return Vec::new();
+        };
+        let Some(best) = routes.iter().filter(|r| r.table != TABLE_STATIC).map(|r| r.metric).min()
+        else {
+            return Vec::new();
+        };
+        routes
+            .iter()
+            .filter(|r| r.table == table && r.metric == best)
+            .filter_map(|r| match r.action {
+                Action::Unicast { oif, gateway } => Some(Path { oif, gateway, weight: r.weight }),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Most IPv6 ECMP siblings xdpfwd forwards through (a nexthop group's paths).
+const MAX_SIBLINGS: usize = xdpfwd_common::MAX_PATHS as usize;
+
+/// The same route, whatever weight each message gave it.
+fn same_route(a: &Route, b: &Route) -> bool {
+    Route { weight: 1, ..*a } == Route { weight: 1, ..*b }
 }
 
 /// The kernel's key of a route alias: table, prefix, TOS, metric.
@@ -395,7 +437,7 @@ mod tests {
     use super::*;
 
     fn route(prefix: &str, table: u32, metric: u32, action: Action) -> Route {
-        Route { prefix: prefix.parse().unwrap(), table, metric, tos: 0, action, mtu: 0 }
+        Route { prefix: prefix.parse().unwrap(), table, metric, tos: 0, action, mtu: 0, weight: 1 }
     }
 
     const VIA: Action =
@@ -468,7 +510,7 @@ mod tests {
     }
 
     #[test]
-    fn tos_routes_and_ipv6_siblings_are_left_to_the_kernel() {
+    fn tos_routes_are_the_kernels_and_ipv6_siblings_a_group() {
         let mut t = RouteTable::default();
         let mut tos = route("198.51.100.0/24", TABLE_MAIN, 0, VIA);
         tos.tos = 0x10;
@@ -476,12 +518,19 @@ mod tests {
         assert_eq!(action(t.add(tos, Place::Append)), Some(Action::Kernel));
         let a = Action::Unicast { oif: 3, gateway: Some("fe80::1".parse().unwrap()) };
         let b = Action::Unicast { oif: 4, gateway: Some("fe80::2".parse().unwrap()) };
+        let prefix: IpNet = "2001:2::/48".parse().unwrap();
         t.add(route("2001:2::/48", TABLE_MAIN, 1024, a), Place::Append);
-        assert_eq!(
-            action(t.add(route("2001:2::/48", TABLE_MAIN, 1024, b), Place::Append)),
-            Some(Action::Kernel)
-        );
+        let mut weighted = route("2001:2::/48", TABLE_MAIN, 1024, b);
+        weighted.weight = 3;
+        assert_eq!(action(t.add(weighted, Place::Append)), Some(Action::Siblings));
+        let paths: Vec<(u32, u32)> =
+            t.siblings(TABLE_MAIN, prefix).iter().map(|p| (p.oif, p.weight)).collect();
+        assert_eq!(paths, [(3, 1), (4, 3)], "the siblings with their weights");
+        // A message about one sibling alone has no weight: it still names that sibling.
         assert_eq!(action(t.remove(&route("2001:2::/48", TABLE_MAIN, 1024, b))), Some(a));
+        // A sibling without a gateway makes the set the kernel's.
+        t.add(route("2001:2::/48", TABLE_MAIN, 1024, DEV), Place::Append);
+        assert_eq!(t.get(TABLE_MAIN, prefix).map(|r| r.action), Some(Action::Kernel));
         assert_eq!(action(t.replace(route("2001:2::/48", TABLE_MAIN, 1024, b))), Some(b));
         assert_eq!(action(t.remove(&route("2001:2::/48", TABLE_MAIN, 1024, b))), None);
     }

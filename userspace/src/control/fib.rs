@@ -75,6 +75,7 @@ impl Control {
                 .iter()
                 .map(|p| Route {
                     action: Action::Unicast { oif: p.oif, gateway: p.gateway },
+                    weight: p.weight,
                     ..route
                 })
                 .collect();
@@ -255,6 +256,7 @@ impl Control {
             tos: 0,
             action: Action::Static { oif, via: s.via, mac: s.mac, vlan: s.vlan },
             mtu: 0,
+            weight: 1,
         })
     }
 
@@ -386,6 +388,20 @@ impl Control {
                     RouteKind::Kernel
                 }
             },
+            Action::Siblings => {
+                let paths = self.routes.siblings(r.table, r.prefix);
+                let id = self.nexthops.multipath(paths);
+                match self.nexthops.slot(id, v6) {
+                    Some(slot) => {
+                        m.nh = slot;
+                        RouteKind::Nexthop
+                    }
+                    None => {
+                        tracing::warn!("nexthop slots exhausted: the kernel forwards IPv6 ECMP");
+                        RouteKind::Kernel
+                    }
+                }
+            }
             Action::Throw => RouteKind::Throw,
             Action::Kernel => RouteKind::Kernel,
             Action::Unreachable => RouteKind::Unreachable,

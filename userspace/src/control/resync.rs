@@ -28,7 +28,7 @@ use rtnetlink::Handle;
 use super::Control;
 use crate::{
     fib_rules::{FibRuleSpec, FibRules},
-    routes::{Place, Route, RouteTable},
+    routes::{Action, Place, Route, RouteTable},
 };
 
 /// The rtnetlink event stream, as `rtnetlink::new_multicast_connection` hands it out.
@@ -187,7 +187,8 @@ impl Control {
         self.routes = fresh;
         let mut changed = 0;
         for (&(table, prefix), route) in &new {
-            if old.get(&(table, prefix)) != Some(route) {
+            // IPv6 ECMP's effective route names no paths: their set may have changed.
+            if old.get(&(table, prefix)) != Some(route) || route.action == Action::Siblings {
                 self.write_entry(table, prefix, Some(*route));
                 changed += 1;
             }
