@@ -432,6 +432,46 @@ fn bird_bgp_multipath_is_forwarded_and_follows_sessions() {
     drop(server);
 }
 
+/// Each distinct set of paths of a multipath route takes a nexthop slot while a route points
+/// at it: 20,000 different sets (weights) replacing each other on one prefix never exhaust
+/// the 16,384 slots, and the last set forwards.
+#[test]
+fn multipath_sets_changing_beyond_the_slot_count_keep_forwarding() {
+    let topo = Topology::new("ms", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
+    let mut batch = String::new();
+    for w in 0..20_000u32 {
+        batch += &format!(
+            "route replace 198.19.201.0/24 nexthop via 198.18.2.2 dev {} weight {} nexthop via 198.18.3.2 dev {f2} weight {}\n",
+            topo.f1,
+            1 + w % 200,
+            1 + w / 200
+        );
+    }
+    let file = std::env::temp_dir().join(format!("xdpfwd-test-{}.batch", topo.fwd));
+    std::fs::write(&file, batch).unwrap();
+    let done = sh(&["ip", "-n", &topo.fwd, "-batch", &file.to_string_lossy()]);
+    let _ = std::fs::remove_file(&file);
+    done.unwrap();
+
+    assert_forwarding_off(&topo);
+    let capture = Capture::open(&topo, &s2);
+    let dst = Ipv4Addr::new(198, 19, 201, 9);
+    let mut last = (BTreeMap::new(), 0);
+    let forwarded = xdpfwd_tests::wait_for(Duration::from_secs(20), || {
+        last = flows(&topo, &capture, dst, (32, 2), false);
+        last.1 == 64
+    });
+    let done = fwd.stop().unwrap();
+    assert!(forwarded, "the last set forwards: {last:?}\n{}", done.stdout);
+    assert!(last.0.values().all(|l| l.len() == 1), "a flow keeps its path: {last:?}");
+    assert!(!done.stderr.contains("nexthop slots exhausted"), "{}", done.stderr);
+}
+
 const BIRD_CONF: &str = "log stderr all;
 router id 198.18.1.1;
 protocol device { scan time 1; }

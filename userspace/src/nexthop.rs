@@ -331,19 +331,27 @@ impl Nexthops {
     }
 
     /// A nexthop object was deleted: its slots publish "the kernel" (frames of routes still
-    /// pointing there, until the caller removes them, go to the kernel) and are freed, so a
-    /// routing daemon that creates and deletes objects for ever never runs out of them.
+    /// pointing there, until the caller removes them, go to the kernel).
     pub fn remove(&mut self, id: u32) {
         self.objects.remove(&id);
         self.republish(id);
-        for v6 in [false, true] {
-            if let Some((slot, group)) = self.slots.remove(&(id, v6)) {
-                if group != 0 {
-                    self.free_groups.push_back(group);
-                }
-                self.free_slots.push_back(slot);
-            }
+    }
+
+    /// No route points at `slot` any more: it is freed with its group and reused as late as
+    /// possible, so that routing daemons creating objects and path sets for ever never run
+    /// out of them. The next route through its nexthop gets a new one.
+    pub fn release_slot(&mut self, slot: u32) {
+        let Some(key) = self.slots.iter().find(|(_, (s, _))| *s == slot).map(|(k, _)| *k) else {
+            return;
+        };
+        let Some((_, group)) = self.slots.remove(&key) else { return };
+        if let Err(err) = self.nh_slots.set(slot, 0, 0) {
+            tracing::warn!(%err, "clearing a nexthop slot failed");
         }
+        if group != 0 {
+            self.free_groups.push_back(group);
+        }
+        self.free_slots.push_back(slot);
     }
 
     fn republish(&mut self, id: u32) {

@@ -330,6 +330,10 @@ impl Control {
                     .remove(&Key::new(bits, route_key_v6(table, net.addr().octets()))),
             ),
         };
+        if result.is_ok() {
+            let slot = value.filter(|v| v.kind() == RouteKind::Nexthop).map(|v| v.nh);
+            self.track_slot((table, prefix), slot);
+        }
         if let Err(err) = result {
             let fib = &mut self.fib[v6 as usize];
             if fib.kernel == Some(ROUTE_FAILED) {
@@ -352,6 +356,30 @@ impl Control {
                 cause,
                 Some(format!("{cause}: {ROUTE_FAILED}: the kernel forwards")),
             );
+        }
+    }
+
+    /// Counts the trie entries pointing at each nexthop slot; a slot no entry points at any
+    /// more is released (after the entry was rewritten: no frame finds it freed).
+    fn track_slot(&mut self, entry: (u32, IpNet), slot: Option<u32>) {
+        let old = match slot {
+            Some(slot) => self.entry_slots.insert(entry, slot),
+            None => self.entry_slots.remove(&entry),
+        };
+        if old == slot {
+            return;
+        }
+        if let Some(slot) = slot {
+            *self.slot_users.entry(slot).or_default() += 1;
+        }
+        if let Some(old) = old
+            && let Some(users) = self.slot_users.get_mut(&old)
+        {
+            *users = users.saturating_sub(1);
+            if *users == 0 {
+                self.slot_users.remove(&old);
+                self.nexthops.release_slot(old);
+            }
         }
     }
 

@@ -140,6 +140,9 @@ pub struct Control {
     nh_seen: Option<HashSet<u32>>,
     /// Completed re-reads after lost events: of every table, of the nexthop objects.
     rereads: (u64, u64),
+    /// The nexthop slot each trie entry points at, and how many entries point at each slot.
+    entry_slots: HashMap<(u32, IpNet), u32>,
+    slot_users: HashMap<u32, usize>,
     /// Per family: the `local` table's host routes are also written under `main`, and the
     /// rule walk skips the `local` lookup (see [`Control::update_merge`]).
     merged: [bool; 2],
@@ -175,6 +178,8 @@ impl Control {
             stale: false,
             nh_seen: None,
             rereads: (0, 0),
+            entry_slots: HashMap::new(),
+            slot_users: HashMap::new(),
             merged: [false; 2],
         }
     }
