@@ -30,6 +30,8 @@ pub mod map_names {
     pub const RULES: &str = "RULES";
     pub const RULESET: &str = "RULESET";
     pub const NATS: &str = "NATS";
+    pub const RULE_HITS: &str = "RULE_HITS";
+    pub const NAT_HITS: &str = "NAT_HITS";
     pub const COUNTERS: &str = "COUNTERS";
 }
 

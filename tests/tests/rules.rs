@@ -136,6 +136,74 @@ action = "forward"
     let _ = std::fs::remove_file(config);
 }
 
+/// Every rule and rewrite counts the frames it matched, labelled with its `name`, in `xdpfwd
+/// stats` (text and JSON) and metrics; a reload starts the new configuration's counts at zero.
+#[test]
+fn rules_and_rewrites_count_their_hits_and_a_reload_starts_them_again() {
+    let topo = Topology::new("rh", false).unwrap();
+    topo.enable_gro().unwrap();
+    let body = r#"[[rule]]
+name = "drop-9001"
+proto = "udp"
+dst_port = 9001
+action = "drop"
+
+[[rule]]
+proto = "udp"
+action = "forward"
+
+[[rewrite]]
+name = "to-9000"
+match = { proto = "udp", dst_port = 9005 }
+set_dst_port = 9000
+"#;
+    let config = write_config(&topo, "hits", body);
+    let mut fwd = Forwarder::start(
+        &topo.fwd,
+        &["--config", &config.to_string_lossy(), "--stats-interval", "0"],
+    )
+    .unwrap();
+    let v4 = IpAddr::V4(SERVER_V4);
+    for _ in 0..3 {
+        assert!(!delivered(&topo, v4, 4000, 9001), "dropped by rule 0");
+    }
+    for _ in 0..2 {
+        assert!(delivered(&topo, v4, 4000, 9002), "forwarded by rule 1");
+    }
+    assert!(delivered(&topo, v4, 4000, 9000), "rule 1");
+    // Rule 1 forwards it and the rewrite sends it to port 9000 (where nobody listens here).
+    let _ = delivered(&topo, v4, 4000, 9005);
+    let stats = |topo: &Topology| {
+        let out = run_to_exit(&topo.fwd, &[], &["stats", "--json", "--count", "1"]).unwrap();
+        assert!(out.success, "{out:?}");
+        let doc: serde_json::Value =
+            serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap();
+        doc["stats"].clone()
+    };
+    let s = stats(&topo);
+    assert_eq!(s["rules"][0]["name"], "drop-9001", "{s}");
+    assert_eq!(s["rules"][0]["hits"], 3, "{s}");
+    assert!(s["rules"][1]["name"].is_null(), "{s}");
+    assert_eq!(s["rules"][1]["hits"], 4, "{s}");
+    assert_eq!(s["rewrites"][0]["name"], "to-9000", "{s}");
+    assert_eq!(s["rewrites"][0]["hits"], 1, "{s}");
+
+    // A reload: the new rules count from zero.
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("9001", "9003"))
+        .unwrap();
+    let reload = run_to_exit(&topo.fwd, &[], &["reload"]).unwrap();
+    assert!(reload.success, "{reload:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(delivered(&topo, v4, 4000, 9001), "9001 is forwarded now");
+    let s = stats(&topo);
+    assert_eq!(s["rules"][0]["hits"], 0, "{s}");
+    assert_eq!(s["rules"][1]["hits"], 1, "{s}");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{done:?}");
+    assert!(done.stdout.contains("rule hits: 0 (drop-9003) 0, 1 1"), "{}", done.stdout);
+    let _ = std::fs::remove_file(config);
+}
+
 #[test]
 fn reload_under_a_stream_takes_effect_atomically_and_an_invalid_file_changes_nothing() {
     let topo = Topology::new("rl", false).unwrap();

@@ -145,6 +145,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         xsk_mode: copy_mode.to_owned(),
         start: Instant::now(),
         shared: shared.clone(),
+        hits: maps.policy.hits.clone(),
     });
     let reporters = Reporters::start(&args, &source)?;
     announce(&ifaces, &modes, &attach, copy_mode, threads.len());

@@ -186,6 +186,25 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
         icmp.get_or_create(&labels(&[("outcome", outcome)])).inc_by(v);
     }
     tables(&mut registry, &snap.tables);
+    for (name, help, figures) in [
+        (
+            "rule_hits",
+            "Frames each steering rule matched since its configuration was loaded",
+            &snap.rules,
+        ),
+        (
+            "rewrite_hits",
+            "Frames each NAT rewrite matched since its configuration was loaded",
+            &snap.rewrites,
+        ),
+    ] {
+        let family = counter_family(&mut registry, name, help, None);
+        for f in figures {
+            let index = f.index.to_string();
+            let label = f.name.as_deref().unwrap_or("");
+            family.get_or_create(&labels(&[("index", &index), ("name", label)])).inc_by(f.hits);
+        }
+    }
     let up = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     up.set(snap.uptime);
     registry.register_with_unit("uptime", "Time since the forwarder started", Unit::Seconds, up);

@@ -17,6 +17,7 @@ use xdpfwd_common::Counter;
 use crate::{
     alloc_count,
     icmp::IcmpFigures,
+    policy::{HitFigure, SharedHits},
     shared::Shared,
     stats::{PortStats, WorkerStats},
     xsk,
@@ -147,6 +148,10 @@ pub struct Snapshot {
     pub icmp: IcmpFigures,
     /// The kernel's tables as xdpfwd mirrors them.
     pub tables: TableFigures,
+    /// Frames each steering rule and each NAT rewrite matched since the configuration was
+    /// loaded.
+    pub rules: Vec<HitFigure>,
+    pub rewrites: Vec<HitFigure>,
 }
 
 /// The mirrored tables: entries, capacities and the memory the kernel charges for the route
@@ -278,6 +283,19 @@ impl Snapshot {
             t.rereads,
             t.nexthop_rereads
         );
+        for (what, figures) in [("rule", &self.rules), ("rewrite", &self.rewrites)] {
+            if figures.is_empty() {
+                continue;
+            }
+            let each: Vec<String> = figures
+                .iter()
+                .map(|f| match &f.name {
+                    Some(name) => format!("{} ({name}) {}", f.index, f.hits),
+                    None => format!("{} {}", f.index, f.hits),
+                })
+                .collect();
+            let _ = write!(out, "\n  {what} hits: {}", each.join(", "));
+        }
         for text in self.notices.values() {
             let _ = write!(out, "\n  notice: {text}");
         }
@@ -332,6 +350,7 @@ pub struct StatsSource {
     pub xsk_mode: String,
     pub start: Instant,
     pub shared: Arc<Shared>,
+    pub hits: SharedHits,
 }
 
 impl StatsSource {
@@ -363,6 +382,7 @@ impl StatsSource {
             .collect();
         // The program does not count `Rx`: it is the sum of the verdicts.
         xdp.insert(Counter::Rx.name().to_owned(), xdp.values().sum());
+        let (rules, rewrites) = self.hits.lock().map(|h| h.read()).unwrap_or_default();
         Snapshot {
             attach: self.attach.clone(),
             xsk_mode: self.xsk_mode.clone(),
@@ -379,6 +399,8 @@ impl StatsSource {
                 .unwrap_or_default(),
             icmp: self.shared.icmp.read(),
             tables: self.shared.tables.read().map(|t| *t).unwrap_or_default(),
+            rules,
+            rewrites,
         }
     }
 }

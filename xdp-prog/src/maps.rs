@@ -61,6 +61,13 @@ pub static RULESET: Array<u32> = Array::with_max_entries(RULESET_LEN, 0);
 /// Two sets of NAT rewrites, selected with the rules by the `Policy` word.
 #[map]
 pub static NATS: Array<Nat> = Array::with_max_entries(2 * MAX_NATS, 0);
+
+/// Frames each rule of `RULES` matched (same index), per CPU.
+#[map]
+pub static RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * MAX_RULES, 0);
+/// Frames each rewrite of `NATS` was chosen for (same index), per CPU.
+#[map]
+pub static NAT_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * MAX_NATS, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 

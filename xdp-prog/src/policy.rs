@@ -1,14 +1,15 @@
 //! The configuration's policy: steering rules and the search for a NAT rewrite.
 //!
-//! Reads `RULESET`, `RULES` and `NATS`; decides, never changes the frame. The selector test
+//! Reads `RULESET`, `RULES` and `NATS` (and counts hits in `RULE_HITS` / `NAT_HITS`); decides,
+//! never changes the frame. The selector test
 //! [`rule_matches`] also serves the kernel's policy rules (`route`).
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{maps::PerCpuArray, programs::XdpContext};
 use xdpfwd_common::{Action, Counter, MAX_NATS, MAX_RULES, Policy, Rule, RuleFields};
 
 use crate::{
     decision::{Flow, FlowFlags, NO_NAT, Packet},
-    maps::{NATS, RULES, RULESET},
+    maps::{NAT_HITS, NATS, RULE_HITS, RULES, RULESET},
     wire::{IPPROTO_TCP, IPPROTO_UDP, extension_header, ptr_at},
 };
 
@@ -100,6 +101,7 @@ fn rule_action(flow: &Flow, policy: &Policy) -> u32 {
                 return Action::Kernel as u32;
             }
             if rule_matches(rule, flow) {
+                hit(&RULE_HITS, base + i);
                 return rule.action;
             }
         }
@@ -122,7 +124,17 @@ fn nat_for(flow: &Flow, policy: &Policy, unfragmented: bool) -> Result<u32, Coun
     if !unfragmented || extension_header(flow.proto) {
         return Err(Counter::PassNat);
     }
+    hit(&NAT_HITS, index);
     Ok(index)
+}
+
+/// Counts a frame for entry `index` of a hit map.
+#[inline(always)]
+fn hit(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(count) = map.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU map: no other program run writes it meanwhile.
+        unsafe { *count += 1 };
+    }
 }
 
 /// Index in `NATS` of the first rewrite of the active set (`word`) that matches, or

@@ -56,6 +56,8 @@ macro_rules! match_tables {
         pub(super) struct RuleCfg {
             $($(#[serde(rename = $key)])? pub $field: Option<Spanned<$ty>>,)*
             pub action: Spanned<String>,
+            /// A label for its hit counter in stats and metrics.
+            pub name: Option<Spanned<String>>,
         }
 
         impl RuleCfg {
@@ -101,6 +103,8 @@ pub(super) struct XconnectCfg {
 pub(super) struct RewriteCfg {
     #[serde(rename = "match")]
     pub matches: Spanned<MatchCfg>,
+    /// A label for its hit counter in stats and metrics.
+    pub name: Option<Spanned<String>>,
     pub set_src: Option<Spanned<String>>,
     pub set_dst: Option<Spanned<String>>,
     pub set_src_port: Option<Spanned<i64>>,

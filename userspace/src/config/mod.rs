@@ -87,6 +87,8 @@ pub struct MatchSpec {
 pub struct RuleSpec {
     pub matches: MatchSpec,
     pub action: Action,
+    /// The label of its hit counter.
+    pub name: Option<String>,
 }
 
 /// A managed interface and its VLAN handling.
@@ -132,6 +134,8 @@ pub struct XconnectSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RewriteSpec {
     pub matches: MatchSpec,
+    /// The label of its hit counter.
+    pub name: Option<String>,
     pub set_src: Option<IpAddr>,
     pub set_dst: Option<IpAddr>,
     pub set_src_port: Option<u16>,

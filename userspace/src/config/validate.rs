@@ -290,7 +290,8 @@ pub(super) fn rules(
             ));
         }
         let action = loc.action(&r.action, field("action"))?;
-        rules.push(RuleSpec { matches, action });
+        let name = r.name.as_ref().map(|n| n.get_ref().clone());
+        rules.push(RuleSpec { matches, action, name });
     }
     Ok(rules)
 }
@@ -380,6 +381,7 @@ fn rewrite(
     let match_field = |name: &str| format!("rewrite[{i}].match.{name}");
     let matches = loc.matches(r.matches.get_ref(), &match_field, interfaces)?;
     let spec = RewriteSpec {
+        name: r.name.as_ref().map(|n| n.get_ref().clone()),
         set_src: r.set_src.as_ref().map(|v| loc.addr(v, field("set_src"))).transpose()?,
         set_dst: r.set_dst.as_ref().map(|v| loc.addr(v, field("set_dst"))).transpose()?,
         set_src_port: r

@@ -14,7 +14,9 @@ use xdpfwd_common::{MAX_NATS, MAX_RULES, Nat, Policy, Rule, map_names};
 use crate::{config::Config, iface::Iface, netfilter::NetfilterMode};
 
 mod compile;
+mod hits;
 pub use compile::{compile, compile_nat, prefix_words};
+pub use hits::{HitFigure, Hits, SharedHits};
 
 /// Settings of one managed interface that come from the configuration.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,6 +106,7 @@ pub struct PolicyMaps {
     pub rules: Array<MapData, Rule>,
     pub nats: Array<MapData, Nat>,
     pub ruleset: Array<MapData, u32>,
+    pub hits: SharedHits,
 }
 
 impl PolicyMaps {
@@ -115,6 +118,7 @@ impl PolicyMaps {
             rules: Array::try_from(take(map_names::RULES)?)?,
             nats: Array::try_from(take(map_names::NATS)?)?,
             ruleset: Array::try_from(take(map_names::RULESET)?)?,
+            hits: Hits::take(ebpf)?,
         })
     }
 
@@ -159,7 +163,14 @@ impl PolicyMaps {
             nats: nats.len() as u32,
             default: config.unmatched,
         };
+        let mut hits = self.hits.lock().map_err(|_| anyhow::anyhow!("the hit counters' lock"))?;
+        hits.reset(next)?;
         self.ruleset.set(0, policy.encode(), 0)?;
+        hits.activate(
+            next,
+            config.rules.iter().map(|r| r.name.clone()).collect(),
+            config.rewrites.iter().map(|r| r.name.clone()).collect(),
+        );
         Ok(())
     }
 }
