@@ -134,7 +134,13 @@ pub struct FibRules {
 }
 
 impl FibRules {
+    /// Adds a rule; one the set already holds is not added twice (the kernel refuses an exact
+    /// duplicate from `ip rule add`, and an event applied again on top of a dump that already
+    /// held its rule must not leave a copy behind after the rule's deletion).
     pub fn add(&mut self, spec: FibRuleSpec) {
+        if self.rules.contains(&spec) {
+            return;
+        }
         let at =
             self.rules.iter().position(|r| r.priority > spec.priority).unwrap_or(self.rules.len());
         self.rules.insert(at, spec);
@@ -306,6 +312,20 @@ mod tests {
         let mut tos = msg(RuleAction::ToTable, vec![RuleAttribute::Table(7)]);
         tos.header.tos = 0x10;
         assert!(FibRuleSpec::from_message(&tos).unwrap().opaque);
+    }
+
+    #[test]
+    fn a_rule_added_again_is_held_once() {
+        // An event applied on top of a dump that already held its rule (after lost events):
+        // the rule's deletion must leave nothing behind.
+        let m =
+            msg(RuleAction::ToTable, vec![RuleAttribute::Priority(100), RuleAttribute::Table(7)]);
+        let spec = FibRuleSpec::from_message(&m).unwrap();
+        let mut rules = FibRules::default();
+        rules.add(spec.clone());
+        rules.add(spec.clone());
+        rules.remove(&spec);
+        assert_eq!(rules.len(), 0);
     }
 
     #[test]

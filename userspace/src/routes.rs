@@ -15,7 +15,7 @@ use netlink_packet_route::{
     AddressFamily,
     route::{
         RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteNextHop,
-        RouteNextHopFlags, RouteType, RouteVia,
+        RouteNextHopFlags, RouteProtocol, RouteType, RouteVia,
     },
 };
 
@@ -135,7 +135,10 @@ impl Route {
             if v4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
         let prefix = IpNet::new(dst.unwrap_or(unspecified), len).ok()?.trunc();
         let dead = msg.header.flags.contains(RouteFlags::Dead);
-        let plain = !complex && !dead && msg.header.source_prefix_length == 0;
+        // Routes from router advertisements never form ECMP sets in the kernel (they are not
+        // `rt6_qualify_for_ecmp`), which picks among them by its own rules: the kernel's.
+        let ra = !v4 && msg.header.protocol == RouteProtocol::Ra;
+        let plain = !complex && !dead && !ra && msg.header.source_prefix_length == 0;
         // An IPv4 route may go through an IPv6 gateway (RFC 5549); not the other way round.
         let family_ok = |g: &Option<IpAddr>| g.is_none_or(|g| v4 || g.is_ipv6());
         let action = match msg.header.kind {
@@ -232,6 +235,14 @@ impl RouteTable {
         let table = entry_table(route.table);
         self.count(table, route.prefix);
         let routes = self.entries.entry((table, route.prefix)).or_default();
+        let mut route = route;
+        if route.prefix.addr().is_ipv6()
+            && let Some(known) = routes.iter().find(|r| same_route(r, &route))
+        {
+            // A sibling listed again by a message about another keeps its own metrics (an
+            // MTU changes by `replace`).
+            route.mtu = known.mtu;
+        }
         routes.retain(|r| !same_route(r, &route));
         match place {
             Place::Append => routes.push(route),
@@ -381,7 +392,7 @@ impl RouteTable {
             return Some(best);
         }
         let kernel = Route { action: Action::Kernel, ..best };
-        if routes.iter().any(|r| r.tos != 0) {
+        if routes.iter().any(|r| r.tos != 0) || best.mtu == MTU_UNKNOWN {
             return Some(kernel);
         }
         let siblings: Vec<&Route> =
@@ -392,7 +403,10 @@ impl RouteTable {
             let gateway_v6 = |r: &&Route| {
                 matches!(r.action, Action::Unicast { gateway: Some(IpAddr::V6(_)), .. })
             };
-            let ecmp = siblings.iter().all(gateway_v6) && siblings.len() <= MAX_SIBLINGS;
+            // One MTU for the whole set only when none has one of its own.
+            let ecmp = siblings.iter().all(gateway_v6)
+                && siblings.iter().all(|r| r.mtu == 0)
+                && siblings.len() <= MAX_SIBLINGS;
             return Some(if ecmp { Route { action: Action::Siblings, ..best } } else { kernel });
         }
         Some(best)
@@ -422,9 +436,18 @@ impl RouteTable {
 /// Most IPv6 ECMP siblings xdpfwd forwards through (a nexthop group's paths).
 const MAX_SIBLINGS: usize = xdpfwd_common::MAX_PATHS as usize;
 
-/// The same route, whatever weight each message gave it.
+/// The `mtu` of an IPv6 sibling that a message about another sibling listed: its metrics are
+/// not in that message. A stored sibling keeps what it had; one never seen alone is unknown,
+/// and an entry with an unknown MTU is the kernel's.
+pub const MTU_UNKNOWN: u32 = u32::MAX;
+
+/// The same route, whatever weight each message gave it, and for IPv6 whatever MTU (a message
+/// about a sibling lists the others without theirs; a deletion names a route without its
+/// weight). IPv4 routes that differ in their metrics alone are distinct aliases.
 fn same_route(a: &Route, b: &Route) -> bool {
-    Route { weight: 1, ..*a } == Route { weight: 1, ..*b }
+    let v6 = a.prefix.addr().is_ipv6();
+    let bare = |r: &Route| Route { weight: 1, mtu: if v6 { 0 } else { r.mtu }, ..*r };
+    bare(a) == bare(b)
 }
 
 /// The kernel's key of a route alias: table, prefix, TOS, metric.
@@ -507,6 +530,31 @@ mod tests {
             Some(DEV),
             "replace took the first route's place"
         );
+    }
+
+    #[test]
+    fn ipv6_siblings_keep_their_own_mtu_and_deletions_find_them() {
+        // `ip -6 route add P via A mtu 1400`, `append P via B` (notified as [B, A] with B's
+        // metrics), then both deleted one by one, each named with its own metrics.
+        let a = Action::Unicast { oif: 3, gateway: Some("2001:2:0:2::2".parse().unwrap()) };
+        let b = Action::Unicast { oif: 4, gateway: Some("2001:2:0:3::2".parse().unwrap()) };
+        let with =
+            |action, mtu| Route { mtu, ..route("2001:2:0:8060::/64", TABLE_MAIN, 1024, action) };
+        let mut t = RouteTable::default();
+        t.add(with(a, 1400), Place::Prepend);
+        t.add(with(b, 0), Place::Append);
+        let (_, effective) = t.add(with(a, MTU_UNKNOWN), Place::Append);
+        assert_eq!(
+            effective.map(|r| r.action),
+            Some(Action::Kernel),
+            "a sibling with an MTU of its own: the set is the kernel's"
+        );
+        assert_eq!(action(t.remove(&with(a, 1400))), Some(b), "A deleted: B alone");
+        assert_eq!(action(t.remove(&with(b, 0))), None, "nothing left to forward by");
+        // A sibling only ever listed by others has an unknown MTU: the kernel's.
+        t.add(with(b, 0), Place::Append);
+        t.add(with(a, MTU_UNKNOWN), Place::Append);
+        assert_eq!(action(t.remove(&with(b, 0))), Some(Action::Kernel));
     }
 
     #[test]
@@ -596,6 +644,24 @@ mod parse_tests {
 
     fn parse(msg: &RouteMessage) -> Route {
         Route::from_message(msg).unwrap().route
+    }
+
+    #[test]
+    fn ipv6_routes_from_router_advertisements_are_the_kernels() {
+        let mut ra = message(
+            254,
+            RouteType::Unicast,
+            vec![
+                RouteAttribute::Gateway(RouteAddress::Inet6("fe80::1".parse().unwrap())),
+                RouteAttribute::Oif(3),
+            ],
+        );
+        ra.header.address_family = AddressFamily::Inet6;
+        ra.header.destination_prefix_length = 0;
+        ra.header.protocol = RouteProtocol::Ra;
+        assert_eq!(parse(&ra).action, Action::Kernel, "never an ECMP set, chosen by the kernel");
+        ra.header.protocol = RouteProtocol::Static;
+        assert!(matches!(parse(&ra).action, Action::Unicast { .. }));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::{Change, Control, ROUTE_FAILED, STALE, ignore_missing, notice};
 use crate::{
     fib_rules::{FibRuleSpec, FibRules},
     policy::StaticRoute,
-    routes::{Action, Place, Route, TABLE_LOCAL, TABLE_MAIN, TABLE_STATIC},
+    routes::{Action, MTU_UNKNOWN, Place, Route, TABLE_LOCAL, TABLE_MAIN, TABLE_STATIC},
 };
 
 impl Control {
@@ -70,12 +70,18 @@ impl Control {
             // The kernel keeps an IPv6 multipath route as sibling routes of one path each, and
             // may delete them one by one (`RTM_DELROUTE` names only the sibling that went):
             // mirrored the same way, a sibling's removal never leaves the others' set behind.
+            // The message's metrics are its first sibling's own; the others keep theirs when
+            // known ([`RouteTable::add`]), else share them as a multipath add does, unless
+            // they are an MTU, which then may be another sibling's: unknown (the kernel's).
+            let others = if route.mtu == 0 { 0 } else { MTU_UNKNOWN };
             return parsed
                 .paths
                 .iter()
-                .map(|p| Route {
+                .enumerate()
+                .map(|(i, p)| Route {
                     action: Action::Unicast { oif: p.oif, gateway: p.gateway },
                     weight: p.weight,
+                    mtu: if i == 0 { route.mtu } else { others },
                     ..route
                 })
                 .collect();

@@ -235,7 +235,10 @@ impl Control {
                 },
                 Some(req) = resolve.recv() => self.resolve(&mut handle, req).await,
                 Some(policy) = policies.recv() => self.set_policy(policy),
-                Some(event) = nh_events.recv() => self.on_nexthop(event),
+                event = nh_events.recv() => match event {
+                    Some(event) => self.on_nexthop(event),
+                    None => anyhow::bail!("the nexthop reader stopped"),
+                },
                 _ = sysctl.tick() => {
                     self.poll_forwarding();
                     self.poll_netfilter();
@@ -436,9 +439,12 @@ impl Control {
                          traffic while xdpfwd reads the nexthop objects again"
                     );
                 }
-                // Whatever was reported before this loss proves nothing.
+                // Whatever was reported before this loss proves nothing; and an object deleted
+                // and made again meanwhile took its routes with it without a word: the routes
+                // are read again too.
                 let was = self.is_stale();
                 self.nh_seen = Some(HashSet::new());
+                self.lost = true;
                 self.stale_changed(was);
             }
             NhEvent::Synced => {

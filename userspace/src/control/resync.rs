@@ -93,7 +93,9 @@ impl Control {
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut rounds = 0;
-        while std::mem::take(&mut self.lost)
+        // Events applied from the queue may ask for another read (a loss, an address or a link
+        // gone): it happens before xdpfwd forwards again.
+        while (std::mem::take(&mut self.lost) || std::mem::take(&mut self.resync))
             && !self.shared.stop.load(std::sync::atomic::Ordering::Relaxed)
         {
             rounds += 1;
