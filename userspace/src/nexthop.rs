@@ -13,7 +13,7 @@ use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -68,6 +68,9 @@ pub enum NhEvent {
     Synced,
     /// The socket overran: events were lost.
     Overrun,
+    /// The kernel refused a dump for now (busy, or no room for its answer): ask again. The
+    /// reader handles it; the control plane never sees it.
+    Refused,
 }
 
 /// Parses one `RTM_NEWNEXTHOP` / `RTM_DELNEXTHOP` payload (after the netlink header).
@@ -145,7 +148,7 @@ pub fn spawn_reader(
     let granted = sockopt::force_rx_buf(&socket, rx_buf).context("sizing the nexthop socket")?;
     tracing::debug!(granted, "nexthop socket receive buffer");
     sockopt::set_timeout(&socket, Duration::from_millis(200));
-    let mut reader = Reader { socket, dumping: false, again: false };
+    let mut reader = Reader { socket, dumping: false, again: false, heard: Instant::now() };
     reader.dump()?;
     let handle = thread::Builder::new()
         .name("xdpfwd-nexthops".into())
@@ -162,7 +165,13 @@ struct Reader {
     dumping: bool,
     /// Events were lost during the running dump: dump again when it ends.
     again: bool,
+    /// When the running dump last answered: one silent for [`DUMP_STALL`] was lost (its
+    /// answer did not fit the buffer) and is asked again.
+    heard: Instant,
 }
+
+/// How long a running dump may stay silent before it is asked again.
+const DUMP_STALL: Duration = Duration::from_secs(2);
 
 impl Reader {
     /// Asks the kernel for every nexthop object.
@@ -174,7 +183,7 @@ impl Reader {
         req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
         req[8..12].copy_from_slice(&1u32.to_ne_bytes());
         self.socket.send_to(&req, &SocketAddr::new(0, 0), 0).context("dumping nexthops")?;
-        self.dumping = true;
+        (self.dumping, self.again, self.heard) = (true, false, Instant::now());
         Ok(())
     }
 
@@ -186,6 +195,18 @@ impl Reader {
             return Ok(());
         }
         self.dump()
+    }
+
+    /// Every receive timeout: a dump refused, or silent for too long, is asked again.
+    fn tick(&mut self) -> anyhow::Result<()> {
+        if self.dumping && self.heard.elapsed() > DUMP_STALL {
+            tracing::debug!("the nexthop dump went silent: asking again");
+            (self.dumping, self.again) = (false, true);
+        }
+        if !self.dumping && self.again {
+            self.dump()?;
+        }
+        Ok(())
     }
 
     /// The end of a dump: a [`NhEvent::Synced`], or another dump if events were lost.
@@ -218,13 +239,23 @@ impl Reader {
                     continue;
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => {
+                    self.tick()?;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
+            // Answers to the dump carry its sequence number (1); events carry 0.
+            if buf.get(8..12) == Some(&1u32.to_ne_bytes()[..]) {
+                self.heard = Instant::now();
+            }
             for event in messages(&buf[..n]) {
                 let event = match event {
                     NhEvent::Synced => self.dumped()?,
+                    NhEvent::Refused => {
+                        // Asked again at the next tick.
+                        (self.dumping, self.again) = (false, true);
+                        None
+                    }
                     NhEvent::Overrun => {
                         self.lost(tx)?;
                         None
@@ -255,8 +286,17 @@ pub fn messages(mut data: &[u8]) -> Vec<NhEvent> {
             RTM_NEWNEXTHOP | RTM_DELNEXTHOP => out.extend(parse(kind, &data[16..len])),
             NLMSG_DONE => out.push(NhEvent::Synced),
             NLMSG_OVERRUN => out.push(NhEvent::Overrun),
-            // A dump refused (a kernel without nexthop objects): nothing to mirror.
-            NLMSG_ERROR => out.push(NhEvent::Synced),
+            NLMSG_ERROR => {
+                let code =
+                    data.get(16..20).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                if [libc::ENOBUFS, libc::EBUSY, libc::EAGAIN, libc::EINTR].contains(&-code) {
+                    out.push(NhEvent::Refused);
+                } else {
+                    // A dump refused for good (a kernel without nexthop objects): nothing to
+                    // mirror.
+                    out.push(NhEvent::Synced);
+                }
+            }
             _ => {}
         }
         data = &data[((len + 3) & !3).min(data.len())..];
@@ -466,6 +506,26 @@ pub fn group_of(paths: &[Path]) -> NhGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `NLMSG_ERROR` answering the dump, with `code`.
+    fn error(code: i32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&36u32.to_ne_bytes());
+        m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m.extend_from_slice(&[0, 0]);
+        m.extend_from_slice(&1u32.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&code.to_ne_bytes());
+        m.extend_from_slice(&[0; 16]);
+        m
+    }
+
+    #[test]
+    fn a_dump_refused_for_now_is_asked_again_one_refused_for_good_ends() {
+        assert_eq!(messages(&error(-libc::ENOBUFS)), [NhEvent::Refused]);
+        assert_eq!(messages(&error(-libc::EBUSY)), [NhEvent::Refused]);
+        assert_eq!(messages(&error(-libc::EOPNOTSUPP)), [NhEvent::Synced]);
+    }
 
     /// An `RTM_NEWNEXTHOP` message as `ip nexthop add id 6 via 198.18.2.2 dev (3)` makes it.
     fn single() -> Vec<u8> {

@@ -432,6 +432,8 @@ impl Control {
                 self.nexthops.set(id, nh);
             }
             NhEvent::Del(id) => self.remove_nexthop(id),
+            // The reader's own business.
+            NhEvent::Refused => {}
             NhEvent::Overrun => {
                 if self.nh_seen.is_none() {
                     tracing::warn!(
