@@ -441,12 +441,9 @@ impl Control {
                          traffic while xdpfwd reads the nexthop objects again"
                     );
                 }
-                // Whatever was reported before this loss proves nothing; and an object deleted
-                // and made again meanwhile took its routes with it without a word: the routes
-                // are read again too.
+                // Whatever was reported before this loss proves nothing.
                 let was = self.is_stale();
                 self.nh_seen = Some(HashSet::new());
-                self.lost = true;
                 self.stale_changed(was);
             }
             NhEvent::Synced => {
