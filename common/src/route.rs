@@ -236,8 +236,17 @@ pub struct FibRule {
     /// Routes with a prefix length up to this are ignored ([`FIB_NO_SUPPRESS`]: none).
     pub suppress: u32,
     pub flags: FibFlags,
+    /// The `tos` / `dscp` selector: the rule matches where the frame's DS field (IPv4 TOS
+    /// byte, IPv6 traffic class) has `ds` in the bits of `ds_mask` (0: no such selector).
+    pub ds: u8,
+    pub ds_mask: u8,
+    /// Port selectors with a mask (`sport VALUE/MASK`): the rule matches where the port has
+    /// `sel.sport_lo` (`sel.dport_lo`) in the mask's bits (0: the range in `sel`, if any).
+    pub sport_mask: u16,
+    pub dport_mask: u16,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<FibRule>() == 88 + 16);
+const _: () = assert!(size_of::<FibRule>() == 88 + 24);
 
 /// Most policy rules per family that the XDP program evaluates; more send the family's
 /// transit traffic to the kernel.

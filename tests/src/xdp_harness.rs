@@ -257,6 +257,7 @@ impl Harness {
             target: u32::MAX,
             suppress: FIB_NO_SUPPRESS,
             flags: FibFlags::empty(),
+            ..FibRule::default()
         };
         let https = FibRule {
             sel: Rule {

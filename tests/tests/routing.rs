@@ -30,7 +30,25 @@ use xdpfwd_tests::{
     sh, xdp_counter,
 };
 
-/// The rule set of the test: every selector xdpfwd evaluates, a goto, an inverted rule, a
+/// `frame` with its DS field (IPv4 TOS byte with the header checksum redone, IPv6 traffic
+/// class) set to `ds`.
+fn with_ds(mut frame: Vec<u8>, ds: u8) -> Vec<u8> {
+    if frame[14] >> 4 == 6 {
+        frame[14] = 0x60 | ds >> 4;
+        frame[15] = (ds & 0x0f) << 4 | (frame[15] & 0x0f);
+        return frame;
+    }
+    frame[15] = ds;
+    frame[24..26].fill(0);
+    let sum =
+        frame[14..34].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    frame[24..26].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+    frame
+}
+
+/// The rule set of the test: every selector xdpfwd evaluates (tos included), a goto, an inverted rule, a
 /// rule only the kernel can evaluate (fwmark), tables with `throw`, a blackhole, a route MTU.
 fn policy(topo: &Topology, f2: &str) {
     let f1 = topo.f1.as_str();
@@ -44,6 +62,7 @@ fn policy(topo: &Topology, f2: &str) {
         "route add blackhole 198.19.50.0/24 table 101".to_string(),
         format!("route add 198.19.51.0/24 via 198.18.3.2 dev {f2} table 102"),
         "rule add pref 100 from 198.18.1.0/28 lookup 100".to_string(),
+        "rule add pref 105 tos 0x10 lookup 102".to_string(),
         "rule add pref 110 ipproto udp dport 6000-6010 lookup 102".to_string(),
         "rule add pref 120 from 198.18.1.128/26 fwmark 1 lookup 100".to_string(),
         format!("rule add pref 130 iif {} ipproto tcp lookup 100", topo.f0),
@@ -58,6 +77,7 @@ fn policy(topo: &Topology, f2: &str) {
         "-6 route add throw 2001:2:51::/64 table 100".to_string(),
         format!("-6 route add 2001:2:51::/64 via 2001:2:0:3::2 dev {f2} table 102"),
         "-6 rule add pref 100 from 2001:2:0:1::/120 lookup 100".to_string(),
+        "-6 rule add pref 105 tos 0xb8 lookup 102".to_string(),
         "-6 rule add pref 110 ipproto udp dport 6000 lookup 102".to_string(),
         "-6 rule add pref 120 not to 2001:2:50::/48 lookup 100".to_string(),
     ] {
@@ -84,6 +104,11 @@ fn stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
             out.push(frame(c_mac, f_mac, a(src, dst), tcp, ports, 100));
         }
     }
+    // pref 105, `tos 0x10`: the kernel compares the legacy TOS bits (0x1c) only, never ECN.
+    for ds in [0x10, 0xb0, 0x13, 0x08, 0x0c] {
+        let f = frame(c_mac, f_mac, a([198, 18, 1, 60], [198, 19, 51, 7]), false, (4000, 9000), 90);
+        out.push(with_ds(f, ds));
+    }
     // Over the route MTU (1000): the kernel fragments it.
     out.push(frame(c_mac, f_mac, a([198, 18, 1, 60], [198, 19, 52, 8]), false, (4000, 9000), 1200));
     for dst in ["2001:2:50::7", "2001:2:51::7", "2001:2:52::7"] {
@@ -93,6 +118,10 @@ fn stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
             ("2001:2:0:1::1:2", 9000), // pref 120 for 2001:2:52::, else main
         ] {
             out.push(frame6(c_mac, f_mac, src, dst, dport));
+        }
+        // pref 105, `tos 0xb8`: the whole DSCP (not the legacy bits), never ECN.
+        for ds in [0xb8, 0xbb, 0x18, 0xbc] {
+            out.push(with_ds(frame6(c_mac, f_mac, "2001:2:0:1::1:2", dst, 9000), ds));
         }
     }
     out
@@ -125,13 +154,23 @@ fn policy_rules_choose_the_egress_exactly_as_the_kernel_does() {
     let capture = Capture::open(&topo, &s2);
     let kernel = send_stream(&topo, &capture);
     assert!(kernel.0.len() + kernel.1.len() >= 20, "the kernel forwarded {kernel:?}");
+    let ds = |f: &Vec<u8>| if f[14] >> 4 == 6 { f[14] << 4 | f[15] >> 4 } else { f[15] };
+    let tos_out = |frames: &[Vec<u8>]| frames.iter().map(ds).filter(|d| *d != 0).count();
+    assert_eq!(tos_out(&kernel.1), 3 + 2, "the tos rules send these out of f2");
+    assert_eq!(tos_out(&kernel.0), 2 + 6, "and the others out of f1");
 
     let mut fwd =
         Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
     let ours = send_stream(&topo, &capture);
     let done = fwd.stop().unwrap();
-    assert!(xdp_counter(&done.stdout, "steered") >= 15, "xdpfwd forwarded most: {}", done.stdout);
-    assert!(xdp_counter(&done.stdout, "pass_fib") >= 1, "the fwmark rule went to the kernel");
+    // All but the fwmark rule's three frames and the one over the route MTU (two fragments
+    // from the kernel) are xdpfwd's, the tos rules' included.
+    let forwarded = kernel.0.len() + kernel.1.len();
+    let steered = xdp_counter(&done.stdout, "steered") as usize;
+    assert!(steered >= forwarded - 5, "xdpfwd forwarded {steered} of {forwarded}: {}", done.stdout);
+    // Only the fwmark rule's three frames are the kernel's (single-port rules, reported by
+    // Linux 6.16+ with a port mask, and tos rules are evaluated by xdpfwd).
+    assert_eq!(xdp_counter(&done.stdout, "pass_fib"), 3, "{}", done.stdout);
     assert_eq!(ours.0, kernel.0, "frames out of f1 differ");
     assert_eq!(ours.1, kernel.1, "frames out of f2 differ");
 }

@@ -2,12 +2,13 @@
 //! compilation into the XDP program's `FIB_RULES`.
 //!
 //! Pure logic over parsed rule messages. A rule whose outcome the XDP program cannot know
-//! exactly (fwmark, uidrange, oif, l3mdev, tos / dscp, tunnel id, realms, interface-group
-//! suppression, blackhole / unreachable / prohibit) is compiled to [`FibAction::Kernel`] with
+//! exactly (fwmark, uidrange, oif, l3mdev, flow label, port masks, tunnel id, realms,
+//! interface-group suppression, blackhole / unreachable / prohibit) is compiled to [`FibAction::Kernel`] with
 //! the selectors it can evaluate, or with none (every frame reaching it goes to the kernel):
 //! no rule set makes xdpfwd forward where the kernel would not.
 
 use ipnet::IpNet;
+use netlink_packet_core::{DefaultNla, Nla};
 use netlink_packet_route::{
     AddressFamily,
     rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage},
@@ -29,7 +30,12 @@ pub struct FibRuleSpec {
     pub proto: Option<u8>,
     pub sport: Option<(u16, u16)>,
     pub dport: Option<(u16, u16)>,
+    /// `FRA_SPORT_MASK` / `FRA_DPORT_MASK`: the port (the range's start) under a mask.
+    pub sport_mask: Option<u16>,
+    pub dport_mask: Option<u16>,
     pub invert: bool,
+    /// The `tos` or `dscp` selector: (value, mask) over the frame's DS field.
+    pub ds: Option<(u8, u8)>,
     pub action: SpecAction,
     /// `suppress_prefixlength` (`None`: not set).
     pub suppress: Option<u32>,
@@ -57,9 +63,10 @@ impl FibRuleSpec {
         };
         let mut spec = FibRuleSpec {
             invert: msg.header.flags.contains(RuleFlags::Invert),
-            opaque: msg.header.tos != 0,
             ..FibRuleSpec::all(v6, 0, SpecAction::Kernel)
         };
+        let mut dscp = None;
+        let mut dscp_mask = None;
         let mut table = u32::from(msg.header.table);
         let mut goto = None;
         for attr in &msg.attributes {
@@ -83,9 +90,27 @@ impl FibRuleSpec {
                 RuleAttribute::SuppressIfGroup(g) => spec.opaque |= *g != u32::MAX,
                 RuleAttribute::FwMark(m) => spec.opaque |= *m != 0,
                 RuleAttribute::FwMask(_) | RuleAttribute::Protocol(_) => {}
-                // oif, uidrange, realms, tunnel id, l3mdev, dscp and whatever comes next.
+                RuleAttribute::Other(nla) if nla.kind() == FRA_DSCP => dscp = nla_u8(nla),
+                RuleAttribute::Other(nla) if nla.kind() == FRA_DSCP_MASK => dscp_mask = nla_u8(nla),
+                RuleAttribute::Other(nla) if nla.kind() == FRA_SPORT_MASK => {
+                    spec.sport_mask = nla_u16(nla);
+                    spec.opaque |= spec.sport_mask.is_none();
+                }
+                RuleAttribute::Other(nla) if nla.kind() == FRA_DPORT_MASK => {
+                    spec.dport_mask = nla_u16(nla);
+                    spec.opaque |= spec.dport_mask.is_none();
+                }
+                // oif, uidrange, realms, tunnel id, l3mdev, flow label, port masks and
+                // whatever comes next.
                 _ => spec.opaque = true,
             }
+        }
+        // A mask without its port: the kernel refuses it; never narrower than the kernel.
+        spec.opaque |= (spec.sport_mask.is_some() && spec.sport.is_none())
+            || (spec.dport_mask.is_some() && spec.dport.is_none());
+        match ds_selector(v6, msg.header.tos, dscp, dscp_mask) {
+            Ok(ds) => spec.ds = ds,
+            Err(()) => spec.opaque = true,
         }
         spec.action = match msg.header.action {
             RuleAction::ToTable if table != 0 => SpecAction::Lookup(table),
@@ -118,11 +143,59 @@ impl FibRuleSpec {
             proto: None,
             sport: None,
             dport: None,
+            sport_mask: None,
+            dport_mask: None,
             invert: false,
+            ds: None,
             action,
             suppress: None,
             opaque: false,
         }
+    }
+}
+
+/// `FRA_DSCP` (a DSCP, the DS field's upper six bits), the port masks (Linux 6.16: a rule
+/// on a single port reports the mask 0xffff) and `FRA_DSCP_MASK`, which
+/// netlink-packet-route does not name.
+const FRA_DSCP: u16 = 25;
+const FRA_SPORT_MASK: u16 = 28;
+const FRA_DPORT_MASK: u16 = 29;
+const FRA_DSCP_MASK: u16 = 30;
+
+fn nla_u16(nla: &DefaultNla) -> Option<u16> {
+    let mut value = vec![0; nla.value_len()];
+    nla.emit_value(&mut value);
+    Some(u16::from_ne_bytes(value.try_into().ok()?))
+}
+
+fn nla_u8(nla: &DefaultNla) -> Option<u8> {
+    let mut value = vec![0; nla.value_len()];
+    nla.emit_value(&mut value);
+    (value.len() == 1).then(|| value[0])
+}
+
+/// The DS-field selector as the kernel's `fib4_rule_match` / `fib6_rule_match` apply it:
+/// `(frame ^ value) & mask == 0`. An IPv4 `tos` compares only the legacy TOS bits (0x1c,
+/// `fib_dscp_masked_match`), an IPv6 `tos` the whole DSCP; `dscp` (with its mask) the DSCP
+/// in both families; the ECN bits never. `Err` for what the kernel would not have accepted.
+fn ds_selector(
+    v6: bool,
+    tos: u8,
+    dscp: Option<u8>,
+    mask: Option<u8>,
+) -> Result<Option<(u8, u8)>, ()> {
+    const DSCP_BITS: u8 = 0xfc;
+    const LEGACY_TOS_BITS: u8 = 0x1c;
+    match (tos, dscp, mask) {
+        (0, None, None) => Ok(None),
+        (0, Some(d), m) if d <= 0x3f && m.is_none_or(|m| m <= 0x3f) => {
+            let mask = m.map_or(DSCP_BITS, |m| m << 2);
+            let value = d << 2;
+            if value & !mask != 0 { Err(()) } else { Ok(Some((value, mask))) }
+        }
+        (t, None, None) if v6 && t & !DSCP_BITS == 0 => Ok(Some((t, DSCP_BITS))),
+        (t, None, None) if !v6 && t & !LEGACY_TOS_BITS == 0 => Ok(Some((t, LEGACY_TOS_BITS))),
+        _ => Err(()),
     }
 }
 
@@ -236,14 +309,25 @@ fn compile_one(spec: &FibRuleSpec, iif: &impl Fn(&str) -> Option<u32>) -> FibRul
         sel.fields |= RuleFields::DST;
         (sel.dst, sel.dst_mask, _) = prefix_words(net);
     }
-    if let Some((lo, hi)) = spec.sport {
-        sel.fields |= RuleFields::SPORT;
-        (sel.sport_lo, sel.sport_hi) = (lo, hi);
+    // `fib_rule_port_match`: a mask compares the range's start under it, no mask the range.
+    let (mut sport_mask, mut dport_mask) = (0, 0);
+    match (spec.sport, spec.sport_mask.filter(|m| *m != 0)) {
+        (Some((lo, _)), Some(mask)) => (sel.sport_lo, sport_mask) = (lo & mask, mask),
+        (Some((lo, hi)), None) => {
+            sel.fields |= RuleFields::SPORT;
+            (sel.sport_lo, sel.sport_hi) = (lo, hi);
+        }
+        _ => {}
     }
-    if let Some((lo, hi)) = spec.dport {
-        sel.fields |= RuleFields::DPORT;
-        (sel.dport_lo, sel.dport_hi) = (lo, hi);
+    match (spec.dport, spec.dport_mask.filter(|m| *m != 0)) {
+        (Some((lo, _)), Some(mask)) => (sel.dport_lo, dport_mask) = (lo & mask, mask),
+        (Some((lo, hi)), None) => {
+            sel.fields |= RuleFields::DPORT;
+            (sel.dport_lo, sel.dport_hi) = (lo, hi);
+        }
+        _ => {}
     }
+    let (mut ds, mut ds_mask) = spec.ds.unwrap_or((0, 0));
     if spec.invert && !flags.contains(FibFlags::NEVER) {
         flags |= FibFlags::INVERT;
     }
@@ -259,6 +343,7 @@ fn compile_one(spec: &FibRuleSpec, iif: &impl Fn(&str) -> Option<u32>) -> FibRul
         // reaching it goes to the kernel.
         sel = Rule::default();
         flags = FibFlags::empty();
+        (ds, ds_mask, sport_mask, dport_mask) = (0, 0, 0, 0);
     }
     sel.action = action as u32;
     FibRule {
@@ -267,6 +352,11 @@ fn compile_one(spec: &FibRuleSpec, iif: &impl Fn(&str) -> Option<u32>) -> FibRul
         target: u32::MAX,
         suppress: spec.suppress.unwrap_or(FIB_NO_SUPPRESS),
         flags,
+        ds,
+        ds_mask,
+        sport_mask,
+        dport_mask,
+        _pad: [0; 2],
     }
 }
 
@@ -311,7 +401,94 @@ mod tests {
         assert_eq!(FibRuleSpec::from_message(&bh).unwrap().action, SpecAction::Kernel);
         let mut tos = msg(RuleAction::ToTable, vec![RuleAttribute::Table(7)]);
         tos.header.tos = 0x10;
-        assert!(FibRuleSpec::from_message(&tos).unwrap().opaque);
+        let spec = FibRuleSpec::from_message(&tos).unwrap();
+        assert!(!spec.opaque);
+        assert_eq!(spec.ds, Some((0x10, 0x1c)), "IPv4 tos: the legacy TOS bits only");
+        tos.header.family = AddressFamily::Inet6;
+        tos.header.tos = 0xb8;
+        let spec = FibRuleSpec::from_message(&tos).unwrap();
+        assert_eq!(spec.ds, Some((0xb8, 0xfc)), "IPv6 tos: the whole DSCP");
+        tos.header.tos = 0xb9;
+        assert!(FibRuleSpec::from_message(&tos).unwrap().opaque, "ECN bits: not the kernel's");
+    }
+
+    /// An `RTM_NEWRULE` as Linux 6.18 sends it for `ip rule add dscp 46/MASK lookup 7`:
+    /// header, `FRA_TABLE`, `FRA_DSCP`, `FRA_DSCP_MASK`.
+    fn dscp_rule_bytes(mask: Option<u8>) -> Vec<u8> {
+        use netlink_packet_core::{Emitable, NlaBuffer};
+        let mut out = vec![2, 0, 0, 0, 7, 0, 0, 1, 0, 0, 0, 0];
+        let mut attrs = vec![DefaultNla::new(15, 7u32.to_ne_bytes().to_vec())];
+        attrs.push(DefaultNla::new(FRA_DSCP, vec![46]));
+        attrs.extend(mask.map(|m| DefaultNla::new(FRA_DSCP_MASK, vec![m])));
+        for a in attrs {
+            let mut buf = vec![0; a.buffer_len()];
+            a.emit(&mut buf);
+            assert!(NlaBuffer::new_checked(&buf[..]).is_ok());
+            out.extend(buf);
+        }
+        out
+    }
+
+    #[test]
+    fn single_ports_with_the_mask_the_kernel_reports_are_evaluated() {
+        use netlink_packet_core::{Emitable, Parseable};
+        use netlink_packet_route::rule::RulePortRange;
+        // `ip rule add dport 7000 lookup 7` as Linux 6.18 reports it: range 7000-7000 and
+        // mask 0xffff; then a real mask.
+        let bytes = |mask: u16| {
+            let mut m = msg(
+                RuleAction::ToTable,
+                vec![
+                    RuleAttribute::Table(7),
+                    RuleAttribute::DestinationPortRange(RulePortRange { start: 7000, end: 7000 }),
+                    RuleAttribute::Other(DefaultNla::new(
+                        FRA_DPORT_MASK,
+                        mask.to_ne_bytes().into(),
+                    )),
+                ],
+            );
+            m.header.table = 7;
+            let mut out = vec![0; m.buffer_len()];
+            m.emit(&mut out);
+            out
+        };
+        let parse = |b: Vec<u8>| {
+            let m = RuleMessage::parse(&b[..]).unwrap();
+            FibRuleSpec::from_message(&m).unwrap()
+        };
+        let single = parse(bytes(0xffff));
+        assert_eq!(
+            (single.dport, single.dport_mask, single.opaque),
+            (Some((7000, 7000)), Some(0xffff), false)
+        );
+        let rules = FibRules { rules: vec![single, parse(bytes(0xff00))] };
+        let compiled = rules.compile(|_| None, |_| true).unwrap();
+        assert_eq!((compiled[0].sel.dport_lo, compiled[0].dport_mask), (7000, 0xffff));
+        assert_eq!((compiled[1].sel.dport_lo, compiled[1].dport_mask), (7000 & 0xff00, 0xff00));
+        assert!(!compiled[1].sel.fields.contains(RuleFields::DPORT), "no range under a mask");
+        let mut no_port = msg(RuleAction::ToTable, vec![RuleAttribute::Table(7)]);
+        no_port.attributes.push(RuleAttribute::Other(DefaultNla::new(FRA_SPORT_MASK, vec![1, 0])));
+        assert!(FibRuleSpec::from_message(&no_port).unwrap().opaque);
+    }
+
+    #[test]
+    fn dscp_selectors_are_evaluated_with_their_mask() {
+        use netlink_packet_core::Parseable;
+        let parse = |bytes: Vec<u8>| {
+            let m = RuleMessage::parse(&bytes[..]).unwrap();
+            FibRuleSpec::from_message(&m).unwrap()
+        };
+        let full = parse(dscp_rule_bytes(None));
+        assert_eq!((full.ds, full.opaque), (Some((46 << 2, 0xfc)), false));
+        assert_eq!(full.action, SpecAction::Lookup(7));
+        let masked = parse(dscp_rule_bytes(Some(0x38)));
+        assert_eq!((masked.ds, masked.opaque), (None, true), "bits outside the mask");
+        let masked = parse(dscp_rule_bytes(Some(0x3e)));
+        assert_eq!((masked.ds, masked.opaque), (Some((46 << 2, 0xf8)), false));
+        let rules = FibRules { rules: vec![full] };
+        let compiled = rules.compile(|_| None, |_| true).unwrap();
+        assert_eq!((compiled[0].ds, compiled[0].ds_mask), (0xb8, 0xfc));
+        assert_eq!(FibAction::from_u32(compiled[0].sel.action), FibAction::Lookup);
     }
 
     #[test]

@@ -168,6 +168,7 @@ fn ipv4(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
         unfragmented: first_fragment && ip[6] & 0x20 == 0,
         expired,
         no_fragmenting: ip[6] & 0x40 != 0,
+        ds: ip[1],
     };
     let word =
         |at: usize| [u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]) as u64, 0];
@@ -222,6 +223,7 @@ fn ipv6(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
         unfragmented: true,
         expired,
         no_fragmenting: true,
+        ds: ip[0] << 4 | ip[1] >> 4,
     };
     routed(ctx, at, &packet, (src, dst), label, steer)
 }

@@ -57,6 +57,8 @@ pub struct Packet {
     /// Too big for the route's MTU means "fragmentation needed" (IPv4 with DF set, every
     /// IPv6 packet), not fragmentation.
     pub no_fragmenting: bool,
+    /// The DS field (IPv4 TOS byte, IPv6 traffic class).
+    pub ds: u8,
 }
 
 /// What rules, policy rules and the ECMP hash look at. Plain C layout: the BPF global
@@ -76,6 +78,8 @@ pub struct Flow {
     pub vlan: u16,
     pub proto: u8,
     pub flags: FlowFlags,
+    /// The DS field: IPv4 TOS byte, IPv6 traffic class.
+    pub ds: u8,
 }
 
 bitflags::bitflags! {
@@ -115,6 +119,7 @@ impl Flow {
             vlan: at.vlan,
             proto: packet.proto,
             flags,
+            ds: packet.ds,
         }
     }
 

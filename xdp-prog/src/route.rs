@@ -7,7 +7,7 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use xdpfwd_common::{
-    Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibWord, HashPolicy, HopFlags,
+    Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy, HopFlags,
     ICMP_QUOTE_FORWARDED, IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags,
     NeighKeyV4, NeighKeyV6, NhPath, Route, RouteKind, RuleFields, XskMeta, fib_rule_index,
     flow_hash, route_key_bits, route_key_v4, route_key_v6,
@@ -341,10 +341,15 @@ pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
             i += 1;
             continue;
         }
-        if needs_kernel(rule.sel.fields, flow) {
+        let masked_ports = rule.sport_mask | rule.dport_mask != 0;
+        let fields =
+            if masked_ports { rule.sel.fields.union(RuleFields::PORTS) } else { rule.sel.fields };
+        if needs_kernel(fields, flow) {
             return FIB_KERNEL;
         }
-        if rule_matches(&rule.sel, flow) == rule.flags.contains(FibFlags::INVERT) {
+        if (rule_matches(&rule.sel, flow) && fib_rule_extra_matches(rule, flow))
+            == rule.flags.contains(FibFlags::INVERT)
+        {
             i += 1;
             continue;
         }
@@ -373,6 +378,16 @@ pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
         }
     }
     FIB_KERNEL
+}
+
+/// The selectors of a policy rule beyond the steering rule's: the DS field and masked ports
+/// (`fib4_rule_match`, `fib6_rule_match`, `fib_rule_port_match`). A rule with masked ports
+/// reaches this only for frames with ports (`needs_kernel`).
+#[inline(always)]
+fn fib_rule_extra_matches(rule: &FibRule, flow: &Flow) -> bool {
+    (flow.ds ^ rule.ds) & rule.ds_mask == 0
+        && (flow.sport ^ rule.sel.sport_lo) & rule.sport_mask == 0
+        && (flow.dport ^ rule.sel.dport_lo) & rule.dport_mask == 0
 }
 
 /// Selectors the kernel evaluates on what its flow dissector finds, where this program sees
