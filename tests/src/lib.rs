@@ -335,6 +335,14 @@ impl Forwarder {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Sends `signal` (`SIGSTOP` / `SIGCONT` to hold the process while the kernel changes).
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     /// Sends `signal` and waits (at most 20 s) for the exit.
     pub fn stop_with(&mut self, signal: i32) -> anyhow::Result<Finished> {
         let mut child = self.child.take().context("already stopped")?;

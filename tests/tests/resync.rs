@@ -201,3 +201,62 @@ fn lost_netlink_events_are_made_up_for_by_reading_everything_again() {
     // While xdpfwd read everything again, transit went to the kernel.
     assert!(xdp_counter(&done.stdout, "pass_fib") > 0, "sent {sent}: {}", done.stdout);
 }
+
+/// Nexthop events lost while an object is deleted and made again through another link: the
+/// kernel flushed the routes through the old one without a word, and the new dump reports the
+/// id as if nothing happened. xdpfwd must read the routes again, not forward them through the
+/// new object. xdpfwd is stopped (SIGSTOP) while the changes are made, so its nexthop socket
+/// (4 KiB) overflows for certain; no route event is sent, so its rtnetlink socket does not.
+#[test]
+fn a_nexthop_made_again_while_its_events_were_lost_keeps_no_flushed_route() {
+    let topo = Topology::new("rn", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    let f1 = topo.f1.clone();
+    ip(&topo, &format!("nexthop add id 900 via 198.18.2.2 dev {f1}"));
+    ip(&topo, "route add 198.19.70.0/24 nhid 900");
+    ip(&topo, &format!("route add 198.19.71.0/24 via 198.18.2.2 dev {f1}"));
+    let args = [&topo.f0, &f1, &f2, "--stats-interval", "0", "--netlink-buffer", "4096"];
+    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 70, 9), (4, 5), false);
+    assert_eq!(total, 20, "forwarded through nexthop 900 before: {seen:?}");
+
+    let mut batch = String::new();
+    for n in 0..200 {
+        batch += &format!("nexthop add id {} via 198.18.3.2 dev {f2}\n", 2000 + n);
+    }
+    batch += "nexthop del id 900\n";
+    batch += &format!("nexthop add id 900 via 198.18.3.2 dev {f2}\n");
+    let file = std::env::temp_dir().join(format!("xdpfwd-test-{}.batch", topo.fwd));
+    fs::write(&file, batch).unwrap();
+    fwd.signal(libc::SIGSTOP);
+    let done = sh(&["ip", "-n", &topo.fwd, "-batch", &file.to_string_lossy()]);
+    fwd.signal(libc::SIGCONT);
+    let _ = fs::remove_file(&file);
+    done.unwrap();
+    let route = sh(&["ip", "-n", &topo.fwd, "route", "show", "198.19.70.0/24"]).unwrap();
+    assert!(route.trim().is_empty(), "the kernel flushed the route: {route}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut mirrored, mut kernel);
+    loop {
+        kernel = ours(kernel_routes(&topo.fwd).unwrap());
+        mirrored = ours(mirrored_routes(&topo.fwd, &topo.f0).unwrap());
+        if mirrored == kernel || Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(mirrored, kernel, "the tries hold the kernel's routes");
+    assert_forwarding_off(&topo);
+    let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 70, 9), (4, 5), false);
+    assert_eq!(total, 0, "no route, nothing forwarded (not out of f2): {seen:?}");
+    let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 71, 9), (4, 5), false);
+    assert_eq!(total, 20, "forwarding resumed: {seen:?}");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+    assert!(done.stderr.contains("nexthop events were lost"), "{}", done.stderr);
+    assert!(done.stderr.contains("in step with the kernel again"), "{}", done.stderr);
+}

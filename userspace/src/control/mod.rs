@@ -132,9 +132,10 @@ pub struct Control {
     nexthops: Nexthops,
     /// The routes must be read again (a link went down or up, an address was deleted).
     resync: bool,
-    /// rtnetlink events were lost: everything must be read again (`resync`).
+    /// rtnetlink events were lost (or nexthop events, whose objects are read again already):
+    /// everything must be read again (`resync`).
     lost: bool,
-    /// rtnetlink events were lost and not everything has been read again since.
+    /// Events were lost and not everything has been read again since.
     stale: bool,
     /// Nexthop events were lost: the ids the nexthop socket's new dump reported so far.
     nh_seen: Option<HashSet<u32>>,
@@ -456,7 +457,11 @@ impl Control {
                 for id in gone {
                     self.remove_nexthop(id);
                 }
-                self.stale_changed(true);
+                // An object deleted and made again while its events were lost is in the new
+                // dump, but the kernel flushed the routes through it without a word: the
+                // routes are read again too, and transit stays with the kernel until then.
+                self.stale = true;
+                self.lost = true;
             }
         }
     }

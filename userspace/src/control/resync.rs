@@ -10,7 +10,8 @@
 //! arrived meanwhile are applied on top, and xdpfwd forwards again; a loss during all this
 //! starts it over. Nexthop objects come from their own socket, whose reader dumps them again
 //! after a loss of its own ([`crate::nexthop`]); objects that dump no longer reports are
-//! removed here ([`Control::on_nexthop`]).
+//! removed here ([`Control::on_nexthop`]), and everything else is read again after it (an
+//! object deleted and made again meanwhile took its routes along without a word).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,7 +22,7 @@ use std::{
 use anyhow::Context as _;
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use ipnet::IpNet;
-use netlink_packet_core::NetlinkMessage;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
 
@@ -43,14 +44,21 @@ const QUIET: Duration = Duration::from_millis(100);
 const SETTLE: Duration = Duration::from_secs(5);
 
 /// Lets a burst pass before a re-read: discards events until none came for [`QUIET`], at most
-/// [`SETTLE`]. Whatever they changed, the dump that follows reads.
-async fn settle(events: &mut Events) -> anyhow::Result<()> {
+/// [`SETTLE`]. Whatever they changed, the dump that follows reads. Returns whether the socket
+/// reported a loss among them (the dump makes up for it too).
+async fn settle(events: &mut Events) -> anyhow::Result<bool> {
     let until = tokio::time::Instant::now() + SETTLE;
+    let mut overrun = false;
     loop {
         let quiet = (tokio::time::Instant::now() + QUIET).min(until);
         match tokio::time::timeout_at(quiet, events.next()).await {
-            Ok(Some(_)) if tokio::time::Instant::now() < until => {}
-            Ok(Some(_)) | Err(_) => return Ok(()),
+            Ok(Some((msg, _))) => {
+                overrun |= matches!(msg.payload, NetlinkPayload::Overrun(_));
+                if tokio::time::Instant::now() >= until {
+                    return Ok(overrun);
+                }
+            }
+            Err(_) => return Ok(overrun),
             Ok(None) => anyhow::bail!("the rtnetlink event stream ended"),
         }
     }
@@ -100,7 +108,12 @@ impl Control {
         {
             rounds += 1;
             self.resync = false;
-            settle(events).await?;
+            if settle(events).await? {
+                tracing::warn!(
+                    "rtnetlink events were lost (socket overrun) while a re-read waited for the \
+                     burst to pass: the re-read makes up for them"
+                );
+            }
             self.resync_links(handle).await?;
             self.resync_rules(handle).await?;
             self.resync_routes(handle).await?;
