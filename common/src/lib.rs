@@ -24,6 +24,7 @@ pub mod map_names {
     pub const FIB_CTL: &str = "FIB_CTL";
     pub const NH_SLOTS: &str = "NH_SLOTS";
     pub const NH_GROUPS: &str = "NH_GROUPS";
+    pub const NH_BUCKETS: &str = "NH_BUCKETS";
     pub const NEIGH_V4: &str = "NEIGH_V4";
     pub const NEIGH_V6: &str = "NEIGH_V6";
     pub const DEVMAP: &str = "DEVMAP";

@@ -160,6 +160,9 @@ pub struct NhPath {
 }
 const _: () = assert!(size_of::<NhPath>() == 28);
 
+/// Entries of `NH_BUCKETS`: the bucket tables of all published resilient groups together.
+pub const MAX_NH_BUCKETS: u32 = 1 << 20;
+
 /// The paths of a nexthop object, group or multipath route (`NH_GROUPS`). A published group
 /// never changes: a change publishes a new one and switches the slot's word in `NH_SLOTS`, so
 /// the XDP program always reads a whole group.
@@ -168,14 +171,25 @@ const _: () = assert!(size_of::<NhPath>() == 28);
 pub struct NhGroup {
     /// Paths in use (at most [`MAX_PATHS`]).
     pub count: u32,
+    /// A resilient group's bucket count (0: hash-threshold over the paths' bounds): the
+    /// flow's hash modulo this picks a bucket, whose entry in `NH_BUCKETS` (from
+    /// `bucket_base`) is the index of its path, as the kernel's `nexthop_select_path_res`.
+    pub buckets: u32,
+    pub bucket_base: u32,
     pub _pad: u32,
     pub paths: [NhPath; MAX_PATHS as usize],
 }
-const _: () = assert!(size_of::<NhGroup>() == 8 + 28 * 16);
+const _: () = assert!(size_of::<NhGroup>() == 16 + 28 * 16);
 
 impl Default for NhGroup {
     fn default() -> Self {
-        NhGroup { count: 0, _pad: 0, paths: [NhPath::default(); MAX_PATHS as usize] }
+        NhGroup {
+            count: 0,
+            buckets: 0,
+            bucket_base: 0,
+            _pad: 0,
+            paths: [NhPath::default(); MAX_PATHS as usize],
+        }
     }
 }
 

@@ -105,3 +105,61 @@ pub fn kernel_routes(ns: &str) -> anyhow::Result<BTreeSet<Entry>> {
     }
     Ok(out)
 }
+
+/// The value of entry `index` of the array map `map`.
+fn array_value(map: u64, index: u32) -> anyhow::Result<Vec<u8>> {
+    let key: Vec<String> = index.to_le_bytes().iter().map(|b| b.to_string()).collect();
+    let mut args = vec!["bpftool", "-j", "map", "lookup", "id"];
+    let id = map.to_string();
+    args.push(&id);
+    args.push("key");
+    args.extend(key.iter().map(String::as_str));
+    bytes(&json(&args)?["value"])
+}
+
+/// The bucket tables of the resilient groups that the forwarder attached to `dev` in `ns`
+/// publishes for its routes: for each, the interface (ifindex) of every bucket's path.
+pub fn mirrored_buckets(ns: &str, dev: &str) -> anyhow::Result<Vec<Vec<u32>>> {
+    let prog = xdp_prog(ns, dev)?;
+    let (slots, groups, buckets) =
+        (map_of(prog, "NH_SLOTS")?, map_of(prog, "NH_GROUPS")?, map_of(prog, "NH_BUCKETS")?);
+    let dump = json(&["bpftool", "-j", "map", "dump", "id", &slots.to_string()])?;
+    let mut published = BTreeSet::new();
+    for e in dump.as_array().context("a dump")? {
+        let index = u32::from_le_bytes(bytes(&e["value"])?[..4].try_into()?);
+        if index != 0 {
+            published.insert(index);
+        }
+    }
+    let word = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let mut out = Vec::new();
+    for index in published {
+        // NhGroup: count, buckets, bucket_base, pad, then paths of 28 bytes (oif at 4).
+        let group = array_value(groups, index)?;
+        let (count, n, base) = (word(&group, 0), word(&group, 4), word(&group, 8));
+        if n == 0 {
+            continue;
+        }
+        let mut table = Vec::new();
+        for b in 0..n {
+            let path = u32::from(array_value(buckets, base + b)?[0]);
+            anyhow::ensure!(path < count, "bucket {b} names path {path} of {count}");
+            table.push(word(&group, 16 + 28 * path as usize + 4));
+        }
+        out.push(table);
+    }
+    Ok(out)
+}
+
+/// The nexthop of every bucket of the kernel's resilient group `id` in `ns`.
+pub fn kernel_buckets(ns: &str, id: u32) -> anyhow::Result<Vec<u32>> {
+    let dump = json(&["ip", "-n", ns, "-j", "nexthop", "bucket", "show", "id", &id.to_string()])?;
+    let mut out = Vec::new();
+    for b in dump.as_array().context("buckets")? {
+        let index = b["bucket"]["index"].as_u64().context("a bucket index")? as usize;
+        let nh = b["bucket"]["nhid"].as_u64().context("a bucket's nexthop")? as u32;
+        out.resize(out.len().max(index + 1), 0);
+        out[index] = nh;
+    }
+    Ok(out)
+}

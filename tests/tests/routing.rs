@@ -15,13 +15,15 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use xdpfwd_tests::{
     Forwarder, Topology,
     daemons::{BIRD_BGP_FWD, Bird, FRR_BGP_FWD, FRR_BGP_SERVER, Frr},
-    in_netns, ns_sh,
+    in_netns,
+    mirror::{kernel_buckets, mirrored_buckets},
+    ns_sh,
     packet::RawSocket,
     routed::{
         Capture, assert_forwarding_off, flows, frame, frame6, ip, neighbours, neighbours_v6,
@@ -620,4 +622,95 @@ fn runtime_rules_and_local_prefixes_keep_local_before_main() {
     assert_eq!(links(&topo), (BTreeSet::from([0]), 20), "forwarded again");
     let done = fwd.stop().unwrap();
     assert!(done.success, "{}{}", done.stdout, done.stderr);
+}
+
+/// The ifindex of `dev` in `ns`.
+fn ifindex(ns: &str, dev: &str) -> u32 {
+    let out = sh(&["ip", "-n", ns, "-j", "link", "show", "dev", dev]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["ifindex"].as_u64().unwrap() as u32
+}
+
+/// Waits (at most 5 s) until the forwarder's bucket table of its one resilient group equals
+/// the kernel's group 10, mapped to interfaces; returns both.
+fn buckets_in_step(topo: &Topology, oif: &BTreeMap<u32, u32>) -> (Vec<Vec<u32>>, Vec<u32>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let kernel: Vec<u32> =
+            kernel_buckets(&topo.fwd, 10).unwrap().iter().map(|nh| oif[nh]).collect();
+        let ours = mirrored_buckets(&topo.fwd, &topo.f0).unwrap();
+        if ours == std::slice::from_ref(&kernel) || Instant::now() > deadline {
+            return (ours, kernel);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A resilient nexthop group is forwarded by the kernel's own bucket table, which xdpfwd reads
+/// (the kernel moves buckets without a word when the group is replaced) and follows as the
+/// kernel moves idle buckets later on (bucket notifications); flows spread as the buckets say
+/// and never change paths while the table holds. The kernel's forwarding is off.
+#[test]
+fn resilient_groups_follow_the_kernels_bucket_table() {
+    let topo = Topology::new("rg", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    let f1 = topo.f1.clone();
+    ip(&topo, &format!("nexthop add id 1 via 198.18.2.2 dev {f1}"));
+    ip(&topo, &format!("nexthop add id 2 via 198.18.3.2 dev {f2}"));
+    ip(&topo, "nexthop add id 10 group 1/2 type resilient buckets 32 idle_timer 2");
+    ip(&topo, "route add 198.19.63.0/24 nhid 10");
+    let oif = BTreeMap::from([(1, ifindex(&topo.fwd, &f1)), (2, ifindex(&topo.fwd, &f2))]);
+    assert_forwarding_off(&topo);
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &f1, &f2, "--stats-interval", "0"]).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    let dst = Ipv4Addr::new(198, 19, 63, 9);
+    // The share of 128 flows on f1, after checking every frame arrived on one link per flow.
+    let on_f1 = || {
+        let (seen, total) = flows(&topo, &capture, dst, (128, 2), false);
+        assert_eq!(total, 256, "every frame arrived: {seen:?}");
+        assert!(seen.values().all(|l| l.len() == 1), "a flow never changes path: {seen:?}");
+        seen.values().filter(|l| l.contains(&0)).count()
+    };
+
+    let (ours, kernel) = buckets_in_step(&topo, &oif);
+    assert_eq!(ours, std::slice::from_ref(&kernel), "the bucket table is the kernel's");
+    let n = on_f1();
+    assert!((40..=88).contains(&n), "16 of 32 buckets on f1: {n} of 128 flows");
+
+    // Replaced: the kernel moves the (idle) buckets at once and says nothing of them.
+    ip(&topo, "nexthop replace id 10 group 1,1/2,3 type resilient");
+    let (ours, kernel) = buckets_in_step(&topo, &oif);
+    assert_eq!(ours, std::slice::from_ref(&kernel), "read again after the replace");
+    assert_eq!(kernel.iter().filter(|o| **o == oif[&1]).count(), 8, "{kernel:?}");
+    let n = on_f1();
+    assert!((12..=52).contains(&n), "8 of 32 buckets on f1: {n} of 128 flows");
+
+    // Buckets in use are not moved until idle: the kernel's own traffic (from the router)
+    // marks them used, the replace leaves them, and they move 2 s later, one notification
+    // each.
+    let sender = in_netns(&topo.fwd, || std::net::UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+    for i in 0..512u32 {
+        let to = (Ipv4Addr::new(198, 19, 63, 1 + (i % 250) as u8), 7000 + (i / 250) as u16);
+        let _ = sender.send_to(b"used", to);
+    }
+    ip(&topo, "nexthop replace id 10 group 1/2 type resilient");
+    let (ours, kernel) = buckets_in_step(&topo, &oif);
+    assert_eq!(ours, std::slice::from_ref(&kernel));
+    assert!(
+        kernel.iter().filter(|o| **o == oif[&1]).count() < 16,
+        "used buckets stay for now: {kernel:?}"
+    );
+    thread::sleep(Duration::from_secs(4));
+    let (ours, kernel) = buckets_in_step(&topo, &oif);
+    assert_eq!(ours, std::slice::from_ref(&kernel), "the moved buckets are followed");
+    assert_eq!(kernel.iter().filter(|o| **o == oif[&1]).count(), 16, "{kernel:?}");
+    let _ = capture.take();
+    let n = on_f1();
+    assert!((40..=88).contains(&n), "16 of 32 buckets on f1: {n} of 128 flows");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+    assert_eq!(xdp_counter(&done.stdout, "pass_route"), 0, "{}", done.stdout);
 }

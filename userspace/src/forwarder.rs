@@ -327,6 +327,7 @@ impl TakenMaps {
         let nexthops = Nexthops::new(
             Array::try_from(take(map_names::NH_SLOTS)?)?,
             Array::try_from(take(map_names::NH_GROUPS)?)?,
+            Array::try_from(take(map_names::NH_BUCKETS)?)?,
         );
         Ok(TakenMaps {
             xsks: XskMap::try_from(take(map_names::XSKS)?)?,

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use xdpfwd_common::{
     Counter, FibRule, IfaceInfo, MAX_FIB_RULES, MAX_IFACES, MAX_NATS, MAX_NEIGHBOURS,
-    MAX_NH_GROUPS, MAX_NH_SLOTS, MAX_ROUTES, MAX_RULES, Nat, NeighKeyV4, NeighKeyV6, Neighbour,
-    NhGroup, RULESET_LEN, Route, Rule, XSK_MAP_SIZE,
+    MAX_NH_BUCKETS, MAX_NH_GROUPS, MAX_NH_SLOTS, MAX_ROUTES, MAX_RULES, Nat, NeighKeyV4,
+    NeighKeyV6, Neighbour, NhGroup, RULESET_LEN, Route, Rule, XSK_MAP_SIZE,
 };
 
 use crate::decision::{Flow, Steer};
@@ -35,6 +35,9 @@ pub static FIB_CTL: Array<u32> = Array::with_max_entries(2, 0);
 pub static NH_SLOTS: Array<u32> = Array::with_max_entries(MAX_NH_SLOTS, 0);
 #[map]
 pub static NH_GROUPS: Array<NhGroup> = Array::with_max_entries(MAX_NH_GROUPS, 0);
+/// Resilient groups' bucket tables: bucket → index of its path (`NhGroup::bucket_base`).
+#[map]
+pub static NH_BUCKETS: Array<u8> = Array::with_max_entries(MAX_NH_BUCKETS, 0);
 /// The frame's [`crate::decision::Flow`] (one per CPU): in a map, not on the 512-byte stack.
 /// Index 1 holds the reverse flow of the source check.
 #[map]

@@ -17,8 +17,8 @@ use crate::{
     classify::egress,
     decision::{Flow, FlowFlags, Ingress, NO_NAT, Packet, Steer, SteerFlags},
     maps::{
-        FIB_CTL, FIB_RESULT, FIB_RULES, FLOW, NEIGH_V4, NEIGH_V6, NH_GROUPS, NH_SLOTS, ROUTES_V4,
-        ROUTES_V6,
+        FIB_CTL, FIB_RESULT, FIB_RULES, FLOW, NEIGH_V4, NEIGH_V6, NH_BUCKETS, NH_GROUPS, NH_SLOTS,
+        ROUTES_V4, ROUTES_V6,
     },
     policy::rule_matches,
     vlan::egress_vlan,
@@ -244,19 +244,25 @@ fn neighbour(oif: u32, addr: &[u8; 16], v6: bool) -> Option<[u8; 6]> {
 }
 
 /// The path of nexthop slot `slot` that the flow's hash selects (hash-threshold, as the
-/// kernel's `nexthop_select_path_hthr` and `fib_select_multipath`).
+/// kernel's `nexthop_select_path_hthr` and `fib_select_multipath`, or a resilient group's
+/// bucket, as `nexthop_select_path_res`).
 #[inline(always)]
 fn path(slot: u32, flow: &Flow, fib: &FibWord) -> Result<&'static NhPath, Counter> {
     let index = NH_SLOTS.get(slot).copied().unwrap_or(0);
     if index == 0 {
-        // A blackhole nexthop, a resilient group, a path xdpfwd does not mirror.
+        // A blackhole nexthop, a resilient group whose buckets are not read yet, a path
+        // xdpfwd does not mirror.
         return Err(Counter::PassRoute);
     }
     let group = NH_GROUPS.get(index).ok_or(Counter::PassRoute)?;
-    if group.count > 1 && fib.ecmp_kernel {
+    if (group.count > 1 || group.buckets != 0) && fib.ecmp_kernel {
         return Err(Counter::PassFib);
     }
-    let i = if group.count > 1 { xdpfwd_path(flow, index | (fib.hash as u32) << 31) } else { 0 };
+    let i = if group.count > 1 || group.buckets != 0 {
+        xdpfwd_path(flow, index | (fib.hash as u32) << 31)
+    } else {
+        0
+    };
     group.paths.get(i as usize).ok_or(Counter::PassRoute)
 }
 
@@ -270,6 +276,15 @@ pub extern "C" fn xdpfwd_path(flow: *const Flow, arg: u32) -> u32 {
     let Some(group) = NH_GROUPS.get(arg & 0x7fff_ffff) else { return u32::MAX };
     let policy = if arg >> 31 == 1 { HashPolicy::L4 } else { HashPolicy::L3 };
     let hash = hash(flow, policy);
+    if group.buckets != 0 {
+        // A resilient group: the bucket decides.
+        let bucket = group.bucket_base.wrapping_add(hash % group.buckets);
+        return match NH_BUCKETS.get(bucket) {
+            Some(&path) if u32::from(path) < group.count => u32::from(path),
+            // Not one of the group's paths (never published so).
+            _ => u32::MAX,
+        };
+    }
     let mut i = 0;
     while i < MAX_PATHS {
         if i >= group.count {

@@ -433,8 +433,9 @@ impl Control {
                 self.nexthops.set(id, nh);
             }
             NhEvent::Del(id) => self.remove_nexthop(id),
+            NhEvent::Bucket { group, index, nh } => self.nexthops.set_bucket(group, index, nh),
             // The reader's own business.
-            NhEvent::Refused => {}
+            NhEvent::Refused | NhEvent::BucketsDumped | NhEvent::BucketsRefused => {}
             NhEvent::Overrun => {
                 if self.nh_seen.is_none() {
                     tracing::warn!(
