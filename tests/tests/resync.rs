@@ -2,13 +2,14 @@
 //! nexthop objects and a policy rule, far beyond a small receive buffer, while traffic flows.
 //! xdpfwd leaves transit to the kernel from the moment it learns of the loss, reads links,
 //! rules, nexthops, routes and neighbours again, and afterwards its tries hold exactly the
-//! kernel's routes and every frame goes where the kernel's tables send it.
+//! kernel's routes, each with the kernel's next hops, its rules are the kernel's, and every
+//! frame goes where the kernel's tables send it.
 //!
 //! Topology: `xdpfwd_tests::routed` (client, forwarder with f0/f1/f2, server with s0/s2), the
 //! kernel's forwarding off: what arrives was forwarded by xdpfwd.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs,
     net::Ipv4Addr,
     sync::{
@@ -21,7 +22,10 @@ use std::{
 
 use xdpfwd_tests::{
     Forwarder, Topology, in_netns,
-    mirror::{Entry, kernel_routes, mirrored_routes},
+    mirror::{
+        Entry, PathOf, RuleOf, kernel_paths, kernel_routes, kernel_rules, mirrored_paths,
+        mirrored_routes, mirrored_rules,
+    },
     packet::RawSocket,
     routed::{Capture, assert_forwarding_off, flows, frame, ip, neighbours},
     sh, xdp_counter,
@@ -151,6 +155,26 @@ fn lost_netlink_events_are_made_up_for_by_reading_everything_again() {
         "{} routes mirrored, {} in the kernel; missing {missing:?}, extra {extra:?}",
         mirrored.len(),
         kernel.len()
+    );
+    // Each route sends by the kernel's next hops (its nexthop object's, after the burst
+    // deleted and added objects), and the rules are the kernel's.
+    let ours_paths = |m: BTreeMap<Entry, Vec<PathOf>>| -> BTreeMap<Entry, Vec<PathOf>> {
+        m.into_iter().filter(|(e, _)| !ours(BTreeSet::from([e.clone()])).is_empty()).collect()
+    };
+    let paths = ours_paths(mirrored_paths(&topo.fwd, &topo.f0).unwrap());
+    let kernel_by = ours_paths(kernel_paths(&topo.fwd).unwrap());
+    let differ: Vec<_> =
+        kernel_by.iter().filter(|(e, p)| paths.get(*e) != Some(*p)).take(5).collect();
+    let ours_of: Vec<_> = differ.iter().map(|(e, _)| paths.get(*e)).collect();
+    assert!(differ.is_empty(), "routes whose next hops differ: {differ:?}, mirrored {ours_of:?}");
+    // `local`'s lookup aside: xdpfwd merges `local` into `main` where the rules allow.
+    let rules = |m: BTreeMap<bool, Vec<RuleOf>>| -> Vec<RuleOf> {
+        m.into_values().flatten().filter(|r| r.1 != 255).collect()
+    };
+    assert_eq!(
+        rules(mirrored_rules(&topo.fwd, &topo.f0).unwrap()),
+        rules(kernel_rules(&topo.fwd).unwrap()),
+        "the policy rules are the kernel's"
     );
     // 198.19.71.0/24 in main and table 100; the even new routes, less those through a
     // deleted nexthop (every tenth address).

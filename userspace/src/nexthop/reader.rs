@@ -30,15 +30,7 @@ pub fn spawn_reader(
     let granted = sockopt::force_rx_buf(&socket, rx_buf).context("sizing the nexthop socket")?;
     tracing::debug!(granted, "nexthop socket receive buffer");
     sockopt::set_timeout(&socket, Duration::from_millis(200));
-    let mut reader = Reader {
-        socket,
-        dumping: false,
-        again: false,
-        heard: Instant::now(),
-        buckets: VecDeque::new(),
-        bucket_dump: None,
-        bucket_pause: false,
-    };
+    let mut reader = Reader::new(socket);
     reader.dump()?;
     let handle = thread::Builder::new()
         .name("xdpfwd-nexthops".into())
@@ -66,12 +58,29 @@ struct Reader {
     bucket_dump: Option<(u32, Instant)>,
     /// A bucket dump was refused for now: the next waits for the next tick.
     bucket_pause: bool,
+    /// When the kernel last refused the dump of every object.
+    refused: Option<Instant>,
 }
 
 /// How long a running dump may stay silent before it is asked again.
 const DUMP_STALL: Duration = Duration::from_secs(2);
+/// How long after a refused dump it is asked again.
+const REFUSED_PAUSE: Duration = Duration::from_millis(200);
 
 impl Reader {
+    fn new(socket: Socket) -> Self {
+        Reader {
+            socket,
+            dumping: false,
+            again: false,
+            heard: Instant::now(),
+            buckets: VecDeque::new(),
+            bucket_dump: None,
+            bucket_pause: false,
+            refused: None,
+        }
+    }
+
     /// Asks the kernel for every nexthop object.
     fn dump(&mut self) -> anyhow::Result<()> {
         self.socket
@@ -83,7 +92,7 @@ impl Reader {
 
     /// Starts the next bucket dump, if no dump runs.
     fn next_bucket_dump(&mut self) -> anyhow::Result<()> {
-        if self.dumping || self.bucket_dump.is_some() || self.bucket_pause {
+        if self.dumping || self.again || self.bucket_dump.is_some() || self.bucket_pause {
             return Ok(());
         }
         let Some(group) = self.buckets.pop_front() else { return Ok(()) };
@@ -101,18 +110,27 @@ impl Reader {
         }
     }
 
-    /// Events were lost: say so, and read every object again (and so every group's buckets).
-    fn lost(&mut self, tx: &UnboundedSender<NhEvent>) -> anyhow::Result<()> {
+    /// Events were lost: say so, and read every object again (and so every group's buckets)
+    /// once the socket's queue has run empty. The kernel reports `ENOBUFS` when a socket
+    /// starts dropping and not again until a read finds its queue empty: a dump begun before
+    /// that could end before events dropped later, which nobody would report.
+    fn lost(&mut self, tx: &UnboundedSender<NhEvent>) {
         let _ = tx.send(NhEvent::Overrun);
         self.buckets.clear();
-        if self.dumping {
-            self.again = true;
-            return Ok(());
-        }
-        self.dump()
+        self.again = true;
     }
 
-    /// Every receive timeout: a dump refused, or silent for too long, is asked again.
+    /// Whether a dump of every object is to be asked for as soon as the queue is empty: one
+    /// is wanted, none runs, and the last was not refused just now.
+    fn dump_wanted(&self) -> bool {
+        self.again
+            && !self.dumping
+            && self.bucket_dump.is_none()
+            && self.refused.is_none_or(|at| at.elapsed() >= REFUSED_PAUSE)
+    }
+
+    /// Every read that finds the queue empty: a dump refused, wanted after lost events, or
+    /// silent for too long, is asked (again).
     fn tick(&mut self) -> anyhow::Result<()> {
         if self.dumping && self.heard.elapsed() > DUMP_STALL {
             tracing::debug!("the nexthop dump went silent: asking again");
@@ -125,21 +143,18 @@ impl Reader {
             self.bucket_dump = None;
             self.buckets.push_front(group);
         }
-        if !self.dumping && self.again && self.bucket_dump.is_none() {
+        if self.dump_wanted() {
             self.dump()?;
         }
         self.bucket_pause = false;
         self.next_bucket_dump()
     }
 
-    /// The end of a dump: a [`NhEvent::Synced`], or another dump if events were lost.
-    fn dumped(&mut self) -> anyhow::Result<Option<NhEvent>> {
-        if std::mem::take(&mut self.again) {
-            self.dump()?;
-            return Ok(None);
-        }
+    /// The end of a dump: a [`NhEvent::Synced`], or none if events were lost meanwhile (the
+    /// next dump starts when the queue has run empty).
+    fn dumped(&mut self) -> Option<NhEvent> {
         self.dumping = false;
-        Ok(Some(NhEvent::Synced))
+        (!self.again).then_some(NhEvent::Synced)
     }
 
     fn run(mut self, stopped: &impl Fn() -> bool, tx: &UnboundedSender<NhEvent>) {
@@ -155,10 +170,12 @@ impl Reader {
     ) -> anyhow::Result<()> {
         let mut buf = vec![0u8; 1 << 16];
         while !stopped() {
-            let n = match self.socket.recv(&mut &mut buf[..], 0) {
+            // A dump is wanted: find out at once whether the queue has run empty.
+            let flags = if self.dump_wanted() { libc::MSG_DONTWAIT } else { 0 };
+            let n = match self.socket.recv(&mut &mut buf[..], flags) {
                 Ok(n) => n,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    self.lost(tx)?;
+                    self.lost(tx);
                     continue;
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => {
@@ -196,14 +213,14 @@ impl Reader {
         tx: &UnboundedSender<NhEvent>,
     ) -> anyhow::Result<Option<NhEvent>> {
         Ok(match event {
-            NhEvent::Synced => self.dumped()?,
+            NhEvent::Synced => self.dumped(),
             NhEvent::Refused => {
-                // Asked again at the next tick.
-                (self.dumping, self.again) = (false, true);
+                // Asked again a moment later.
+                (self.dumping, self.again, self.refused) = (false, true, Some(Instant::now()));
                 None
             }
             NhEvent::Overrun => {
-                self.lost(tx)?;
+                self.lost(tx);
                 None
             }
             NhEvent::BucketsDumped => {
@@ -223,5 +240,33 @@ impl Reader {
             }
             other => Some(other),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dump_that_began_before_a_loss_is_not_the_end_and_the_next_waits_for_an_empty_queue() {
+        let socket = Socket::new(NETLINK_ROUTE).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut reader = Reader::new(socket);
+        reader.dumping = true;
+        assert_eq!(reader.handle(NhEvent::Overrun, &tx).unwrap(), None);
+        assert_eq!(rx.try_recv().unwrap(), NhEvent::Overrun, "the control plane is told");
+        assert!(!reader.dump_wanted(), "not while the running dump lasts");
+        assert_eq!(reader.handle(NhEvent::Synced, &tx).unwrap(), None, "it proves nothing");
+        assert!(reader.dump_wanted(), "another, once a read finds the queue empty");
+        // Resilient groups reported by a dump have their buckets read after it, not during.
+        let res = Nexthop::Resilient { members: vec![(1, 1)], buckets: 4 };
+        assert!(reader.handle(NhEvent::Set(9, res), &tx).unwrap().is_some());
+        assert_eq!(reader.buckets, [9]);
+        reader.next_bucket_dump().unwrap();
+        assert!(reader.bucket_dump.is_none(), "the object dump comes first");
+        // Refused: asked again a moment later, not at once.
+        (reader.again, reader.dumping) = (false, true);
+        assert_eq!(reader.handle(NhEvent::Refused, &tx).unwrap(), None);
+        assert!(reader.again && !reader.dump_wanted());
     }
 }
