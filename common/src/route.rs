@@ -128,6 +128,9 @@ bitflags::bitflags! {
         /// An IPv6 gateway of an IPv4 route (RFC 5549, `via inet6`, FRR's BGP unnumbered):
         /// its link-layer address is in the IPv6 neighbour table.
         const GATEWAY_V6 = 1;
+        /// A path of a nexthop group whose neighbour the kernel knows to be unusable
+        /// (incomplete, failed): hash-threshold skips it, as `nexthop_select_path_hthr`.
+        const BAD = 1 << 1;
     }
 }
 

@@ -714,3 +714,49 @@ fn resilient_groups_follow_the_kernels_bucket_table() {
     assert!(done.success, "{}{}", done.stdout, done.stderr);
     assert_eq!(xdp_counter(&done.stdout, "pass_route"), 0, "{}", done.stdout);
 }
+
+/// A nexthop group path whose neighbour the kernel knows to be unusable (failed) is skipped
+/// by the kernel's hash-threshold selection: every flow leaves by the other path. So with
+/// xdpfwd and the kernel's forwarding off (xdpfwd used to send those flows to the dead
+/// neighbour, holding them while it resolved in vain); when the neighbour comes back, the
+/// flows spread again.
+#[test]
+fn group_paths_through_failed_neighbours_are_avoided_as_the_kernel_does() {
+    let topo = Topology::new("bn", true).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    let f1 = topo.f1.clone();
+    ip(&topo, &format!("nexthop add id 1 via 198.18.2.2 dev {f1}"));
+    ip(&topo, &format!("nexthop add id 2 via 198.18.3.9 dev {f2}"));
+    ip(&topo, "nexthop add id 10 group 1/2");
+    ip(&topo, "route add 198.19.64.0/24 nhid 10");
+    ip(&topo, &format!("neigh replace 198.18.3.9 dev {f2} nud failed"));
+    let capture = Capture::open(&topo, &s2);
+    let dst = Ipv4Addr::new(198, 19, 64, 9);
+    let all_on_f1 = |who: &str| {
+        let (seen, total) = flows(&topo, &capture, dst, (64, 2), false);
+        assert_eq!(total, 128, "{who}: every frame arrived: {seen:?}");
+        assert!(seen.values().all(|l| *l == BTreeSet::from([0])), "{who}: all by f1: {seen:?}");
+    };
+    all_on_f1("the kernel");
+
+    for conf in ["net.ipv4.ip_forward=0", "net.ipv4.conf.all.forwarding=0"] {
+        ns_sh(&topo.fwd, &["sysctl", "-qw", conf]).unwrap();
+    }
+    assert_forwarding_off(&topo);
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &f1, &f2, "--stats-interval", "0"]).unwrap();
+    all_on_f1("xdpfwd");
+
+    // The neighbour answers again: both paths carry flows.
+    let s2_mac = xdpfwd_tests::fmt_mac(topo.mac(&topo.server, &s2).unwrap());
+    ip(&topo, &format!("neigh replace 198.18.3.9 dev {f2} lladdr {s2_mac} nud permanent"));
+    thread::sleep(Duration::from_millis(300));
+    let (seen, total) = flows(&topo, &capture, dst, (64, 2), false);
+    assert_eq!(total, 128, "{seen:?}");
+    let on = |link: u8| seen.values().filter(|l| l.contains(&link)).count();
+    assert!(on(0) >= 8 && on(2) >= 8, "both paths again: {seen:?}");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+}

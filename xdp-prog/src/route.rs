@@ -285,19 +285,28 @@ pub extern "C" fn xdpfwd_path(flow: *const Flow, arg: u32) -> u32 {
             _ => u32::MAX,
         };
     }
+    // The kernel's `nexthop_select_path_hthr`: paths with a bad neighbour are skipped (a
+    // hash in their range goes on to the next good path), the first good path if none
+    // takes the hash, the first path if none is good.
+    let mut first = u32::MAX;
     let mut i = 0;
     while i < MAX_PATHS {
         if i >= group.count {
             break;
         }
         if let Some(p) = group.paths.get(i as usize)
-            && hash <= p.bound
+            && !p.hop.contains(HopFlags::BAD)
         {
-            return i;
+            if first == u32::MAX {
+                first = i;
+            }
+            if hash <= p.bound {
+                return i;
+            }
         }
         i += 1;
     }
-    u32::MAX
+    if first == u32::MAX { 0 } else { first }
 }
 
 /// The flow's ECMP hash over the fields the kernel's `fib_multipath_hash_policy` names:

@@ -21,10 +21,25 @@ use xdpfwd_common::{NeighKeyV4, NeighKeyV6, Neighbour};
 use super::{Control, RESOLVE_INTERVAL, ignore_missing};
 use crate::shared::Resolve;
 
+/// The kernel's `NUD_VALID`: a neighbour frames may be sent to, and one its path selection
+/// does not avoid (`ipv4_good_nh`, `ipv6_good_nh`).
+pub(super) fn usable(state: NeighbourState) -> bool {
+    matches!(
+        state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+            | NeighbourState::Noarp
+    )
+}
+
 impl Control {
     pub(super) fn on_neighbour(&mut self, msg: &NeighbourMessage, add: bool) {
         if let Some((ifindex, addr, mac)) = self.neighbour_of(msg, add) {
             self.set_neighbour(ifindex, addr, mac, msg.header.state);
+            self.nexthops.set_neighbour_bad((ifindex, addr), add && !usable(msg.header.state));
         }
     }
 
@@ -61,16 +76,7 @@ impl Control {
                 _ => {}
             }
         }
-        let usable = matches!(
-            msg.header.state,
-            NeighbourState::Reachable
-                | NeighbourState::Stale
-                | NeighbourState::Delay
-                | NeighbourState::Probe
-                | NeighbourState::Permanent
-                | NeighbourState::Noarp
-        );
-        Some((ifindex, addr?, mac.filter(|_| add && usable)))
+        Some((ifindex, addr?, mac.filter(|_| add && usable(msg.header.state))))
     }
 
     /// Publishes a neighbour's MAC (`None`: removes it) to the workers and the XDP program.

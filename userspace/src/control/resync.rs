@@ -224,12 +224,20 @@ impl Control {
     /// Reads the neighbours again: what changed is written, what is gone removed.
     async fn resync_neighbours(&mut self, handle: &Handle) -> anyhow::Result<()> {
         let mut fresh = HashMap::new();
+        let mut bad = HashSet::new();
         let mut neigh = handle.neighbours().get().execute();
         while let Some(msg) = neigh.try_next().await.context("dumping neighbours")? {
-            if let Some((ifindex, addr, Some(mac))) = self.neighbour_of(&msg, true) {
-                fresh.insert((ifindex, addr), (mac, msg.header.state));
+            match self.neighbour_of(&msg, true) {
+                Some((ifindex, addr, Some(mac))) => {
+                    fresh.insert((ifindex, addr), (mac, msg.header.state));
+                }
+                Some((ifindex, addr, None)) if !super::neighbours::usable(msg.header.state) => {
+                    bad.insert((ifindex, addr));
+                }
+                _ => {}
             }
         }
+        self.nexthops.set_bad_neighbours(bad);
         let known: HashMap<(u32, IpAddr), [u8; 6]> =
             self.shared.neighbours.read().map(|t| t.clone()).unwrap_or_default();
         let gone: Vec<(u32, IpAddr)> =

@@ -16,7 +16,7 @@ mod reader;
 mod wire;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::IpAddr,
 };
 
@@ -88,6 +88,9 @@ pub struct Nexthops {
     /// length), and the room left.
     bucket_ranges: HashMap<u32, (u32, u32)>,
     bucket_space: BucketSpace,
+    /// Neighbours (interface, address) in a state the kernel's path selection avoids
+    /// (incomplete, failed): hash-threshold groups skip paths through them.
+    bad_neighbours: HashSet<(u32, IpAddr)>,
     pub nh_slots: Array<MapData, u32>,
     pub nh_groups: Array<MapData, NhGroup>,
     pub nh_buckets: Array<MapData, u8>,
@@ -109,6 +112,7 @@ impl Nexthops {
             tables: HashMap::new(),
             bucket_ranges: HashMap::new(),
             bucket_space: BucketSpace::new(MAX_NH_BUCKETS),
+            bad_neighbours: HashSet::new(),
             nh_slots,
             nh_groups,
             nh_buckets,
@@ -141,6 +145,43 @@ impl Nexthops {
         }
         self.objects.insert(id, nh);
         self.republish(id);
+    }
+
+    /// A neighbour became unusable to the kernel's path selection (`bad`), or usable again
+    /// (or gone: no entry counts as good): the groups through it are published again.
+    pub fn set_neighbour_bad(&mut self, key: (u32, IpAddr), bad: bool) {
+        let changed =
+            if bad { self.bad_neighbours.insert(key) } else { self.bad_neighbours.remove(&key) };
+        if changed {
+            self.republish_through(&[key]);
+        }
+    }
+
+    /// Every neighbour the kernel's path selection avoids, as a dump reports them.
+    pub fn set_bad_neighbours(&mut self, bad: HashSet<(u32, IpAddr)>) {
+        let changed: Vec<(u32, IpAddr)> =
+            self.bad_neighbours.symmetric_difference(&bad).copied().collect();
+        self.bad_neighbours = bad;
+        self.republish_through(&changed);
+    }
+
+    /// Republishes the objects whose path goes through one of `neighbours`.
+    fn republish_through(&mut self, neighbours: &[(u32, IpAddr)]) {
+        if neighbours.is_empty() {
+            return;
+        }
+        let ids: Vec<u32> = self
+            .objects
+            .iter()
+            .filter(|(_, nh)| {
+                matches!(nh, Nexthop::Single { oif, gateway: Some(g) }
+                    if neighbours.contains(&(*oif, *g)))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.republish(id);
+        }
     }
 
     /// A bucket of a resilient group was reported: once the group's table is complete, every
@@ -304,9 +345,18 @@ impl Nexthops {
     /// The group to publish for `id` (routes of family `v6`), with a resilient group's bucket
     /// table; `None`: the kernel decides.
     fn group(&self, id: u32, v6: bool) -> Option<(NhGroup, Option<Vec<u8>>)> {
-        let group = group_of(&self.paths(id, v6)?);
+        let paths = self.paths(id, v6)?;
+        let mut group = group_of(&paths);
         match self.objects.get(&id) {
             Some(Nexthop::Resilient { .. }) => Some((group, Some(self.bucket_paths(id)?))),
+            Some(Nexthop::Group(_)) => {
+                for (slot, path) in group.paths.iter_mut().zip(&paths) {
+                    if path.gateway.is_some_and(|g| self.bad_neighbours.contains(&(path.oif, g))) {
+                        slot.hop |= HopFlags::BAD;
+                    }
+                }
+                Some((group, None))
+            }
             _ => Some((group, None)),
         }
     }
