@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use xdpfwd::{alloc_count::CountingAlloc, forwarder, stats_client};
 
@@ -52,6 +52,24 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         count: u64,
     },
+    /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (xdpfwd.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Man { dir: std::path::PathBuf },
+}
+
+/// The completion script of `shell` on standard output.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    clap_complete::generate(shell, &mut Cli::command(), "xdpfwd", &mut std::io::stdout());
+    Ok(())
+}
+
+/// The man pages, written into `dir` (packaging).
+fn man(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(Cli::command(), dir)?;
+    Ok(())
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
@@ -82,6 +100,8 @@ fn main() -> ExitCode {
         Command::Stats { json, interval, count } => stats_client::run(json, interval, count),
         Command::Check { config } => check(&config),
         Command::Reload => stats_client::signal_all(nix::sys::signal::Signal::SIGHUP),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { dir } => man(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

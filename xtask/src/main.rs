@@ -3,6 +3,7 @@
 mod bench;
 mod bootstrap;
 mod demo;
+mod package;
 mod soak;
 
 use std::{
@@ -53,6 +54,9 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000_000)]
         packets: u64,
     },
+    /// Build the Debian package (cargo-deb): the binary, the systemd unit, an example
+    /// configuration, man pages and shell completions; prints its path.
+    Package,
     /// Build, then run every test: unit tests, then the privileged integration tests.
     Test {
         /// Only run integration tests whose name contains this.
@@ -75,6 +79,11 @@ fn main() -> anyhow::Result<()> {
             demo::run(&bin)
         }
         Cmd::Test { filter } => test(filter),
+        Cmd::Package => {
+            let deb = package::build_deb(&build()?)?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Cmd::Fuzz { time } => fuzz(time),
         Cmd::Soak { packets } => {
             let bin = build()?;
@@ -124,7 +133,7 @@ fn build_ebpf() -> anyhow::Result<PathBuf> {
     Ok(prog.join("target/bpfel-unknown-none/release/xdp-prog"))
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root());
     c
@@ -176,6 +185,10 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
         "XDPFWD_BENCH_OBJ",
         root().join("xdp-prog/target/bpfel-unknown-none/release/xdp-bench"),
     );
+    // The package test installs the package this run builds.
+    if filter.as_deref().is_none_or(|f| package::TEST.contains(f)) {
+        c.env("XDPFWD_DEB", package::build_deb(&bin)?);
+    }
     let run_all = filter.is_none();
     if let Some(f) = filter {
         c.arg(f);
