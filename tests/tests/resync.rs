@@ -284,3 +284,66 @@ fn a_nexthop_made_again_while_its_events_were_lost_keeps_no_flushed_route() {
     assert!(done.stderr.contains("nexthop events were lost"), "{}", done.stderr);
     assert!(done.stderr.contains("in step with the kernel again"), "{}", done.stderr);
 }
+
+/// FRR-style churn arriving on two sockets: nexthop objects deleted (the kernel flushes their
+/// routes without a word), made again through another link, and routes added through them
+/// again. The route events and the nexthop events may be applied in either order; whichever
+/// comes first, the routes end up forwarded through the new objects (never lost, never left
+/// to a shorter prefix). xdpfwd is held (SIGSTOP) while the kernel changes, so all the
+/// events wait together; ten prefixes make an unlucky order near certain to be met.
+#[test]
+fn nexthops_made_again_with_their_routes_are_followed_whatever_order_events_arrive_in() {
+    let topo = Topology::new("ro", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    let f1 = topo.f1.clone();
+    for i in 0..10 {
+        ip(&topo, &format!("nexthop add id {} via 198.18.2.2 dev {f1}", 100 + i));
+        ip(&topo, &format!("route add 198.19.{}.0/24 nhid {}", 80 + i, 100 + i));
+    }
+    let args = [&topo.f0, &f1, &f2, "--stats-interval", "0"];
+    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 80, 9), (4, 5), false);
+    assert_eq!(total, 20, "{seen:?}");
+
+    let mut batch = String::new();
+    for i in 0..10 {
+        batch += &format!("nexthop del id {}\n", 100 + i);
+        batch += &format!("nexthop add id {} via 198.18.3.2 dev {f2}\n", 100 + i);
+        batch += &format!("route add 198.19.{}.0/24 nhid {}\n", 80 + i, 100 + i);
+    }
+    let file = std::env::temp_dir().join(format!("xdpfwd-test-{}.batch", topo.fwd));
+    fs::write(&file, batch).unwrap();
+    fwd.signal(libc::SIGSTOP);
+    let done = sh(&["ip", "-n", &topo.fwd, "-batch", &file.to_string_lossy()]);
+    fwd.signal(libc::SIGCONT);
+    let _ = fs::remove_file(&file);
+    done.unwrap();
+
+    let ours_paths = |m: BTreeMap<Entry, Vec<PathOf>>| -> BTreeMap<Entry, Vec<PathOf>> {
+        m.into_iter().filter(|((_, p), _)| p.starts_with("198.19.")).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut mirrored, mut kernel);
+    loop {
+        kernel = ours_paths(kernel_paths(&topo.fwd).unwrap());
+        mirrored = ours_paths(mirrored_paths(&topo.fwd, &topo.f0).unwrap());
+        if mirrored == kernel || Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(mirrored, kernel, "every route through its new object");
+    assert_eq!(kernel.len(), 10);
+    assert_forwarding_off(&topo);
+    for i in 0..10u8 {
+        let (seen, total) =
+            flows(&topo, &capture, Ipv4Addr::new(198, 19, 80 + i, 9), (4, 2), false);
+        assert_eq!(total, 8, "198.19.{}.9: {seen:?}", 80 + i);
+        assert!(seen.values().all(|l| *l == BTreeSet::from([2])), "all by f2: {seen:?}");
+    }
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+}

@@ -90,8 +90,14 @@ impl FibRuleSpec {
                 RuleAttribute::SuppressIfGroup(g) => spec.opaque |= *g != u32::MAX,
                 RuleAttribute::FwMark(m) => spec.opaque |= *m != 0,
                 RuleAttribute::FwMask(_) | RuleAttribute::Protocol(_) => {}
-                RuleAttribute::Other(nla) if nla.kind() == FRA_DSCP => dscp = nla_u8(nla),
-                RuleAttribute::Other(nla) if nla.kind() == FRA_DSCP_MASK => dscp_mask = nla_u8(nla),
+                RuleAttribute::Other(nla) if nla.kind() == FRA_DSCP => {
+                    dscp = nla_u8(nla);
+                    spec.opaque |= dscp.is_none();
+                }
+                RuleAttribute::Other(nla) if nla.kind() == FRA_DSCP_MASK => {
+                    dscp_mask = nla_u8(nla);
+                    spec.opaque |= dscp_mask.is_none();
+                }
                 RuleAttribute::Other(nla) if nla.kind() == FRA_SPORT_MASK => {
                     spec.sport_mask = nla_u16(nla);
                     spec.opaque |= spec.sport_mask.is_none();
@@ -286,6 +292,10 @@ impl FibRules {
 fn compile_one(spec: &FibRuleSpec, iif: &impl Fn(&str) -> Option<u32>) -> FibRule {
     let mut sel = Rule::default();
     let mut flags = FibFlags::empty();
+    // `not iif X` with X not managed matches every frame xdpfwd sees, whatever its other
+    // selectors say: the kernel's iif test already fails, and `not` turns the whole into a
+    // match.
+    let mut always = false;
     if let Some(name) = &spec.iif {
         match iif(name) {
             Some(ifindex) => {
@@ -293,8 +303,7 @@ fn compile_one(spec: &FibRuleSpec, iif: &impl Fn(&str) -> Option<u32>) -> FibRul
                 sel.in_ifindex = ifindex;
             }
             None if !spec.invert => flags |= FibFlags::NEVER,
-            // `not iif X` with X not managed matches every frame xdpfwd sees.
-            None => {}
+            None => always = true,
         }
     }
     if let Some(p) = spec.proto {
@@ -338,7 +347,7 @@ fn compile_one(spec: &FibRuleSpec, iif: &impl Fn(&str) -> Option<u32>) -> FibRul
         SpecAction::Nop => (FibAction::Nop, 0),
         SpecAction::Kernel => (FibAction::Kernel, 0),
     };
-    if spec.opaque && spec.invert {
+    if (spec.opaque && spec.invert) || always {
         // Inverting a rule whose selectors are only partly known would narrow it: every frame
         // reaching it goes to the kernel.
         sel = Rule::default();
@@ -489,6 +498,21 @@ mod tests {
         let compiled = rules.compile(|_| None, |_| true).unwrap();
         assert_eq!((compiled[0].ds, compiled[0].ds_mask), (0xb8, 0xfc));
         assert_eq!(FibAction::from_u32(compiled[0].sel.action), FibAction::Lookup);
+    }
+
+    #[test]
+    fn not_iif_an_unmanaged_interface_matches_every_frame_whatever_else_it_says() {
+        let mut m = msg(
+            RuleAction::ToTable,
+            vec![RuleAttribute::Table(7), RuleAttribute::Iifname("elsewhere".into())],
+        );
+        m.header.flags = RuleFlags::Invert;
+        m.header.tos = 0x10;
+        let rules = FibRules { rules: vec![FibRuleSpec::from_message(&m).unwrap()] };
+        let rule = rules.compile(|_| None, |_| true).unwrap()[0];
+        assert_eq!(rule.sel.fields, RuleFields::empty());
+        assert_eq!((rule.ds_mask, rule.flags), (0, FibFlags::empty()), "no selector, no not");
+        assert_eq!(FibAction::from_u32(rule.sel.action), FibAction::Lookup);
     }
 
     #[test]

@@ -48,7 +48,7 @@ use crate::{
     netfilter::Hooks,
     nexthop::{Nexthops, NhEvent},
     policy::ControlPolicy,
-    routes::{Place, Route, RouteTable},
+    routes::{Action, Place, Route, RouteTable},
     shared::{Resolve, Shared},
     sockopt,
 };
@@ -70,6 +70,8 @@ const ROUTE_FAILED: &str = "a route could not be mirrored (route trie full?)";
 const STALE: &str = "netlink events were lost and are being read again";
 /// Longest a re-read of the kernel's tables may take (a full Internet table takes seconds).
 const REREAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long after a nexthop deletion that took routes along the routes are read again.
+const REREAD_DELAY: Duration = Duration::from_millis(100);
 /// How often the forwarding sysctls are read.
 const SYSCTL_POLL: Duration = Duration::from_millis(500);
 /// How often stale neighbours are re-confirmed.
@@ -132,6 +134,10 @@ pub struct Control {
     nexthops: Nexthops,
     /// The routes must be read again (a link went down or up, an address was deleted).
     resync: bool,
+    /// Entries written as "the kernel decides" until the routes are read again at
+    /// `reread_at` ([`Self::remove_nexthop`]).
+    placeholders: HashSet<(u32, IpNet)>,
+    reread_at: Option<tokio::time::Instant>,
     /// rtnetlink events were lost (or nexthop events, whose objects are read again already):
     /// everything must be read again (`resync`).
     lost: bool,
@@ -175,6 +181,8 @@ impl Control {
             netfilter: None,
             nexthops,
             resync: false,
+            placeholders: HashSet::new(),
+            reread_at: None,
             lost: false,
             stale: false,
             nh_seen: None,
@@ -246,6 +254,10 @@ impl Control {
                     self.publish_tables();
                 }
                 _ = stale.tick() => self.refresh_stale(&mut handle).await,
+                _ = until(self.reread_at) => {
+                    self.reread_at = None;
+                    self.resync = true;
+                }
             }
             // A dump that never ends must not hold the control plane (and shutdown) for ever:
             // past the bound, xdpfwd stops and leaves everything to the kernel.
@@ -467,12 +479,31 @@ impl Control {
         }
     }
 
-    /// A nexthop object is gone, and with it the routes through it.
+    /// A nexthop object is gone, and with it the routes through it (the kernel flushes them
+    /// without a word). Route and nexthop events come on different sockets, so a route
+    /// added through a new object of the same id may have been applied first and be removed
+    /// here by mistake: the prefixes are left to the kernel (never to a shorter prefix)
+    /// until the routes are read again, a moment later (a burst of deletions reads once).
     fn remove_nexthop(&mut self, id: u32) {
         self.nexthops.remove(id);
-        for (table, prefix, effective) in self.routes.remove_nexthop(id) {
-            self.write_entry(table, prefix, effective);
+        let removed = self.routes.remove_nexthop(id);
+        if removed.is_empty() {
+            return;
         }
+        for (table, prefix, _) in removed {
+            let kernel = Route {
+                prefix,
+                table,
+                metric: 0,
+                tos: 0,
+                action: Action::Kernel,
+                mtu: 0,
+                weight: 1,
+            };
+            self.write_route(table, prefix, Some(kernel));
+            self.placeholders.insert((table, prefix));
+        }
+        self.reread_at.get_or_insert(tokio::time::Instant::now() + REREAD_DELAY);
     }
 
     /// A reload's interface settings and static routes.
@@ -540,5 +571,13 @@ fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::ma
             Ok(())
         }
         other => other,
+    }
+}
+
+/// Waits until `at`; for ever without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

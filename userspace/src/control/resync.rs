@@ -212,6 +212,11 @@ impl Control {
             self.write_entry(table, prefix, None);
             changed += 1;
         }
+        // Entries left to the kernel until now get what the kernel has.
+        for (table, prefix) in std::mem::take(&mut self.placeholders) {
+            self.write_entry(table, prefix, new.get(&(table, prefix)).copied());
+        }
+        self.reread_at = None;
         tracing::info!(routes = new.len(), changed, "routes read again");
         for v6 in [false, true] {
             self.write_fib(v6);
