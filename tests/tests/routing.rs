@@ -649,7 +649,8 @@ fn buckets_in_step(topo: &Topology, oif: &BTreeMap<u32, u32>) -> (Vec<Vec<u32>>,
 /// A resilient nexthop group is forwarded by the kernel's own bucket table, which xdpfwd reads
 /// (the kernel moves buckets without a word when the group is replaced) and follows as the
 /// kernel moves idle buckets later on (bucket notifications); flows spread as the buckets say
-/// and never change paths while the table holds. The kernel's forwarding is off.
+/// and never change paths while the table holds. A table waiting for busy buckets to go idle
+/// is the kernel's until it is balanced. The kernel's forwarding is off.
 #[test]
 fn resilient_groups_follow_the_kernels_bucket_table() {
     let topo = Topology::new("rg", false).unwrap();
@@ -697,12 +698,17 @@ fn resilient_groups_follow_the_kernels_bucket_table() {
         let _ = sender.send_to(b"used", to);
     }
     ip(&topo, "nexthop replace id 10 group 1/2 type resilient");
-    let (ours, kernel) = buckets_in_step(&topo, &oif);
-    assert_eq!(ours, std::slice::from_ref(&kernel));
-    assert!(
-        kernel.iter().filter(|o| **o == oif[&1]).count() < 16,
-        "used buckets stay for now: {kernel:?}"
-    );
+    // Unbalanced, the table would move buckets the kernel sees idle (xdpfwd's flows) where
+    // the kernel keeps busy ones: the group is the kernel's until balanced.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut ours = mirrored_buckets(&topo.fwd, &topo.f0).unwrap();
+    while !ours.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        ours = mirrored_buckets(&topo.fwd, &topo.f0).unwrap();
+    }
+    let kernel = kernel_buckets(&topo.fwd, 10).unwrap();
+    assert!(kernel.iter().filter(|nh| **nh == 1).count() < 16, "used buckets stay: {kernel:?}");
+    assert!(ours.is_empty(), "an unbalanced table is the kernel's: {ours:?}");
     thread::sleep(Duration::from_secs(4));
     let (ours, kernel) = buckets_in_step(&topo, &oif);
     assert_eq!(ours, std::slice::from_ref(&kernel), "the moved buckets are followed");
@@ -759,4 +765,40 @@ fn group_paths_through_failed_neighbours_are_avoided_as_the_kernel_does() {
     assert!(on(0) >= 8 && on(2) >= 8, "both paths again: {seen:?}");
     let done = fwd.stop().unwrap();
     assert!(done.success, "{}{}", done.stdout, done.stderr);
+}
+
+/// A link going down takes the kernel's nexthop objects through it out of their groups
+/// without a word: the group's flows all leave by the paths left, with xdpfwd as with the
+/// kernel (xdpfwd used to keep hashing flows to the dead path, whose frames the kernel,
+/// forwarding off, then dropped).
+#[test]
+fn a_link_going_down_takes_its_paths_out_of_nexthop_groups() {
+    let topo = Topology::new("ld", false).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    let f1 = topo.f1.clone();
+    ip(&topo, &format!("nexthop add id 1 via 198.18.2.2 dev {f1}"));
+    ip(&topo, &format!("nexthop add id 2 via 198.18.3.2 dev {f2}"));
+    ip(&topo, "nexthop add id 10 group 1/2");
+    ip(&topo, "route add 198.19.65.0/24 nhid 10");
+    assert_forwarding_off(&topo);
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &f1, &f2, "--stats-interval", "0"]).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    let dst = Ipv4Addr::new(198, 19, 65, 9);
+    let (seen, total) = flows(&topo, &capture, dst, (64, 2), false);
+    assert_eq!(total, 128, "{seen:?}");
+    assert!(seen.values().filter(|l| l.contains(&2)).count() >= 8, "both paths: {seen:?}");
+
+    ip(&topo, &format!("link set {f2} down"));
+    let group = sh(&["ip", "-n", &topo.fwd, "nexthop", "show", "id", "10"]).unwrap();
+    assert!(!group.contains("1/2"), "the kernel took the path out: {group}");
+    thread::sleep(Duration::from_millis(1500));
+    let (seen, total) = flows(&topo, &capture, dst, (64, 2), false);
+    assert_eq!(total, 128, "every frame by the path left: {seen:?}");
+    assert!(seen.values().all(|l| *l == BTreeSet::from([0])), "{seen:?}");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+    assert!(done.stderr.contains("a link with nexthops went down"), "{}", done.stderr);
 }

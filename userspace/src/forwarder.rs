@@ -395,6 +395,7 @@ fn start_control(
     let (policy_tx, policy_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let max_frame = (plan.xsk.max_frame_len() as usize - xdpfwd_common::META_LEN) as u16;
+    let redump = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let control = Control::new(
         maps,
         ifaces.iter().map(|i| (**i).clone()).collect(),
@@ -402,13 +403,14 @@ fn start_control(
         shared.clone(),
         policy,
         nexthops,
+        redump.clone(),
     );
     let (nh_tx, nh_rx) = tokio::sync::mpsc::unbounded_channel();
     let stopping = {
         let shared = shared.clone();
         move || shared.stop.load(Relaxed)
     };
-    let nexthop_thread = nexthop::spawn_reader(stopping, nh_tx, netlink_buffer)?;
+    let nexthop_thread = nexthop::spawn_reader(stopping, nh_tx, netlink_buffer, redump)?;
     let thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
         let shared = shared.clone();
         move || -> anyhow::Result<()> {

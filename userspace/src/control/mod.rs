@@ -23,7 +23,11 @@ mod sysctls;
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
-    sync::{Arc, atomic::Ordering::Relaxed, mpsc::SyncSender},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+        mpsc::SyncSender,
+    },
     time::{Duration, Instant},
 };
 
@@ -32,7 +36,11 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, lpm_trie::LpmTrie};
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_APPEND, NLM_F_REPLACE, NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::{RouteNetlinkMessage, link::LinkMessage, neighbour::NeighbourState};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkFlags, LinkMessage},
+    neighbour::NeighbourState,
+};
 use netlink_sys::AsyncSocket as _;
 use rtnetlink::{Handle, MulticastGroup};
 use sysctls::IfaceSysctls;
@@ -70,6 +78,8 @@ const ROUTE_FAILED: &str = "a route could not be mirrored (route trie full?)";
 const STALE: &str = "netlink events were lost and are being read again";
 /// Longest a re-read of the kernel's tables may take (a full Internet table takes seconds).
 const REREAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most nexthop events applied before the control plane looks at anything else.
+const NH_BATCH: usize = 4096;
 /// How long after a nexthop deletion that took routes along the routes are read again.
 const REREAD_DELAY: Duration = Duration::from_millis(100);
 /// How often the forwarding sysctls are read.
@@ -134,6 +144,10 @@ pub struct Control {
     nexthops: Nexthops,
     /// The routes must be read again (a link went down or up, an address was deleted).
     resync: bool,
+    /// Tells the nexthop reader to read every object again.
+    redump: Arc<AtomicBool>,
+    /// Whether each link (managed or not) was up and had its carrier, as last reported.
+    link_up: HashMap<u32, bool>,
     /// Entries written as "the kernel decides" until the routes are read again at
     /// `reread_at` ([`Self::remove_nexthop`]).
     placeholders: HashSet<(u32, IpNet)>,
@@ -163,8 +177,11 @@ impl Control {
         shared: Arc<Shared>,
         policy: ControlPolicy,
         nexthops: Nexthops,
+        redump: Arc<AtomicBool>,
     ) -> Self {
         Self {
+            redump,
+            link_up: HashMap::new(),
             maps,
             ifaces,
             routes: RouteTable::default(),
@@ -245,7 +262,16 @@ impl Control {
                 Some(req) = resolve.recv() => self.resolve(&mut handle, req).await,
                 Some(policy) = policies.recv() => self.set_policy(policy),
                 event = nh_events.recv() => match event {
-                    Some(event) => self.on_nexthop(event),
+                    Some(event) => {
+                        // What queued with it too, then the resilient groups whose buckets
+                        // moved are published once.
+                        self.on_nexthop(event);
+                        for _ in 0..NH_BATCH {
+                            let Ok(event) = nh_events.try_recv() else { break };
+                            self.on_nexthop(event);
+                        }
+                        self.nexthops.flush_buckets();
+                    }
                     None => anyhow::bail!("the nexthop reader stopped"),
                 },
                 _ = sysctl.tick() => {
@@ -287,6 +313,7 @@ impl Control {
     ) -> anyhow::Result<()> {
         let mut links = handle.link().get().execute();
         while let Some(link) = links.try_next().await.context("dumping links")? {
+            self.link_state(&link, true);
             self.on_link(&link);
         }
         self.poll_forwarding();
@@ -309,7 +336,10 @@ impl Control {
                     self.on_nexthop(NhEvent::Synced);
                     break;
                 }
-                Ok(Some(event)) => self.on_nexthop(event),
+                Ok(Some(event)) => {
+                    self.on_nexthop(event);
+                    self.nexthops.flush_buckets();
+                }
                 Ok(None) => anyhow::bail!("the nexthop reader stopped"),
                 Err(_) => anyhow::bail!("no answer to the nexthop dump within 5 s"),
             }
@@ -378,6 +408,7 @@ impl Control {
             RouteNetlinkMessage::NewNeighbour(n) => self.on_neighbour(&n, true),
             RouteNetlinkMessage::DelNeighbour(n) => self.on_neighbour(&n, false),
             RouteNetlinkMessage::NewLink(l) => {
+                self.link_state(&l, true);
                 if let Some(i) = self.on_link(&l) {
                     let info = self.info(i);
                     let _ = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0);
@@ -391,6 +422,7 @@ impl Control {
                 self.resync = true;
             }
             RouteNetlinkMessage::DelLink(l) => {
+                self.link_state(&l, false);
                 if let Some(iface) = self.ifaces.iter().find(|i| i.ifindex == l.header.index) {
                     anyhow::bail!("managed interface '{}' was deleted", iface.name);
                 }
@@ -433,6 +465,21 @@ impl Control {
             macs.insert(iface.ifindex, iface.mac);
         }
         Some(i)
+    }
+
+    /// A link went down, lost its carrier or was deleted: the kernel removes the nexthop
+    /// objects through it (and from their groups) without a word, so the nexthop reader reads
+    /// them all again when any known object goes through it.
+    fn link_state(&mut self, msg: &LinkMessage, exists: bool) {
+        let index = msg.header.index;
+        let up = exists
+            && msg.header.flags.contains(LinkFlags::Up)
+            && msg.header.flags.contains(LinkFlags::LowerUp);
+        let was = if exists { self.link_up.insert(index, up) } else { self.link_up.remove(&index) };
+        if was == Some(true) && !up && self.nexthops.uses_oif(index) {
+            tracing::info!(ifindex = index, "a link with nexthops went down: reading them again");
+            self.redump.store(true, Relaxed);
+        }
     }
 
     fn on_nexthop(&mut self, event: NhEvent) {

@@ -139,6 +139,10 @@ impl Control {
         tracing::debug!(addr = %req.addr, ifindex = req.ifindex, "asking the kernel to resolve a next hop");
         if let Err(err) = neigh_use(handle, req.ifindex, req.addr).await {
             tracing::warn!(addr = %req.addr, %err, "neighbour resolution request failed");
+        } else if !self.neighbours.contains_key(&key) {
+            // The kernel now holds an incomplete entry (it says so only when that fails):
+            // its path selection avoids the neighbour until it answers.
+            self.nexthops.set_neighbour_bad(key, true);
         }
     }
 

@@ -142,6 +142,7 @@ impl Control {
         let mut links = handle.link().get().execute();
         while let Some(link) = links.try_next().await.context("dumping links")? {
             seen.insert(link.header.index);
+            self.link_state(&link, true);
             if let Some(i) = self.on_link(&link) {
                 let info = self.info(i);
                 let _ = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0);

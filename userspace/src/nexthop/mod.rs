@@ -91,6 +91,8 @@ pub struct Nexthops {
     /// Neighbours (interface, address) in a state the kernel's path selection avoids
     /// (incomplete, failed): hash-threshold groups skip paths through them.
     bad_neighbours: HashSet<(u32, IpAddr)>,
+    /// Resilient groups whose buckets changed since the last [`Self::flush_buckets`].
+    buckets_changed: HashSet<u32>,
     pub nh_slots: Array<MapData, u32>,
     pub nh_groups: Array<MapData, NhGroup>,
     pub nh_buckets: Array<MapData, u8>,
@@ -113,6 +115,7 @@ impl Nexthops {
             bucket_ranges: HashMap::new(),
             bucket_space: BucketSpace::new(MAX_NH_BUCKETS),
             bad_neighbours: HashSet::new(),
+            buckets_changed: HashSet::new(),
             nh_slots,
             nh_groups,
             nh_buckets,
@@ -184,14 +187,20 @@ impl Nexthops {
         }
     }
 
-    /// A bucket of a resilient group was reported: once the group's table is complete, every
-    /// change republishes it.
+    /// A bucket of a resilient group was reported; the group is published again by
+    /// [`Self::flush_buckets`], once for a batch of them.
     pub fn set_bucket(&mut self, group: u32, index: u16, nh: u32) {
         let Some(table) = self.tables.get_mut(&group) else { return };
         let Some(entry) = table.get_mut(usize::from(index)) else { return };
-        let changed = *entry != Some(nh);
-        *entry = Some(nh);
-        if changed && table.iter().all(Option::is_some) {
+        if *entry != Some(nh) {
+            *entry = Some(nh);
+            self.buckets_changed.insert(group);
+        }
+    }
+
+    /// Publishes again the resilient groups whose buckets changed.
+    pub fn flush_buckets(&mut self) {
+        for group in std::mem::take(&mut self.buckets_changed) {
             self.republish(group);
         }
     }
@@ -203,6 +212,11 @@ impl Nexthops {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether a known nexthop object goes out of `ifindex`.
+    pub fn uses_oif(&self, ifindex: u32) -> bool {
+        self.objects.values().any(|nh| matches!(nh, Nexthop::Single { oif, .. } if *oif == ifindex))
     }
 
     /// The ids of the kernel's nexthop objects known.
@@ -303,14 +317,28 @@ impl Nexthops {
     }
 
     /// A resilient group's buckets as indices into its members (paths); `None` while a
-    /// bucket is unknown or names a nexthop that is no member.
+    /// bucket is unknown or names a nexthop that is no member, and while the table is not
+    /// balanced.
+    ///
+    /// The kernel moves a bucket of an overweight member once it has been idle for the idle
+    /// timer, and sees a bucket used only when it forwards through it: frames xdpfwd
+    /// forwards would look idle and their flows be moved where the kernel keeps them. A
+    /// balanced table moves nothing, so only a balanced one is xdpfwd's; until then the
+    /// kernel forwards through the group (and keeps its busy buckets).
     fn bucket_paths(&self, id: u32) -> Option<Vec<u8>> {
         let Some(Nexthop::Resilient { members, .. }) = self.objects.get(&id) else { return None };
-        self.tables
+        let table: Vec<u8> = self
+            .tables
             .get(&id)?
             .iter()
             .map(|nh| members.iter().position(|(m, _)| Some(*m) == *nh).map(|i| i as u8))
-            .collect()
+            .collect::<Option<_>>()?;
+        let weights: Vec<u32> = members.iter().map(|(_, w)| *w).collect();
+        let wants = wanted_buckets(&weights, table.len() as u32);
+        let balanced = wants.iter().enumerate().all(|(i, want)| {
+            table.iter().filter(|p| usize::from(**p) == i).count() as u32 == *want
+        });
+        balanced.then_some(table)
     }
 
     /// Publishes the group of slot `key` as a new immutable group, then switches the slot.
@@ -388,6 +416,24 @@ impl Nexthops {
     }
 }
 
+/// The buckets each member of a resilient group wants, from the weights: the kernel's
+/// `nh_res_group_rebalance` (`DIV_ROUND_CLOSEST(buckets * cumulated weight, total)`, less
+/// the previous bound).
+pub fn wanted_buckets(weights: &[u32], buckets: u32) -> Vec<u32> {
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    let (mut cumulated, mut previous) = (0u64, 0u64);
+    weights
+        .iter()
+        .map(|w| {
+            cumulated += u64::from(*w);
+            let bound = (u64::from(buckets) * cumulated + total / 2) / total.max(1);
+            let want = bound - previous;
+            previous = bound;
+            want as u32
+        })
+        .collect()
+}
+
 /// The XDP program's group of `paths`, with the kernel's hash-threshold bounds.
 pub fn group_of(paths: &[Path]) -> NhGroup {
     let mut group = NhGroup { count: paths.len() as u32, ..NhGroup::default() };
@@ -413,6 +459,15 @@ pub fn group_of(paths: &[Path]) -> NhGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resilient_members_want_the_kernels_share_of_buckets() {
+        assert_eq!(wanted_buckets(&[1, 1], 32), [16, 16]);
+        assert_eq!(wanted_buckets(&[1, 3], 32), [8, 24]);
+        // DIV_ROUND_CLOSEST of the cumulated bounds: 10.67 → 11, 21.33 → 21, 32.
+        assert_eq!(wanted_buckets(&[1, 1, 1], 32), [11, 10, 11]);
+        assert_eq!(wanted_buckets(&[1, 7], 8), [1, 7]);
+    }
 
     #[test]
     fn groups_carry_the_kernels_bounds() {

@@ -2,7 +2,11 @@
 //! buckets of every resilient group it reports; dumps again after lost events.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -19,10 +23,13 @@ use crate::sockopt;
 
 /// Starts the thread that reads nexthop messages (dump, then events) until `stopped()`
 /// (checked every 200 ms) or the receiver is gone. `rx_buf`: the socket's receive buffer.
+/// `redump`: set by the control plane when the kernel may have removed objects without a
+/// word (a link went down): every object is read again as after lost events.
 pub fn spawn_reader(
     stopped: impl Fn() -> bool + Send + 'static,
     tx: UnboundedSender<NhEvent>,
     rx_buf: u32,
+    redump: Arc<AtomicBool>,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
     let mut socket = Socket::new(NETLINK_ROUTE).context("opening the nexthop netlink socket")?;
     socket.bind_auto().context("binding the nexthop netlink socket")?;
@@ -30,7 +37,7 @@ pub fn spawn_reader(
     let granted = sockopt::force_rx_buf(&socket, rx_buf).context("sizing the nexthop socket")?;
     tracing::debug!(granted, "nexthop socket receive buffer");
     sockopt::set_timeout(&socket, Duration::from_millis(200));
-    let mut reader = Reader::new(socket);
+    let mut reader = Reader::new(socket, redump);
     reader.dump()?;
     let handle = thread::Builder::new()
         .name("xdpfwd-nexthops".into())
@@ -46,6 +53,8 @@ pub fn spawn_reader(
 /// replaced); bucket notifications keep them current afterwards.
 struct Reader {
     socket: Socket,
+    /// Asked from the control plane: read every object again.
+    redump: Arc<AtomicBool>,
     dumping: bool,
     /// Events were lost during the running dump: dump again when it ends.
     again: bool,
@@ -56,8 +65,11 @@ struct Reader {
     buckets: VecDeque<u32>,
     /// The group whose buckets are being dumped, and when that dump last answered.
     bucket_dump: Option<(u32, Instant)>,
-    /// A bucket dump was refused for now: the next waits for the next tick.
-    bucket_pause: bool,
+    /// Buckets of that group the kernel moved while its dump ran: the dump's answer for
+    /// them may be older than the notification, and is dropped.
+    moved: HashSet<u16>,
+    /// When the kernel last refused a bucket dump.
+    bucket_refused: Option<Instant>,
     /// When the kernel last refused the dump of every object.
     refused: Option<Instant>,
 }
@@ -68,15 +80,17 @@ const DUMP_STALL: Duration = Duration::from_secs(2);
 const REFUSED_PAUSE: Duration = Duration::from_millis(200);
 
 impl Reader {
-    fn new(socket: Socket) -> Self {
+    fn new(socket: Socket, redump: Arc<AtomicBool>) -> Self {
         Reader {
             socket,
+            redump,
             dumping: false,
             again: false,
             heard: Instant::now(),
             buckets: VecDeque::new(),
             bucket_dump: None,
-            bucket_pause: false,
+            moved: HashSet::new(),
+            bucket_refused: None,
             refused: None,
         }
     }
@@ -92,7 +106,11 @@ impl Reader {
 
     /// Starts the next bucket dump, if no dump runs.
     fn next_bucket_dump(&mut self) -> anyhow::Result<()> {
-        if self.dumping || self.again || self.bucket_dump.is_some() || self.bucket_pause {
+        if self.dumping
+            || self.again
+            || self.bucket_dump.is_some()
+            || self.bucket_refused.is_some_and(|at| at.elapsed() < REFUSED_PAUSE)
+        {
             return Ok(());
         }
         let Some(group) = self.buckets.pop_front() else { return Ok(()) };
@@ -100,6 +118,7 @@ impl Reader {
             .send_to(&wire::bucket_request(group), &SocketAddr::new(0, 0), 0)
             .context("dumping nexthop buckets")?;
         self.bucket_dump = Some((group, Instant::now()));
+        self.moved.clear();
         Ok(())
     }
 
@@ -129,9 +148,8 @@ impl Reader {
             && self.refused.is_none_or(|at| at.elapsed() >= REFUSED_PAUSE)
     }
 
-    /// Every read that finds the queue empty: a dump refused, wanted after lost events, or
-    /// silent for too long, is asked (again).
-    fn tick(&mut self) -> anyhow::Result<()> {
+    /// After every read: a dump silent for too long is to be asked again.
+    fn timers(&mut self) {
         if self.dumping && self.heard.elapsed() > DUMP_STALL {
             tracing::debug!("the nexthop dump went silent: asking again");
             (self.dumping, self.again) = (false, true);
@@ -143,10 +161,15 @@ impl Reader {
             self.bucket_dump = None;
             self.buckets.push_front(group);
         }
+    }
+
+    /// A read found the queue empty: a dump wanted after lost events, refused or silent, is
+    /// asked (again).
+    fn tick(&mut self) -> anyhow::Result<()> {
+        self.timers();
         if self.dump_wanted() {
             self.dump()?;
         }
-        self.bucket_pause = false;
         self.next_bucket_dump()
     }
 
@@ -170,6 +193,10 @@ impl Reader {
     ) -> anyhow::Result<()> {
         let mut buf = vec![0u8; 1 << 16];
         while !stopped() {
+            if self.redump.swap(false, Ordering::Relaxed) {
+                // Objects the kernel removed without a word (a link went down).
+                self.lost(tx);
+            }
             // A dump is wanted: find out at once whether the queue has run empty.
             let flags = if self.dump_wanted() { libc::MSG_DONTWAIT } else { 0 };
             let n = match self.socket.recv(&mut &mut buf[..], flags) {
@@ -185,9 +212,10 @@ impl Reader {
                 Err(e) => return Err(e.into()),
             };
             // Answers to a dump carry its sequence number; events carry 0.
-            match buf.get(8..12).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]])) {
-                Some(DUMP_SEQ) => self.heard = Instant::now(),
-                Some(BUCKET_SEQ) => {
+            let seq = buf.get(8..12).map_or(0, |s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
+            match seq {
+                DUMP_SEQ => self.heard = Instant::now(),
+                BUCKET_SEQ => {
                     if let Some((_, heard)) = &mut self.bucket_dump {
                         *heard = Instant::now();
                     }
@@ -195,15 +223,33 @@ impl Reader {
                 _ => {}
             }
             for event in wire::messages(&buf[..n]) {
+                if self.superseded(&event, seq) {
+                    continue;
+                }
                 if let Some(event) = self.handle(event, tx)?
                     && tx.send(event).is_err()
                 {
                     return Ok(());
                 }
             }
+            self.timers();
             self.next_bucket_dump()?;
         }
         Ok(())
+    }
+
+    /// Whether a bucket dump's answer (`seq`) is older than a notification of the same
+    /// bucket that came while the dump ran; notes the notifications.
+    fn superseded(&mut self, event: &NhEvent, seq: u32) -> bool {
+        let NhEvent::Bucket { group, index, .. } = *event else { return false };
+        if self.bucket_dump.is_none_or(|(g, _)| g != group) {
+            return false;
+        }
+        if seq == BUCKET_SEQ {
+            return self.moved.contains(&index);
+        }
+        self.moved.insert(index);
+        false
     }
 
     /// What the reader does with an event; `Some`: pass it on to the control plane.
@@ -231,7 +277,7 @@ impl Reader {
                 if let Some((group, _)) = self.bucket_dump.take() {
                     self.buckets.push_front(group);
                 }
-                self.bucket_pause = true;
+                self.bucket_refused = Some(Instant::now());
                 None
             }
             NhEvent::Set(id, Nexthop::Resilient { members, buckets }) => {
@@ -251,7 +297,7 @@ mod tests {
     fn a_dump_that_began_before_a_loss_is_not_the_end_and_the_next_waits_for_an_empty_queue() {
         let socket = Socket::new(NETLINK_ROUTE).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut reader = Reader::new(socket);
+        let mut reader = Reader::new(socket, Arc::default());
         reader.dumping = true;
         assert_eq!(reader.handle(NhEvent::Overrun, &tx).unwrap(), None);
         assert_eq!(rx.try_recv().unwrap(), NhEvent::Overrun, "the control plane is told");
