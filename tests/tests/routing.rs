@@ -722,7 +722,8 @@ fn resilient_groups_follow_the_kernels_bucket_table() {
 }
 
 /// A nexthop group path whose neighbour the kernel knows to be unusable (failed) is skipped
-/// by the kernel's hash-threshold selection: every flow leaves by the other path. So with
+/// by the kernel's hash-threshold selection: every flow leaves by the other path; so is a
+/// multipath route's with `fib_multipath_use_neigh`. So with
 /// xdpfwd and the kernel's forwarding off (xdpfwd used to send those flows to the dead
 /// neighbour, holding them while it resolved in vain); when the neighbour comes back, the
 /// flows spread again.
@@ -737,13 +738,23 @@ fn group_paths_through_failed_neighbours_are_avoided_as_the_kernel_does() {
     ip(&topo, &format!("nexthop add id 2 via 198.18.3.9 dev {f2}"));
     ip(&topo, "nexthop add id 10 group 1/2");
     ip(&topo, "route add 198.19.64.0/24 nhid 10");
+    // A multipath route avoids bad neighbours too, with fib_multipath_use_neigh.
+    ip(
+        &topo,
+        &format!(
+            "route add 198.19.66.0/24 nexthop via 198.18.2.2 dev {f1} nexthop via 198.18.3.9 dev {f2}"
+        ),
+    );
+    ns_sh(&topo.fwd, &["sysctl", "-qw", "net.ipv4.fib_multipath_use_neigh=1"]).unwrap();
     ip(&topo, &format!("neigh replace 198.18.3.9 dev {f2} nud failed"));
     let capture = Capture::open(&topo, &s2);
-    let dst = Ipv4Addr::new(198, 19, 64, 9);
     let all_on_f1 = |who: &str| {
-        let (seen, total) = flows(&topo, &capture, dst, (64, 2), false);
-        assert_eq!(total, 128, "{who}: every frame arrived: {seen:?}");
-        assert!(seen.values().all(|l| *l == BTreeSet::from([0])), "{who}: all by f1: {seen:?}");
+        for dst in [Ipv4Addr::new(198, 19, 64, 9), Ipv4Addr::new(198, 19, 66, 9)] {
+            let (seen, total) = flows(&topo, &capture, dst, (64, 2), false);
+            assert_eq!(total, 128, "{who}, {dst}: every frame arrived: {seen:?}");
+            let f1 = BTreeSet::from([0]);
+            assert!(seen.values().all(|l| *l == f1), "{who}, {dst}: all by f1: {seen:?}");
+        }
     };
     all_on_f1("the kernel");
 
@@ -759,10 +770,12 @@ fn group_paths_through_failed_neighbours_are_avoided_as_the_kernel_does() {
     let s2_mac = xdpfwd_tests::fmt_mac(topo.mac(&topo.server, &s2).unwrap());
     ip(&topo, &format!("neigh replace 198.18.3.9 dev {f2} lladdr {s2_mac} nud permanent"));
     thread::sleep(Duration::from_millis(300));
-    let (seen, total) = flows(&topo, &capture, dst, (64, 2), false);
-    assert_eq!(total, 128, "{seen:?}");
-    let on = |link: u8| seen.values().filter(|l| l.contains(&link)).count();
-    assert!(on(0) >= 8 && on(2) >= 8, "both paths again: {seen:?}");
+    for dst in [Ipv4Addr::new(198, 19, 64, 9), Ipv4Addr::new(198, 19, 66, 9)] {
+        let (seen, total) = flows(&topo, &capture, dst, (64, 2), false);
+        assert_eq!(total, 128, "{seen:?}");
+        let on = |link: u8| seen.values().filter(|l| l.contains(&link)).count();
+        assert!(on(0) >= 8 && on(2) >= 8, "{dst}: both paths again: {seen:?}");
+    }
     let done = fwd.stop().unwrap();
     assert!(done.success, "{}{}", done.stdout, done.stderr);
 }

@@ -35,8 +35,11 @@ impl Control {
     }
 
     /// Follows `fib_multipath_hash_policy`: 0 and 1 are implemented, other policies leave
-    /// ECMP to the kernel.
+    /// ECMP to the kernel. And `fib_multipath_use_neigh` (IPv4).
     pub(super) fn poll_hash_policy(&mut self) {
+        let use_neigh = fs::read_to_string("/proc/sys/net/ipv4/fib_multipath_use_neigh")
+            .is_ok_and(|s| s.trim() == "1");
+        self.nexthops.set_use_neigh(use_neigh);
         for (v6, family) in [(false, "ipv4"), (true, "ipv6")] {
             let policy =
                 fs::read_to_string(format!("/proc/sys/net/{family}/fib_multipath_hash_policy"))

@@ -93,6 +93,8 @@ pub struct Nexthops {
     bad_neighbours: HashSet<(u32, IpAddr)>,
     /// Resilient groups whose buckets changed since the last [`Self::flush_buckets`].
     buckets_changed: HashSet<u32>,
+    /// `net.ipv4.fib_multipath_use_neigh`: IPv4 multipath routes avoid bad neighbours too.
+    use_neigh: bool,
     pub nh_slots: Array<MapData, u32>,
     pub nh_groups: Array<MapData, NhGroup>,
     pub nh_buckets: Array<MapData, u8>,
@@ -116,6 +118,7 @@ impl Nexthops {
             bucket_space: BucketSpace::new(MAX_NH_BUCKETS),
             bad_neighbours: HashSet::new(),
             buckets_changed: HashSet::new(),
+            use_neigh: false,
             nh_slots,
             nh_groups,
             nh_buckets,
@@ -168,22 +171,43 @@ impl Nexthops {
         self.republish_through(&changed);
     }
 
-    /// Republishes the objects whose path goes through one of `neighbours`.
+    /// Republishes the objects and multipath sets whose path goes through one of
+    /// `neighbours`.
     fn republish_through(&mut self, neighbours: &[(u32, IpAddr)]) {
         if neighbours.is_empty() {
             return;
         }
-        let ids: Vec<u32> = self
+        let through = |oif: u32, gateway: Option<IpAddr>| {
+            gateway.is_some_and(|g| neighbours.contains(&(oif, g)))
+        };
+        let mut ids: Vec<u32> = self
             .objects
             .iter()
-            .filter(|(_, nh)| {
-                matches!(nh, Nexthop::Single { oif, gateway: Some(g) }
-                    if neighbours.contains(&(*oif, *g)))
-            })
+            .filter(
+                |(_, nh)| matches!(nh, Nexthop::Single { oif, gateway } if through(*oif, *gateway)),
+            )
             .map(|(id, _)| *id)
             .collect();
+        ids.extend(
+            self.anon_paths
+                .iter()
+                .filter(|(_, paths)| paths.iter().any(|p| through(p.oif, p.gateway)))
+                .map(|(id, _)| *id),
+        );
         for id in ids {
             self.republish(id);
+        }
+    }
+
+    /// Follows `net.ipv4.fib_multipath_use_neigh`: with it, the kernel's IPv4 multipath
+    /// routes (`fib_select_multipath`) avoid bad neighbours as nexthop groups always do.
+    pub fn set_use_neigh(&mut self, on: bool) {
+        if self.use_neigh != on {
+            self.use_neigh = on;
+            let ids: Vec<u32> = self.anon_paths.keys().copied().collect();
+            for id in ids {
+                self.republish(id);
+            }
         }
     }
 
@@ -378,14 +402,23 @@ impl Nexthops {
         match self.objects.get(&id) {
             Some(Nexthop::Resilient { .. }) => Some((group, Some(self.bucket_paths(id)?))),
             Some(Nexthop::Group(_)) => {
-                for (slot, path) in group.paths.iter_mut().zip(&paths) {
-                    if path.gateway.is_some_and(|g| self.bad_neighbours.contains(&(path.oif, g))) {
-                        slot.hop |= HopFlags::BAD;
-                    }
-                }
+                self.mark_bad(&mut group, &paths);
+                Some((group, None))
+            }
+            None if !v6 && self.use_neigh => {
+                self.mark_bad(&mut group, &paths);
                 Some((group, None))
             }
             _ => Some((group, None)),
+        }
+    }
+
+    /// Marks the paths through a bad neighbour: hash-threshold skips them.
+    fn mark_bad(&self, group: &mut NhGroup, paths: &[Path]) {
+        for (slot, path) in group.paths.iter_mut().zip(paths) {
+            if path.gateway.is_some_and(|g| self.bad_neighbours.contains(&(path.oif, g))) {
+                slot.hop |= HopFlags::BAD;
+            }
         }
     }
 

@@ -97,9 +97,12 @@ impl Reader {
 
     /// Asks the kernel for every nexthop object.
     fn dump(&mut self) -> anyhow::Result<()> {
-        self.socket
-            .send_to(&wire::dump_request(), &SocketAddr::new(0, 0), 0)
-            .context("dumping nexthops")?;
+        if let Err(err) = self.socket.send_to(&wire::dump_request(), &SocketAddr::new(0, 0), 0) {
+            // Asked again a moment later (the kernel short of memory, say).
+            tracing::warn!(%err, "asking for the nexthop objects failed");
+            (self.again, self.refused) = (true, Some(Instant::now()));
+            return Ok(());
+        }
         (self.dumping, self.again, self.heard) = (true, false, Instant::now());
         Ok(())
     }
@@ -114,9 +117,14 @@ impl Reader {
             return Ok(());
         }
         let Some(group) = self.buckets.pop_front() else { return Ok(()) };
-        self.socket
-            .send_to(&wire::bucket_request(group), &SocketAddr::new(0, 0), 0)
-            .context("dumping nexthop buckets")?;
+        if let Err(err) =
+            self.socket.send_to(&wire::bucket_request(group), &SocketAddr::new(0, 0), 0)
+        {
+            tracing::warn!(%err, group, "asking for a resilient group's buckets failed");
+            self.buckets.push_front(group);
+            self.bucket_refused = Some(Instant::now());
+            return Ok(());
+        }
         self.bucket_dump = Some((group, Instant::now()));
         self.moved.clear();
         Ok(())

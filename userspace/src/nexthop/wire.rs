@@ -175,15 +175,17 @@ pub fn messages(mut data: &[u8]) -> Vec<NhEvent> {
             NLMSG_ERROR => {
                 let code =
                     data.get(16..20).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                let for_now =
-                    [libc::ENOBUFS, libc::EBUSY, libc::EAGAIN, libc::EINTR].contains(&-code);
-                out.push(match (for_now, buckets) {
-                    (true, false) => NhEvent::Refused,
-                    (true, true) => NhEvent::BucketsRefused,
-                    // A dump refused for good (a kernel without nexthop objects, a group
-                    // gone): nothing to mirror.
-                    (false, false) => NhEvent::Synced,
-                    (false, true) => NhEvent::BucketsDumped,
+                let transient =
+                    [libc::ENOBUFS, libc::EBUSY, libc::EAGAIN, libc::EINTR, libc::ENOMEM];
+                let unsupported = [libc::EOPNOTSUPP, libc::EPROTONOSUPPORT, libc::EINVAL];
+                out.push(match buckets {
+                    // A bucket dump refused for now, or for good (the group is gone).
+                    true if transient.contains(&-code) => NhEvent::BucketsRefused,
+                    true => NhEvent::BucketsDumped,
+                    // Only a kernel without nexthop objects refuses the object dump for
+                    // good: nothing to mirror. Anything else is asked again.
+                    false if unsupported.contains(&-code) => NhEvent::Synced,
+                    false => NhEvent::Refused,
                 });
             }
             _ => {}
@@ -243,6 +245,7 @@ mod tests {
         assert_eq!(messages(&error(DUMP_SEQ, -libc::EOPNOTSUPP)), [NhEvent::Synced]);
         assert_eq!(messages(&error(BUCKET_SEQ, -libc::EBUSY)), [NhEvent::BucketsRefused]);
         assert_eq!(messages(&error(BUCKET_SEQ, -libc::ENOENT)), [NhEvent::BucketsDumped]);
+        assert_eq!(messages(&error(DUMP_SEQ, -libc::ENOMEM)), [NhEvent::Refused], "never ends");
     }
 
     /// An `RTM_NEWNEXTHOP` message as `ip nexthop add id 6 via 198.18.2.2 dev (3)` makes it.
