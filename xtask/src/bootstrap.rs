@@ -34,6 +34,11 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "traceroute",
     "iputils-tracepath",
+    // The Debian package: its dependency and the tools that build and check it.
+    "adduser",
+    "gzip",
+    "binutils",
+    "systemd",
 ];
 
 /// Packages whose maintainer scripts enable and start a system-wide daemon (package, service):

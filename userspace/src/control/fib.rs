@@ -179,13 +179,19 @@ impl Control {
         let names: Vec<(String, u32)> =
             self.ifaces.iter().map(|i| (i.name.clone(), i.ifindex)).collect();
         let routes = &self.routes;
+        let placeholders = &self.placeholders;
         let merged = self.merged[v6 as usize];
         let stale = self.is_stale();
         let fib = &self.fib[v6 as usize];
+        // A table whose routes are only placeholders still answers (the kernel's, for now).
+        let held =
+            |table: u32| placeholders.iter().any(|(t, p)| *t == table && p.addr().is_ipv6() == v6);
         let compiled = fib.rules.compile(
             |name| names.iter().find(|(n, _)| n == name).map(|(_, i)| *i),
             // Merged, `main` answers for `local`'s host routes: its lookup is left out.
-            |table| routes.has_table(table, v6) && !(merged && table == TABLE_LOCAL),
+            |table| {
+                (routes.has_table(table, v6) || held(table)) && !(merged && table == TABLE_LOCAL)
+            },
         );
         let mut word = fib.word;
         let next = 1 - word.set;
@@ -312,6 +318,20 @@ impl Control {
     /// more-specific route must never let a shorter prefix forward its traffic.
     pub(super) fn write_route(&mut self, table: u32, prefix: IpNet, route: Option<Route>) {
         let v6 = prefix.addr().is_ipv6();
+        // An entry left to the kernel until the routes are read again stays so, whatever
+        // events for its prefix say meanwhile (`Control::remove_nexthop`).
+        let route = match self.placeholders.contains(&(table, prefix)) {
+            true => Some(Route {
+                prefix,
+                table,
+                metric: 0,
+                tos: 0,
+                action: Action::Kernel,
+                mtu: 0,
+                weight: 1,
+            }),
+            false => route,
+        };
         let value = route.map(|r| self.map_route(&r));
         let bits = route_key_bits(u32::from(prefix.prefix_len()));
         let result = match (prefix, value) {

@@ -56,7 +56,7 @@ use crate::{
     netfilter::Hooks,
     nexthop::{Nexthops, NhEvent},
     policy::ControlPolicy,
-    routes::{Action, Place, Route, RouteTable},
+    routes::{Place, Route, RouteTable},
     shared::{Resolve, Shared},
     sockopt,
 };
@@ -538,17 +538,12 @@ impl Control {
             return;
         }
         for (table, prefix, _) in removed {
-            let kernel = Route {
-                prefix,
-                table,
-                metric: 0,
-                tos: 0,
-                action: Action::Kernel,
-                mtu: 0,
-                weight: 1,
-            };
-            self.write_route(table, prefix, Some(kernel));
+            // Written as the kernel's while a placeholder (`write_route`).
             self.placeholders.insert((table, prefix));
+            self.write_route(table, prefix, None);
+        }
+        for v6 in [false, true] {
+            self.write_fib(v6);
         }
         self.reread_at.get_or_insert(tokio::time::Instant::now() + REREAD_DELAY);
     }

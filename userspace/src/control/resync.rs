@@ -76,6 +76,11 @@ impl Control {
         self.lost = true;
         self.stale = true;
         self.stale_changed(was);
+        // A link event lost with the others may have been one that took nexthop objects out
+        // of their groups without a word (`Control::link_state`): read those again too.
+        if !self.nexthops.is_empty() {
+            self.redump.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Tells the XDP program when [`Self::is_stale`] is no longer `was`: while the mirrored
@@ -148,6 +153,7 @@ impl Control {
                 let _ = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0);
             }
         }
+        self.link_up.retain(|index, _| seen.contains(index));
         if let Some(gone) = self.ifaces.iter().find(|i| !seen.contains(&i.ifindex)) {
             anyhow::bail!("managed interface '{}' was deleted", gone.name);
         }
@@ -196,6 +202,10 @@ impl Control {
         for r in &self.statics {
             fresh.replace(*r);
         }
+        // Entries left to the kernel until now get what the kernel has (written below, once
+        // they are placeholders no more).
+        let held = std::mem::take(&mut self.placeholders);
+        self.reread_at = None;
         let old: HashMap<(u32, IpNet), Route> =
             self.routes.entries().map(|(t, p, r)| ((t, p), r)).collect();
         let new: HashMap<(u32, IpNet), Route> =
@@ -213,11 +223,9 @@ impl Control {
             self.write_entry(table, prefix, None);
             changed += 1;
         }
-        // Entries left to the kernel until now get what the kernel has.
-        for (table, prefix) in std::mem::take(&mut self.placeholders) {
+        for (table, prefix) in held {
             self.write_entry(table, prefix, new.get(&(table, prefix)).copied());
         }
-        self.reread_at = None;
         tracing::info!(routes = new.len(), changed, "routes read again");
         for v6 in [false, true] {
             self.write_fib(v6);

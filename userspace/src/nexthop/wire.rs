@@ -169,30 +169,35 @@ pub fn messages(mut data: &[u8]) -> Vec<NhEvent> {
         match kind {
             RTM_NEWNEXTHOP | RTM_DELNEXTHOP => out.extend(parse(kind, &data[16..len])),
             RTM_NEWNEXTHOPBUCKET => out.extend(parse_bucket(&data[16..len])),
-            NLMSG_DONE if buckets => out.push(NhEvent::BucketsDumped),
-            NLMSG_DONE => out.push(NhEvent::Synced),
+            // A dump that failed says so in its NLMSG_DONE (`dump_done_errno`).
+            NLMSG_DONE | NLMSG_ERROR => out.push(ended(buckets, error_code(data))),
             NLMSG_OVERRUN => out.push(NhEvent::Overrun),
-            NLMSG_ERROR => {
-                let code =
-                    data.get(16..20).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                let transient =
-                    [libc::ENOBUFS, libc::EBUSY, libc::EAGAIN, libc::EINTR, libc::ENOMEM];
-                let unsupported = [libc::EOPNOTSUPP, libc::EPROTONOSUPPORT, libc::EINVAL];
-                out.push(match buckets {
-                    // A bucket dump refused for now, or for good (the group is gone).
-                    true if transient.contains(&-code) => NhEvent::BucketsRefused,
-                    true => NhEvent::BucketsDumped,
-                    // Only a kernel without nexthop objects refuses the object dump for
-                    // good: nothing to mirror. Anything else is asked again.
-                    false if unsupported.contains(&-code) => NhEvent::Synced,
-                    false => NhEvent::Refused,
-                });
-            }
             _ => {}
         }
         data = &data[((len + 3) & !3).min(data.len())..];
     }
     out
+}
+
+/// The error code after the netlink header of an `NLMSG_ERROR` or `NLMSG_DONE` (0: none).
+fn error_code(message: &[u8]) -> i32 {
+    message.get(16..20).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// How a dump ended (`code`: 0, or a negative errno).
+fn ended(buckets: bool, code: i32) -> NhEvent {
+    let transient = [libc::ENOBUFS, libc::EBUSY, libc::EAGAIN, libc::EINTR, libc::ENOMEM];
+    let unsupported = [libc::EOPNOTSUPP, libc::EPROTONOSUPPORT];
+    match (buckets, code) {
+        (true, c) if transient.contains(&-c) => NhEvent::BucketsRefused,
+        // Done, or refused for good (the group is gone, or not resilient).
+        (true, _) => NhEvent::BucketsDumped,
+        (false, 0) => NhEvent::Synced,
+        // Only a kernel without nexthop objects refuses the object dump for good: nothing
+        // to mirror. Anything else is asked again.
+        (false, c) if unsupported.contains(&-c) => NhEvent::Synced,
+        (false, _) => NhEvent::Refused,
+    }
 }
 
 /// A dump request: nlmsghdr, nhmsg (family AF_UNSPEC), and an `NHA_ID` filter if `id`.
@@ -246,6 +251,14 @@ mod tests {
         assert_eq!(messages(&error(BUCKET_SEQ, -libc::EBUSY)), [NhEvent::BucketsRefused]);
         assert_eq!(messages(&error(BUCKET_SEQ, -libc::ENOENT)), [NhEvent::BucketsDumped]);
         assert_eq!(messages(&error(DUMP_SEQ, -libc::ENOMEM)), [NhEvent::Refused], "never ends");
+        assert_eq!(messages(&error(DUMP_SEQ, -libc::EINVAL)), [NhEvent::Refused]);
+        // A dump that failed says so in its NLMSG_DONE.
+        let mut done = error(DUMP_SEQ, -libc::EMSGSIZE);
+        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
+        assert_eq!(messages(&done), [NhEvent::Refused]);
+        done[8..12].copy_from_slice(&BUCKET_SEQ.to_ne_bytes());
+        done[16..20].copy_from_slice(&(-libc::ENOENT).to_ne_bytes());
+        assert_eq!(messages(&done), [NhEvent::BucketsDumped], "the group is gone");
     }
 
     /// An `RTM_NEWNEXTHOP` message as `ip nexthop add id 6 via 198.18.2.2 dev (3)` makes it.
