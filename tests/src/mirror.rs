@@ -11,6 +11,22 @@ use serde_json::Value;
 
 use crate::sh;
 
+/// Reads (mirrored, kernel) every 200 ms until they are equal, `timeout` at most; returns the
+/// last reading.
+pub fn in_step<T: PartialEq>(
+    timeout: std::time::Duration,
+    mut read: impl FnMut() -> (T, T),
+) -> (T, T) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (mirrored, kernel) = read();
+        if mirrored == kernel || std::time::Instant::now() > deadline {
+            return (mirrored, kernel);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// A route entry: its table and its prefix as text (`198.19.70.0/24`, `2001:2:60::/64`).
 pub type Entry = (u32, String);
 
@@ -81,26 +97,31 @@ pub fn mirrored_routes(ns: &str, dev: &str) -> anyhow::Result<BTreeSet<Entry>> {
     Ok(out)
 }
 
+/// The (table, prefix) of one route of `ip -j route` (`family` "-4" or "-6", `host` the
+/// host prefix length it leaves out).
+fn route_entry(r: &Value, family: &str, host: &str) -> anyhow::Result<Entry> {
+    let table = match r["table"].as_str() {
+        None | Some("main") => 254,
+        Some("local") => 255,
+        Some("default") => 253,
+        Some(t) => t.parse().with_context(|| format!("table {t}"))?,
+    };
+    let prefix = match r["dst"].as_str().context("dst")? {
+        "default" if family == "-4" => "0.0.0.0/0".to_string(),
+        "default" => "::/0".to_string(),
+        d if d.contains('/') => d.to_string(),
+        d => format!("{d}{host}"),
+    };
+    Ok((table, prefix))
+}
+
 /// Every route of the kernel in `ns`, both families, every table.
 pub fn kernel_routes(ns: &str) -> anyhow::Result<BTreeSet<Entry>> {
     let mut out = BTreeSet::new();
     for (family, host) in [("-4", "/32"), ("-6", "/128")] {
         let routes = json(&["ip", "-n", ns, family, "-j", "route", "show", "table", "all"])?;
         for r in routes.as_array().context("routes")? {
-            let table = match r["table"].as_str() {
-                None | Some("main") => 254,
-                Some("local") => 255,
-                Some("default") => 253,
-                Some(t) => t.parse().with_context(|| format!("table {t}"))?,
-            };
-            let dst = r["dst"].as_str().context("dst")?;
-            let prefix = match dst {
-                "default" if family == "-4" => "0.0.0.0/0".to_string(),
-                "default" => "::/0".to_string(),
-                d if d.contains('/') => d.to_string(),
-                d => format!("{d}{host}"),
-            };
-            out.insert((table, prefix));
+            out.insert(route_entry(r, family, host)?);
         }
     }
     Ok(out)
@@ -271,19 +292,7 @@ pub fn kernel_paths(ns: &str) -> anyhow::Result<std::collections::BTreeMap<Entry
             if r["type"].as_str().is_some_and(|t| t != "unicast") {
                 continue;
             }
-            let table = match r["table"].as_str() {
-                None | Some("main") => 254,
-                Some("local") => 255,
-                Some("default") => 253,
-                Some(t) => t.parse().with_context(|| format!("table {t}"))?,
-            };
-            let dst = r["dst"].as_str().context("dst")?;
-            let prefix = match dst {
-                "default" if family == "-4" => "0.0.0.0/0".to_string(),
-                "default" => "::/0".to_string(),
-                d if d.contains('/') => d.to_string(),
-                d => format!("{d}{host}"),
-            };
+            let (table, prefix) = route_entry(r, family, host)?;
             let mut paths: Vec<PathOf> = if let Some(id) = r["nhid"].as_u64() {
                 object(id)
             } else if let Some(hops) = r["nexthops"].as_array() {

@@ -23,7 +23,7 @@ use std::{
 use xdpfwd_tests::{
     Forwarder, Topology, in_netns,
     mirror::{
-        Entry, PathOf, RuleOf, kernel_paths, kernel_routes, kernel_rules, mirrored_paths,
+        Entry, PathOf, RuleOf, in_step, kernel_paths, kernel_routes, kernel_rules, mirrored_paths,
         mirrored_routes, mirrored_rules,
     },
     packet::RawSocket,
@@ -135,16 +135,12 @@ fn lost_netlink_events_are_made_up_for_by_reading_everything_again() {
     eprintln!("the burst took {:?}", started.elapsed());
 
     // The tries come to hold exactly the kernel's routes.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut mirrored, mut kernel);
-    loop {
-        kernel = ours(kernel_routes(&topo.fwd).unwrap());
-        mirrored = ours(mirrored_routes(&topo.fwd, &topo.f0).unwrap());
-        if mirrored == kernel || Instant::now() > deadline {
-            break;
-        }
-        thread::sleep(Duration::from_secs(1));
-    }
+    let (mirrored, kernel) = in_step(Duration::from_secs(60), || {
+        (
+            ours(mirrored_routes(&topo.fwd, &topo.f0).unwrap()),
+            ours(kernel_routes(&topo.fwd).unwrap()),
+        )
+    });
     stop.store(true, Relaxed);
     let sent = sender.join().unwrap();
     let _ = capture.take();
@@ -263,16 +259,12 @@ fn a_nexthop_made_again_while_its_events_were_lost_keeps_no_flushed_route() {
     let route = sh(&["ip", "-n", &topo.fwd, "route", "show", "198.19.70.0/24"]).unwrap();
     assert!(route.trim().is_empty(), "the kernel flushed the route: {route}");
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut mirrored, mut kernel);
-    loop {
-        kernel = ours(kernel_routes(&topo.fwd).unwrap());
-        mirrored = ours(mirrored_routes(&topo.fwd, &topo.f0).unwrap());
-        if mirrored == kernel || Instant::now() > deadline {
-            break;
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
+    let (mirrored, kernel) = in_step(Duration::from_secs(20), || {
+        (
+            ours(mirrored_routes(&topo.fwd, &topo.f0).unwrap()),
+            ours(kernel_routes(&topo.fwd).unwrap()),
+        )
+    });
     assert_eq!(mirrored, kernel, "the tries hold the kernel's routes");
     assert_forwarding_off(&topo);
     let (seen, total) = flows(&topo, &capture, Ipv4Addr::new(198, 19, 70, 9), (4, 5), false);
@@ -325,16 +317,12 @@ fn nexthops_made_again_with_their_routes_are_followed_whatever_order_events_arri
     let ours_paths = |m: BTreeMap<Entry, Vec<PathOf>>| -> BTreeMap<Entry, Vec<PathOf>> {
         m.into_iter().filter(|((_, p), _)| p.starts_with("198.19.")).collect()
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut mirrored, mut kernel);
-    loop {
-        kernel = ours_paths(kernel_paths(&topo.fwd).unwrap());
-        mirrored = ours_paths(mirrored_paths(&topo.fwd, &topo.f0).unwrap());
-        if mirrored == kernel || Instant::now() > deadline {
-            break;
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
+    let (mirrored, kernel) = in_step(Duration::from_secs(10), || {
+        (
+            ours_paths(mirrored_paths(&topo.fwd, &topo.f0).unwrap()),
+            ours_paths(kernel_paths(&topo.fwd).unwrap()),
+        )
+    });
     assert_eq!(mirrored, kernel, "every route through its new object");
     assert_eq!(kernel.len(), 10);
     assert_forwarding_off(&topo);

@@ -22,7 +22,7 @@ use xdpfwd_tests::{
     Forwarder, Topology,
     daemons::{BIRD_BGP_FWD, Bird, FRR_BGP_FWD, FRR_BGP_SERVER, Frr},
     in_netns,
-    mirror::{kernel_buckets, mirrored_buckets},
+    mirror::{in_step, kernel_buckets, mirrored_buckets},
     ns_sh,
     packet::RawSocket,
     routed::{
@@ -634,16 +634,11 @@ fn ifindex(ns: &str, dev: &str) -> u32 {
 /// Waits (at most 5 s) until the forwarder's bucket table of its one resilient group equals
 /// the kernel's group 10, mapped to interfaces; returns both.
 fn buckets_in_step(topo: &Topology, oif: &BTreeMap<u32, u32>) -> (Vec<Vec<u32>>, Vec<u32>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let kernel: Vec<u32> =
-            kernel_buckets(&topo.fwd, 10).unwrap().iter().map(|nh| oif[nh]).collect();
-        let ours = mirrored_buckets(&topo.fwd, &topo.f0).unwrap();
-        if ours == std::slice::from_ref(&kernel) || Instant::now() > deadline {
-            return (ours, kernel);
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
+    let (ours, mut kernel) = in_step(Duration::from_secs(5), || {
+        let kernel = kernel_buckets(&topo.fwd, 10).unwrap().iter().map(|nh| oif[nh]).collect();
+        (mirrored_buckets(&topo.fwd, &topo.f0).unwrap(), vec![kernel])
+    });
+    (ours, kernel.remove(0))
 }
 
 /// A resilient nexthop group is forwarded by the kernel's own bucket table, which xdpfwd reads

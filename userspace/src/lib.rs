@@ -16,6 +16,7 @@ pub mod loader;
 pub mod metrics;
 pub mod netfilter;
 pub mod nexthop;
+pub mod nlattr;
 pub mod policy;
 pub mod privileges;
 pub mod rewrite;

@@ -174,21 +174,9 @@ fn chains(mut data: &[u8], hooks: &mut Hooks) -> Dump {
     Dump::More
 }
 
-/// The attributes of a netlink message body: (type without flags, value).
-fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if data.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([data[0], data[1]]));
-        let kind = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
-        if len < 4 || len > data.len() {
-            return None;
-        }
-        let value = &data[4..len];
-        data = &data[((len + 3) & !3).min(data.len())..];
-        Some((kind, value))
-    })
+/// The well-formed attributes of a netlink message body, up to the first malformed one.
+fn attrs(data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    crate::nlattr::attributes(data).map_while(Result::ok)
 }
 
 /// Records one chain if it is a base chain on a forwarding hook of a family that routes.

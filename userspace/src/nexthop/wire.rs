@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{Nexthop, NhEvent};
+use crate::nlattr::attributes;
 
 pub(super) const RTM_NEWNEXTHOP: u16 = 104;
 pub(super) const RTM_DELNEXTHOP: u16 = 105;
@@ -39,25 +40,6 @@ const NEXTHOP_GRP_TYPE_RES: u16 = 1;
 /// Sequence numbers of the reader's requests: answers carry them, events carry 0.
 pub(super) const DUMP_SEQ: u32 = 1;
 pub(super) const BUCKET_SEQ: u32 = 2;
-
-/// The attributes of a netlink message body: (type without flags, value); stops at the first
-/// malformed one (`Err`).
-fn attributes(mut data: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), ()>> {
-    std::iter::from_fn(move || {
-        if data.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([data[0], data[1]]));
-        let kind = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
-        if len < 4 || len > data.len() {
-            data = &[];
-            return Some(Err(()));
-        }
-        let value = &data[4..len];
-        data = &data[((len + 3) & !3).min(data.len())..];
-        Some(Ok((kind, value)))
-    })
-}
 
 fn u16_of(v: &[u8]) -> Option<u16> {
     Some(u16::from_ne_bytes(v.get(..2)?.try_into().ok()?))
