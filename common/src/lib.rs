@@ -8,9 +8,11 @@
 
 use core::mem::size_of;
 
+pub mod capture;
 pub mod csum;
 pub mod route;
 
+pub use capture::*;
 pub use route::*;
 
 /// The names of the XDP program's maps, as it declares them (`xdp-prog/src/maps.rs`) and as
@@ -34,6 +36,9 @@ pub mod map_names {
     pub const RULE_HITS: &str = "RULE_HITS";
     pub const NAT_HITS: &str = "NAT_HITS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const CAPTURE: &str = "CAPTURE";
+    pub const CAPTURE_IFACES: &str = "CAPTURE_IFACES";
+    pub const CAPTURE_EVENTS: &str = "CAPTURE_EVENTS";
 }
 
 /// Length of an Ethernet header.
@@ -540,6 +545,8 @@ mod pod {
     unsafe impl aya::Pod for super::Rule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Nat {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CaptureCtl {}
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod capture;
 pub mod daemons;
 pub mod generator;
 pub mod mirror;

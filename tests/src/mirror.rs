@@ -408,3 +408,22 @@ pub fn kernel_rules(ns: &str) -> anyhow::Result<std::collections::BTreeMap<bool,
     }
     Ok(out)
 }
+
+/// The XDP program's capture switch (`CAPTURE`: flags, snap length) and the interfaces it
+/// watches (`CAPTURE_IFACES` entries), for the forwarder attached to `dev` in `ns`.
+pub fn capture_switch(ns: &str, dev: &str) -> anyhow::Result<(u32, u32, usize)> {
+    let prog = xdp_prog(ns, dev)?;
+    let ctl = array_dump(map_of(prog, "CAPTURE")?)?;
+    let word = |at: usize| {
+        ctl.first().map_or(0, |v| u32::from_le_bytes(v[at..at + 4].try_into().unwrap()))
+    };
+    let ifaces = json(&[
+        "bpftool",
+        "-j",
+        "map",
+        "dump",
+        "id",
+        &map_of(prog, "CAPTURE_IFACES")?.to_string(),
+    ])?;
+    Ok((word(0), word(4), ifaces.as_array().map_or(0, Vec::len)))
+}

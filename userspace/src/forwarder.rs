@@ -13,10 +13,16 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{Array, DevMap, HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
-use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, XDP_META_MAX, map_names, max_frame_for_mtu, xsk_key};
+use aya::maps::{
+    Array, DevMap, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, XskMap,
+    perf::PerfEventArray,
+};
+use xdpfwd_common::{
+    CaptureCtl, MAX_IFACES, MAX_QUEUES, XDP_META_MAX, map_names, max_frame_for_mtu, xsk_key,
+};
 
 use crate::{
+    capture::{self, tap::Drain},
     config::{self, Config},
     control::{Control, Maps, Tuning},
     icmp,
@@ -128,7 +134,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let fast = args.default_path == DefaultPath::Fast;
     let control =
         start_control(maps.control, &ifaces, &plan, (fast, args.netlink_buffer), &shared)?;
-    let Workers { threads, views, accounts, icmp: icmp_thread } =
+    let Workers { threads, views, accounts, icmp: icmp_thread, drains } =
         start_workers(sockets, &args, &plan.xsk, &shared, &control.resolve)?;
 
     // Signals, stats and metrics before "ready": whoever reads it may use them at once.
@@ -147,7 +153,16 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         shared: shared.clone(),
         hits: maps.policy.hits.clone(),
     });
-    let reporters = Reporters::start(&args, &source)?;
+    let (ctl, ctl_ifaces, events) = maps.capture;
+    let capture = capture::server::Parts {
+        interfaces: ifaces.iter().map(|i| (i.ifindex, i.name.clone())).collect(),
+        ctl,
+        ctl_ifaces,
+        events,
+        drains,
+        switch: shared.capture.clone(),
+    };
+    let reporters = Reporters::start(&args, &source, capture)?;
     announce(&ifaces, &modes, &attach, copy_mode, threads.len());
     let mut reload =
         Reloader { path: args.config.clone(), settings: plan.settings, maps: maps.policy };
@@ -297,6 +312,8 @@ fn attach(ebpf: &mut aya::Ebpf, plan: &Plan) -> anyhow::Result<Vec<loader::Attac
 /// sockets' XSKMAP, the counters, and what the control plane writes.
 struct TakenMaps {
     policy: PolicyMaps,
+    /// `CAPTURE`, `CAPTURE_IFACES` and `CAPTURE_EVENTS`, for the capture server.
+    capture: (Array<MapData, CaptureCtl>, BpfHashMap<MapData, u32, u32>, PerfEventArray<MapData>),
     xsks: XskMap<aya::maps::MapData>,
     counters: PerCpuArray<aya::maps::MapData, u64>,
     control: (Maps, Nexthops, ControlPolicy),
@@ -329,7 +346,13 @@ impl TakenMaps {
             Array::try_from(take(map_names::NH_GROUPS)?)?,
             Array::try_from(take(map_names::NH_BUCKETS)?)?,
         );
+        let capture = (
+            Array::try_from(take(map_names::CAPTURE)?)?,
+            BpfHashMap::try_from(take(map_names::CAPTURE_IFACES)?)?,
+            PerfEventArray::try_from(take(map_names::CAPTURE_EVENTS)?)?,
+        );
         Ok(TakenMaps {
+            capture,
             xsks: XskMap::try_from(take(map_names::XSKS)?)?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?)?,
             policy,
@@ -439,6 +462,8 @@ struct Workers {
     accounts: Vec<Arc<WorkerStats>>,
     /// The thread that sends the router's ICMP errors (none without raw sockets).
     icmp: Option<thread::JoinHandle<()>>,
+    /// The capture server's ends of the workers' capture rings.
+    drains: Vec<Drain>,
 }
 
 /// Starts the workers: worker w owns queue q of every interface where q % workers == w, so
@@ -461,8 +486,10 @@ fn start_workers(
     let mut frames = sockets.frames;
     let stop = shared.clone();
     let (icmp, icmp_thread) = icmp::start(shared.icmp.clone(), move || stop.stop.load(Relaxed));
-    let (mut threads, mut accounts) = (Vec::new(), Vec::new());
+    let (mut threads, mut accounts, mut drains) = (Vec::new(), Vec::new(), Vec::new());
     for (w, ports) in per_worker.into_iter().enumerate() {
+        let (tap, drain) = capture::tap::pair(shared.capture.clone());
+        drains.push(drain);
         let share = ports.len() * config.frames_per_socket as usize;
         let mine: Vec<_> = frames.drain(..share.min(frames.len())).collect();
         let account = Arc::new(WorkerStats::default());
@@ -472,7 +499,13 @@ fn start_workers(
             ports,
             mine,
             Sizes { batch: args.batch, ring_size: config.ring_size, frame_size: config.frame_size },
-            Links { shared: shared.clone(), resolve: resolve.clone(), account, icmp: icmp.clone() },
+            Links {
+                shared: shared.clone(),
+                resolve: resolve.clone(),
+                account,
+                icmp: icmp.clone(),
+                tap,
+            },
         );
         let cpu = (!args.cpus.is_empty()).then(|| args.cpus[w % args.cpus.len()]);
         threads.push(thread::Builder::new().name(format!("xdpfwd-w{w}")).spawn(move || {
@@ -482,7 +515,7 @@ fn start_workers(
             worker.run()
         })?);
     }
-    Ok(Workers { threads, views, accounts, icmp: icmp_thread })
+    Ok(Workers { threads, views, accounts, icmp: icmp_thread, drains })
 }
 
 /// Waits for `threads`; returns what they returned and the names of those that panicked.
@@ -527,11 +560,22 @@ struct Reporters {
 }
 
 impl Reporters {
-    fn start(args: &RunArgs, source: &Arc<StatsSource>) -> anyhow::Result<Self> {
+    fn start(
+        args: &RunArgs,
+        source: &Arc<StatsSource>,
+        capture: capture::server::Parts,
+    ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         match stats_server::serve(source.clone(), stop.clone()) {
-            Ok(handle) => threads.push(handle),
+            Ok(handle) => {
+                threads.push(handle);
+                // In the directory the stats server checked.
+                match capture::server::serve(capture, stop.clone()) {
+                    Ok(handle) => threads.push(handle),
+                    Err(err) => tracing::warn!("`xdpfwd capture` cannot run: {err:#}"),
+                }
+            }
             Err(err) => tracing::warn!("`xdpfwd stats` will not see this instance: {err:#}"),
         }
         if let Some(addr) = &args.metrics {

@@ -5,6 +5,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod alloc_count;
+pub mod capture;
 pub mod config;
 pub mod control;
 pub mod fib_rules;

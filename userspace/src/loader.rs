@@ -69,7 +69,12 @@ pub struct Capacity {
 /// Loads the embedded object with the route tries sized to `capacity` (they allocate per
 /// entry, not up front) and verifies the program.
 pub fn load(capacity: Capacity) -> Result<Ebpf, LoadError> {
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    if std::env::var_os("XDPFWD_VERIFIER_LOG").is_some() {
+        // The whole verifier log in a load error (for developers: it runs to megabytes).
+        loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+    }
+    let mut ebpf = loader
         .map_max_entries(map_names::ROUTES_V4, capacity.routes_v4)
         .map_max_entries(map_names::ROUTES_V6, capacity.routes_v6)
         .load(include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-prog")))?;

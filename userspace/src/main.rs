@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use xdpfwd::{alloc_count::CountingAlloc, forwarder, stats_client};
+use xdpfwd::{alloc_count::CountingAlloc, capture, forwarder, stats_client};
 
 /// Counts heap allocations made by worker threads (reported at exit; must stay 0).
 #[global_allocator]
@@ -52,6 +52,10 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         count: u64,
     },
+    /// Capture the frames a forwarder of this network namespace forwards (in and out, on
+    /// both paths) and, with --drops, those it leaves to the kernel or drops, with the reason;
+    /// as pcapng, e.g. `xdpfwd capture -w - | tcpdump -nr -`.
+    Capture(capture::client::CaptureArgs),
     /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Write the man pages (xdpfwd.1 and one per command) into a directory.
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         Command::Stats { json, interval, count } => stats_client::run(json, interval, count),
         Command::Check { config } => check(&config),
         Command::Reload => stats_client::signal_all(nix::sys::signal::Signal::SIGHUP),
+        Command::Capture(args) => capture::client::run(args),
         Command::Completions { shell } => completions(shell),
         Command::Man { dir } => man(&dir),
     };

@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, RwLock, atomic::AtomicBool},
 };
 
-use crate::{icmp, snapshot::TableFigures};
+use crate::{capture, icmp, snapshot::TableFigures};
 
 /// A request to the control plane: make the kernel resolve `addr` on `ifindex`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,4 +35,6 @@ pub struct Shared {
     pub icmp: Arc<icmp::Counters>,
     /// The mirrored tables' sizes, as the control plane last published them.
     pub tables: RwLock<TableFigures>,
+    /// What running captures want of the workers.
+    pub capture: Arc<capture::Switch>,
 }

@@ -52,8 +52,10 @@ pub fn fetch_all() -> anyhow::Result<Vec<Found>> {
     let owner = stats_server::check_dir(&dir)?;
     let mut out = Vec::new();
     for entry in fs::read_dir(&dir)?.filter_map(Result::ok) {
-        // `file_type` does not follow symlinks: only sockets themselves are read.
-        if !entry.file_type().is_ok_and(|t| t.is_socket()) {
+        // `file_type` does not follow symlinks: only sockets themselves are read, and only
+        // the stats sockets (`<pid>.sock`; `<pid>.capture` serves `xdpfwd capture`).
+        let is_stats = entry.path().extension().is_some_and(|e| e == "sock");
+        if !is_stats || !entry.file_type().is_ok_and(|t| t.is_socket()) {
             continue;
         }
         let path = entry.path();

@@ -18,11 +18,13 @@ use std::{
 };
 
 use tokio::sync::mpsc::UnboundedSender;
-use xdpfwd_common::{ICMP_QUOTE_FORWARDED, IcmpError, META_LEN, MetaFlags, XskMeta};
+use xdpfwd_common::{
+    CaptureFlags, ICMP_QUOTE_FORWARDED, IcmpError, META_LEN, MetaFlags, WorkerDrop, XskMeta,
+};
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::{
-    alloc_count, hold, icmp, rewrite,
+    alloc_count, capture, hold, icmp, rewrite,
     shared::{Resolve, Shared},
     stats::{PortStats, WorkerStats},
     xsk::Port,
@@ -113,6 +115,8 @@ pub struct Links {
     pub account: Arc<WorkerStats>,
     /// Packets to answer with an ICMP error, to the ICMP thread.
     pub icmp: icmp::Queue,
+    /// Where frames go while `xdpfwd capture` runs.
+    pub tap: capture::tap::Tap,
 }
 
 pub struct Worker {
@@ -137,6 +141,7 @@ pub struct Worker {
     resolve: UnboundedSender<Resolve>,
     account: Arc<WorkerStats>,
     icmp: icmp::Queue,
+    tap: capture::tap::Tap,
 }
 
 impl Worker {
@@ -150,7 +155,7 @@ impl Worker {
         links: Links,
     ) -> Self {
         let Sizes { batch, ring_size, frame_size } = sizes;
-        let Links { shared, resolve, account, icmp } = links;
+        let Links { shared, resolve, account, icmp, tap } = links;
         let total = frames.len();
         let frame_size = frame_size.max(1) as usize;
         let frames_in_umem = frames.iter().map(|d| d.addr() / frame_size + 1).max().unwrap_or(0);
@@ -195,6 +200,7 @@ impl Worker {
             resolve,
             account,
             icmp,
+            tap,
         }
     }
 
@@ -309,6 +315,7 @@ impl Worker {
         }
         let Some((meta, egress)) = meta.and_then(|m| Some((m, self.port_for(m.oif)?))) else {
             PortStats::add(&self.ports[ingress].stats.drop_invalid, 1);
+            self.capture_drop(ingress, &desc, WorkerDrop::Invalid);
             self.drop_frame(desc);
             return;
         };
@@ -331,6 +338,7 @@ impl Worker {
             self.queue_tx(egress, desc);
         } else {
             PortStats::add(&self.ports[ingress].stats.drop_rewrite, 1);
+            self.capture_drop(ingress, &desc, WorkerDrop::Rewrite);
             self.drop_frame(desc);
         }
     }
@@ -383,9 +391,25 @@ impl Worker {
         let pending = &mut self.state[egress].pending;
         if pending.len() < pending.capacity() {
             pending.push(desc);
+            if self.tap.wants(CaptureFlags::OUT) {
+                // SAFETY: the frame is ours until the TX ring takes it.
+                let data = unsafe { self.umem.data(&desc) };
+                self.tap.sent(self.ports[egress].iface.ifindex, data.contents());
+            }
         } else {
             PortStats::add(&self.ports[egress].stats.drop_tx_full, 1);
+            self.capture_drop(egress, &desc, WorkerDrop::TxFull);
             self.drop_frame(desc);
+        }
+    }
+
+    /// Copies a frame this worker drops to a running capture, as seen on `port`'s interface.
+    #[inline]
+    fn capture_drop(&mut self, port: usize, desc: &FrameDesc, why: WorkerDrop) {
+        if self.tap.wants(CaptureFlags::DROPS) {
+            // SAFETY: the worker owns the frame it is about to drop.
+            let data = unsafe { self.umem.data(desc) };
+            self.tap.dropped(self.ports[port].iface.ifindex, why, data.contents());
         }
     }
 
@@ -409,6 +433,7 @@ impl Worker {
         if let Some(i) = hold::victim(same_hop, oldest_same, self.held.len()) {
             let old = self.held.remove(i);
             PortStats::add(&self.ports[ingress].stats.held_dropped, 1);
+            self.capture_drop(old.port, &old.desc, WorkerDrop::Held);
             self.hand_over(&old.desc, Owner::Held, Owner::Worker);
             self.drop_frame(old.desc);
         }
@@ -461,10 +486,12 @@ impl Worker {
                     self.queue_tx(port, desc);
                 } else {
                     PortStats::add(&self.ports[port].stats.drop_rewrite, 1);
+                    self.capture_drop(port, &desc, WorkerDrop::Rewrite);
                     self.drop_frame(desc);
                 }
             } else if now >= deadline {
                 PortStats::add(&self.ports[port].stats.held_dropped, 1);
+                self.capture_drop(port, &desc, WorkerDrop::Held);
                 self.hand_over(&desc, Owner::Held, Owner::Free);
                 self.free.push(desc);
             } else {

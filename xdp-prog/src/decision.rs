@@ -3,7 +3,8 @@
 //! Plain data: no map, no frame access. Nothing of the frame changes until `egress` carries a
 //! [`Steer`] out.
 
-use xdpfwd_common::{IfaceFlags, IfaceInfo, XskMeta};
+use aya_ebpf::bindings::xdp_action;
+use xdpfwd_common::{Counter, IfaceFlags, IfaceInfo, XskMeta};
 
 use crate::wire::ETH_HLEN;
 
@@ -192,5 +193,40 @@ impl Vlan {
     #[inline(always)]
     pub fn flags(&self) -> SteerFlags {
         if self.pop { SteerFlags::POP } else { SteerFlags::empty() }
+    }
+}
+
+/// What became of a frame: the action for the kernel and the one [`Counter`] that counts
+/// it, packed in a word (a BPF subprogram returns one register).
+#[derive(Clone, Copy)]
+pub struct Verdict(u32);
+
+impl Verdict {
+    #[inline(always)]
+    pub fn new(action: u32, reason: Counter) -> Verdict {
+        Verdict((action & 0xff) | ((reason as u32) << 8))
+    }
+
+    /// Left to the kernel untouched.
+    #[inline(always)]
+    pub fn pass(reason: Counter) -> Verdict {
+        Verdict::new(xdp_action::XDP_PASS, reason)
+    }
+
+    /// Dropped: a rule says so, or a frame already changed cannot go on.
+    #[inline(always)]
+    pub fn drop(reason: Counter) -> Verdict {
+        Verdict::new(xdp_action::XDP_DROP, reason)
+    }
+
+    #[inline(always)]
+    pub fn action(self) -> u32 {
+        self.0 & 0xff
+    }
+
+    /// The index of the counter in `COUNTERS`.
+    #[inline(always)]
+    pub fn reason(self) -> u32 {
+        self.0 >> 8
     }
 }

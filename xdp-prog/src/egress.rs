@@ -6,15 +6,14 @@
 //! `DEVMAP`.
 
 use aya_ebpf::{
-    bindings::xdp_action,
     helpers::{bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use xdpfwd_common::{Counter, META_LEN, MetaFlags, XskMeta, xsk_key};
 
 use crate::{
-    decision::{Steer, SteerFlags},
-    maps::{DEVMAP, NATS, XSKS, count},
+    decision::{Steer, SteerFlags, Verdict},
+    maps::{DEVMAP, NATS, XSKS},
     nat::{nat_v4, nat_v6},
     vlan::vlan_apply,
     wire::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, VLAN_HLEN, frame_len, ipv4, ipv6, ptr_at},
@@ -25,7 +24,7 @@ use crate::{
 ///
 /// Out of line (a BPF subprogram), as `classify::classify`.
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, steer: &mut Steer) -> u32 {
+pub fn forward(ctx: &XdpContext, steer: &mut Steer) -> Verdict {
     let fast = steer.fast();
     let ready = if fast {
         DEVMAP.get(steer.egress_slot).is_some()
@@ -66,23 +65,21 @@ pub fn forward(ctx: &XdpContext, steer: &mut Steer) -> u32 {
 }
 
 #[inline(always)]
-fn pass(reason: Counter) -> u32 {
-    count(reason);
-    xdp_action::XDP_PASS
+fn pass(reason: Counter) -> Verdict {
+    Verdict::pass(reason)
 }
 
 /// A frame already changed that cannot go on: dropped, never passed half-rewritten.
 #[inline(always)]
-fn drop(reason: Counter) -> u32 {
-    count(reason);
-    xdp_action::XDP_DROP
+fn drop(reason: Counter) -> Verdict {
+    Verdict::drop(reason)
 }
 
 /// The in-kernel fast path: the same rewrite user space does (MACs, TTL with the kernel's
 /// incremental checksum update, hop limit, padding trimmed), then a redirect to the egress
 /// device. Cross-connected frames go as they are.
 #[inline(always)]
-fn fast_forward(ctx: &XdpContext, steer: &Steer) -> u32 {
+fn fast_forward(ctx: &XdpContext, steer: &Steer) -> Verdict {
     let meta = &steer.meta;
     let l3 = meta.l3_off as usize;
     if !meta.flags.contains(MetaFlags::L2) {
@@ -103,10 +100,7 @@ fn fast_forward(ctx: &XdpContext, steer: &Steer) -> u32 {
         }
     }
     match DEVMAP.redirect(steer.egress_slot, 0) {
-        Ok(action) => {
-            count(Counter::FastForwarded);
-            action
-        }
+        Ok(action) => Verdict::new(action, Counter::FastForwarded),
         Err(_) => drop(Counter::FastFailed),
     }
 }
@@ -148,7 +142,7 @@ fn rewrite_in_place<const L3: usize>(ctx: &XdpContext, meta: &XskMeta) -> Result
 /// The AF_XDP path: writes the metadata reserved by [`forward`] and redirects to the socket
 /// of the rx queue.
 #[inline(always)]
-fn redirect(ctx: &XdpContext, steer: &Steer) -> u32 {
+fn redirect(ctx: &XdpContext, steer: &Steer) -> Verdict {
     // `forward` checked the key before anything changed.
     let Some(key) = xsk_key(steer.slot, ctx.rx_queue_index()) else {
         return drop(Counter::FastFailed);
@@ -162,14 +156,14 @@ fn redirect(ctx: &XdpContext, steer: &Steer) -> u32 {
     match XSKS.redirect(key, 0) {
         Ok(action) => {
             let flags = steer.meta.flags;
-            count(if flags.contains(MetaFlags::ICMP) {
+            let reason = if flags.contains(MetaFlags::ICMP) {
                 Counter::SteeredIcmp
             } else if flags.contains(MetaFlags::NEED_NEIGH) {
                 Counter::SteeredNeighMiss
             } else {
                 Counter::Steered
-            });
-            action
+            };
+            Verdict::new(action, reason)
         }
         Err(_) => drop(Counter::FastFailed),
     }

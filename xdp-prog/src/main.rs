@@ -16,6 +16,7 @@
 #![no_std]
 #![no_main]
 
+mod capture;
 mod classify;
 mod decision;
 mod egress;
@@ -31,6 +32,8 @@ mod wire;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use xdpfwd_common::Counter;
 
+use crate::decision::Verdict;
+
 #[xdp]
 pub fn xdpfwd(ctx: XdpContext) -> u32 {
     // `Counter::Rx` is not counted here: user space derives it as the sum of the verdicts,
@@ -38,15 +41,13 @@ pub fn xdpfwd(ctx: XdpContext) -> u32 {
     let Some(steer) = maps::STEER.get_ptr_mut(0) else { return xdp_action::XDP_PASS };
     // SAFETY: a per-CPU slot only this CPU uses while this program runs.
     let steer = unsafe { &mut *steer };
-    match classify::classify(&ctx, steer) {
+    capture::arrived(&ctx);
+    let verdict = match classify::classify(&ctx, steer) {
         Ok(()) => egress::forward(&ctx, steer),
-        Err(Counter::DropRule) => {
-            maps::count(Counter::DropRule);
-            xdp_action::XDP_DROP
-        }
-        Err(reason) => {
-            maps::count(reason);
-            xdp_action::XDP_PASS
-        }
-    }
+        Err(Counter::DropRule) => Verdict::drop(Counter::DropRule),
+        Err(reason) => Verdict::pass(reason),
+    };
+    maps::count(verdict);
+    capture::decided(&ctx, verdict, steer.meta.oif);
+    verdict.action()
 }

@@ -13,7 +13,7 @@ use xdpfwd_common::{
     NeighKeyV6, Neighbour, NhGroup, RULESET_LEN, Route, Rule, XSK_MAP_SIZE,
 };
 
-use crate::decision::{Flow, Steer};
+use crate::decision::{Flow, Steer, Verdict};
 
 #[map]
 pub static XSKS: XskMap = XskMap::with_max_entries(XSK_MAP_SIZE, 0);
@@ -74,9 +74,10 @@ pub static NAT_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * MAX_NA
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// Counts the frame `verdict` decides in its one counter.
 #[inline(always)]
-pub fn count(counter: Counter) {
-    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+pub fn count(verdict: Verdict) {
+    if let Some(value) = COUNTERS.get_ptr_mut(verdict.reason()) {
         // SAFETY: the pointer comes from a successful lookup in a per-CPU array, so it is valid
         // and only this CPU writes it while this program runs.
         unsafe { *value += 1 };
