@@ -58,6 +58,10 @@ fn forward_rules_keep_transit_with_the_kernel_while_they_exist() {
     drop_v4_to_server(&topo.fwd);
     std::thread::sleep(Duration::from_secs(2));
     assert!(!topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 3), "new rules are honoured");
+    let doc = stats_json(&topo.fwd);
+    assert_eq!(doc["stats"]["fallbacks"]["netfilter"].as_u64(), Some(2), "begun twice: {doc}");
+    assert!(doc["paths"]["kernel"].as_u64() >= Some(9), "pings left to the kernel: {doc}");
+    assert!(doc["paths"]["af_xdp"].as_u64() > Some(0), "{doc}");
     let done = fwd.stop().unwrap();
     assert!(done.success);
     assert!(done.stderr.contains("netfilter hooks see forwarded traffic"), "{}", done.stderr);

@@ -6,6 +6,7 @@ use std::{
     io::{Read, Write},
     net::{IpAddr, TcpStream},
     process::Command,
+    time::Duration,
 };
 
 use xdpfwd_tests::{Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns, run_to_exit, xdpfwd_bin};
@@ -34,7 +35,14 @@ fn stats_shows_the_running_forwarder_as_text_and_json() {
     let text =
         run_to_exit(&topo.fwd, &[], &["stats", "--count", "2", "--interval", "0.2"]).unwrap();
     assert!(text.success, "{text:?}");
-    for expect in ["frames: total", "xdp:", "kernel: rx_dropped", "copy mode", "forwarded"] {
+    for expect in [
+        "frames: total",
+        "xdp:",
+        "kernel: rx_dropped",
+        "copy mode",
+        "forwarded",
+        "paths: fast 0, af_xdp",
+    ] {
         assert!(text.stdout.contains(expect), "stats text lacks {expect:?}: {}", text.stdout);
     }
     assert!(fwd.stop().unwrap().success);
@@ -73,6 +81,9 @@ fn metrics_endpoint_serves_valid_openmetrics() {
         "xdpfwd_drops_total{",
         "xdpfwd_xsk_kernel_events_total{",
         "xdpfwd_xdp_verdicts_total{reason=\"steered\"}",
+        "xdpfwd_path_frames_total{path=\"af_xdp\"}",
+        "xdpfwd_path_frames_total{path=\"kernel\"}",
+        "xdpfwd_held_resolved_total{",
         "xdpfwd_umem_frames{state=\"total\"}",
         "xdpfwd_uptime_seconds",
         "# EOF",
@@ -156,6 +167,12 @@ fn runs_as_an_unprivileged_user_with_only_its_capabilities() {
     assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 3), "forwards without root");
     let stats = run_to_exit(&topo.fwd, &[], &["stats", "--json", "--count", "1"]).unwrap();
     assert!(stats.success, "root reads the unprivileged instance's stats: {stats:?}");
+    // Root captures from it: the instance opens the program's perf ring with its own
+    // capabilities (CAP_PERFMON).
+    let mut capture = xdpfwd_tests::capture::Capturing::start(&topo.fwd, &["-c", "2"]).unwrap();
+    assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 1));
+    let got = capture.wait(Duration::from_secs(5)).unwrap();
+    assert_eq!(got.len(), 2, "the echo request in and out: {got:?}");
     let done = fwd.stop().unwrap();
     // The service's runtime directory is its manager's to remove (systemd does).
     let _ = std::fs::remove_dir(&dir);

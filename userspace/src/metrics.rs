@@ -81,6 +81,12 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
     );
     let drops = counter_family(&mut registry, "drops", "Frames dropped by xdpfwd, by reason", None);
     let held = counter_family(&mut registry, "held", "Frames held waiting for a neighbour", None);
+    let resolved = counter_family(
+        &mut registry,
+        "held_resolved",
+        "Held frames sent once their neighbour was resolved",
+        None,
+    );
     let kernel = counter_family(
         &mut registry,
         "xsk_kernel_events",
@@ -95,6 +101,7 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
         tx_p.get_or_create(&l).inc_by(p.tx_packets);
         tx_b.get_or_create(&l).inc_by(p.tx_bytes);
         held.get_or_create(&l).inc_by(p.held);
+        resolved.get_or_create(&l).inc_by(p.held_sent);
         for (reason, v) in [
             ("invalid_meta", p.drop_invalid),
             ("rewrite", p.drop_rewrite),
@@ -127,6 +134,23 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
     );
     for (reason, v) in &snap.xdp {
         xdp.get_or_create(&labels(&[("reason", reason)])).inc_by(*v);
+    }
+    let paths = counter_family(
+        &mut registry,
+        "path_frames",
+        "Frames seen by the XDP program, by the path they took (fast, af_xdp, kernel, icmp, \
+         dropped)",
+        None,
+    );
+    let p = snap.paths();
+    for (path, v) in [
+        ("fast", p.fast),
+        ("af_xdp", p.af_xdp),
+        ("kernel", p.kernel),
+        ("icmp", p.icmp),
+        ("dropped", p.dropped),
+    ] {
+        paths.get_or_create(&labels(&[("path", path)])).inc_by(v);
     }
     let frames = Family::<Labels, Gauge>::default();
     registry.register("umem_frames", "UMEM frames by owner", frames.clone());
@@ -217,6 +241,15 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
     );
     for cause in snap.notices.keys() {
         notices.get_or_create(&labels(&[("cause", cause)])).set(1);
+    }
+    let fallbacks = counter_family(
+        &mut registry,
+        "fallbacks",
+        "Times a fallback to the kernel began, by cause (see xdpfwd_notice)",
+        None,
+    );
+    for (cause, n) in &snap.fallbacks {
+        fallbacks.get_or_create(&labels(&[("cause", cause)])).inc_by(*n);
     }
 
     let mut out = String::new();

@@ -31,6 +31,8 @@ pub struct Shared {
     /// What the operator must know now, by cause: the control plane's fallbacks to the
     /// kernel and netfilter hooks bypassed; shown by `xdpfwd stats` and metrics.
     pub notices: RwLock<BTreeMap<&'static str, String>>,
+    /// Times each notice's cause began (a fallback to the kernel, counted).
+    pub fallbacks: RwLock<BTreeMap<&'static str, u64>>,
     /// What became of the packets the router answers with ICMP errors.
     pub icmp: Arc<icmp::Counters>,
     /// The mirrored tables' sizes, as the control plane last published them.

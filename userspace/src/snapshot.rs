@@ -152,6 +152,23 @@ pub struct Snapshot {
     /// loaded.
     pub rules: Vec<HitFigure>,
     pub rewrites: Vec<HitFigure>,
+    /// Times each fallback to the kernel (a notice's cause) began since start.
+    pub fallbacks: BTreeMap<String, u64>,
+}
+
+/// Where the frames the XDP program saw went, by path (from its verdict counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathFigures {
+    /// Rewritten and redirected in the kernel.
+    pub fast: u64,
+    /// Steered to the AF_XDP workers (those waiting for a neighbour included).
+    pub af_xdp: u64,
+    /// Left to the kernel untouched (every `pass_*` reason).
+    pub kernel: u64,
+    /// Answered with the router's ICMP error instead (kernel forwarding off).
+    pub icmp: u64,
+    /// Dropped (a rule, or a failed fast-path redirect).
+    pub dropped: u64,
 }
 
 /// The mirrored tables: entries, capacities and the memory the kernel charges for the route
@@ -182,6 +199,20 @@ impl Snapshot {
 
     pub fn xdp(&self, c: Counter) -> u64 {
         self.xdp.get(c.name()).copied().unwrap_or(0)
+    }
+
+    /// The XDP program's verdicts by the path they sent frames on.
+    pub fn paths(&self) -> PathFigures {
+        let sum = |keep: fn(&str) -> bool| -> u64 {
+            Counter::ALL.iter().filter(|c| keep(c.name())).map(|c| self.xdp(*c)).sum()
+        };
+        PathFigures {
+            fast: self.xdp(Counter::FastForwarded),
+            af_xdp: self.xdp(Counter::Steered) + self.xdp(Counter::SteeredNeighMiss),
+            kernel: sum(|n| n.starts_with("pass_")),
+            icmp: self.xdp(Counter::SteeredIcmp),
+            dropped: self.xdp(Counter::DropRule) + self.xdp(Counter::FastFailed),
+        }
     }
 
     /// A one-line summary with rates against `prev`, taken `secs` earlier.
@@ -239,6 +270,12 @@ impl Snapshot {
                 p.kernel.tx_ring_empty_descs,
             );
         }
+        let paths = self.paths();
+        let _ = writeln!(
+            out,
+            "  paths: fast {}, af_xdp {}, kernel {}, icmp {}, dropped {}",
+            paths.fast, paths.af_xdp, paths.kernel, paths.icmp, paths.dropped
+        );
         let _ = write!(out, "  xdp:");
         for c in Counter::ALL {
             let v = self.xdp(c);
@@ -295,6 +332,11 @@ impl Snapshot {
                 })
                 .collect();
             let _ = write!(out, "\n  {what} hits: {}", each.join(", "));
+        }
+        if !self.fallbacks.is_empty() {
+            let each: Vec<String> =
+                self.fallbacks.iter().map(|(cause, n)| format!("{cause} {n}")).collect();
+            let _ = write!(out, "\n  fallbacks to the kernel begun: {}", each.join(", "));
         }
         for text in self.notices.values() {
             let _ = write!(out, "\n  notice: {text}");
@@ -401,6 +443,12 @@ impl StatsSource {
             tables: self.shared.tables.read().map(|t| *t).unwrap_or_default(),
             rules,
             rewrites,
+            fallbacks: self
+                .shared
+                .fallbacks
+                .read()
+                .map(|n| n.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect())
+                .unwrap_or_default(),
         }
     }
 }

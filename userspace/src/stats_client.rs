@@ -105,7 +105,7 @@ pub fn run(json: bool, interval: f64, count: u64) -> anyhow::Result<()> {
         let now = answering()?;
         for (pid, snap) in &now {
             if json {
-                let doc = serde_json::json!({ "pid": pid, "stats": snap });
+                let doc = serde_json::json!({ "pid": pid, "stats": snap, "paths": snap.paths() });
                 println!("{}", serde_json::to_string(&doc)?);
             } else {
                 print_text(*pid, snap, prev.iter().find(|(p, _, _)| p == pid));

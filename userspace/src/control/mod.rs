@@ -594,13 +594,19 @@ impl Control {
     }
 }
 
-/// Sets (or clears, with `None`) the operator's notice of `cause`.
+/// Sets (or clears, with `None`) the operator's notice of `cause`; counts each time it
+/// begins.
 fn notice(shared: &Shared, cause: &'static str, text: Option<String>) {
-    if let Ok(mut notices) = shared.notices.write() {
-        match text {
-            Some(text) => notices.insert(cause, text),
-            None => notices.remove(cause),
-        };
+    let Ok(mut notices) = shared.notices.write() else { return };
+    let began = match text {
+        Some(text) => notices.insert(cause, text).is_none(),
+        None => {
+            notices.remove(cause);
+            false
+        }
+    };
+    if began && let Ok(mut counts) = shared.fallbacks.write() {
+        *counts.entry(cause).or_default() += 1;
     }
 }
 
