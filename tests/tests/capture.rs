@@ -130,6 +130,49 @@ fn frames_not_forwarded_are_captured_with_their_reason_and_a_filter_selects() {
     );
     assert_eq!(got[0].data, expired);
     assert_eq!(got[1].data, martian);
+
+    // Standard output into tcpdump, as an operator pipes it.
+    let bin = xdpfwd_tests::xdpfwd_bin();
+    let pipeline =
+        format!("{} capture -w - --drops -c 1 udp 2>/dev/null | tcpdump -nr - 2>&1", bin.display());
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &topo.fwd, "sh", "-c", &pipeline])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The capture starts at some point: send until it has its frame (bounded).
+    for _ in 0..50 {
+        sender.send(&expired).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("IP 198.18.1.2.5000 > 198.18.2.2.7000"), "tcpdump read: {text}");
+    assert!(fwd.stop().unwrap().success);
+}
+
+#[test]
+fn frames_a_worker_drops_are_captured_with_its_reason() {
+    // Kernel forwarding off: xdpfwd holds frames for a neighbour that never answers.
+    let topo = Topology::new("ch", false).unwrap();
+    let mut fwd = Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1]).unwrap();
+    let c0 = topo.c0.clone();
+    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let mut capture = Capturing::start(&topo.fwd, &["--drops", "-c", "1", "udp"]).unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    let nobody = Ipv4Addr::new(198, 18, 2, 99);
+    let held = frame(c_mac, f_mac, (CLIENT, nobody), false, (5000, 7000), 30);
+    sender.send(&held).unwrap();
+    // Held for 3 s, then dropped.
+    let got = capture.wait(Duration::from_secs(8)).unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].comment, "xdpfwd: dropped: held_dropped");
+    assert_eq!(got[0].iface, topo.f1, "seen on the egress that waited");
+    assert_eq!(got[0].data, held, "as it arrived: a held frame is rewritten only when sent");
     assert!(fwd.stop().unwrap().success);
 }
 

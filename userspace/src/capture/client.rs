@@ -121,7 +121,8 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<()> {
     };
     let (interfaces, reader) = handshake(conn, &request)?;
     let names: Vec<&str> = interfaces.iter().map(|(_, n)| n.as_str()).collect();
-    eprintln!("xdpfwd: capturing {flags:?} on {}", names.join(", "));
+    let what: Vec<String> = flags.iter_names().map(|(n, _)| n.to_lowercase()).collect();
+    eprintln!("xdpfwd: capturing {} on {}", what.join(", "), names.join(", "));
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())?;
@@ -240,8 +241,9 @@ impl<W: Write> Pcap<W> {
                 lost = frame.get(..8).map_or(lost, |b| u64::from_le_bytes(b.try_into().unwrap()));
                 continue;
             }
-            self.write(&header, &frame)?;
-            written += 1;
+            if self.write(&header, &frame)? {
+                written += 1;
+            }
             if from.buffer().is_empty() {
                 // Frames reach a pipe's reader as they come.
                 self.writer.get_mut().flush()?;
@@ -251,9 +253,10 @@ impl<W: Write> Pcap<W> {
         Ok((written, lost))
     }
 
-    fn write(&mut self, header: &CaptureHeader, frame: &[u8]) -> anyhow::Result<()> {
+    /// Writes one frame; `false` for a frame of an interface the capture does not have.
+    fn write(&mut self, header: &CaptureHeader, frame: &[u8]) -> anyhow::Result<bool> {
         let Some(interface_id) = self.interfaces.iter().position(|&i| i == header.ifindex) else {
-            return Ok(());
+            return Ok(false);
         };
         let (flags, comment) = describe(header);
         self.writer.write_pcapng_block(EnhancedPacketBlock {
@@ -268,7 +271,7 @@ impl<W: Write> Pcap<W> {
                 EnhancedPacketOption::Comment(Cow::Owned(comment)),
             ],
         })?;
-        Ok(())
+        Ok(true)
     }
 }
 
