@@ -1,6 +1,6 @@
 //! What `xdpfwd capture` and the data path exchange: the switch user space sets while a
 //! capture runs (`CAPTURE`), and the header in front of every captured frame, written alike
-//! by the XDP program (into the `CAPTURE_EVENTS` perf ring) and by the AF_XDP workers.
+//! by the XDP program (into the `CAPTURE_RING` ring buffer) and by the AF_XDP workers.
 
 use core::mem::size_of;
 
@@ -19,6 +19,12 @@ bitflags::bitflags! {
     }
 }
 
+/// Most bytes of a frame the XDP program copies (a jumbo frame's; a power of two).
+pub const MAX_CAPLEN: u32 = 16384;
+const _: () = assert!(MAX_CAPLEN.is_power_of_two());
+/// Size of the XDP program's capture ring (`CAPTURE_RING`, shared by all CPUs).
+pub const CAPTURE_RING_BYTES: u32 = 8 << 20;
+
 /// The capture switch: one entry of `CAPTURE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,8 +32,12 @@ pub struct CaptureCtl {
     pub flags: CaptureFlags,
     /// Bytes of each frame to copy at most.
     pub snaplen: u32,
+    /// Instructions of the classic BPF filter in `CAPTURE_FILTER` a frame must pass before it
+    /// is copied (0: none; at most [`crate::cbpf::MAX_INSNS`]).
+    pub filter_len: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<CaptureCtl>() == 8);
+const _: () = assert!(size_of::<CaptureCtl>() == 16);
 
 /// Where a captured frame was seen (`CaptureHeader::kind`).
 #[repr(u8)]

@@ -9,6 +9,7 @@
 use core::mem::size_of;
 
 pub mod capture;
+pub mod cbpf;
 pub mod csum;
 pub mod route;
 
@@ -38,7 +39,9 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const CAPTURE: &str = "CAPTURE";
     pub const CAPTURE_IFACES: &str = "CAPTURE_IFACES";
-    pub const CAPTURE_EVENTS: &str = "CAPTURE_EVENTS";
+    pub const CAPTURE_RING: &str = "CAPTURE_RING";
+    pub const CAPTURE_LOST: &str = "CAPTURE_LOST";
+    pub const CAPTURE_FILTER: &str = "CAPTURE_FILTER";
 }
 
 /// Length of an Ethernet header.
@@ -547,6 +550,8 @@ mod pod {
     unsafe impl aya::Pod for super::Nat {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CaptureCtl {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::cbpf::CbpfInsn {}
 }
 
 #[cfg(test)]

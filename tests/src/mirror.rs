@@ -409,21 +409,32 @@ pub fn kernel_rules(ns: &str) -> anyhow::Result<std::collections::BTreeMap<bool,
     Ok(out)
 }
 
-/// The XDP program's capture switch (`CAPTURE`: flags, snap length) and the interfaces it
-/// watches (`CAPTURE_IFACES` entries), for the forwarder attached to `dev` in `ns`.
-pub fn capture_switch(ns: &str, dev: &str) -> anyhow::Result<(u32, u32, usize)> {
+/// The XDP program's capture switch, as `CAPTURE` and `CAPTURE_IFACES` hold it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureSwitch {
+    pub flags: u32,
+    pub snaplen: u32,
+    /// Instructions of the filter the program runs (0: none).
+    pub filter_len: u32,
+    /// Interfaces watched.
+    pub ifaces: usize,
+}
+
+/// The capture switch of the forwarder attached to `dev` in `ns`.
+pub fn capture_switch(ns: &str, dev: &str) -> anyhow::Result<CaptureSwitch> {
     let prog = xdp_prog(ns, dev)?;
     let ctl = array_dump(map_of(prog, "CAPTURE")?)?;
     let word = |at: usize| {
-        ctl.first().map_or(0, |v| u32::from_le_bytes(v[at..at + 4].try_into().unwrap()))
+        ctl.first()
+            .and_then(|v| v.get(at..at + 4))
+            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()))
     };
-    let ifaces = json(&[
-        "bpftool",
-        "-j",
-        "map",
-        "dump",
-        "id",
-        &map_of(prog, "CAPTURE_IFACES")?.to_string(),
-    ])?;
-    Ok((word(0), word(4), ifaces.as_array().map_or(0, Vec::len)))
+    let map = map_of(prog, "CAPTURE_IFACES")?.to_string();
+    let ifaces = json(&["bpftool", "-j", "map", "dump", "id", &map])?;
+    Ok(CaptureSwitch {
+        flags: word(0),
+        snaplen: word(4),
+        filter_len: word(8),
+        ifaces: ifaces.as_array().map_or(0, Vec::len),
+    })
 }

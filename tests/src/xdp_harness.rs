@@ -308,6 +308,43 @@ impl Harness {
         self.set_fast_path(true)
     }
 
+    /// Turns a capture on in the program: `flags` on the ingress, every frame's bytes, behind
+    /// the classic BPF `filter` (none when empty).
+    pub fn capture(
+        &mut self,
+        flags: xdpfwd_common::CaptureFlags,
+        filter: &[xdpfwd_common::cbpf::CbpfInsn],
+    ) -> anyhow::Result<()> {
+        let name = map_names::CAPTURE_FILTER;
+        let mut insns: Array<_, xdpfwd_common::cbpf::CbpfInsn> =
+            Array::try_from(self.ebpf.map_mut(name).context(name)?)?;
+        for (i, insn) in filter.iter().enumerate() {
+            insns.set(i as u32, insn, 0)?;
+        }
+        let name = map_names::CAPTURE_IFACES;
+        let mut ifaces: HashMap<_, u32, u32> =
+            HashMap::try_from(self.ebpf.map_mut(name).context(name)?)?;
+        ifaces.insert(INGRESS, flags.bits(), 0)?;
+        let name = map_names::CAPTURE;
+        let mut ctl: Array<_, xdpfwd_common::CaptureCtl> =
+            Array::try_from(self.ebpf.map_mut(name).context(name)?)?;
+        let filter_len = filter.len() as u32;
+        ctl.set(0, xdpfwd_common::CaptureCtl { flags, snaplen: 65_535, filter_len, _pad: 0 }, 0)?;
+        Ok(())
+    }
+
+    /// The records the program put into its capture ring since the last call: header, bytes.
+    pub fn captured(&mut self) -> anyhow::Result<Vec<(xdpfwd_common::CaptureHeader, Vec<u8>)>> {
+        let name = map_names::CAPTURE_RING;
+        let mut ring = aya::maps::RingBuf::try_from(self.ebpf.map_mut(name).context(name)?)?;
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            let header = xdpfwd_common::CaptureHeader::from_bytes(&item).context("a header")?;
+            out.push((header, item[size_of::<xdpfwd_common::CaptureHeader>()..].to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The program's verdict counters, summed over CPUs, by name.
     pub fn counters(&self) -> anyhow::Result<std::collections::BTreeMap<&'static str, u64>> {
         let map: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(

@@ -52,7 +52,9 @@ fn captured_frames_are_those_sent_and_received_on_both_paths() {
         let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
         let sink = in_netns(&topo.server, move || RawSocket::open(&s0)).unwrap().unwrap();
         let mut capture = Capturing::start(&topo.fwd, &["udp", "port", "7000"]).unwrap();
-        assert_eq!(mirror::capture_switch(&topo.fwd, &topo.f0).unwrap().2, 2, "both watched");
+        let switch = mirror::capture_switch(&topo.fwd, &topo.f0).unwrap();
+        assert_eq!(switch.ifaces, 2, "both watched");
+        assert!(switch.filter_len > 0, "the filter runs in the XDP program: {switch:?}");
 
         let sent = frames(&topo, 20, 7000);
         // Not selected by the filter: forwarded, never captured.
@@ -77,11 +79,12 @@ fn captured_frames_are_those_sent_and_received_on_both_paths() {
         assert!(got.iter().filter(|c| c.flags == 2).all(|c| c.comment.ends_with(how)), "{got:?}");
         assert!(got.iter().all(|c| c.original_len as usize == c.data.len()));
 
-        let off = || mirror::capture_switch(&topo.fwd, &topo.f0).unwrap() == (0, 0, 0);
+        let off = || mirror::capture_switch(&topo.fwd, &topo.f0).unwrap() == Default::default();
         assert!(wait_for(Duration::from_secs(2), off), "{path}: the switch stays on");
         // Killed, the capture leaves the program and the workers as they were.
         let mut killed = Capturing::start(&topo.fwd, &["--interface", &topo.f1]).unwrap();
-        assert_eq!(mirror::capture_switch(&topo.fwd, &topo.f0).unwrap().2, 1, "f1 only");
+        let switch = mirror::capture_switch(&topo.fwd, &topo.f0).unwrap();
+        assert_eq!((switch.ifaces, switch.filter_len), (1, 0), "f1 only, no filter");
         killed.kill().unwrap();
         assert!(
             wait_for(Duration::from_secs(2), off),
@@ -191,6 +194,6 @@ fn a_capture_names_what_it_cannot_do() {
         let out = xdpfwd_tests::run_to_exit(&topo.fwd, &[], args).unwrap();
         assert!(!out.success && out.stderr.contains(says), "{args:?}: {out:?}");
     }
-    assert_eq!(mirror::capture_switch(&topo.fwd, &topo.f0).unwrap(), (0, 0, 0));
+    assert_eq!(mirror::capture_switch(&topo.fwd, &topo.f0).unwrap(), Default::default());
     assert!(fwd.stop().unwrap().success);
 }

@@ -1,6 +1,7 @@
 //! Properties of the real XDP program under `BPF_PROG_RUN` (see `xdp_harness`): whatever the
 //! frame, valid or mangled, the program returns a verdict and never modifies a frame it does
-//! not forward.
+//! not forward; a capture's filter selects in the program exactly the frames libpcap's
+//! compiled expression accepts.
 
 use std::cell::RefCell;
 
@@ -95,4 +96,65 @@ fn seeds_reach_the_forwarding_decision() {
         assert!(counters[reason] > 0, "{reason}: {why}: {counters:?}");
     }
     assert_eq!(counters["pass_vlan"], 0, "the ingress pops VLAN tags: {counters:?}");
+}
+
+/// `tcpdump -ddd EXPR`: the classic BPF libpcap compiles for Ethernet.
+fn compiled(expr: &str) -> Vec<xdpfwd_common::cbpf::CbpfInsn> {
+    let out = std::process::Command::new("tcpdump")
+        .args(["-ddd", "-y", "EN10MB", expr])
+        .output()
+        .expect("tcpdump");
+    assert!(out.status.success(), "tcpdump -ddd {expr}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<u32> = l.split_whitespace().map(|w| w.parse().unwrap()).collect();
+            xdpfwd_common::cbpf::CbpfInsn {
+                code: f[0] as u16,
+                jt: f[1] as u8,
+                jf: f[2] as u8,
+                k: f[3],
+            }
+        })
+        .collect()
+}
+
+const EXPRESSIONS: [&str; 6] = [
+    "udp dst port 7000",
+    "host 198.19.1.1 or net 2001:2::/32",
+    "tcp and not port 22",
+    "icmp or icmp6",
+    "greater 90 and ip",
+    "ip[8] < 5",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// The program copies a frame arriving into the capture ring exactly when libpcap's
+    /// program accepts it (as `xdpfwd_common::cbpf` runs it, held to libpcap's own
+    /// `bpf_filter` by the user-space tests), and copies it as it arrived.
+    #[test]
+    fn a_capture_filter_selects_in_the_program_as_libpcap_does(frame in mangled(), e in 0..EXPRESSIONS.len()) {
+        let prog = compiled(EXPRESSIONS[e]);
+        let want = xdpfwd_common::cbpf::accepts::<4096, _, _>(&prog[..], &frame[..], frame.len() as u32);
+        let got = HARNESS.with(|h| {
+            let mut h = h.borrow_mut();
+            let h = h.get_or_insert_with(|| Harness::new().expect("loading the XDP harness"));
+            h.capture(xdpfwd_common::CaptureFlags::IN, &prog).expect("map update");
+            h.captured().expect("ring");
+            let ran = h.run(&frame).is_ok();
+            let got = h.captured().expect("ring");
+            h.capture(xdpfwd_common::CaptureFlags::empty(), &[]).expect("map update");
+            ran.then_some(got)
+        });
+        if let Some(got) = got {
+            let ins: Vec<_> = got.iter().filter(|(h, _)| h.kind == 0).collect();
+            prop_assert_eq!(ins.len(), usize::from(want), "{}: {:?}", EXPRESSIONS[e], frame);
+            if want {
+                prop_assert_eq!(&ins[0].1, &frame);
+            }
+        }
+    }
 }

@@ -13,13 +13,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{
-    Array, DevMap, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, XskMap,
-    perf::PerfEventArray,
-};
-use xdpfwd_common::{
-    CaptureCtl, MAX_IFACES, MAX_QUEUES, XDP_META_MAX, map_names, max_frame_for_mtu, xsk_key,
-};
+use aya::maps::{Array, DevMap, HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
+use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, XDP_META_MAX, map_names, max_frame_for_mtu, xsk_key};
 
 use crate::{
     capture::{self, tap::Drain},
@@ -153,12 +148,9 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         shared: shared.clone(),
         hits: maps.policy.hits.clone(),
     });
-    let (ctl, ctl_ifaces, events) = maps.capture;
     let capture = capture::server::Parts {
         interfaces: ifaces.iter().map(|i| (i.ifindex, i.name.clone())).collect(),
-        ctl,
-        ctl_ifaces,
-        events,
+        maps: maps.capture,
         drains,
         switch: shared.capture.clone(),
     };
@@ -312,8 +304,8 @@ fn attach(ebpf: &mut aya::Ebpf, plan: &Plan) -> anyhow::Result<Vec<loader::Attac
 /// sockets' XSKMAP, the counters, and what the control plane writes.
 struct TakenMaps {
     policy: PolicyMaps,
-    /// `CAPTURE`, `CAPTURE_IFACES` and `CAPTURE_EVENTS`, for the capture server.
-    capture: (Array<MapData, CaptureCtl>, BpfHashMap<MapData, u32, u32>, PerfEventArray<MapData>),
+    /// For the capture server.
+    capture: capture::server::Maps,
     xsks: XskMap<aya::maps::MapData>,
     counters: PerCpuArray<aya::maps::MapData, u64>,
     control: (Maps, Nexthops, ControlPolicy),
@@ -324,6 +316,7 @@ impl TakenMaps {
         let mut policy = PolicyMaps::take(ebpf)?;
         policy.apply(&plan.settings, &plan.ifaces)?;
         let control_policy = ControlPolicy::new(&plan.settings, &plan.ifaces)?;
+        let capture = capture::server::Maps::take(ebpf)?;
         let mut take =
             |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing"));
         let mut devmap = DevMap::try_from(take(map_names::DEVMAP)?)?;
@@ -345,11 +338,6 @@ impl TakenMaps {
             Array::try_from(take(map_names::NH_SLOTS)?)?,
             Array::try_from(take(map_names::NH_GROUPS)?)?,
             Array::try_from(take(map_names::NH_BUCKETS)?)?,
-        );
-        let capture = (
-            Array::try_from(take(map_names::CAPTURE)?)?,
-            BpfHashMap::try_from(take(map_names::CAPTURE_IFACES)?)?,
-            PerfEventArray::try_from(take(map_names::CAPTURE_EVENTS)?)?,
         );
         Ok(TakenMaps {
             capture,

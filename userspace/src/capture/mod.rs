@@ -15,15 +15,22 @@ pub mod server;
 pub mod tap;
 mod wire;
 
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{
+    RwLock,
+    atomic::{AtomicU32, Ordering::Relaxed},
+};
 
 use xdpfwd_common::CaptureFlags;
+
+use self::filter::Filter;
 
 /// What the running captures want of the workers; read by them per frame, set by the server.
 #[derive(Default)]
 pub struct Switch {
     flags: AtomicU32,
     snaplen: AtomicU32,
+    /// The filter every capture shares (empty: none, or not one for all).
+    filter: RwLock<Filter>,
 }
 
 impl Switch {
@@ -38,7 +45,17 @@ impl Switch {
         self.snaplen.load(Relaxed)
     }
 
-    fn set(&self, flags: CaptureFlags, snaplen: u32) {
+    /// Whether a frame of `len` bytes passes the shared filter. A worker never waits: while
+    /// the server changes the filter, every frame passes (the server filters again).
+    #[inline]
+    pub fn passes(&self, frame: &[u8], len: u32) -> bool {
+        self.filter.try_read().map_or(true, |f| f.matches(frame, len))
+    }
+
+    fn set(&self, flags: CaptureFlags, snaplen: u32, filter: Filter) {
+        if let Ok(mut f) = self.filter.write() {
+            *f = filter;
+        }
         self.snaplen.store(snaplen, Relaxed);
         self.flags.store(flags.bits(), Relaxed);
     }

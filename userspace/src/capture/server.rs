@@ -1,6 +1,6 @@
 //! The instance's side of `xdpfwd capture`: a thread that takes clients on
 //! `<stats directory>/<pid>.capture`, turns the capture on in the XDP program and the workers
-//! while any runs, reads the perf ring and the workers' rings, and sends each client the frames
+//! while any runs, reads the program's ring and the workers' rings, and sends each client the frames
 //! it selected. A slow client loses frames (counted and reported to it), never slows
 //! forwarding; a client that goes away turns its capture off.
 
@@ -8,10 +8,7 @@ use std::{
     collections::HashMap,
     fs,
     io::{self, BufRead, BufReader, Read, Write},
-    os::{
-        fd::AsFd,
-        unix::net::{UnixListener, UnixStream},
-    },
+    os::unix::net::{UnixListener, UnixStream},
     path::PathBuf,
     sync::{
         Arc,
@@ -22,15 +19,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{
-    Array, HashMap as BpfHashMap, MapData,
-    perf::{PerfEvent, PerfEventArray, PerfEventArrayBuffer},
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use xdpfwd_common::{
+    CaptureCtl, CaptureFlags, CaptureHeader, CaptureKind,
+    cbpf::{CbpfInsn, MAX_INSNS},
+    map_names,
 };
-use nix::{
-    poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::socket::{getsockopt, sockopt::PeerCredentials},
-};
-use xdpfwd_common::{CaptureCtl, CaptureFlags, CaptureHeader, CaptureKind};
 
 use super::{
     Switch,
@@ -41,21 +36,44 @@ use super::{
 
 /// Bytes queued for a client before its frames count as lost.
 const CLIENT_BUFFER: usize = 8 << 20;
-/// Pages of each CPU's perf buffer (a power of two): 1 MiB with 4 KiB pages.
-const PERF_PAGES: usize = 256;
-/// The most a capture copies of a frame (also what the program copies while a filter
-/// needs to see whole frames).
+/// How long the server sleeps when the rings were empty (they wake nobody: a frame costs
+/// the data path no interrupt).
+const IDLE: Duration = Duration::from_millis(2);
+/// The most a capture copies of a frame (also what the data path copies while a filter
+/// runs here and needs to see whole frames).
 pub const MAX_SNAPLEN: u32 = 65_535;
 /// How often a client hears how many of its frames were lost.
 const LOST_EVERY: Duration = Duration::from_secs(1);
+
+/// The XDP program's capture maps.
+pub struct Maps {
+    ctl: Array<MapData, CaptureCtl>,
+    ifaces: BpfHashMap<MapData, u32, u32>,
+    filter: Array<MapData, CbpfInsn>,
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    /// Takes them out of the loaded program.
+    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Maps> {
+        let mut take =
+            |name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing"));
+        Ok(Maps {
+            ctl: Array::try_from(take(map_names::CAPTURE)?)?,
+            ifaces: BpfHashMap::try_from(take(map_names::CAPTURE_IFACES)?)?,
+            filter: Array::try_from(take(map_names::CAPTURE_FILTER)?)?,
+            ring: RingBuf::try_from(take(map_names::CAPTURE_RING)?)?,
+            lost: PerCpuArray::try_from(take(map_names::CAPTURE_LOST)?)?,
+        })
+    }
+}
 
 /// What the server needs from the forwarder: its interfaces, the program's capture maps,
 /// the workers' rings and the switch they read.
 pub struct Parts {
     pub interfaces: Vec<(u32, String)>,
-    pub ctl: Array<MapData, CaptureCtl>,
-    pub ctl_ifaces: BpfHashMap<MapData, u32, u32>,
-    pub events: PerfEventArray<MapData>,
+    pub maps: Maps,
     pub drains: Vec<Drain>,
     pub switch: Arc<Switch>,
 }
@@ -72,7 +90,7 @@ pub fn serve(parts: Parts, stop: Arc<AtomicBool>) -> anyhow::Result<thread::Join
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     listener.set_nonblocking(true)?;
-    let mut server = Server { parts, listener, buffers: Vec::new(), sessions: Vec::new() };
+    let mut server = Server { parts, listener, sessions: Vec::new() };
     Ok(thread::Builder::new().name("xdpfwd-capture".into()).spawn(move || {
         while !stop.load(Relaxed) {
             server.accept();
@@ -91,8 +109,6 @@ pub fn serve(parts: Parts, stop: Arc<AtomicBool>) -> anyhow::Result<thread::Join
 struct Server {
     parts: Parts,
     listener: UnixListener,
-    /// One per online CPU, opened at the first capture.
-    buffers: Vec<PerfEventArrayBuffer<MapData>>,
     sessions: Vec<Session>,
 }
 
@@ -107,8 +123,11 @@ struct Session {
     out: Vec<u8>,
     lost: u64,
     last_lost: Instant,
-    /// Workers' lost counts when it began (their counters never reset).
+    /// The rings' lost counts when it began (they never reset).
     base_lost: u64,
+    /// When it began (`CLOCK_MONOTONIC` ns): frames a ring still holds from before are not
+    /// its own.
+    since: u64,
 }
 
 impl Server {
@@ -180,7 +199,8 @@ impl Server {
             out: Vec::new(),
             lost: 0,
             last_lost: Instant::now(),
-            base_lost: self.worker_lost(),
+            base_lost: self.ring_lost(),
+            since: super::tap::monotonic_ns(),
         })
     }
 
@@ -201,33 +221,48 @@ impl Server {
             .collect()
     }
 
-    fn worker_lost(&self) -> u64 {
-        self.parts.drains.iter().map(|d| d.lost.load(Relaxed)).sum()
+    /// Frames the rings could not take: the XDP program's and the workers'.
+    fn ring_lost(&self) -> u64 {
+        let xdp: u64 =
+            self.parts.maps.lost.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+        xdp + self.parts.drains.iter().map(|d| d.lost.load(Relaxed)).sum::<u64>()
     }
 
     /// Sets the program's maps and the workers' switch to what the sessions want together.
     fn apply(&mut self) {
         let mut flags = CaptureFlags::empty();
-        let mut snaplen = 0;
         let mut per_iface: HashMap<u32, CaptureFlags> = HashMap::new();
         for s in &self.sessions {
             flags |= s.flags;
-            // A filter needs whole frames; the server cuts them to size after it.
-            snaplen = snaplen.max(if s.filter.is_empty() { s.snaplen } else { MAX_SNAPLEN });
             for &i in &s.ifaces {
                 *per_iface.entry(i).or_default() |= s.flags;
             }
         }
-        if !flags.is_empty()
-            && self.buffers.is_empty()
-            && let Err(err) = self.open_buffers()
-        {
-            tracing::warn!("capture: the XDP program's frames are not seen: {err:#}");
+        // One filter every capture shares runs in the data path, before frames are copied;
+        // otherwise every frame is copied whole, and each capture's filter runs here.
+        let shared = self.sessions.first().map(|s| s.filter.clone()).filter(|f| {
+            !f.is_empty()
+                && f.insns().len() <= MAX_INSNS as usize
+                && self.sessions.iter().all(|s| s.filter == *f)
+        });
+        // A filter sees whole frames (each client's runs here again); they are cut to the
+        // client's length after it.
+        let snaplen = self
+            .sessions
+            .iter()
+            .map(|s| if s.filter.is_empty() { s.snaplen } else { MAX_SNAPLEN })
+            .max()
+            .unwrap_or(0);
+        let filter = shared.unwrap_or_default();
+        for (i, insn) in filter.insns().iter().enumerate() {
+            if let Err(err) = self.parts.maps.filter.set(i as u32, insn, 0) {
+                tracing::warn!("capture: CAPTURE_FILTER: {err}");
+            }
         }
         for (ifindex, _) in &self.parts.interfaces {
             let result = match per_iface.get(ifindex) {
-                Some(f) => self.parts.ctl_ifaces.insert(ifindex, f.bits(), 0),
-                None => match self.parts.ctl_ifaces.remove(ifindex) {
+                Some(f) => self.parts.maps.ifaces.insert(ifindex, f.bits(), 0),
+                None => match self.parts.maps.ifaces.remove(ifindex) {
                     Err(aya::maps::MapError::KeyNotFound) => Ok(()),
                     other => other,
                 },
@@ -236,36 +271,23 @@ impl Server {
                 tracing::warn!("capture: CAPTURE_IFACES: {err}");
             }
         }
-        if let Err(err) = self.parts.ctl.set(0, CaptureCtl { flags, snaplen }, 0) {
+        let filter_len = filter.insns().len() as u32;
+        let ctl = CaptureCtl { flags, snaplen, filter_len, _pad: 0 };
+        if let Err(err) = self.parts.maps.ctl.set(0, ctl, 0) {
             tracing::warn!("capture: CAPTURE: {err}");
         }
-        self.parts.switch.set(flags, snaplen);
+        self.parts.switch.set(flags, snaplen, filter);
     }
 
-    fn open_buffers(&mut self) -> anyhow::Result<()> {
-        let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-        for cpu in cpus {
-            self.buffers.push(self.parts.events.open(cpu, Some(PERF_PAGES))?);
-        }
-        Ok(())
-    }
-
-    /// Moves frames from the rings to the clients, once.
+    /// Moves frames from the rings to the clients, once; sleeps a little when there were
+    /// none.
     fn pump(&mut self) {
-        self.wait_for_frames();
-        let mut scratch = Vec::new();
-        let mut kernel_lost = 0;
-        for buffer in &mut self.buffers {
-            buffer.for_each(|event| match event {
-                PerfEvent::Sample { head, tail } => {
-                    scratch.clear();
-                    scratch.extend_from_slice(head);
-                    scratch.extend_from_slice(tail);
-                    dispatch(&mut self.sessions, &scratch);
-                }
-                PerfEvent::Lost { count } => kernel_lost += count,
-            });
+        let mut found = 0;
+        while let Some(record) = self.parts.maps.ring.next() {
+            dispatch(&mut self.sessions, &record);
+            found += 1;
         }
+        let mut scratch = Vec::new();
         for drain in &mut self.parts.drains {
             let n = drain.ring.slots();
             let Ok(chunk) = drain.ring.read_chunk(n) else { continue };
@@ -280,29 +302,18 @@ impl Server {
                 let Some(record) = scratch.get(at..end) else { break };
                 dispatch(&mut self.sessions, record);
                 at = end;
+                found += 1;
             }
         }
-        let worker_lost = self.worker_lost();
+        let lost = self.ring_lost();
         let before = self.sessions.len();
-        self.sessions.retain_mut(|s| {
-            s.lost += kernel_lost;
-            s.flush(worker_lost)
-        });
+        self.sessions.retain_mut(|s| s.flush(lost));
         if self.sessions.len() != before {
             tracing::info!("a capture ended");
             self.apply();
         }
-    }
-
-    /// Sleeps until the perf ring has frames, at most 20 ms (the workers' rings and the
-    /// clients are looked at after it in any case).
-    fn wait_for_frames(&self) {
-        let mut fds: Vec<PollFd> =
-            self.buffers.iter().map(|b| PollFd::new(b.as_fd(), PollFlags::POLLIN)).collect();
-        if fds.is_empty() {
-            thread::sleep(Duration::from_millis(20));
-        } else {
-            let _ = poll(&mut fds, PollTimeout::from(20u8));
+        if found == 0 {
+            thread::sleep(IDLE);
         }
     }
 }
@@ -314,9 +325,10 @@ fn dispatch(sessions: &mut [Session], record: &[u8]) {
     let start = size_of::<CaptureHeader>();
     let Some(frame) = record.get(start..start + header.caplen as usize) else { return };
     for s in sessions {
-        if !s.flags.contains(kind.flag())
+        if header.ts < s.since
+            || !s.flags.contains(kind.flag())
             || !s.ifaces.contains(&header.ifindex)
-            || !s.filter.matches(frame)
+            || !s.filter.matches(frame, header.len)
         {
             continue;
         }
@@ -333,7 +345,7 @@ fn dispatch(sessions: &mut [Session], record: &[u8]) {
 impl Session {
     /// Writes what the client can take; reports losses now and then. `false`: the client is
     /// gone.
-    fn flush(&mut self, worker_lost: u64) -> bool {
+    fn flush(&mut self, ring_lost: u64) -> bool {
         // A client that closed its end is noticed even while no frame comes for it. It sends
         // nothing after its request.
         let mut byte = [0u8; 1];
@@ -343,7 +355,7 @@ impl Session {
         }
         if self.last_lost.elapsed() >= LOST_EVERY {
             self.last_lost = Instant::now();
-            let lost = self.lost + worker_lost.saturating_sub(self.base_lost);
+            let lost = self.lost + ring_lost.saturating_sub(self.base_lost);
             let header = CaptureHeader { kind: wire::LOST, caplen: 8, ..Default::default() };
             wire::put_record(&mut self.out, &header, &lost.to_le_bytes());
         }
