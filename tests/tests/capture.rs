@@ -197,3 +197,43 @@ fn a_capture_names_what_it_cannot_do() {
     assert_eq!(mirror::capture_switch(&topo.fwd, &topo.f0).unwrap(), Default::default());
     assert!(fwd.stop().unwrap().success);
 }
+
+#[test]
+fn two_captures_at_once_each_get_what_they_asked_for() {
+    let topo = Topology::new("c2", true).unwrap();
+    topo.static_neighbours().unwrap();
+    let mut fwd = Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1]).unwrap();
+    let (c0, s0) = (topo.c0.clone(), topo.s0.clone());
+    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let sink = in_netns(&topo.server, move || RawSocket::open(&s0)).unwrap().unwrap();
+    let mut arriving =
+        Capturing::start(&topo.fwd, &["-i", &topo.f0, "--direction", "in", "udp", "port", "7000"])
+            .unwrap();
+    let mut leaving =
+        Capturing::start(&topo.fwd, &["-i", &topo.f1, "--direction", "out", "-s", "40"]).unwrap();
+    let switch = mirror::capture_switch(&topo.fwd, &topo.f0).unwrap();
+    assert_eq!((switch.ifaces, switch.filter_len), (2, 0), "no filter both share: {switch:?}");
+
+    let sent = frames(&topo, 10, 7000);
+    let other = frames(&topo, 4, 7001);
+    for f in sent.iter().chain(&other) {
+        sender.send(f).unwrap();
+    }
+    let received = sink.drain(Duration::from_millis(500), 1000);
+    std::thread::sleep(Duration::from_millis(300));
+    let arrived = arriving.stop().unwrap();
+    let left = leaving.stop().unwrap();
+    assert_eq!(sorted(seen(&arrived, &topo.f0, 1)), sorted(sent), "in on f0, port 7000 only");
+    assert_eq!(arrived.len(), 10, "{arrived:?}");
+    let forwarded: Vec<_> =
+        received.iter().filter(|f| to_port(7000)(f) || to_port(7001)(f)).collect();
+    assert_eq!(forwarded.len(), 14);
+    let cut: Vec<Vec<u8>> = forwarded.iter().map(|f| f[..40].to_vec()).collect();
+    let left_ours: Vec<Vec<u8>> = seen(&left, &topo.f1, 2)
+        .into_iter()
+        .filter(|f| f.len() == 40 && f[12..14] == [8, 0] && f[30..34] == SERVER.octets())
+        .collect();
+    assert_eq!(sorted(left_ours), sorted(cut), "out on f1, cut to 40 bytes");
+    assert!(left.iter().all(|c| c.iface == topo.f1 && c.flags == 2), "{left:?}");
+    assert!(fwd.stop().unwrap().success);
+}

@@ -169,10 +169,15 @@ fn runs_as_an_unprivileged_user_with_only_its_capabilities() {
     assert!(stats.success, "root reads the unprivileged instance's stats: {stats:?}");
     // Root captures from it: the instance opens the program's perf ring with its own
     // capabilities (CAP_PERFMON).
-    let mut capture = xdpfwd_tests::capture::Capturing::start(&topo.fwd, &["-c", "2"]).unwrap();
+    let mut capture = xdpfwd_tests::capture::Capturing::start(&topo.fwd, &["-c", "4"]).unwrap();
     assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 1));
     let got = capture.wait(Duration::from_secs(5)).unwrap();
-    assert_eq!(got.len(), 2, "the echo request in and out: {got:?}");
+    let dirs: Vec<u32> = got.iter().map(|c| c.flags).collect();
+    assert_eq!(
+        (dirs.iter().filter(|&&d| d == 1).count(), dirs.iter().filter(|&&d| d == 2).count()),
+        (2, 2),
+        "the echo request and reply, each in and out: {got:?}"
+    );
     let done = fwd.stop().unwrap();
     // The service's runtime directory is its manager's to remove (systemd does).
     let _ = std::fs::remove_dir(&dir);

@@ -67,6 +67,30 @@ proptest! {
         }
     }
 
+    /// Every frame is counted in exactly one verdict counter, whatever the path, and with a
+    /// capture of everything running as without.
+    #[test]
+    fn every_frame_is_counted_once(frame in mangled(), fast: bool, capturing: bool) {
+        let counted = HARNESS.with(|h| {
+            let mut h = h.borrow_mut();
+            let h = h.get_or_insert_with(|| Harness::new().expect("loading the XDP harness"));
+            h.set_fast_path(fast).expect("map update");
+            let all = xdpfwd_common::CaptureFlags::all();
+            let flags = if capturing { all } else { xdpfwd_common::CaptureFlags::empty() };
+            h.capture(flags, &[]).expect("map update");
+            let sum = |h: &Harness| h.counters().expect("counters").values().sum::<u64>();
+            let before = sum(h);
+            let ran = h.run(&frame).is_ok();
+            let after = sum(h);
+            h.capture(xdpfwd_common::CaptureFlags::empty(), &[]).expect("map update");
+            h.captured().expect("ring");
+            ran.then_some(after - before)
+        });
+        if let Some(counted) = counted {
+            prop_assert_eq!(counted, 1);
+        }
+    }
+
     #[test]
     fn passes_random_bytes_untouched(frame in proptest::collection::vec(any::<u8>(), 14..300), fast: bool) {
         if let Some((action, out)) = run(&frame, fast) {

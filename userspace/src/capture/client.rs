@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use pcap_file::{
     DataLink,
     pcapng::{
@@ -31,7 +32,7 @@ use super::{
     filter::Filter,
     server::MAX_SNAPLEN,
     tap::monotonic_ns,
-    wire::{self, Reply, Request},
+    wire::{self, RecordReader, Reply, Request},
 };
 use crate::stats_server;
 
@@ -133,36 +134,46 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The capture socket of the instance of this namespace (`pid`, or the only one).
+/// The capture socket of the instance of this namespace (`pid`, or the only one that
+/// answers). As `xdpfwd stats` does, it trusts only an instance of root, this user or the
+/// directory's owner, and takes its pid from the kernel (`SO_PEERCRED`); a socket nobody
+/// listens on (left by a killed instance) is skipped.
 fn connect(pid: Option<u32>) -> anyhow::Result<UnixStream> {
     let dir = stats_server::dir()?;
+    let none = || anyhow::anyhow!("no xdpfwd instance to capture from in this network namespace");
+    if !dir.exists() {
+        return Err(none());
+    }
     stats_server::check_dir(std::path::Path::new(stats_server::BASE))?;
-    stats_server::check_dir(&dir)
-        .with_context(|| "no xdpfwd runs in this network namespace".to_string())?;
+    let owner = stats_server::check_dir(&dir)?;
+    let me = nix::unistd::geteuid().as_raw();
     let mut found = Vec::new();
     for entry in fs::read_dir(&dir)?.filter_map(Result::ok) {
         let path = entry.path();
-        let is_socket = entry.file_type().is_ok_and(|t| t.is_socket());
-        let Some(p) = path.file_name().and_then(|n| n.to_str()?.strip_suffix(".capture")) else {
+        let is_capture = path.extension().is_some_and(|e| e == "capture");
+        if !is_capture || !entry.file_type().is_ok_and(|t| t.is_socket()) {
             continue;
-        };
-        if is_socket && let Ok(p) = p.parse::<u32>() {
-            found.push((p, path));
         }
+        let Ok(conn) = UnixStream::connect(&path) else { continue };
+        let cred = getsockopt(&conn, PeerCredentials).context("SO_PEERCRED")?;
+        if ![0, me, owner].contains(&cred.uid()) {
+            eprintln!("xdpfwd: skipping {}: served by uid {}", path.display(), cred.uid());
+            continue;
+        }
+        found.push((cred.pid() as u32, conn));
     }
-    let chosen = match (pid, found.as_slice()) {
-        (Some(pid), _) => found.iter().find(|(p, _)| *p == pid),
-        (None, [one]) => Some(one),
-        (None, []) => None,
-        (None, many) => {
-            let pids: Vec<String> = many.iter().map(|(p, _)| p.to_string()).collect();
+    if let Some(pid) = pid {
+        let conn = found.into_iter().find(|(p, _)| *p == pid).map(|(_, c)| c);
+        return conn.with_context(|| format!("no xdpfwd instance with pid {pid} here"));
+    }
+    match found.len() {
+        0 => Err(none()),
+        1 => Ok(found.remove(0).1),
+        _ => {
+            let pids: Vec<String> = found.iter().map(|(p, _)| p.to_string()).collect();
             bail!("several instances run here (pids {}): choose one with --pid", pids.join(", "))
         }
-    };
-    let Some((_, path)) = chosen else {
-        bail!("no xdpfwd instance to capture from in this network namespace ({})", dir.display())
-    };
-    UnixStream::connect(path).with_context(|| format!("connecting to {}", path.display()))
+    }
 }
 
 /// The interfaces of a capture (ifindex, name), in the order of its interface blocks.
@@ -219,18 +230,24 @@ impl<W: Write> Pcap<W> {
     /// of the stream. Returns the frames written and those the instance lost.
     fn copy(
         &mut self,
-        mut from: BufReader<UnixStream>,
+        from: BufReader<UnixStream>,
         count: u64,
         stop: &AtomicBool,
     ) -> anyhow::Result<(u64, u64)> {
         let (mut written, mut lost) = (0, 0);
-        let mut frame = Vec::new();
+        let mut records = RecordReader::with(from.buffer());
+        let mut from = from.into_inner();
         while !stop.load(Relaxed) && (count == 0 || written < count) {
-            let header = match wire::read_record(&mut from, &mut frame) {
-                Ok(Some(h)) => h,
+            let (header, frame) = match records.next(&mut from) {
+                Ok(Some(record)) => record,
                 Ok(None) => break,
                 Err(e)
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
                 {
                     self.writer.get_mut().flush()?;
                     continue;
@@ -243,10 +260,6 @@ impl<W: Write> Pcap<W> {
             }
             if self.write(&header, &frame)? {
                 written += 1;
-            }
-            if from.buffer().is_empty() {
-                // Frames reach a pipe's reader as they come.
-                self.writer.get_mut().flush()?;
             }
         }
         self.writer.get_mut().flush()?;
@@ -293,6 +306,8 @@ fn describe(header: &CaptureHeader) -> (u32, String) {
         Some(CaptureKind::Out) if worker => (OUTBOUND, "xdpfwd: out, AF_XDP path".into()),
         Some(CaptureKind::Out) => (OUTBOUND, "xdpfwd: out, fast path".into()),
         Some(CaptureKind::Kernel) => (INBOUND, format!("xdpfwd: to the kernel: {reason}")),
+        // A worker's drops are recorded on the egress or the ingress: no direction.
+        Some(CaptureKind::Dropped) if worker => (0, format!("xdpfwd: dropped: {reason}")),
         Some(CaptureKind::Dropped) => (INBOUND, format!("xdpfwd: dropped: {reason}")),
         None => (0, "xdpfwd: unknown".into()),
     }
@@ -311,7 +326,7 @@ mod tests {
         let ttl = header(CaptureKind::Kernel, CapturePath::Xdp, Counter::PassTtl as u8);
         assert_eq!(describe(&ttl), (INBOUND, "xdpfwd: to the kernel: pass_ttl".into()));
         let held = header(CaptureKind::Dropped, CapturePath::AfXdp, WorkerDrop::Held as u8);
-        assert_eq!(describe(&held), (INBOUND, "xdpfwd: dropped: held_dropped".into()));
+        assert_eq!(describe(&held), (0, "xdpfwd: dropped: held_dropped".into()));
         let fast = header(CaptureKind::Out, CapturePath::Xdp, Counter::FastForwarded as u8);
         assert_eq!(describe(&fast), (OUTBOUND, "xdpfwd: out, fast path".into()));
         let sent = header(CaptureKind::Out, CapturePath::AfXdp, 0);

@@ -29,8 +29,17 @@ use self::filter::Filter;
 pub struct Switch {
     flags: AtomicU32,
     snaplen: AtomicU32,
+    /// Which frames of which interfaces the captures want.
+    wanted: RwLock<Wanted>,
+}
+
+/// What the workers select before they copy.
+#[derive(Default)]
+struct Wanted {
+    /// Interfaces watched (ifindex) and the kinds wanted there.
+    ifaces: Vec<(u32, CaptureFlags)>,
     /// The filter every capture shares (empty: none, or not one for all).
-    filter: RwLock<Filter>,
+    filter: Filter,
 }
 
 impl Switch {
@@ -45,16 +54,26 @@ impl Switch {
         self.snaplen.load(Relaxed)
     }
 
-    /// Whether a frame of `len` bytes passes the shared filter. A worker never waits: while
-    /// the server changes the filter, every frame passes (the server filters again).
+    /// Whether a capture wants this frame of kind `flag` on interface `ifindex`. A worker
+    /// never waits: while the server changes what is wanted, every frame is taken (the server
+    /// selects again).
     #[inline]
-    pub fn passes(&self, frame: &[u8], len: u32) -> bool {
-        self.filter.try_read().map_or(true, |f| f.matches(frame, len))
+    pub fn selects(&self, ifindex: u32, flag: CaptureFlags, frame: &[u8]) -> bool {
+        self.wanted.try_read().map_or(true, |w| {
+            w.ifaces.iter().any(|&(i, f)| i == ifindex && f.contains(flag))
+                && w.filter.matches(frame, frame.len() as u32)
+        })
     }
 
-    fn set(&self, flags: CaptureFlags, snaplen: u32, filter: Filter) {
-        if let Ok(mut f) = self.filter.write() {
-            *f = filter;
+    fn set(
+        &self,
+        flags: CaptureFlags,
+        snaplen: u32,
+        filter: Filter,
+        ifaces: Vec<(u32, CaptureFlags)>,
+    ) {
+        if let Ok(mut w) = self.wanted.write() {
+            *w = Wanted { ifaces, filter };
         }
         self.snaplen.store(snaplen, Relaxed);
         self.flags.store(flags.bits(), Relaxed);

@@ -36,14 +36,20 @@ use super::{
 
 /// Bytes queued for a client before its frames count as lost.
 const CLIENT_BUFFER: usize = 8 << 20;
+/// How long a new client has to send its request (and take the answer).
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+/// Most records read from the program's ring at once: the workers' rings and the clients
+/// get their turn under any load.
+const RECORDS_PER_PUMP: usize = 65_536;
+/// How often a client hears a lost count that changed.
+const LOST_EVERY: Duration = Duration::from_millis(10);
+
 /// How long the server sleeps when the rings were empty (they wake nobody: a frame costs
 /// the data path no interrupt).
 const IDLE: Duration = Duration::from_millis(2);
 /// The most a capture copies of a frame (also what the data path copies while a filter
 /// runs here and needs to see whole frames).
 pub const MAX_SNAPLEN: u32 = 65_535;
-/// How often a client hears how many of its frames were lost.
-const LOST_EVERY: Duration = Duration::from_secs(1);
 
 /// The XDP program's capture maps.
 pub struct Maps {
@@ -119,9 +125,13 @@ struct Session {
     ifaces: Vec<u32>,
     snaplen: u32,
     filter: Filter,
-    /// Records not yet written to the client.
+    /// Records for the client; those before `sent` are written.
     out: Vec<u8>,
+    sent: usize,
+    /// Frames it wanted that did not fit into `out`.
     lost: u64,
+    /// The lost count it last heard, and when.
+    reported: u64,
     last_lost: Instant,
     /// The rings' lost counts when it began (they never reset).
     base_lost: u64,
@@ -134,44 +144,43 @@ impl Server {
     /// Takes the clients that connected.
     fn accept(&mut self) {
         while let Ok((conn, _)) = self.listener.accept() {
-            match self.begin(conn) {
-                Ok(session) => {
-                    tracing::info!(
-                        interfaces = ?session.ifaces,
-                        flags = ?session.flags,
-                        "a capture began"
-                    );
-                    self.sessions.push(session);
-                    self.apply();
-                }
-                Err(err) => tracing::warn!("a capture was refused: {err:#}"),
+            if let Err(err) = self.begin(conn) {
+                tracing::warn!("a capture was refused: {err:#}");
             }
         }
     }
 
-    /// Reads a client's request and answers it.
-    fn begin(&mut self, mut conn: UnixStream) -> anyhow::Result<Session> {
+    /// Reads a client's request, turns its capture on, then says so: frames that arrive
+    /// after the client hears "ready" are captured.
+    fn begin(&mut self, mut conn: UnixStream) -> anyhow::Result<()> {
         conn.set_nonblocking(false)?;
-        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-        conn.set_write_timeout(Some(Duration::from_secs(2)))?;
-        let answer = self.check(&conn);
-        let reply = match &answer {
-            Ok(s) => Reply::Ready {
-                interfaces: self
-                    .parts
-                    .interfaces
-                    .iter()
-                    .filter(|(i, _)| s.ifaces.contains(i))
-                    .cloned()
-                    .collect(),
-            },
-            Err(err) => Reply::Refused { error: format!("{err:#}") },
+        // A silent client holds the other captures up this long at most.
+        conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        conn.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+        let session = match self.check(&conn) {
+            Ok(session) => session,
+            Err(err) => {
+                let _ = reply(&mut conn, &Reply::Refused { error: format!("{err:#}") });
+                return Err(err);
+            }
         };
-        writeln!(conn, "{}", serde_json::to_string(&reply)?)?;
-        let mut session = answer?;
-        conn.set_nonblocking(true)?;
-        session.conn = conn;
-        Ok(session)
+        let interfaces: Vec<(u32, String)> = (self.parts.interfaces.iter())
+            .filter(|(i, _)| session.ifaces.contains(i))
+            .cloned()
+            .collect();
+        tracing::info!(interfaces = ?session.ifaces, flags = ?session.flags, "a capture began");
+        self.sessions.push(session);
+        self.apply();
+        let ready = reply(&mut conn, &Reply::Ready { interfaces }).and_then(|()| {
+            conn.set_nonblocking(true)?;
+            Ok(())
+        });
+        if let Err(err) = ready {
+            self.sessions.pop();
+            self.apply();
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// The session a request asks for, or why not. Only root and this instance's user may
@@ -192,6 +201,8 @@ impl Server {
         let filter = Filter::compile(&request.filter)?;
         Ok(Session {
             conn: conn.try_clone()?,
+            sent: 0,
+            reported: 0,
             flags,
             ifaces,
             snaplen: request.snaplen.clamp(1, MAX_SNAPLEN),
@@ -276,14 +287,16 @@ impl Server {
         if let Err(err) = self.parts.maps.ctl.set(0, ctl, 0) {
             tracing::warn!("capture: CAPTURE: {err}");
         }
-        self.parts.switch.set(flags, snaplen, filter);
+        let ifaces = per_iface.into_iter().collect();
+        self.parts.switch.set(flags, snaplen, filter, ifaces);
     }
 
     /// Moves frames from the rings to the clients, once; sleeps a little when there were
     /// none.
     fn pump(&mut self) {
         let mut found = 0;
-        while let Some(record) = self.parts.maps.ring.next() {
+        for _ in 0..RECORDS_PER_PUMP {
+            let Some(record) = self.parts.maps.ring.next() else { break };
             dispatch(&mut self.sessions, &record);
             found += 1;
         }
@@ -333,7 +346,7 @@ fn dispatch(sessions: &mut [Session], record: &[u8]) {
             continue;
         }
         let caplen = frame.len().min(s.snaplen as usize);
-        if s.out.len() + wire::record_len(caplen) > CLIENT_BUFFER {
+        if s.out.len() - s.sent + wire::record_len(caplen) > CLIENT_BUFFER {
             s.lost += 1;
             continue;
         }
@@ -353,23 +366,36 @@ impl Session {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             _ => return false,
         }
-        if self.last_lost.elapsed() >= LOST_EVERY {
+        let lost = self.lost + ring_lost.saturating_sub(self.base_lost);
+        if lost != self.reported && self.last_lost.elapsed() >= LOST_EVERY {
             self.last_lost = Instant::now();
-            let lost = self.lost + ring_lost.saturating_sub(self.base_lost);
+            self.reported = lost;
             let header = CaptureHeader { kind: wire::LOST, caplen: 8, ..Default::default() };
             wire::put_record(&mut self.out, &header, &lost.to_le_bytes());
         }
-        while !self.out.is_empty() {
-            match self.conn.write(&self.out) {
+        while self.sent < self.out.len() {
+            match self.conn.write(&self.out[self.sent..]) {
                 Ok(0) => return false,
-                Ok(n) => {
-                    self.out.drain(..n);
-                }
+                Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return false,
             }
         }
+        // Written bytes go once they are most of the buffer: no shift per partial write.
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+        } else if self.sent > self.out.len() / 2 {
+            self.out.drain(..self.sent);
+            self.sent = 0;
+        }
         true
     }
+}
+
+/// Writes one line of the handshake.
+fn reply(conn: &mut UnixStream, reply: &Reply) -> anyhow::Result<()> {
+    writeln!(conn, "{}", serde_json::to_string(reply)?)?;
+    Ok(())
 }

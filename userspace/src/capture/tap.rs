@@ -58,7 +58,7 @@ impl Tap {
     }
 
     fn record(&mut self, kind: CaptureKind, ifindex: u32, reason: u8, frame: &[u8]) {
-        if !self.switch.passes(frame, frame.len() as u32) {
+        if !self.switch.selects(ifindex, kind.flag(), frame) {
             return;
         }
         let caplen = frame.len().min(self.switch.snaplen() as usize);
@@ -99,7 +99,9 @@ mod tests {
         let frame = [0xabu8; 100];
         tap.sent(3, &frame);
         assert_eq!(drain.ring.slots(), 0, "nothing without a capture");
-        switch.set(CaptureFlags::OUT, 64, Default::default());
+        switch.set(CaptureFlags::OUT, 64, Default::default(), vec![(3, CaptureFlags::OUT)]);
+        tap.sent(4, &frame);
+        assert_eq!(drain.ring.slots(), 0, "not an interface watched");
         tap.sent(3, &frame);
         tap.dropped(3, WorkerDrop::Held, &frame);
         let n = drain.ring.slots();
@@ -112,7 +114,7 @@ mod tests {
         assert_eq!(header.kind, CaptureKind::Out as u8);
         assert!(bytes[24..].iter().all(|&b| b == 0xab));
         chunk.commit_all();
-        switch.set(CaptureFlags::OUT, u32::MAX, Default::default());
+        switch.set(CaptureFlags::OUT, u32::MAX, Default::default(), vec![(3, CaptureFlags::OUT)]);
         let big = vec![0u8; RING_BYTES];
         tap.sent(3, &big);
         assert_eq!(tap.lost.load(Relaxed), 1);
