@@ -194,6 +194,21 @@ fn a_capture_names_what_it_cannot_do() {
         let out = xdpfwd_tests::run_to_exit(&topo.fwd, &[], args).unwrap();
         assert!(!out.success && out.stderr.contains(says), "{args:?}: {out:?}");
     }
+    // Another user may not watch the traffic.
+    let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"];
+    let reachable = std::process::Command::new(nobody[0])
+        .args(&nobody[1..])
+        .arg(xdpfwd_tests::xdpfwd_bin())
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if reachable {
+        let args = ["capture", "-w", "/dev/null"];
+        let out = xdpfwd_tests::run_to_exit(&topo.fwd, &nobody, &args).unwrap();
+        assert!(!out.success && out.stderr.contains("permission denied"), "{out:?}");
+    } else {
+        eprintln!("skipped the other user: the binary is not executable by uid 65534 here");
+    }
     assert_eq!(mirror::capture_switch(&topo.fwd, &topo.f0).unwrap(), Default::default());
     assert!(fwd.stop().unwrap().success);
 }

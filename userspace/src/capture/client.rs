@@ -148,13 +148,22 @@ fn connect(pid: Option<u32>) -> anyhow::Result<UnixStream> {
     let owner = stats_server::check_dir(&dir)?;
     let me = nix::unistd::geteuid().as_raw();
     let mut found = Vec::new();
+    let mut denied = None;
     for entry in fs::read_dir(&dir)?.filter_map(Result::ok) {
         let path = entry.path();
         let is_capture = path.extension().is_some_and(|e| e == "capture");
         if !is_capture || !entry.file_type().is_ok_and(|t| t.is_socket()) {
             continue;
         }
-        let Ok(conn) = UnixStream::connect(&path) else { continue };
+        let conn = match UnixStream::connect(&path) {
+            Ok(conn) => conn,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                denied = Some(path);
+                continue;
+            }
+            // Nobody listens: left by an instance that was killed.
+            Err(_) => continue,
+        };
         let cred = getsockopt(&conn, PeerCredentials).context("SO_PEERCRED")?;
         if ![0, me, owner].contains(&cred.uid()) {
             eprintln!("xdpfwd: skipping {}: served by uid {}", path.display(), cred.uid());
@@ -167,7 +176,13 @@ fn connect(pid: Option<u32>) -> anyhow::Result<UnixStream> {
         return conn.with_context(|| format!("no xdpfwd instance with pid {pid} here"));
     }
     match found.len() {
-        0 => Err(none()),
+        0 => match denied {
+            Some(path) => bail!(
+                "{}: permission denied (only root and the instance's user may capture)",
+                path.display()
+            ),
+            None => Err(none()),
+        },
         1 => Ok(found.remove(0).1),
         _ => {
             let pids: Vec<String> = found.iter().map(|(p, _)| p.to_string()).collect();

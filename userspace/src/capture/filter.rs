@@ -25,6 +25,13 @@ impl Filter {
             .map(|i| parse(&i.to_string()))
             .collect::<Option<Vec<_>>>()
             .context("reading libpcap's instructions")?;
+        if insns.len() > MAX_PCAP_INSNS as usize {
+            anyhow::bail!(
+                "filter expression {expr:?}: {} instructions, more than the {MAX_PCAP_INSNS} a \
+                 classic BPF program may have",
+                insns.len()
+            );
+        }
         Ok(Filter(insns))
     }
 
@@ -132,5 +139,10 @@ mod tests {
         assert!(Filter::compile("").unwrap().is_empty());
         let udp = Filter::compile("udp dst port 7000").unwrap();
         assert!(udp.insns().len() <= xdpfwd_common::cbpf::MAX_INSNS as usize);
+        // Longer than any program may be: refused, not silently matching nothing.
+        let huge: Vec<String> = (1..2200).map(|n| format!("len = {n}")).collect();
+        let huge = huge.join(" or ");
+        let err = Filter::compile(&huge).err().unwrap();
+        assert!(format!("{err:#}").contains("more than the 4096"), "{err:#}");
     }
 }
