@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use pcap_file::pcapng::{Block, PcapNgReader};
 
-use crate::xdpfwd_bin;
+use crate::{signal_and_wait, xdpfwd_bin};
 
 /// One captured frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,19 +76,7 @@ impl Capturing {
     /// Sends `signal`, waits (at most 10 s); returns the exit status and what it said.
     fn end(&mut self, signal: i32) -> anyhow::Result<(bool, String)> {
         let mut child = self.child.take().context("already stopped")?;
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break child.wait()?;
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
+        let status = signal_and_wait(&mut child, signal, Duration::from_secs(10))?;
         let said: Vec<String> = self.stderr.try_iter().collect();
         Ok((status.success(), said.join("\n")))
     }

@@ -347,19 +347,7 @@ impl Forwarder {
     /// Sends `signal` and waits (at most 20 s) for the exit.
     pub fn stop_with(&mut self, signal: i32) -> anyhow::Result<Finished> {
         let mut child = self.child.take().context("already stopped")?;
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break child.wait()?;
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
+        let status = signal_and_wait(&mut child, signal, Duration::from_secs(20))?;
         let mut stdout = String::new();
         while let Ok(line) = self.stdout.recv_timeout(Duration::from_millis(500)) {
             stdout.push_str(&line);
@@ -390,6 +378,27 @@ impl Drop for Forwarder {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Sends `signal` to `child` and waits for its exit; kills it after `timeout`.
+pub fn signal_and_wait(
+    child: &mut Child,
+    signal: i32,
+    timeout: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait();
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

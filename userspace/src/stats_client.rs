@@ -15,7 +15,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use crate::{snapshot::Snapshot, stats_server};
 
@@ -29,17 +28,13 @@ pub type Found = Result<(u32, Snapshot), String>;
 /// directory's owner, the service's user), then a snapshot.
 fn read_instance(path: &Path, owner: u32) -> anyhow::Result<(u32, Snapshot)> {
     let conn = UnixStream::connect(path).context("connecting")?;
-    let cred = getsockopt(&conn, PeerCredentials).context("SO_PEERCRED")?;
-    let me = nix::unistd::geteuid().as_raw();
-    if ![0, me, owner].contains(&cred.uid()) {
-        bail!("served by uid {}, not root, uid {me} or the directory's owner", cred.uid());
-    }
+    let pid = stats_server::trusted_peer(&conn, owner)?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     // A snapshot line is far below 16 MiB; nothing reads more.
     let mut line = String::new();
     BufReader::new(conn.take(16 << 20)).read_line(&mut line)?;
     let snapshot = serde_json::from_str(&line).context("decoding its snapshot")?;
-    Ok((u32::try_from(cred.pid()).context("peer pid")?, snapshot))
+    Ok((pid, snapshot))
 }
 
 /// Every instance of this namespace, by pid, and the sockets that could not be read.

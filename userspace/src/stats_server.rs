@@ -39,6 +39,19 @@ pub fn dir() -> anyhow::Result<PathBuf> {
     Ok(Path::new(BASE).join(ino.to_string()))
 }
 
+/// The pid of the instance serving `conn`, from the kernel (`SO_PEERCRED`), if it runs as
+/// root, this user or `owner` (the directory's owner, the service's user); clients trust
+/// nothing else.
+pub fn trusted_peer(conn: &UnixStream, owner: u32) -> anyhow::Result<u32> {
+    let cred = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)
+        .context("SO_PEERCRED")?;
+    let me = nix::unistd::geteuid().as_raw();
+    if ![0, me, owner].contains(&cred.uid()) {
+        bail!("served by uid {}, not root, uid {me} or the directory's owner", cred.uid());
+    }
+    u32::try_from(cred.pid()).context("peer pid")
+}
+
 /// Refuses a directory that is a symlink or writable by group or others; returns its owner.
 pub fn check_dir(path: &Path) -> anyhow::Result<u32> {
     let meta = fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;

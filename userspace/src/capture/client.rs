@@ -15,7 +15,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use pcap_file::{
     DataLink,
     pcapng::{
@@ -146,7 +145,6 @@ fn connect(pid: Option<u32>) -> anyhow::Result<UnixStream> {
     }
     stats_server::check_dir(std::path::Path::new(stats_server::BASE))?;
     let owner = stats_server::check_dir(&dir)?;
-    let me = nix::unistd::geteuid().as_raw();
     let mut found = Vec::new();
     let mut denied = None;
     for entry in fs::read_dir(&dir)?.filter_map(Result::ok) {
@@ -164,12 +162,10 @@ fn connect(pid: Option<u32>) -> anyhow::Result<UnixStream> {
             // Nobody listens: left by an instance that was killed.
             Err(_) => continue,
         };
-        let cred = getsockopt(&conn, PeerCredentials).context("SO_PEERCRED")?;
-        if ![0, me, owner].contains(&cred.uid()) {
-            eprintln!("xdpfwd: skipping {}: served by uid {}", path.display(), cred.uid());
-            continue;
+        match stats_server::trusted_peer(&conn, owner) {
+            Ok(pid) => found.push((pid, conn)),
+            Err(why) => eprintln!("xdpfwd: skipping {}: {why:#}", path.display()),
         }
-        found.push((cred.pid() as u32, conn));
     }
     if let Some(pid) = pid {
         let conn = found.into_iter().find(|(p, _)| *p == pid).map(|(_, c)| c);
