@@ -248,7 +248,7 @@ bitflags::bitflags! {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Action {
-    /// The AF_XDP path (or the fast path where the egress is set to it).
+    /// The path the egress takes by default (`--default-path`; see `IfaceFlags::FAST_PATH`).
     #[default]
     Forward = 0,
     /// Leave the frame to the kernel.
@@ -257,6 +257,8 @@ pub enum Action {
     Drop = 2,
     /// The in-kernel fast path.
     Fast = 3,
+    /// The AF_XDP path (user space rewrites and transmits), whatever the egress's default.
+    AfXdp = 4,
 }
 
 impl Action {
@@ -267,6 +269,7 @@ impl Action {
             0 => Action::Forward,
             2 => Action::Drop,
             3 => Action::Fast,
+            4 => Action::AfXdp,
             _ => Action::Kernel,
         }
     }
@@ -278,12 +281,13 @@ impl Action {
             Action::Kernel => "kernel",
             Action::Drop => "drop",
             Action::Fast => "fast",
+            Action::AfXdp => "af_xdp",
         }
     }
 
     /// The action a configuration names.
     pub fn from_name(name: &str) -> Option<Action> {
-        [Action::Forward, Action::Kernel, Action::Drop, Action::Fast]
+        [Action::Forward, Action::Kernel, Action::Drop, Action::Fast, Action::AfXdp]
             .into_iter()
             .find(|a| a.name() == name)
     }

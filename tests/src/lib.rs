@@ -463,6 +463,13 @@ pub fn run_to_exit(ns: &str, wrapper: &[&str], args: &[&str]) -> anyhow::Result<
     })
 }
 
+/// `xdpfwd stats --json` of the instance in `ns`, once.
+pub fn stats_json(ns: &str) -> serde_json::Value {
+    let out = run_to_exit(ns, &[], &["stats", "--json", "--count", "1"]).unwrap();
+    assert!(out.success, "{out:?}");
+    serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap()
+}
+
 /// The number after `key` in a forwarder report ("heap allocations 0" → 0).
 pub fn report_value(stdout: &str, key: &str) -> Option<u64> {
     let at = stdout.find(key)? + key.len();

@@ -1,11 +1,12 @@
 //! The in-kernel fast path (`--default-path fast`): the XDP program rewrites and redirects
-//! through a DEVMAP, and user space only sees frames waiting for a neighbour.
+//! through a DEVMAP, and user space only sees frames waiting for a neighbour. With `auto` (the
+//! default) each egress takes it while the device takes redirected frames.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use xdpfwd_tests::{
-    CLIENT_V4, CLIENT_V6, Forwarder, SERVER_V4, SERVER_V6, Topology, forwarded_packets,
-    traffic::udp_stream, xdp_counter,
+    CLIENT_V4, CLIENT_V6, Forwarder, SERVER_V4, SERVER_V6, Topology, forwarded_packets, ns_sh,
+    stats_json, traffic::udp_stream, wait_for, xdp_counter,
 };
 
 #[test]
@@ -17,7 +18,8 @@ fn fast_path_forwards_rewritten_frames_without_user_space() {
         &[&topo.f0, &topo.f1, "--stats-interval", "0", "--default-path", "fast"],
     )
     .unwrap();
-    assert!(fwd.ready_line.contains("fast path"), "{}", fwd.ready_line);
+    let paths = format!("paths {} fast, {} fast", topo.f0, topo.f1);
+    assert!(fwd.ready_line.contains(&paths), "{}", fwd.ready_line);
     for (from, to) in [
         (&topo.client, IpAddr::V4(SERVER_V4)),
         (&topo.client, IpAddr::V6(SERVER_V6)),
@@ -39,4 +41,66 @@ fn fast_path_forwards_rewritten_frames_without_user_space() {
         done.stdout
     );
     assert_eq!(xdp_counter(&done.stdout, "fast_failed"), 0);
+}
+
+/// The path out of `iface` as `xdpfwd stats` reports it now: (path, reason).
+fn egress_path(ns: &str, iface: &str) -> (String, String) {
+    let doc = stats_json(ns);
+    let paths = doc["stats"]["egress_paths"].as_array().cloned().unwrap_or_default();
+    let e = paths.iter().find(|e| e["iface"] == iface).cloned().unwrap_or_default();
+    (e["path"].as_str().unwrap_or("").into(), e["reason"].as_str().unwrap_or("").into())
+}
+
+/// Counts of the XDP program's `name` counter, now.
+fn counter(ns: &str, name: &str) -> u64 {
+    stats_json(ns)["stats"]["xdp"][name].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn auto_takes_the_fast_path_out_of_an_egress_while_it_takes_redirected_frames() {
+    let topo = Topology::new("fa", false).unwrap();
+    // No flag: `auto`. The client's and server's veths have neither GRO nor XDP, so nothing
+    // redirected into f0 or f1 would arrive: both take the AF_XDP path.
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    let paths = format!("paths {} af_xdp, {} af_xdp", topo.f0, topo.f1);
+    assert!(fwd.ready_line.contains(&paths), "{}", fwd.ready_line);
+    let (path, reason) = egress_path(&topo.fwd, &topo.f1);
+    assert_eq!(path, "af_xdp");
+    assert!(reason.contains("takes no redirected frames"), "{reason}");
+    // Neighbours resolved first: frames waiting for one take the AF_XDP path whatever else.
+    assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 2));
+    assert!(topo.ping(&topo.client, IpAddr::V6(SERVER_V6), 2));
+    let n = 2_000;
+    udp_stream(&topo, &topo.client, &topo.server, &topo.s0, &topo.f1, IpAddr::V4(SERVER_V4), n);
+    assert_eq!(counter(&topo.fwd, "fast_forwarded"), 0);
+
+    // GRO on the server's end: f1 now takes redirected frames, and the fast path.
+    ns_sh(&topo.server, &["ethtool", "-K", &topo.s0, "gro", "on"]).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || egress_path(&topo.fwd, &topo.f1).0 == "fast"),
+        "f1 did not switch to the fast path: {:?}",
+        egress_path(&topo.fwd, &topo.f1)
+    );
+    assert_eq!(egress_path(&topo.fwd, &topo.f0).0, "af_xdp", "f0's peer did not change");
+    udp_stream(&topo, &topo.client, &topo.server, &topo.s0, &topo.f1, IpAddr::V4(SERVER_V4), n);
+    udp_stream(&topo, &topo.client, &topo.server, &topo.s0, &topo.f1, IpAddr::V6(SERVER_V6), n);
+    assert!(counter(&topo.fwd, "fast_forwarded") >= 2 * n);
+    // Replies leave through f0, whose peer still takes no redirected frames.
+    assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 3));
+
+    // GRO off again: back to AF_XDP, and nothing redirected into the void.
+    ns_sh(&topo.server, &["ethtool", "-K", &topo.s0, "gro", "off"]).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || egress_path(&topo.fwd, &topo.f1).0 == "af_xdp"),
+        "f1 did not return to the AF_XDP path"
+    );
+    let fast = counter(&topo.fwd, "fast_forwarded");
+    udp_stream(&topo, &topo.client, &topo.server, &topo.s0, &topo.f1, IpAddr::V4(SERVER_V4), n);
+    assert_eq!(counter(&topo.fwd, "fast_forwarded"), fast);
+    let done = fwd.stop().unwrap();
+    assert!(done.success);
+    assert_eq!(xdp_counter(&done.stdout, "fast_failed"), 0, "{}", done.stdout);
+    let report = format!("{} af_xdp (auto: the device takes no redirected frames", topo.f1);
+    assert!(done.stdout.contains(&report), "{}", done.stdout);
 }

@@ -6,7 +6,8 @@
 use std::{net::IpAddr, time::Duration};
 
 use xdpfwd_tests::{
-    Forwarder, SERVER_V4, SERVER_V6, Topology, ns_sh, run_to_exit, wait_for, xdp_counter,
+    Forwarder, SERVER_V4, SERVER_V6, Topology, ns_sh, run_to_exit, stats_json, wait_for,
+    xdp_counter,
 };
 
 /// Runs `nft CMD` in `ns`.
@@ -19,12 +20,6 @@ fn drop_v4_to_server(ns: &str) {
     nft(ns, "add table inet nfx");
     nft(ns, "add chain inet nfx fwdchain { type filter hook forward priority 0; policy accept; }");
     nft(ns, &format!("add rule inet nfx fwdchain ip daddr {SERVER_V4} drop"));
-}
-
-fn stats_json(ns: &str) -> serde_json::Value {
-    let out = run_to_exit(ns, &[], &["stats", "--json", "--count", "1"]).unwrap();
-    assert!(out.success, "{out:?}");
-    serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap()
 }
 
 #[test]

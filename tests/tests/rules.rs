@@ -10,7 +10,7 @@ use std::{
 
 use xdpfwd_tests::{
     FWD_V4_A, FWD_V6_A, Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns, run_to_exit,
-    xdp_counter,
+    stats_json, xdp_counter,
 };
 
 fn write_config(topo: &Topology, name: &str, body: &str) -> PathBuf {
@@ -60,6 +60,7 @@ fn rules_actions_matches_order_and_default() {
         &format!(
             r#"[defaults]
 unmatched = "drop"
+path = "fast"
 
 [[rule]]
 proto = "udp"
@@ -80,6 +81,11 @@ action = "kernel"
 proto = "udp"
 dst_port = 9004
 action = "fast"
+
+[[rule]]
+proto = "udp"
+dst_port = 9005
+action = "af_xdp"
 
 [[rule]]
 in = "{f0}"
@@ -112,6 +118,8 @@ action = "forward"
         &["--config", &config.to_string_lossy(), "--stats-interval", "0"],
     )
     .unwrap();
+    let paths = format!("paths {} fast, {} fast", topo.f0, topo.f1);
+    assert!(fwd.ready_line.contains(&paths), "the config's path: {}", fwd.ready_line);
     let v4 = IpAddr::V4(SERVER_V4);
     assert!(topo.ping(&topo.client, v4, 2), "icmp rule");
     assert!(topo.ping(&topo.client, IpAddr::V6(SERVER_V6), 2), "IPv6 prefix rules");
@@ -120,6 +128,14 @@ action = "forward"
     assert!(delivered(&topo, v4, 4000, 9002), "forward range");
     assert!(!delivered(&topo, v4, 4000, 9003), "kernel (its forwarding is off)");
     assert!(delivered(&topo, v4, 4000, 9004), "fast");
+    // Everything else takes the fast path (`path = "fast"`); this rule's frames AF_XDP.
+    let steered = || stats_json(&topo.fwd)["stats"]["xdp"]["steered"].as_u64().unwrap_or(0);
+    let before = steered();
+    assert!(delivered(&topo, v4, 4000, 9005), "af_xdp");
+    assert_eq!(steered(), before + 1, "the af_xdp rule's datagram went to the AF_XDP path");
+    let before = steered();
+    assert!(delivered(&topo, v4, 4000, 9000), "forward");
+    assert_eq!(steered(), before, "plain forwarding took the configured fast path");
     assert!(delivered(&topo, v4, 5555, 9100), "in + src_port");
     assert!(!delivered(&topo, v4, 4001, 9100), "unmatched: drop");
     assert!(delivered(&topo, IpAddr::V6(SERVER_V6), 4000, 9100), "IPv6 prefixes, any protocol");

@@ -19,7 +19,8 @@ use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, XDP_META_MAX, map_names, max_frame_f
 use crate::{
     capture::{self, tap::Drain},
     config::{self, Config},
-    control::{Control, Maps, Tuning},
+    control::{Control, Inputs, Maps, Tuning},
+    egress_path::{DefaultPath, features},
     icmp,
     iface::{self, Iface},
     loader::{self, ModeArg},
@@ -68,9 +69,11 @@ pub struct RunArgs {
     pub batch: usize,
     /// Path of plain L3 forwarding: through AF_XDP sockets and user space, or the in-kernel
     /// fast path (the same rewrite in the XDP program, then XDP_REDIRECT to the egress
-    /// device; on veth the egress peer needs an XDP program or GRO).
-    #[arg(long, value_enum, default_value_t = DefaultPath::AfXdp)]
-    pub default_path: DefaultPath,
+    /// device; on veth the egress peer needs an XDP program or GRO). `auto` (the default,
+    /// unless the config's `[defaults] path` says otherwise): per egress, the fast path where
+    /// the sockets run in copy mode and the device takes redirected frames, else AF_XDP.
+    #[arg(long, value_enum)]
+    pub default_path: Option<DefaultPath>,
     /// CPUs to pin the workers to, in order (e.g. `--cpus 2,3`); default: not pinned.
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
@@ -99,14 +102,6 @@ pub struct RunArgs {
     pub max_routes_v6: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DefaultPath {
-    /// AF_XDP sockets; user space rewrites and transmits.
-    AfXdp,
-    /// In-kernel fast path (XDP rewrite + DEVMAP redirect).
-    Fast,
-}
-
 /// `xdpfwd run`, step by step: plan, attach, take the maps, open the sockets, start the
 /// control plane, the workers and the reporters, supervise until a signal or a failure, shut
 /// down.
@@ -126,18 +121,15 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let sockets = open_sockets(&ifaces, &plan.xsk, &args, &mut maps.xsks)?;
     let copy_mode = if sockets.zero_copy { "zero-copy" } else { "copy" };
     let shared = Arc::new(Shared::default());
-    let fast = args.default_path == DefaultPath::Fast;
+    let path = (args.default_path, sockets.zero_copy);
     let control =
-        start_control(maps.control, &ifaces, &plan, (fast, args.netlink_buffer), &shared)?;
+        start_control(maps.control, &ifaces, &plan, (path, args.netlink_buffer), &shared)?;
     let Workers { threads, views, accounts, icmp: icmp_thread, drains } =
         start_workers(sockets, &args, &plan.xsk, &shared, &control.resolve)?;
 
     // Signals, stats and metrics before "ready": whoever reads it may use them at once.
     let signals = Signals::register()?;
-    let mut attach = modes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-    if fast {
-        attach.push_str(" | fast path");
-    }
+    let attach = modes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let source = Arc::new(StatsSource {
         ports: views,
         workers: accounts,
@@ -155,7 +147,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         switch: shared.capture.clone(),
     };
     let reporters = Reporters::start(&args, &source, capture)?;
-    announce(&ifaces, &modes, &attach, copy_mode, threads.len());
+    announce(&ifaces, &modes, &attach, copy_mode, threads.len(), &shared);
     let mut reload =
         Reloader { path: args.config.clone(), settings: plan.settings, maps: maps.policy };
     let failed =
@@ -376,6 +368,8 @@ fn open_sockets(
 struct ControlPlane {
     thread: thread::JoinHandle<anyhow::Result<()>>,
     nexthop_thread: thread::JoinHandle<()>,
+    /// None where the kernel does not report XDP features.
+    features_thread: Option<thread::JoinHandle<()>>,
     resolve: tokio::sync::mpsc::UnboundedSender<Resolve>,
     policy: tokio::sync::mpsc::UnboundedSender<ControlPolicy>,
 }
@@ -390,6 +384,9 @@ impl ControlPlane {
         if self.nexthop_thread.join().is_err() {
             panicked.push("xdpfwd-nexthops".into());
         }
+        if self.features_thread.is_some_and(|t| t.join().is_err()) {
+            panicked.push("xdpfwd-features".into());
+        }
         result
     }
 }
@@ -399,7 +396,7 @@ fn start_control(
     (maps, nexthops, policy): (Maps, Nexthops, ControlPolicy),
     ifaces: &[Arc<Iface>],
     plan: &Plan,
-    (fast_path, netlink_buffer): (bool, u32),
+    ((path_flag, zero_copy), netlink_buffer): ((Option<DefaultPath>, bool), u32),
     shared: &Arc<Shared>,
 ) -> anyhow::Result<ControlPlane> {
     let (resolve_tx, resolve_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -407,26 +404,40 @@ fn start_control(
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let max_frame = (plan.xsk.max_frame_len() as usize - xdpfwd_common::META_LEN) as u16;
     let redump = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = {
+        let shared = shared.clone();
+        move || shared.stop.load(Relaxed)
+    };
+    let (features_tx, features_rx) = tokio::sync::mpsc::unbounded_channel();
+    let features_thread = features::spawn_watcher(stopping.clone(), features_tx)?;
     let control = Control::new(
         maps,
         ifaces.iter().map(|i| (**i).clone()).collect(),
-        Tuning { fast_path, max_frame, netlink_buffer },
+        Tuning {
+            path_flag,
+            zero_copy,
+            reports_features: features_thread.is_some(),
+            max_frame,
+            netlink_buffer,
+        },
         shared.clone(),
         policy,
         nexthops,
         redump.clone(),
     );
     let (nh_tx, nh_rx) = tokio::sync::mpsc::unbounded_channel();
-    let stopping = {
-        let shared = shared.clone();
-        move || shared.stop.load(Relaxed)
-    };
     let nexthop_thread = nexthop::spawn_reader(stopping, nh_tx, netlink_buffer, redump)?;
+    let inputs = Inputs {
+        resolve: resolve_rx,
+        policies: policy_rx,
+        nh_events: nh_rx,
+        features: features_rx,
+    };
     let thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
         let shared = shared.clone();
         move || -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let result = runtime.block_on(control.run(resolve_rx, policy_rx, nh_rx, ready_tx));
+            let result = runtime.block_on(control.run(inputs, ready_tx));
             if result.is_err() {
                 shared.stop.store(true, Relaxed);
             }
@@ -440,7 +451,13 @@ fn start_control(
             bail!("control plane did not sync with the kernel within {} s", CONTROL_READY.as_secs())
         }
     }
-    Ok(ControlPlane { thread, nexthop_thread, resolve: resolve_tx, policy: policy_tx })
+    Ok(ControlPlane {
+        thread,
+        nexthop_thread,
+        features_thread,
+        resolve: resolve_tx,
+        policy: policy_tx,
+    })
 }
 
 /// The worker threads (each returns its sockets when it stops) and what the reports read.
@@ -525,7 +542,14 @@ fn announce(
     attach: &str,
     copy_mode: &str,
     workers: usize,
+    shared: &Shared,
 ) {
+    let paths = shared.egress_paths.read().map(|p| p.clone()).unwrap_or_default();
+    for (name, path) in &paths {
+        println!("xdpfwd: out of {name}: {} path ({})", path.path.name(), path.reason);
+    }
+    let paths: Vec<String> =
+        paths.iter().map(|(name, path)| format!("{name} {}", path.path.name())).collect();
     let names: Vec<_> = ifaces
         .iter()
         .zip(modes)
@@ -536,8 +560,9 @@ fn announce(
         names.join(", ")
     );
     println!(
-        "xdpfwd: ready: {} | attach {attach} | {copy_mode} mode | {workers} worker(s)",
+        "xdpfwd: ready: {} | attach {attach} | {copy_mode} mode | {workers} worker(s) | paths {}",
         ifaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(" "),
+        paths.join(", "),
     );
 }
 

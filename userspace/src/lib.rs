@@ -8,6 +8,7 @@ pub mod alloc_count;
 pub mod capture;
 pub mod config;
 pub mod control;
+pub mod egress_path;
 pub mod fib_rules;
 pub mod forwarder;
 pub mod hold;

@@ -62,6 +62,17 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
     for (iface, mode) in &snap.attach {
         attach.get_or_create(&labels(&[("iface", iface), ("mode", mode)])).set(1);
     }
+    let egress = Family::<Labels, Gauge>::default();
+    registry.register(
+        "egress_path",
+        "The path plain forwarding takes out of a managed interface now, and why (value 1)",
+        egress.clone(),
+    );
+    for e in &snap.egress_paths {
+        egress
+            .get_or_create(&labels(&[("iface", &e.iface), ("path", &e.path), ("reason", &e.cause)]))
+            .set(1);
+    }
 
     let rx_p =
         counter_family(&mut registry, "rx_packets", "Frames received on an AF_XDP socket", None);

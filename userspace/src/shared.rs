@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, RwLock, atomic::AtomicBool},
 };
 
-use crate::{capture, icmp, snapshot::TableFigures};
+use crate::{capture, egress_path::EgressPath, icmp, snapshot::TableFigures};
 
 /// A request to the control plane: make the kernel resolve `addr` on `ifindex`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct Shared {
     pub icmp: Arc<icmp::Counters>,
     /// The mirrored tables' sizes, as the control plane last published them.
     pub tables: RwLock<TableFigures>,
+    /// The path plain forwarding takes out of each managed interface, and why, by name.
+    pub egress_paths: RwLock<Vec<(String, EgressPath)>>,
     /// What running captures want of the workers.
     pub capture: Arc<capture::Switch>,
 }

@@ -154,6 +154,21 @@ pub struct Snapshot {
     pub rewrites: Vec<HitFigure>,
     /// Times each fallback to the kernel (a notice's cause) began since start.
     pub fallbacks: BTreeMap<String, u64>,
+    /// The path plain forwarding takes out of each interface now, and why.
+    pub egress_paths: Vec<EgressFigure>,
+}
+
+/// The path plain forwarding takes out of one interface ([`crate::egress_path`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EgressFigure {
+    pub iface: String,
+    /// "fast" or "af_xdp".
+    pub path: String,
+    /// Why, in words.
+    pub reason: String,
+    /// Why, as a metrics label.
+    pub cause: String,
 }
 
 /// Where the frames the XDP program saw went, by path (from its verdict counters).
@@ -269,6 +284,14 @@ impl Snapshot {
                 p.kernel.tx_invalid_descs,
                 p.kernel.tx_ring_empty_descs,
             );
+        }
+        if !self.egress_paths.is_empty() {
+            let each: Vec<String> = self
+                .egress_paths
+                .iter()
+                .map(|e| format!("{} {} ({})", e.iface, e.path, e.reason))
+                .collect();
+            let _ = writeln!(out, "  out of: {}", each.join("; "));
         }
         let paths = self.paths();
         let _ = writeln!(
@@ -448,6 +471,22 @@ impl StatsSource {
                 .fallbacks
                 .read()
                 .map(|n| n.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect())
+                .unwrap_or_default(),
+            egress_paths: self
+                .shared
+                .egress_paths
+                .read()
+                .map(|paths| {
+                    paths
+                        .iter()
+                        .map(|(iface, e)| EgressFigure {
+                            iface: iface.clone(),
+                            path: e.path.name().to_owned(),
+                            reason: e.reason.to_string(),
+                            cause: e.reason.label().to_owned(),
+                        })
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }

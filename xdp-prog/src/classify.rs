@@ -243,7 +243,7 @@ fn routed(
     // SAFETY: a per-CPU slot only this CPU uses while this program runs.
     let flow = unsafe { &mut *slot };
     *flow = Flow::new(at, packet, addrs, label, ports);
-    let (fast, nat) = match policy_stage(flow, packet) {
+    let (path, nat) = match policy_stage(flow, packet) {
         Ok(decided) => decided,
         // Steering rules are for transit traffic: the router's own addresses stay reachable.
         Err(Counter::DropRule) if to_local(flow) => return Err(Counter::PassRoute),
@@ -271,7 +271,8 @@ fn routed(
             flow.dst = words(&dst);
         }
     }
-    route(ctx, at, flow, packet, (fast, nat), steer)
+    flow.path = path as u8;
+    route(ctx, at, flow, packet, nat, steer)
 }
 
 /// The L4 header a rewrite touches lies in the frame, so that applying it cannot fail.

@@ -81,6 +81,8 @@ pub struct Flow {
     pub flags: FlowFlags,
     /// The DS field: IPv4 TOS byte, IPv6 traffic class.
     pub ds: u8,
+    /// The path a steering rule chose (`policy::PathChoice` as its `u8`), once decided.
+    pub path: u8,
 }
 
 bitflags::bitflags! {
@@ -121,6 +123,7 @@ impl Flow {
             proto: packet.proto,
             flags,
             ds: packet.ds,
+            path: 0,
         }
     }
 

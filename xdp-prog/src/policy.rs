@@ -5,7 +5,9 @@
 //! [`rule_matches`] also serves the kernel's policy rules (`route`).
 
 use aya_ebpf::{maps::PerCpuArray, programs::XdpContext};
-use xdpfwd_common::{Action, Counter, MAX_NATS, MAX_RULES, Policy, Rule, RuleFields};
+use xdpfwd_common::{
+    Action, Counter, IfaceFlags, IfaceInfo, MAX_NATS, MAX_RULES, Policy, Rule, RuleFields,
+};
 
 use crate::{
     decision::{Flow, FlowFlags, NO_NAT, Packet},
@@ -39,7 +41,7 @@ pub fn l4_ports(ctx: &XdpContext, packet: &Packet) -> Option<(u16, u16)> {
 /// the fast path) and the first matching NAT rewrite is returned. With no rules and no
 /// rewrites (the common case) it reads the policy word and nothing else.
 #[inline(always)]
-pub fn policy_stage(flow: &Flow, packet: &Packet) -> Result<(bool, u32), Counter> {
+pub fn policy_stage(flow: &Flow, packet: &Packet) -> Result<(PathChoice, u32), Counter> {
     let policy = policy();
     if policy.rules | policy.nats == 0 {
         return Ok((verdict(policy.default)?, NO_NAT));
@@ -49,19 +51,46 @@ pub fn policy_stage(flow: &Flow, packet: &Packet) -> Result<(bool, u32), Counter
     } else {
         Action::from_u32(xdpfwd_rules(flow, policy.encode()))
     };
-    let fast = verdict(action)?;
-    Ok((fast, nat_for(flow, &policy, packet.unfragmented)?))
+    let path = verdict(action)?;
+    Ok((path, nat_for(flow, &policy, packet.unfragmented)?))
+}
+
+/// The path a rule chose for a frame it forwards.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PathChoice {
+    /// The egress's default (`IfaceFlags::FAST_PATH`).
+    Default,
+    Fast,
+    AfXdp,
+}
+
+impl PathChoice {
+    /// Whether a frame of `flow` takes the fast path out of `out`. The choice is read back
+    /// from the per-CPU flow (not carried in a register), so the verifier walks what follows
+    /// the policy once rather than once per possible choice.
+    #[inline(always)]
+    pub fn fast(flow: &Flow, out: &IfaceInfo) -> bool {
+        // SAFETY: a field of a valid reference.
+        let choice = unsafe { core::ptr::read_volatile(&flow.path) };
+        if choice == PathChoice::Default as u8 {
+            out.flags.contains(IfaceFlags::FAST_PATH)
+        } else {
+            choice == PathChoice::Fast as u8
+        }
+    }
 }
 
 /// A rule action as the stage's result: `Err` to pass (`PassRule`) or drop (`DropRule`),
-/// `Ok(true)` to take the fast path, `Ok(false)` to forward as usual.
+/// else the path to forward on.
 #[inline(always)]
-fn verdict(action: Action) -> Result<bool, Counter> {
+fn verdict(action: Action) -> Result<PathChoice, Counter> {
     match action {
         Action::Kernel => Err(Counter::PassRule),
         Action::Drop => Err(Counter::DropRule),
-        Action::Fast => Ok(true),
-        Action::Forward => Ok(false),
+        Action::Fast => Ok(PathChoice::Fast),
+        Action::AfXdp => Ok(PathChoice::AfXdp),
+        Action::Forward => Ok(PathChoice::Default),
     }
 }
 

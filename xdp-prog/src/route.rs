@@ -20,7 +20,7 @@ use crate::{
         FIB_CTL, FIB_RESULT, FIB_RULES, FLOW, NEIGH_V4, NEIGH_V6, NH_BUCKETS, NH_GROUPS, NH_SLOTS,
         ROUTES_V4, ROUTES_V6,
     },
-    policy::rule_matches,
+    policy::{PathChoice, rule_matches},
     vlan::egress_vlan,
     wire::{bytes, extension_header},
 };
@@ -43,7 +43,7 @@ pub fn route(
     at: &Ingress,
     flow: &Flow,
     packet: &Packet,
-    (fast, nat): (bool, u32),
+    nat: u32,
     steer: &mut Steer,
 ) -> Result<(), Counter> {
     let v6 = flow.v6();
@@ -88,7 +88,7 @@ pub fn route(
         return too_big(at, packet, nat, (route_mtu, out.mtu), steer);
     }
     let vlan = egress_vlan(ctx, at, route_vlan, out)?;
-    let fast = fast || out.flags.contains(IfaceFlags::FAST_PATH);
+    let fast = PathChoice::fast(flow, out);
     *steer = Steer {
         meta: XskMeta {
             oif,

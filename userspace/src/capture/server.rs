@@ -273,10 +273,8 @@ impl Server {
         for (ifindex, _) in &self.parts.interfaces {
             let result = match per_iface.get(ifindex) {
                 Some(f) => self.parts.maps.ifaces.insert(ifindex, f.bits(), 0),
-                None => match self.parts.maps.ifaces.remove(ifindex) {
-                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                    other => other,
-                },
+                // aya reports a missing key as the syscall's ENOENT.
+                None => crate::control::ignore_missing(self.parts.maps.ifaces.remove(ifindex)),
             };
             if let Err(err) = result {
                 tracing::warn!("capture: CAPTURE_IFACES: {err}");

@@ -26,6 +26,7 @@ pub(super) struct File {
 pub(super) struct Defaults {
     pub unmatched: Option<Spanned<String>>,
     pub netfilter: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

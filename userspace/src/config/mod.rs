@@ -9,7 +9,8 @@
 //!
 //! ```toml
 //! [defaults]
-//! unmatched = "forward"      # forward | kernel | drop | fast
+//! unmatched = "forward"      # forward | kernel | drop | fast | af_xdp
+//! path = "auto"              # auto | af_xdp | fast: the path of plain forwarding
 //!
 //! [[interface]]
 //! name = "r0"
@@ -23,7 +24,7 @@
 //! proto = "udp"              # tcp | udp | icmp | icmpv6 | a number
 //! dst = "198.19.0.0/24"
 //! dst_port = "9000-9100"     # or 9000
-//! action = "fast"            # forward | kernel | drop | fast
+//! action = "fast"            # forward | kernel | drop | fast | af_xdp
 //!
 //! [[route]]
 //! dst = "198.51.100.0/24"
@@ -47,7 +48,7 @@ use std::{fmt, net::IpAddr, path::Path};
 use ipnet::IpNet;
 use xdpfwd_common::Action;
 
-use crate::{loader::ModeArg, netfilter::NetfilterMode};
+use crate::{egress_path::DefaultPath, loader::ModeArg, netfilter::NetfilterMode};
 
 /// A configuration error, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +152,8 @@ pub struct Config {
     pub unmatched: Action,
     /// What to do while netfilter hooks see forwarded traffic (`defer` unless set).
     pub netfilter: NetfilterMode,
+    /// The path of plain forwarding (`--default-path` overrides it; `auto` if neither).
+    pub path: Option<DefaultPath>,
     pub routes: Vec<RouteSpec>,
     pub xconnects: Vec<XconnectSpec>,
     pub rewrites: Vec<RewriteSpec>,
@@ -185,11 +188,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let interfaces = validate::interfaces(&loc, &parsed.interface)?;
     let unmatched = validate::unmatched(&loc, &parsed.defaults)?;
     let netfilter = validate::netfilter(&loc, &parsed.defaults)?;
+    let path = validate::path(&loc, &parsed.defaults)?;
     let xconnects = validate::xconnects(&loc, &parsed.xconnect, &interfaces)?;
     let rules = validate::rules(&loc, &parsed.rule, &interfaces, &xconnects)?;
     let routes = validate::routes(&loc, &parsed.route, &interfaces, &xconnects)?;
     let rewrites = validate::rewrites(&loc, &parsed.rewrite, &interfaces, &xconnects)?;
-    Ok(Config { interfaces, rules, unmatched, netfilter, routes, xconnects, rewrites })
+    Ok(Config { interfaces, rules, unmatched, netfilter, path, routes, xconnects, rewrites })
 }
 
 #[cfg(test)]
@@ -232,6 +236,16 @@ mod tests {
         assert_eq!((e.line, e.field.as_str()), (2, "defaults.unmatched"), "{e}");
         let e = err("[[rule]\n");
         assert_eq!(e.line, 1, "syntax errors are located: {e}");
+    }
+
+    #[test]
+    fn the_default_path_and_the_af_xdp_action_are_read() {
+        let c = parse("f.toml", "[defaults]\npath = \"af_xdp\"\nunmatched = \"af_xdp\"\n").unwrap();
+        assert_eq!((c.path, c.unmatched), (Some(DefaultPath::AfXdp), Action::AfXdp));
+        assert_eq!(parse("f.toml", "").unwrap().path, None, "unset: the command line's, or auto");
+        let e = err("[defaults]\npath = \"kernel\"\n");
+        assert_eq!((e.line, e.field.as_str()), (2, "defaults.path"), "{e}");
+        assert!(e.message.contains("auto, af_xdp or fast"), "{e}");
     }
 
     #[test]

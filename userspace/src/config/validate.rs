@@ -12,7 +12,7 @@ use super::{
     ConfigError, InterfaceSpec, MatchSpec, RewriteSpec, RouteSpec, RuleSpec, XconnectSpec,
     file::{Defaults, InterfaceCfg, MatchCfg, RewriteCfg, RouteCfg, RuleCfg, XconnectCfg},
 };
-use crate::{loader::ModeArg, netfilter::NetfilterMode};
+use crate::{egress_path::DefaultPath, loader::ModeArg, netfilter::NetfilterMode};
 
 /// Builds located errors for one file.
 pub(super) struct Locator<'a> {
@@ -67,7 +67,10 @@ impl Locator<'_> {
             self.at(
                 v.span(),
                 field,
-                format!("unknown action {:?}: expected forward, kernel, drop or fast", v.get_ref()),
+                format!(
+                    "unknown action {:?}: expected forward, kernel, drop, fast or af_xdp",
+                    v.get_ref()
+                ),
             )
         })
     }
@@ -233,6 +236,24 @@ pub(super) fn netfilter(loc: &Locator, defaults: &Defaults) -> Result<NetfilterM
         }),
         None => Ok(NetfilterMode::Defer),
     }
+}
+
+/// `[defaults]`: the path of plain forwarding (`None`: not set, `auto` unless the command
+/// line says otherwise).
+pub(super) fn path(loc: &Locator, defaults: &Defaults) -> Result<Option<DefaultPath>, ConfigError> {
+    defaults
+        .path
+        .as_ref()
+        .map(|v| {
+            DefaultPath::from_name(v.get_ref()).ok_or_else(|| {
+                loc.at(
+                    v.span(),
+                    "defaults.path",
+                    format!("unknown path {:?}: expected auto, af_xdp or fast", v.get_ref()),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// `[[xconnect]]`: pairs of configured interfaces, each in one pair at most.

@@ -51,6 +51,7 @@ use xdpfwd_common::{
 };
 
 use crate::{
+    egress_path::{self, DefaultPath, EgressPath, Path, features::FeatureEvent},
     fib_rules::{FibRuleSpec, FibRules},
     iface::{self, Iface},
     netfilter::Hooks,
@@ -84,6 +85,8 @@ const NH_BATCH: usize = 4096;
 const REREAD_DELAY: Duration = Duration::from_millis(100);
 /// How often the forwarding sysctls are read.
 const SYSCTL_POLL: Duration = Duration::from_millis(500);
+/// How long the start waits for the kernel's report of the devices' XDP features.
+const FIRST_FEATURES: Duration = Duration::from_secs(2);
 /// How often stale neighbours are re-confirmed.
 const STALE_REFRESH: Duration = Duration::from_secs(5);
 /// Least time between two resolution requests for one next hop (workers repeat theirs every
@@ -110,8 +113,12 @@ struct Fib {
 /// How the control plane sets up what it writes and reads.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
-    /// Plain L3 forwarding takes the in-kernel fast path.
-    pub fast_path: bool,
+    /// `--default-path`, which overrides the configuration's.
+    pub path_flag: Option<DefaultPath>,
+    /// The AF_XDP sockets are bound zero-copy.
+    pub zero_copy: bool,
+    /// The kernel reports the devices' XDP features (a watcher sends them).
+    pub reports_features: bool,
     /// Longest frame the sockets receive whole (`IfaceInfo::max_frame`).
     pub max_frame: u16,
     /// Receive buffer of the netlink sockets, in bytes.
@@ -167,6 +174,22 @@ pub struct Control {
     /// Per family: the `local` table's host routes are also written under `main`, and the
     /// rule walk skips the `local` lookup (see [`Control::update_merge`]).
     merged: [bool; 2],
+    /// Each device's XDP features as the kernel last reported them, by ifindex; `None`: the
+    /// kernel does not report them.
+    xdp_features: Option<HashMap<u32, u64>>,
+    /// The path out of each managed interface, as last written.
+    paths: Vec<Option<EgressPath>>,
+}
+
+/// What the control plane hears from the rest of xdpfwd.
+pub struct Inputs {
+    /// Next hops workers wait for.
+    pub resolve: UnboundedReceiver<Resolve>,
+    /// A reload's settings.
+    pub policies: UnboundedReceiver<ControlPolicy>,
+    pub nh_events: UnboundedReceiver<NhEvent>,
+    /// Devices' XDP features (closed at once where the kernel does not report them).
+    pub features: UnboundedReceiver<FeatureEvent>,
 }
 
 impl Control {
@@ -180,6 +203,8 @@ impl Control {
         redump: Arc<AtomicBool>,
     ) -> Self {
         Self {
+            xdp_features: tuning.reports_features.then(HashMap::new),
+            paths: vec![None; ifaces.len()],
             redump,
             link_up: HashMap::new(),
             maps,
@@ -214,11 +239,10 @@ impl Control {
     /// error when a managed interface disappears or netlink fails.
     pub async fn run(
         mut self,
-        mut resolve: UnboundedReceiver<Resolve>,
-        mut policies: UnboundedReceiver<ControlPolicy>,
-        mut nh_events: UnboundedReceiver<NhEvent>,
+        inputs: Inputs,
         ready: SyncSender<Result<(), String>>,
     ) -> anyhow::Result<()> {
+        let Inputs { mut resolve, mut policies, mut nh_events, mut features } = inputs;
         let groups = [
             MulticastGroup::Link,
             MulticastGroup::Neigh,
@@ -245,7 +269,7 @@ impl Control {
             rtnetlink::new_connection().context("opening the rtnetlink request socket")?;
         tokio::spawn(conn);
 
-        if let Err(err) = self.initial_sync(&handle, &mut nh_events).await {
+        if let Err(err) = self.initial_sync(&handle, &mut nh_events, &mut features).await {
             let _ = ready.send(Err(format!("{err:#}")));
             return Err(err);
         }
@@ -261,6 +285,7 @@ impl Control {
                 },
                 Some(req) = resolve.recv() => self.resolve(&mut handle, req).await,
                 Some(policy) = policies.recv() => self.set_policy(policy),
+                Some(event) = features.recv() => self.on_features(event),
                 event = nh_events.recv() => match event {
                     Some(event) => {
                         // What queued with it too, then the resilient groups whose buckets
@@ -310,6 +335,7 @@ impl Control {
         &mut self,
         handle: &Handle,
         nh_events: &mut UnboundedReceiver<NhEvent>,
+        features: &mut UnboundedReceiver<FeatureEvent>,
     ) -> anyhow::Result<()> {
         let mut links = handle.link().get().execute();
         while let Some(link) = links.try_next().await.context("dumping links")? {
@@ -317,6 +343,7 @@ impl Control {
             self.on_link(&link);
         }
         self.poll_forwarding();
+        self.first_features(features).await;
         for i in 0..self.ifaces.len() {
             let info = self.info(i);
             self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0).with_context(|| {
@@ -548,6 +575,71 @@ impl Control {
         self.reread_at.get_or_insert(tokio::time::Instant::now() + REREAD_DELAY);
     }
 
+    /// Waits (2 s at most) for the kernel's first report of every device's XDP features.
+    async fn first_features(&mut self, features: &mut UnboundedReceiver<FeatureEvent>) {
+        if self.xdp_features.is_none() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + FIRST_FEATURES;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, features.recv()).await {
+            if event == FeatureEvent::Synced {
+                return;
+            }
+            self.on_features(event);
+        }
+        tracing::warn!("no report of the devices' XDP features within 2 s");
+    }
+
+    /// The path plain forwarding takes out of managed interface `i` now.
+    fn egress_path(&self, i: usize) -> EgressPath {
+        let setting = self.tuning.path_flag.or(self.policy.path).unwrap_or_default();
+        let features = self
+            .xdp_features
+            .as_ref()
+            .map(|f| f.get(&self.ifaces[i].ifindex).copied().unwrap_or(0));
+        egress_path::choose(setting, self.tuning.zero_copy, features)
+    }
+
+    /// A device's XDP features changed: the paths out of managed interfaces follow.
+    fn on_features(&mut self, event: FeatureEvent) {
+        if let (FeatureEvent::Device { ifindex, xdp }, Some(known)) =
+            (event, self.xdp_features.as_mut())
+        {
+            known.insert(ifindex, xdp);
+            if let Some(i) = self.ifaces.iter().position(|i| i.ifindex == ifindex)
+                && self.paths[i].is_some()
+                && self.paths[i] != Some(self.egress_path(i))
+            {
+                let info = self.info(i);
+                if let Err(err) = self.maps.ifaces.insert(ifindex, info, 0) {
+                    tracing::warn!(%err, "updating the IFACES map failed");
+                }
+            }
+        }
+    }
+
+    /// Notes that `info` was written for interface `i`: logs and publishes a new path.
+    fn wrote_path(&mut self, i: usize, path: EgressPath) {
+        if self.paths[i] == Some(path) {
+            return;
+        }
+        self.paths[i] = Some(path);
+        tracing::info!(
+            interface = %self.ifaces[i].name,
+            path = path.path.name(),
+            reason = %path.reason,
+            "plain forwarding out of the interface"
+        );
+        if let Ok(mut paths) = self.shared.egress_paths.write() {
+            *paths = self
+                .ifaces
+                .iter()
+                .zip(&self.paths)
+                .filter_map(|(iface, p)| p.map(|p| (iface.name.clone(), p)))
+                .collect();
+        }
+    }
+
     /// A reload's interface settings and static routes.
     fn set_policy(&mut self, policy: ControlPolicy) {
         let netfilter_changed = policy.netfilter != self.policy.netfilter;
@@ -567,7 +659,9 @@ impl Control {
 
 impl Control {
     /// The `IFACES` map value of managed interface `i`.
-    fn info(&self, i: usize) -> IfaceInfo {
+    fn info(&mut self, i: usize) -> IfaceInfo {
+        let path = self.egress_path(i);
+        self.wrote_path(i, path);
         let iface = &self.ifaces[i];
         let sysctls = self.forwarding.get(&iface.ifindex).copied().unwrap_or_default();
         let opts = self.policy.ifaces.get(&iface.ifindex).copied().unwrap_or_default();
@@ -577,7 +671,7 @@ impl Control {
         flags.set(IfaceFlags::KERNEL_FWD_V6, sysctls.v6);
         flags.set(IfaceFlags::RP_STRICT, sysctls.rp_filter == 1);
         flags.set(IfaceFlags::RP_LOOSE, sysctls.rp_filter >= 2);
-        flags.set(IfaceFlags::FAST_PATH, self.tuning.fast_path);
+        flags.set(IfaceFlags::FAST_PATH, path.path == Path::Fast);
         flags.set(IfaceFlags::VLAN_POP, opts.vlan_pop);
         flags.set(IfaceFlags::XCONNECT, opts.peer != 0);
         flags.set(IfaceFlags::PEER_MAC, opts.peer_mac.is_some());
@@ -610,7 +704,10 @@ fn notice(shared: &Shared, cause: &'static str, text: Option<String>) {
     }
 }
 
-fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+/// A map deletion's result, with "no such key" (however aya reports it) as success.
+pub(crate) fn ignore_missing(
+    result: Result<(), aya::maps::MapError>,
+) -> Result<(), aya::maps::MapError> {
     match result {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e))

@@ -11,7 +11,7 @@ use aya::maps::{Array, MapData};
 use ipnet::IpNet;
 use xdpfwd_common::{MAX_NATS, MAX_RULES, Nat, Policy, Rule, map_names};
 
-use crate::{config::Config, iface::Iface, netfilter::NetfilterMode};
+use crate::{config::Config, egress_path::DefaultPath, iface::Iface, netfilter::NetfilterMode};
 
 mod compile;
 mod hits;
@@ -53,6 +53,8 @@ pub struct ControlPolicy {
     pub routes: Vec<StaticRoute>,
     /// What to do while netfilter hooks see forwarded traffic.
     pub netfilter: NetfilterMode,
+    /// The configuration's path of plain forwarding, if it names one.
+    pub path: Option<DefaultPath>,
 }
 
 fn ifindex_of(ifaces: &[Iface], name: &str) -> anyhow::Result<u32> {
@@ -97,7 +99,7 @@ impl ControlPolicy {
                 vlan: r.vlan.unwrap_or(0),
             });
         }
-        Ok(Self { ifaces: opts, routes, netfilter: config.netfilter })
+        Ok(Self { ifaces: opts, routes, netfilter: config.netfilter, path: config.path })
     }
 }
 
