@@ -1,7 +1,7 @@
 //! Load for benchmarks and load tests, from the XDP programs in `xdp-prog/src/bench.rs`:
 //! a generator that makes the kernel transmit millions of frames per second
-//! (`BPF_PROG_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`), a counting sink, and a bare
-//! `XDP_REDIRECT` forwarder.
+//! (`BPF_PROG_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`), a counting sink, a bare
+//! `XDP_REDIRECT` forwarder and an xdp-forward-style router.
 
 use std::{
     fs::File,
@@ -92,11 +92,36 @@ pub struct Generator {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     thread: Option<thread::JoinHandle<anyhow::Result<()>>>,
+    /// The sending thread, for the signal that ends its call (steady generators).
+    thread_id: libc::pthread_t,
+}
+
+/// Ends a steady generator's `BPF_PROG_RUN` call: the kernel checks for a pending signal
+/// between batches and returns `EINTR`.
+const STOP_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+/// Makes [`STOP_SIGNAL`] interrupt rather than kill (once per process).
+fn catch_stop_signal() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn nothing(_: libc::c_int) {}
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed `sigaction` with a handler that does nothing (async-signal-safe)
+        // and an empty mask.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = nothing as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(STOP_SIGNAL, &action, std::ptr::null_mut());
+        }
+    });
 }
 
 impl Generator {
-    /// Starts sending `frame` out of `dev` (in `ns`) over `flows` UDP source ports, in runs of
-    /// `chunk` frames, until stopped or `limit` frames are sent.
+    /// Starts sending `frame` out of `dev` (in `ns`) over `flows` UDP source ports until
+    /// stopped or `limit` frames are sent. With a limit it sends runs of `chunk` frames and
+    /// counts them ([`Self::sent`]); without one, a steady load: one call that runs until
+    /// [`Self::stop`] interrupts it (each call costs tens of milliseconds of set-up during
+    /// which nothing is sent), and `sent` stays 0.
     pub fn start(
         ns: &str,
         dev: &str,
@@ -109,6 +134,7 @@ impl Generator {
         let sent = Arc::new(AtomicU64::new(0));
         let (ns, dev, obj) = (ns.to_owned(), dev.to_owned(), bench_obj());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        catch_stop_signal();
         let thread = thread::Builder::new().name("generator".into()).spawn({
             let (stop, sent) = (stop.clone(), sent.clone());
             move || -> anyhow::Result<()> {
@@ -129,7 +155,8 @@ impl Generator {
                 };
                 let (ebpf, ifindex) = match setup() {
                     Ok(v) => {
-                        let _ = ready_tx.send(Ok(()));
+                        // SAFETY: no preconditions.
+                        let _ = ready_tx.send(Ok(unsafe { libc::pthread_self() }));
                         v
                     }
                     Err(e) => {
@@ -139,6 +166,18 @@ impl Generator {
                 };
                 let prog: &Xdp = ebpf.program("bench_gen").context("bench_gen")?.try_into()?;
                 let fd = prog.fd()?;
+                if limit.is_none() {
+                    while !stop.load(Relaxed) {
+                        let live = crate::prog_run::Mode::Live { repeat: u32::MAX };
+                        match crate::prog_run::xdp(fd, &frame, ifindex, 0, live) {
+                            Err(e) if e.raw_os_error() != Some(libc::EINTR) => {
+                                return Err(e).context("BPF_PROG_RUN live frames");
+                            }
+                            _ => {}
+                        }
+                    }
+                    return Ok(());
+                }
                 while !stop.load(Relaxed) {
                     let mut n = chunk;
                     if let Some(limit) = limit {
@@ -148,21 +187,21 @@ impl Generator {
                         }
                         n = n.min(left as u32);
                     }
-                    crate::prog_run::xdp(
-                        fd,
-                        &frame,
-                        ifindex,
-                        0,
-                        crate::prog_run::Mode::Live { repeat: n },
-                    )
-                    .context("BPF_PROG_RUN live frames")?;
-                    sent.fetch_add(u64::from(n), Relaxed);
+                    let live = crate::prog_run::Mode::Live { repeat: n };
+                    match crate::prog_run::xdp(fd, &frame, ifindex, 0, live) {
+                        Ok(_) => {
+                            sent.fetch_add(u64::from(n), Relaxed);
+                        }
+                        // Stopped early: part of the run went out, uncounted.
+                        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                        Err(e) => return Err(e).context("BPF_PROG_RUN live frames"),
+                    }
                 }
                 Ok(())
             }
         })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { stop, sent, thread: Some(thread) }),
+            Ok(Ok(thread_id)) => Ok(Self { stop, sent, thread: Some(thread), thread_id }),
             Ok(Err(e)) => anyhow::bail!("generator setup failed: {e}"),
             Err(_) => anyhow::bail!("generator thread died: {:?}", thread.join()),
         }
@@ -183,18 +222,30 @@ impl Generator {
 
     /// Stops and returns the frames sent.
     pub fn stop(mut self) -> anyhow::Result<u64> {
-        self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
+        if let Some(t) = self.interrupt() {
             t.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
         }
         Ok(self.sent())
+    }
+
+    /// Sets the stop flag and signals the thread until its call has ended (5 s at most);
+    /// returns the thread to join.
+    fn interrupt(&mut self) -> Option<thread::JoinHandle<anyhow::Result<()>>> {
+        self.stop.store(true, Relaxed);
+        let t = self.thread.take()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            // SAFETY: the thread has not been joined, so its id is valid.
+            unsafe { libc::pthread_kill(self.thread_id, STOP_SIGNAL) };
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Some(t)
     }
 }
 
 impl Drop for Generator {
     fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
+        if let Some(t) = self.interrupt() {
             let _ = t.join();
         }
     }
@@ -267,6 +318,34 @@ impl BareRedirect {
             }
             attach(&mut ebpf, "bench_redirect", a)?;
             attach(&mut ebpf, "bench_redirect", b)?;
+            Ok(ebpf)
+        })?;
+        Ok(Self { _ebpf: ebpf })
+    }
+}
+
+/// An xdp-forward-style router on two interfaces of one namespace (`bench_fib`: the kernel's
+/// FIB lookup, TTL, MACs, DEVMAP redirect); detached on drop. The kernel's forwarding must be
+/// on in `ns` (the lookup refuses otherwise, and the frames go to the kernel).
+pub struct FibForward {
+    _ebpf: Ebpf,
+}
+
+impl FibForward {
+    pub fn attach(ns: &str, (a, b): (&str, &str)) -> anyhow::Result<Self> {
+        let obj = bench_obj();
+        let ebpf = in_ns(ns, || {
+            let mut ebpf = load(&obj, "bench_fib")?;
+            {
+                let mut ports: DevMap<_> =
+                    DevMap::try_from(ebpf.map_mut("FIB_TX_PORTS").context("FIB_TX_PORTS")?)?;
+                for dev in [a, b] {
+                    let ifindex = nix::net::if_::if_nametoindex(dev)?;
+                    ports.set(ifindex, ifindex, None, 0)?;
+                }
+            }
+            attach(&mut ebpf, "bench_fib", a)?;
+            attach(&mut ebpf, "bench_fib", b)?;
             Ok(ebpf)
         })?;
         Ok(Self { _ebpf: ebpf })

@@ -435,6 +435,12 @@ pub fn xdp_counter(stdout: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Frames the XDP program forwarded itself or steered to the workers, whichever path the
+/// egress took (`fast_forwarded` + `steered`, from the final `xdp:` line).
+pub fn xdpfwd_took(stdout: &str) -> u64 {
+    xdp_counter(stdout, "steered") + xdp_counter(stdout, "fast_forwarded")
+}
+
 /// Runs `xdpfwd ARGS` in `ns` (optionally through a wrapper such as `setpriv`) and expects it to
 /// exit on its own within 20 s (for invalid invocations).
 pub fn run_to_exit(ns: &str, wrapper: &[&str], args: &[&str]) -> anyhow::Result<Finished> {

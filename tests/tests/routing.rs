@@ -29,7 +29,7 @@ use xdpfwd_tests::{
         Capture, assert_forwarding_off, flows, frame, frame6, ip, neighbours, neighbours_v6,
         wait_route, wait_route_for,
     },
-    sh, xdp_counter,
+    sh, xdp_counter, xdpfwd_took,
 };
 
 /// `frame` with its DS field (IPv4 TOS byte with the header checksum redone, IPv6 traffic
@@ -168,7 +168,7 @@ fn policy_rules_choose_the_egress_exactly_as_the_kernel_does() {
     // All but the fwmark rule's three frames and the one over the route MTU (two fragments
     // from the kernel) are xdpfwd's, the tos rules' included.
     let forwarded = kernel.0.len() + kernel.1.len();
-    let steered = xdp_counter(&done.stdout, "steered") as usize;
+    let steered = xdpfwd_took(&done.stdout) as usize;
     assert!(steered >= forwarded - 5, "xdpfwd forwarded {steered} of {forwarded}: {}", done.stdout);
     // Only the fwmark rule's three frames are the kernel's (single-port rules, reported by
     // Linux 6.16+ with a port mask, and tos rules are evaluated by xdpfwd).
@@ -221,7 +221,7 @@ fn frr_routes_through_nexthop_objects_and_groups_are_forwarded_with_kernel_forwa
     assert!(seen.values().all(|l| *l == BTreeSet::from([0])), "all out of f1 now: {seen:?}");
     let done = fwd.stop().unwrap();
     assert!(done.success, "{}{}", done.stdout, done.stderr);
-    assert!(xdp_counter(&done.stdout, "steered") >= 640, "{}", done.stdout);
+    assert!(xdpfwd_took(&done.stdout) >= 640, "{}", done.stdout);
     drop(frr);
 }
 
@@ -398,7 +398,7 @@ fn ipv4_routes_through_ipv6_next_hops_are_forwarded() {
     assert!(done.success, "{}{}", done.stdout, done.stderr);
     let held = xdp_counter(&done.stdout, "steered_neigh_miss");
     assert!(held >= 1, "frames waited for ND: {}", done.stdout);
-    assert!(xdp_counter(&done.stdout, "steered") + held >= 60, "{}", done.stdout);
+    assert!(xdpfwd_took(&done.stdout) + held >= 60, "{}", done.stdout);
 }
 
 /// BIRD learns 198.19.70.0/24 and 2001:2:0:70::/64 over BGP from FRR on two links and merges
@@ -553,7 +553,7 @@ fn bird_multipath_routes_are_forwarded_with_kernel_forwarding_off() {
     assert_eq!(paths.len(), 2, "policy 1: ports spread one source's flows: {seen:?}");
     let done = fwd.stop().unwrap();
     assert!(done.success, "{}{}", done.stdout, done.stderr);
-    assert!(xdp_counter(&done.stdout, "steered") >= 512, "{}", done.stdout);
+    assert!(xdpfwd_took(&done.stdout) >= 512, "{}", done.stdout);
     drop(bird);
 }
 

@@ -160,7 +160,7 @@ fn compare(tag: &str, args: &[&str], counter: &str) {
 
 #[test]
 fn mixed_stream_through_xdpfwd_equals_the_kernels() {
-    compare("s", &[], "steered");
+    compare("s", &["--default-path", "af-xdp"], "steered");
 }
 
 #[test]

@@ -8,6 +8,11 @@
 //! - `bench_redirect`: the ceiling on a machine, a bare `XDP_REDIRECT` with MAC rewrite; the
 //!   ingress ifindex selects, in `REDIRECT_CFG`, the MACs to write and the `REDIRECT_DEV`
 //!   slot to send to.
+//! - `bench_fib`: an xdp-forward-style router, as the kernel's `samples/bpf/xdp_fwd_kern.c`:
+//!   `bpf_fib_lookup` (the kernel's FIB and neighbours; needs the kernel's forwarding on),
+//!   TTL decrement with the checksum update, MACs from the lookup, `bpf_redirect_map` on a
+//!   DEVMAP keyed by ifindex (`FIB_TX_PORTS`). IPv4 only (the bench sends IPv4); anything the
+//!   lookup does not forward goes to the kernel.
 #![no_std]
 #![no_main]
 
@@ -15,7 +20,8 @@
 mod rt;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{bpf_fib_lookup as FibLookup, xdp_action},
+    helpers::generated::bpf_fib_lookup,
     macros::{map, xdp},
     maps::{Array, DevMap, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -38,6 +44,10 @@ static SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 static REDIRECT_CFG: HashMap<u32, [u8; 16]> = HashMap::with_max_entries(16, 0);
 #[map]
 static REDIRECT_DEV: DevMap = DevMap::with_max_entries(16, 0);
+
+/// Egress devices of `bench_fib`, keyed by ifindex (as the sample's `xdp_tx_ports`).
+#[map]
+static FIB_TX_PORTS: DevMap = DevMap::with_max_entries(4096, 0);
 
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
@@ -95,4 +105,49 @@ pub fn bench_redirect(ctx: XdpContext) -> u32 {
     unsafe { *eth = macs };
     let slot = u32::from_le_bytes([cfg[12], cfg[13], cfg[14], cfg[15]]);
     REDIRECT_DEV.redirect(slot, 0).unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// `AF_INET`, `BPF_FIB_LKUP_RET_SUCCESS`.
+const AF_INET: u8 = 2;
+const FIB_SUCCESS: i64 = 0;
+
+#[xdp]
+pub fn bench_fib(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    // Ethernet and the IPv4 header without options.
+    if start + 34 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let frame = start as *mut u8;
+    // SAFETY: the 34 bytes were bounds-checked above (here and below).
+    let at = |i: usize| unsafe { *frame.add(i) };
+    if [at(12), at(13)] != [0x08, 0x00] || at(22) <= 1 {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: all-zero is a valid `bpf_fib_lookup`.
+    let mut fib: FibLookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = at(23);
+    fib.__bindgen_anon_1.tot_len = u16::from_be_bytes([at(16), at(17)]);
+    fib.__bindgen_anon_2.tos = at(15);
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([at(26), at(27), at(28), at(29)]);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([at(30), at(31), at(32), at(33)]);
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the program's context and a lookup structure of the size passed.
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibLookup>() as i32, 0) };
+    if rc != FIB_SUCCESS || FIB_TX_PORTS.get(fib.ifindex).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    // ip_decrease_ttl(): the checksum's incremental update for TTL - 1.
+    let check =
+        u32::from(u16::from_ne_bytes([at(24), at(25)])) + u32::from(u16::from_ne_bytes([1, 0]));
+    let check = (check + u32::from(check >= 0xffff)) as u16;
+    // SAFETY: within the checked 34 bytes.
+    unsafe {
+        *frame.add(22) = at(22) - 1;
+        *(frame.add(24) as *mut [u8; 2]) = check.to_ne_bytes();
+        *(frame as *mut [u8; 6]) = fib.dmac;
+        *(frame.add(6) as *mut [u8; 6]) = fib.smac;
+    }
+    FIB_TX_PORTS.redirect(fib.ifindex, 0).unwrap_or(xdp_action::XDP_PASS)
 }

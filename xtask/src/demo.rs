@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: a client and a server namespace joined through a forwarder namespace
-//! where xdpfwd runs, kernel forwarding off; ping and UDP streams (IPv4 and IPv6) through it;
-//! the forwarder's counters; then a configuration file with a static route and NAT rewrites
+//! where xdpfwd runs, kernel forwarding off; ping and UDP streams (IPv4 and IPv6) through it
+//! and the forwarder's counters, twice: with its default path (`auto`, here the in-kernel fast
+//! path, with the reason) and with the AF_XDP path forced; then a configuration file with a static route and NAT rewrites
 //! (TCP to a virtual address reaches the server); then FRR: routes learned over BGP on two
 //! links, installed as a nexthop group and forwarded by xdpfwd with ECMP; and everything
 //! removed afterwards.
@@ -28,9 +29,32 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
     println!("     <-> [{} 198.18.1.1 | {} 198.18.2.1] {} (xdpfwd)", topo.f0, topo.f1, topo.fwd);
     println!("     <-> [{} 198.18.2.2 2001:2:0:2::2] {}", topo.s0, topo.server);
 
-    let mut fwd = Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "1"])?;
-    println!("== {}", fwd.ready_line);
+    // GRO on the client's and server's ends: their veths then take redirected frames, so
+    // the default (`auto`) takes the in-kernel fast path out of both forwarder interfaces.
+    topo.enable_gro()?;
+    forward(&topo, "the default path (auto)", &[])?;
+    forward(&topo, "the AF_XDP path forced", &["--default-path", "af-xdp"])?;
 
+    policy(&topo)?;
+    if let Err(err) = frr(&topo) {
+        println!("   the FRR act failed: {err:#}");
+    }
+    println!("== removing the namespaces");
+    drop(topo);
+    Ok(())
+}
+
+/// The first act: xdpfwd with `args`, pings and UDP streams through it, its counters.
+fn forward(topo: &Topology, label: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut all = vec![topo.f0.as_str(), &topo.f1, "--stats-interval", "1"];
+    all.extend_from_slice(args);
+    println!("== xdpfwd run {}: {label}", all.join(" "));
+    let mut fwd = Forwarder::start(&topo.fwd, &all)?;
+    println!("== {}", fwd.ready_line);
+    let stats = ns_sh(&topo.fwd, &[&fwd_bin(), "stats", "--count", "1"]).unwrap_or_default();
+    for line in stats.lines().filter(|l| l.trim_start().starts_with("out of:")) {
+        println!("   {}", line.trim());
+    }
     for (from, to, label) in [
         (&topo.client, IpAddr::V4(SERVER_V4), "client -> server IPv4"),
         (&topo.client, IpAddr::V6(SERVER_V6), "client -> server IPv6"),
@@ -40,59 +64,45 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
         let ok = topo.ping(from, to, 5);
         println!("== ping {label}: {}", if ok { "5/5 replies" } else { "FAILED" });
     }
-
     for (server, label) in [(IpAddr::V4(SERVER_V4), "IPv4"), (IpAddr::V6(SERVER_V6), "IPv6")] {
-        println!("== UDP stream {label}: iperf3 -u -b 200M -t 3 -l 1200 -w 4M, client -> server");
-        let mut srv = Command::new("ip")
-            .args(["netns", "exec", &topo.server, "iperf3", "-s", "-1", "-p", "5201"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        thread::sleep(Duration::from_millis(500));
-        let out = ns_sh(
-            &topo.client,
-            &[
-                "iperf3",
-                "-c",
-                &server.to_string(),
-                "-p",
-                "5201",
-                "-u",
-                "-b",
-                "200M",
-                "-t",
-                "3",
-                "-l",
-                "1200",
-                // A receive buffer that absorbs the server's scheduling hiccups on a small VM.
-                "-w",
-                "4M",
-            ],
-        );
-        match out {
-            Ok(text) => {
-                for line in text.lines().filter(|l| l.contains("sender") || l.contains("receiver"))
-                {
-                    println!("   {}", line.trim());
-                }
-            }
-            Err(err) => println!("   iperf3 failed: {err}"),
-        }
-        let _ = srv.kill();
-        let _ = srv.wait();
+        udp_stream(topo, server, label)?;
     }
-
     let done = fwd.stop()?;
     println!("== xdpfwd stopped (exit {:?}); its counters:", done.code);
     print!("{}", done.stdout);
-
-    policy(&topo)?;
-    if let Err(err) = frr(&topo) {
-        println!("   the FRR act failed: {err:#}");
-    }
-    println!("== removing the namespaces");
-    drop(topo);
     Ok(())
+}
+
+/// An iperf3 UDP stream from the client to `server`, its summary printed.
+fn udp_stream(topo: &Topology, server: IpAddr, label: &str) -> anyhow::Result<()> {
+    println!("== UDP stream {label}: iperf3 -u -b 200M -t 3 -l 1200 -w 4M, client -> server");
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &topo.server, "iperf3", "-s", "-1", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    thread::sleep(Duration::from_millis(500));
+    let server = server.to_string();
+    // A receive buffer that absorbs the server's scheduling hiccups on a small VM.
+    let args = ["iperf3", "-c", &server, "-p", "5201", "-u", "-b", "200M", "-t", "3"];
+    let mut args = args.to_vec();
+    args.extend_from_slice(&["-l", "1200", "-w", "4M"]);
+    match ns_sh(&topo.client, &args) {
+        Ok(text) => {
+            for line in text.lines().filter(|l| l.contains("sender") || l.contains("receiver")) {
+                println!("   {}", line.trim());
+            }
+        }
+        Err(err) => println!("   iperf3 failed: {err}"),
+    }
+    let _ = srv.kill();
+    let _ = srv.wait();
+    Ok(())
+}
+
+/// The xdpfwd binary the demo runs.
+fn fwd_bin() -> String {
+    xdpfwd_tests::xdpfwd_bin().to_string_lossy().into_owned()
 }
 
 /// The second act: a configuration file with a static route and stateless NAT.
