@@ -372,7 +372,7 @@ impl Bench {
         let t = &self.topo;
         let frame =
             udp_frame(self.c_mac, self.f0_mac, [198, 18, 1, 2], SERVER_V4.octets(), size - 4);
-        let generator = Generator::start(&t.client, &t.c0, frame, 8, 50_000, None)?;
+        let generator = Generator::start(&t.client, &t.c0, frame, 8, 0, None)?;
         thread::sleep(Duration::from_millis(500));
         let pid = match running {
             Running::Xdpfwd(f) => Some(f.pid()),
@@ -443,7 +443,7 @@ impl Bench {
         let data = std::env::temp_dir().join(format!("{}.perf", t.prefix));
         let mut running = self.start(Candidate::AfXdp)?;
         let frame = udp_frame(self.c_mac, self.f0_mac, [198, 18, 1, 2], SERVER_V4.octets(), 60);
-        let generator = Generator::start(&t.client, &t.c0, frame, 8, 50_000, None)?;
+        let generator = Generator::start(&t.client, &t.c0, frame, 8, 0, None)?;
         thread::sleep(Duration::from_millis(500));
         let (before, t0) = (sink.count()?.0, Instant::now());
         let record = sh(&[

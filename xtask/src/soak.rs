@@ -52,7 +52,7 @@ pub fn run(bin: &Path, packets: u64) -> anyhow::Result<()> {
         SERVER_V4.octets(),
         60,
     );
-    let generator = Generator::start(&topo.client, &topo.c0, frame, 8, 200_000, None)?;
+    let generator = Generator::start(&topo.client, &topo.c0, frame, 8, 0, None)?;
     let start = Instant::now();
     thread::sleep(Duration::from_secs(2));
     let rss_start = rss_kib(fwd.pid());
