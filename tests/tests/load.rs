@@ -18,8 +18,9 @@ fn a_million_packets_without_allocation_and_with_every_frame_accounted_for() {
     let topo = Topology::new("ld", false).unwrap();
     topo.static_neighbours().unwrap();
     let sink = Sink::attach(&topo.server, &topo.s0).unwrap();
-    let mut fwd =
-        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    // The AF_XDP path (the sink's XDP program would let `auto` take the fast path out of f1).
+    let args = [topo.f0.as_str(), &topo.f1, "--stats-interval", "0", "--default-path", "af-xdp"];
+    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
     let frame = udp_frame(
         topo.mac(&topo.client, &topo.c0).unwrap(),
         topo.mac(&topo.fwd, &topo.f0).unwrap(),
