@@ -152,7 +152,12 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
         |err| format!("## A full table\n\n(not measured: {err:#})\n\n"),
         |t| t.markdown(),
     );
-    let profile = bench.profile(&sink).unwrap_or_else(|err| format!("(no profile: {err:#})"));
+    let mut profile = String::new();
+    for cand in [Candidate::AfXdp, Candidate::Fast, Candidate::XdpForward] {
+        let text =
+            bench.profile(&sink, cand).unwrap_or_else(|err| format!("(no profile: {err:#})"));
+        let _ = write!(profile, "### {}\n\n{text}\n", cand.name());
+    }
     let capture = bench
         .capture_cost(&sink, window)
         .unwrap_or_else(|err| format!("(not measured: {err:#})\n"));
@@ -436,12 +441,12 @@ impl Bench {
         Ok(out)
     }
 
-    /// Where the time goes on the AF_XDP path at 64 B: `perf record -a` over two seconds,
+    /// Where the time goes through `cand` at 64 B: `perf record -a` over two seconds,
     /// summarised by thread and by place (user space, kernel, eBPF), and the top symbols.
-    fn profile(&self, sink: &Sink) -> anyhow::Result<String> {
+    fn profile(&self, sink: &Sink, cand: Candidate) -> anyhow::Result<String> {
         let t = &self.topo;
         let data = std::env::temp_dir().join(format!("{}.perf", t.prefix));
-        let mut running = self.start(Candidate::AfXdp)?;
+        let mut running = self.start(cand)?;
         let frame = udp_frame(self.c_mac, self.f0_mac, [198, 18, 1, 2], SERVER_V4.octets(), 60);
         let generator = Generator::start(&t.client, &t.c0, frame, 8, 0, None)?;
         thread::sleep(Duration::from_millis(500));
@@ -464,20 +469,20 @@ impl Bench {
         self.stop(&mut running)?;
         record?;
         let path = data.to_string_lossy().into_owned();
-        let report = |sort: &str, extra: &[&str]| -> anyhow::Result<String> {
+        let report = |sort: &str, lines: usize| -> anyhow::Result<String> {
             let mut args =
                 vec!["perf", "report", "-i", &path, "--stdio", "--no-children", "--sort", sort];
-            args.extend_from_slice(extra);
+            args.extend_from_slice(&["-g", "none"]);
             Ok(sh(&args)?
                 .lines()
                 .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
-                .take(14)
+                .take(lines)
                 .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
                 .collect::<Vec<_>>()
                 .join("\n"))
         };
-        let by_thread = report("comm,dso", &["-g", "none"])?;
-        let by_symbol = report("comm,sym", &["-g", "none"])?;
+        let by_thread = report("comm,dso", 10)?;
+        let by_symbol = report("comm,sym", 24)?;
         let _ = fs::remove_file(&data);
         Ok(format!(
             "{:.3} Mpps during the profile. Samples by thread and place (`[kernel.kallsyms]` is \
@@ -828,7 +833,15 @@ so frames it rejects cost the interpreter's steps only.
 | candidate | RTT |
 |---|---|
 {rtt}
-## Where the time goes (AF_XDP path, 64 B, `perf record -a`)
+## Where the time goes (64 B, `perf record -a`)
+
+`bpf_prog_*_xdpfwd` is xdpfwd's XDP program (its global functions `xdpfwd_fib`,
+`xdpfwd_rules`, `xdpfwd_path` appear as their own `bpf_prog_*`), `bench_fib` the
+xdp-forward-style router, `bench_gen` the generator and `bench_sink` the sink; map lookups
+the program makes appear as the kernel's functions (`trie_lookup_elem`: the route tries,
+`htab_map_lookup_elem` / `__htab_map_lookup_elem`: hash maps, `fib_table_lookup`: the
+kernel's FIB).
+
 
 {profile}
 ## Micro-benchmarks (criterion, `cargo bench -p xdpfwd`)
