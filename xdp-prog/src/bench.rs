@@ -56,8 +56,15 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_TX;
     }
     if let Some(hdr) = GEN_HDR.get(0) {
-        // SAFETY: the 42 bytes were bounds-checked above.
-        unsafe { *(start as *mut [u8; 42]) = *hdr };
+        // In 2-byte words: a 42-byte assignment is a call to a byte-wise `memmove`, which
+        // cost the generator a tenth of its time.
+        let (dst, src) = (start as *mut u16, hdr.as_ptr().cast::<u16>());
+        let mut i = 0;
+        while i < 21 {
+            // SAFETY: the 42 bytes were bounds-checked above; the map value holds 42.
+            unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+            i += 1;
+        }
     }
     let flows = GEN_FLOWS.get(0).copied().unwrap_or(1).max(1);
     let Some(seq) = GEN_SEQ.get_ptr_mut(0) else { return xdp_action::XDP_TX };
@@ -124,8 +131,16 @@ pub fn bench_fib(ctx: XdpContext) -> u32 {
     if [at(12), at(13)] != [0x08, 0x00] || at(22) <= 1 {
         return xdp_action::XDP_PASS;
     }
-    // SAFETY: all-zero is a valid `bpf_fib_lookup`.
-    let mut fib: FibLookup = unsafe { core::mem::zeroed() };
+    // Zeroed in words (`mem::zeroed` is a call to a byte-wise `memset` on BPF).
+    let mut words = [0u32; size_of::<FibLookup>() / 4];
+    let mut i = 0;
+    while i < words.len() {
+        // SAFETY: within the array.
+        unsafe { words.as_mut_ptr().add(i).write_volatile(0) };
+        i += 1;
+    }
+    // SAFETY: all-zero is a valid `bpf_fib_lookup`, and it has the array's size.
+    let mut fib: FibLookup = unsafe { core::mem::transmute(words) };
     fib.family = AF_INET;
     fib.l4_protocol = at(23);
     fib.__bindgen_anon_1.tot_len = u16::from_be_bytes([at(16), at(17)]);

@@ -16,7 +16,7 @@ use crate::{
     maps::{DEVMAP, NATS, XSKS},
     nat::{nat_v4, nat_v6},
     vlan::vlan_apply,
-    wire::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, VLAN_HLEN, frame_len, ipv4, ipv6, ptr_at},
+    wire::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, VLAN_HLEN, copy_words, frame_len, ipv4, ipv6, ptr_at},
 };
 
 /// Checks that the destination (socket or device) exists, reserves the metadata, applies the
@@ -117,7 +117,7 @@ fn rewrite_in_place<const L3: usize>(ctx: &XdpContext, meta: &XskMeta) -> Result
         // SAFETY: both pointers were bounds-checked by `ptr_at`; nothing else aliases them.
         unsafe {
             (*ip)[ipv6::HOP_LIMIT] -= 1;
-            (*eth).copy_from_slice(&meta.addr[0..12]);
+            copy_words(eth, meta.addr.as_ptr().cast::<[u8; 12]>());
         }
     } else {
         let ip = ptr_at::<[u8; IPV4_HLEN]>(ctx, l3)? as *mut [u8; IPV4_HLEN];
@@ -133,7 +133,7 @@ fn rewrite_in_place<const L3: usize>(ctx: &XdpContext, meta: &XskMeta) -> Result
             let check = (sum as u16).to_ne_bytes();
             (*ip)[at] = check[0];
             (*ip)[at + 1] = check[1];
-            (*eth).copy_from_slice(&meta.addr[0..12]);
+            copy_words(eth, meta.addr.as_ptr().cast::<[u8; 12]>());
         }
     }
     Ok(())
@@ -151,8 +151,9 @@ fn redirect(ctx: &XdpContext, steer: &Steer) -> Verdict {
     if meta + META_LEN > ctx.data() {
         return drop(Counter::FastFailed);
     }
-    // SAFETY: the check above proves `META_LEN` bytes from `meta` lie in the metadata area.
-    unsafe { (meta as *mut XskMeta).write_unaligned(steer.meta) };
+    // SAFETY: the check above proves `META_LEN` bytes from `meta` lie in the metadata area
+    // (packet data: unaligned access allowed); `steer` is a map value.
+    unsafe { copy_words(meta as *mut XskMeta, &steer.meta) };
     match XSKS.redirect(key, 0) {
         Ok(action) => {
             let flags = steer.meta.flags;

@@ -22,7 +22,7 @@ use crate::{
     },
     policy::{PathChoice, rule_matches},
     vlan::egress_vlan,
-    wire::{bytes, extension_header},
+    wire::{bytes, copy_words, extension_header, zero_words},
 };
 
 /// `xdpfwd_fib` found a route; it is in `FIB_RESULT`.
@@ -89,21 +89,19 @@ pub fn route(
     }
     let vlan = egress_vlan(ctx, at, route_vlan, out)?;
     let fast = PathChoice::fast(flow, out);
-    *steer = Steer {
-        meta: XskMeta {
-            oif,
-            flags: if v6 { MetaFlags::IPV6 } else { MetaFlags::empty() },
-            l3_off: at.l3 as u16,
-            addr: [0; 16],
-            magic: META_MAGIC,
-        },
-        slot: at.info.slot,
-        egress_slot: out.slot,
-        ip_len: packet.ip_len as u32,
-        nat,
-        push: vlan.push,
-        flags: vlan.flags() | if fast { SteerFlags::FAST } else { SteerFlags::empty() },
-    };
+    // Field by field: a struct literal zeroes `addr` with a call to a byte-wise `memset`.
+    steer.meta.oif = oif;
+    steer.meta.flags = if v6 { MetaFlags::IPV6 } else { MetaFlags::empty() };
+    steer.meta.l3_off = at.l3 as u16;
+    // SAFETY: a field of the per-CPU `STEER` value, 4-byte aligned within it.
+    unsafe { zero_words(&mut steer.meta.addr) };
+    steer.meta.magic = META_MAGIC;
+    steer.slot = at.info.slot;
+    steer.egress_slot = out.slot;
+    steer.ip_len = packet.ip_len as u32;
+    steer.nat = nat;
+    steer.push = vlan.push;
+    steer.flags = vlan.flags() | if fast { SteerFlags::FAST } else { SteerFlags::empty() };
     let mac = if kind == RouteKind::StaticMac {
         static_mac
     } else {
@@ -386,8 +384,9 @@ pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
                     return match FIB_RESULT.get_ptr_mut(0) {
                         Some(out) => {
                             // SAFETY: a per-CPU slot only this CPU writes while this program
-                            // runs; the caller reads it right after this returns.
-                            unsafe { *out = *route };
+                            // runs (the caller reads it right after this returns), and a map
+                            // value: both aligned.
+                            unsafe { copy_words(out, route) };
                             FIB_FOUND
                         }
                         None => FIB_KERNEL,

@@ -96,8 +96,8 @@ struct Sample {
     cpu_per_pkt: f64,
 }
 
-pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
-    install_dpdk()?;
+/// The bench's topology, prepared; `bin` is the xdpfwd to run.
+fn setup(bin: &Path) -> anyhow::Result<Bench> {
     // SAFETY: single-threaded at this point; read by the Forwarder helper.
     unsafe { std::env::set_var("XDPFWD_BIN", bin) };
     // SAFETY: as above.
@@ -116,6 +116,24 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
         topo,
     };
     bench.prepare()?;
+    Ok(bench)
+}
+
+/// `cargo xtask bench --profile`: the profiles alone, printed.
+pub fn profiles(bin: &Path) -> anyhow::Result<()> {
+    let bench = setup(bin)?;
+    let sink = Sink::attach(&bench.topo.server, &bench.topo.s0)?;
+    for cand in [Candidate::AfXdp, Candidate::Fast, Candidate::XdpForward, Candidate::Redirect] {
+        println!("## {}\n\n{}", cand.name(), bench.profile(&sink, cand)?);
+    }
+    drop(sink);
+    bench.cleanup();
+    Ok(())
+}
+
+pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
+    install_dpdk()?;
+    let bench = setup(bin)?;
     let sizes: &[usize] = if quick { &QUICK_SIZES } else { &SIZES };
     let rounds = if quick { 1 } else { 3 };
     let window = Duration::from_millis(if quick { 1000 } else { 2000 });

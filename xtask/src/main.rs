@@ -34,12 +34,15 @@ enum Cmd {
     },
     /// Build, then forward real traffic through veth pairs in namespaces and report.
     Demo,
-    /// Measure xdpfwd against testpmd, a bare XDP_REDIRECT and Linux forwarding; rewrites
-    /// docs/performance.md.
+    /// Measure xdpfwd against testpmd, a bare XDP_REDIRECT, an xdp-forward-style router and
+    /// Linux forwarding; rewrites docs/performance.md.
     Bench {
         /// Two frame sizes, one round (a few minutes).
         #[arg(long)]
         quick: bool,
+        /// Only the `perf` profiles at 64 B, printed (docs/performance.md is left alone).
+        #[arg(long, conflicts_with = "quick")]
+        profile: bool,
     },
     /// Fuzz the XDP program's classification and the user-space rewrite (cargo fuzz), each
     /// for the given number of seconds, from seeds that are real packets.
@@ -89,9 +92,9 @@ fn main() -> anyhow::Result<()> {
             let bin = build()?;
             soak::run(&bin, packets)
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, profile } => {
             let bin = build()?;
-            bench::run(&bin, quick)
+            if profile { bench::profiles(&bin) } else { bench::run(&bin, quick) }
         }
     }
 }
