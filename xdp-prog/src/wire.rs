@@ -67,7 +67,7 @@ pub fn field16(ctx: &XdpContext, offset: usize) -> Result<*mut [u8; 2], Counter>
 /// lets a program access unaligned on the architectures that allow it (x86-64, arm64).
 #[inline(always)]
 pub unsafe fn copy_words<T: Copy>(dst: *mut T, src: *const T) {
-    const { assert!(size_of::<T>() % 4 == 0) };
+    const { assert!(size_of::<T>().is_multiple_of(4)) };
     let (d, s) = (dst.cast::<u32>(), src.cast::<u32>());
     let mut i = 0;
     while i < size_of::<T>() / 4 {
@@ -84,7 +84,7 @@ pub unsafe fn copy_words<T: Copy>(dst: *mut T, src: *const T) {
 /// As [`copy_words`].
 #[inline(always)]
 pub unsafe fn zero_words<T: Copy>(dst: *mut T) {
-    const { assert!(size_of::<T>() % 4 == 0) };
+    const { assert!(size_of::<T>().is_multiple_of(4)) };
     let d = dst.cast::<u32>();
     let mut i = 0;
     while i < size_of::<T>() / 4 {
