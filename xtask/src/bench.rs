@@ -874,6 +874,23 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   and ≥ 0.9× the bare `XDP_REDIRECT`; AF_XDP path ≥ testpmd; ≤ 1 system call per 32
   forwarded packets (0.031 per packet); idle CPU < 2 % of a core. The ratio table and the
   lines above give the measured values, misses included.
+- **Where the work runs.** The generator's `BPF_PROG_RUN` call transmits with `XDP_TX`; the
+  veth peer's NAPI poll, where the candidate's XDP program runs, and the sink's behind it,
+  are run in the same call whenever it re-enables bottom halves after a batch. So for the
+  XDP candidates (fast path, xdp-forward-style, bare redirect) the generator, the
+  candidate and the sink share one core, one frame after another, and a candidate's rate
+  is set by the sum of the three costs; the second core idles (`swapper` in the profiles).
+  The AF_XDP candidates and Linux forwarding hand frames to another thread (the workers,
+  testpmd's core) or to `ksoftirqd`. Ratios between the XDP candidates are therefore
+  ratios of whole-pipeline costs, not of the programs alone.
+- **The default against Linux.** With GRO on the veths the default takes the fast path out
+  of both interfaces, so the first ratio is the fast path's against the kernel's own
+  forwarding; what keeps it under 2× is the fast path's own cost (below).
+- **TCP.** Linux forwarding wins: with GRO on the forwarder's veths the kernel merges each
+  stream's segments into 64 KB packets and forwards one packet where every XDP candidate
+  forwards some forty 1500-byte frames, each with its own program run and redirect (XDP sees
+  frames before GRO). The fast path is level with the xdp-forward-style router and the bare
+  redirect there; the AF_XDP path is level with testpmd, both bound by copy-mode transmit.
 - **Why the AF_XDP path is level with testpmd, not 25 % ahead.** On veth, AF_XDP runs in
   copy mode: the kernel copies every frame into the UMEM on receive, and on transmit
   allocates an skb, copies the frame into it and pushes it through `veth_xmit` to the peer
@@ -900,7 +917,14 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   or custom rules, a second walk for the route back. Before the FIB walk the fast path ran
   at 0.84-0.89x the bare redirect, with the walk at 0.69-0.81x, with the source check at
   the ratio column's figures. That is the router's own work, which a router cannot skip
-  and the bare redirect does not do; a per-CPU flow cache (issue 12) is how to win it back.
+  and the bare redirect does not do. The profile shows where it goes: the program's own
+  instructions (`classify`, with the policy and route stages inlined into it, then
+  `forward`, `xdpfwd_fib`) lead, then the route-trie lookups (`trie_lookup_elem`, one for
+  the route and one for the source check) and the hash lookups (interfaces, neighbours).
+  Struct copies used to be calls to a byte-by-byte `memmove` / `memset` on BPF (the route
+  copied out of the trie alone took some 250 instructions a frame); they are 4-byte word
+  copies now. A per-CPU flow cache (issue 12) would replace the lookups and most of the
+  checks with one hash lookup; it is not built yet.
 - Two cores are shared by the generator, the kernel's softirq work and the forwarder, so
   absolute figures are low and move between runs; compare the ratios within a run.
 "#,
