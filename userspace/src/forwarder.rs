@@ -409,7 +409,12 @@ fn start_control(
         move || shared.stop.load(Relaxed)
     };
     let (features_tx, features_rx) = tokio::sync::mpsc::unbounded_channel();
-    let features_thread = features::spawn_watcher(stopping.clone(), features_tx)?;
+    // Without the watcher, `auto` takes the AF_XDP path (which works on every device).
+    let features_thread =
+        features::spawn_watcher(stopping.clone(), features_tx).unwrap_or_else(|err| {
+            tracing::warn!("not following the devices' XDP features: {err:#}");
+            None
+        });
     let control = Control::new(
         maps,
         ifaces.iter().map(|i| (**i).clone()).collect(),

@@ -548,7 +548,13 @@ impl Bench {
     /// streams.
     fn tcp(&self, cand: Candidate) -> [Option<f64>; 2] {
         let t = &self.topo;
-        let Ok(mut running) = self.start(cand) else { return [None, None] };
+        let mut running = match self.start(cand) {
+            Ok(running) => running,
+            Err(err) => {
+                eprintln!("bench: TCP through {}: {err:#}", cand.name());
+                return [None, None];
+            }
+        };
         thread::sleep(Duration::from_millis(300));
         let mut out = [None, None];
         for (i, streams) in ["1", "8"].into_iter().enumerate() {

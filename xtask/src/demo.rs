@@ -1,10 +1,10 @@
 //! `cargo xtask demo`: a client and a server namespace joined through a forwarder namespace
 //! where xdpfwd runs, kernel forwarding off; ping and UDP streams (IPv4 and IPv6) through it
-//! and the forwarder's counters, twice: with its default path (`auto`, here the in-kernel fast
-//! path, with the reason) and with the AF_XDP path forced; then a configuration file with a static route and NAT rewrites
-//! (TCP to a virtual address reaches the server); then FRR: routes learned over BGP on two
-//! links, installed as a nexthop group and forwarded by xdpfwd with ECMP; and everything
-//! removed afterwards.
+//! and the forwarder's counters, twice: with its default path (`auto`, here the in-kernel
+//! fast path, with the reason) and with the AF_XDP path forced; then a configuration file
+//! with a static route and NAT rewrites (TCP to a virtual address reaches the server); then
+//! FRR: routes learned over BGP on two links, installed as a nexthop group and forwarded by
+//! xdpfwd with ECMP; and everything removed afterwards.
 
 use std::{
     net::{IpAddr, UdpSocket},

@@ -285,7 +285,10 @@ impl Control {
                 },
                 Some(req) = resolve.recv() => self.resolve(&mut handle, req).await,
                 Some(policy) = policies.recv() => self.set_policy(policy),
-                Some(event) = features.recv() => self.on_features(event),
+                event = features.recv(), if self.xdp_features.is_some() => match event {
+                    Some(event) => self.on_features(event),
+                    None => self.features_gone(),
+                },
                 event = nh_events.recv() => match event {
                     Some(event) => {
                         // What queued with it too, then the resilient groups whose buckets
@@ -345,8 +348,7 @@ impl Control {
         self.poll_forwarding();
         self.first_features(features).await;
         for i in 0..self.ifaces.len() {
-            let info = self.info(i);
-            self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0).with_context(|| {
+            self.write_iface(i).with_context(|| {
                 format!("writing interface {} into the IFACES map", self.ifaces[i].name)
             })?;
         }
@@ -437,8 +439,7 @@ impl Control {
             RouteNetlinkMessage::NewLink(l) => {
                 self.link_state(&l, true);
                 if let Some(i) = self.on_link(&l) {
-                    let info = self.info(i);
-                    let _ = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0);
+                    self.update_iface(i);
                 }
             }
             // The kernel removes the routes of an address, or of a link going down, without
@@ -581,22 +582,32 @@ impl Control {
             return;
         }
         let deadline = tokio::time::Instant::now() + FIRST_FEATURES;
-        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, features.recv()).await {
-            if event == FeatureEvent::Synced {
-                return;
+        loop {
+            match tokio::time::timeout_at(deadline, features.recv()).await {
+                Ok(Some(FeatureEvent::Synced)) => return,
+                Ok(Some(event)) => self.on_features(event),
+                Ok(None) => {
+                    tracing::warn!("the XDP features watcher stopped: auto takes the AF_XDP path");
+                    self.xdp_features = None;
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "the kernel did not report every device's XDP features within 2 s: \
+                         auto takes the AF_XDP path out of those not reported yet"
+                    );
+                    return;
+                }
             }
-            self.on_features(event);
         }
-        tracing::warn!("no report of the devices' XDP features within 2 s");
     }
 
     /// The path plain forwarding takes out of managed interface `i` now.
     fn egress_path(&self, i: usize) -> EgressPath {
         let setting = self.tuning.path_flag.or(self.policy.path).unwrap_or_default();
-        let features = self
-            .xdp_features
-            .as_ref()
-            .map(|f| f.get(&self.ifaces[i].ifindex).copied().unwrap_or(0));
+        // A device the kernel has not reported (yet): as a kernel that does not report.
+        let features =
+            self.xdp_features.as_ref().and_then(|f| f.get(&self.ifaces[i].ifindex).copied());
         egress_path::choose(setting, self.tuning.zero_copy, features)
     }
 
@@ -610,26 +621,33 @@ impl Control {
                 && self.paths[i].is_some()
                 && self.paths[i] != Some(self.egress_path(i))
             {
-                let info = self.info(i);
-                if let Err(err) = self.maps.ifaces.insert(ifindex, info, 0) {
-                    tracing::warn!(%err, "updating the IFACES map failed");
-                }
+                self.update_iface(i);
             }
         }
     }
 
-    /// Notes that `info` was written for interface `i`: logs and publishes a new path.
-    fn wrote_path(&mut self, i: usize, path: EgressPath) {
-        if self.paths[i] == Some(path) {
-            return;
+    /// The features watcher stopped: nothing says any more which devices take redirected
+    /// frames, so `auto` takes the AF_XDP path everywhere (as where the kernel never said).
+    fn features_gone(&mut self) {
+        tracing::warn!("XDP features are no longer followed: auto takes the AF_XDP path");
+        self.xdp_features = None;
+        for i in 0..self.ifaces.len() {
+            self.update_iface(i);
         }
-        self.paths[i] = Some(path);
-        tracing::info!(
-            interface = %self.ifaces[i].name,
-            path = path.path.name(),
-            reason = %path.reason,
-            "plain forwarding out of the interface"
-        );
+    }
+
+    /// Notes that interface `i` was written with `path`: publishes it (under the interface's
+    /// current name), logged when it changed.
+    fn wrote_path(&mut self, i: usize, path: EgressPath) {
+        if self.paths[i] != Some(path) {
+            self.paths[i] = Some(path);
+            tracing::info!(
+                interface = %self.ifaces[i].name,
+                path = path.path.name(),
+                reason = %path.reason,
+                "plain forwarding out of the interface"
+            );
+        }
         if let Ok(mut paths) = self.shared.egress_paths.write() {
             *paths = self
                 .ifaces
@@ -648,20 +666,32 @@ impl Control {
             self.apply_netfilter();
         }
         for i in 0..self.ifaces.len() {
-            let info = self.info(i);
-            if let Err(err) = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0) {
-                tracing::warn!(%err, "updating the IFACES map failed");
-            }
+            self.update_iface(i);
         }
         self.sync_static();
     }
 }
 
 impl Control {
-    /// The `IFACES` map value of managed interface `i`.
-    fn info(&mut self, i: usize) -> IfaceInfo {
+    /// Writes managed interface `i` into `IFACES` as it is now; then its path is in effect
+    /// (and shown).
+    fn write_iface(&mut self, i: usize) -> Result<(), aya::maps::MapError> {
         let path = self.egress_path(i);
+        let info = self.info(i, path);
+        self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0)?;
         self.wrote_path(i, path);
+        Ok(())
+    }
+
+    /// [`Self::write_iface`], a failure logged (the program keeps the interface's last entry).
+    pub(super) fn update_iface(&mut self, i: usize) {
+        if let Err(err) = self.write_iface(i) {
+            tracing::warn!(%err, interface = %self.ifaces[i].name, "updating the IFACES map failed");
+        }
+    }
+
+    /// The `IFACES` map value of managed interface `i`, plain forwarding out of it on `path`.
+    fn info(&self, i: usize, path: EgressPath) -> IfaceInfo {
         let iface = &self.ifaces[i];
         let sysctls = self.forwarding.get(&iface.ifindex).copied().unwrap_or_default();
         let opts = self.policy.ifaces.get(&iface.ifindex).copied().unwrap_or_default();

@@ -149,8 +149,7 @@ impl Control {
             seen.insert(link.header.index);
             self.link_state(&link, true);
             if let Some(i) = self.on_link(&link) {
-                let info = self.info(i);
-                let _ = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0);
+                self.update_iface(i);
             }
         }
         self.link_up.retain(|index, _| seen.contains(index));

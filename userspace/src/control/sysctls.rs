@@ -27,10 +27,7 @@ impl Control {
                 "kernel forwarding"
             );
             self.forwarding.insert(self.ifaces[i].ifindex, flags);
-            let info = self.info(i);
-            if let Err(err) = self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0) {
-                tracing::warn!(%err, "updating the IFACES map failed");
-            }
+            self.update_iface(i);
         }
     }
 

@@ -89,7 +89,7 @@ impl fmt::Display for Reason {
                 "auto: copy-mode AF_XDP, and the device takes redirected frames"
             }
             Reason::NotRedirectable => {
-                "auto: the device takes no redirected frames (a veth: its peer has no XDP program and no GRO)"
+                "auto: the device takes no redirected frames (a veth: its peer has no XDP program and no GRO; some NIC drivers: not until an XDP program runs on them natively)"
             }
             Reason::Unknown => "auto: the kernel does not report XDP features (Linux 6.3+)",
         })
