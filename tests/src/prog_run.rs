@@ -106,3 +106,58 @@ pub fn xdp(
     }
     Ok(attr.retval)
 }
+
+/// Runs `prog` `repeat` times on `frame` as if received on `ifindex` (queue 0), without acting
+/// on the verdict; returns the verdict and the kernel's average time per run in ns. The
+/// program's cost alone, its map lookups and helpers included.
+pub fn xdp_timed(
+    prog: &ProgramFd,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> io::Result<(u32, u32)> {
+    let ctx = XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..XdpMd::default() };
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_fd().as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: size_of::<XdpMd>() as u32,
+        ctx_in: (&raw const ctx) as u64,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: `attr` is a valid bpf_attr for BPF_PROG_TEST_RUN; the frame and the context it
+    // points to outlive the call, and it asks for no output.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw mut attr, size_of::<TestRunAttr>())
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((attr.retval, attr.duration))
+}
+
+/// [`xdp_timed`] on the XDP program attached to `dev` in network namespace `ns`.
+pub fn attached_timed(
+    ns: &str,
+    dev: &str,
+    frame: Vec<u8>,
+    repeat: u32,
+) -> anyhow::Result<(u32, u32)> {
+    use anyhow::Context as _;
+    let link = crate::sh(&["ip", "-j", "-n", ns, "link", "show", "dev", dev])?;
+    let doc: serde_json::Value = serde_json::from_str(&link)?;
+    let id = doc[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .with_context(|| format!("no XDP program on {dev}"))? as u32;
+    let dev = dev.to_owned();
+    crate::in_netns(ns, move || -> anyhow::Result<(u32, u32)> {
+        let info = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == id)
+            .context("the attached program is not loaded")?;
+        let fd = info.fd()?;
+        let ifindex = nix::net::if_::if_nametoindex(dev.as_str())?;
+        Ok(xdp_timed(&fd, &frame, ifindex, repeat)?)
+    })?
+}
