@@ -629,6 +629,10 @@ impl Control {
     /// The features watcher stopped: nothing says any more which devices take redirected
     /// frames, so `auto` takes the AF_XDP path everywhere (as where the kernel never said).
     fn features_gone(&mut self) {
+        if self.shared.stop.load(Relaxed) {
+            // The watcher stops with everything else.
+            return;
+        }
         tracing::warn!("XDP features are no longer followed: auto takes the AF_XDP path");
         self.xdp_features = None;
         for i in 0..self.ifaces.len() {
