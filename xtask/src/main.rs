@@ -40,8 +40,7 @@ enum Cmd {
         /// Two frame sizes, one round (a few minutes).
         #[arg(long)]
         quick: bool,
-        /// Only the `perf` profiles and the XDP programs alone at 64 B, printed
-        /// (docs/performance.md is left alone).
+        /// Only the `perf` profiles at 64 B, printed (docs/performance.md is left alone).
         #[arg(long, conflicts_with = "quick")]
         profile: bool,
     },
