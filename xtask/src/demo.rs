@@ -76,18 +76,25 @@ fn forward(topo: &Topology, label: &str, args: &[&str]) -> anyhow::Result<()> {
 /// An iperf3 UDP stream from the client to `server`, its summary printed.
 fn udp_stream(topo: &Topology, server: IpAddr, label: &str) -> anyhow::Result<()> {
     println!("== UDP stream {label}: iperf3 -u -b 200M -t 3 -l 1200 -w 4M, client -> server");
+    let server = server.to_string();
+    // A receive buffer that absorbs the server's scheduling hiccups on a small VM.
+    let args =
+        ["-c", &server, "-p", "5201", "-u", "-b", "200M", "-t", "3", "-l", "1200", "-w", "4M"];
+    iperf3(topo, "5201", &args)
+}
+
+/// Runs `iperf3 ARGS` in the client against a one-shot iperf3 server listening on `port` in
+/// the server namespace; prints the sender and receiver summaries.
+fn iperf3(topo: &Topology, port: &str, args: &[&str]) -> anyhow::Result<()> {
     let mut srv = Command::new("ip")
-        .args(["netns", "exec", &topo.server, "iperf3", "-s", "-1", "-p", "5201"])
+        .args(["netns", "exec", &topo.server, "iperf3", "-s", "-1", "-p", port])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     thread::sleep(Duration::from_millis(500));
-    let server = server.to_string();
-    // A receive buffer that absorbs the server's scheduling hiccups on a small VM.
-    let args = ["iperf3", "-c", &server, "-p", "5201", "-u", "-b", "200M", "-t", "3"];
-    let mut args = args.to_vec();
-    args.extend_from_slice(&["-l", "1200", "-w", "4M"]);
-    match ns_sh(&topo.client, &args) {
+    let mut all = vec!["iperf3"];
+    all.extend_from_slice(args);
+    match ns_sh(&topo.client, &all) {
         Ok(text) => {
             for line in text.lines().filter(|l| l.contains("sender") || l.contains("receiver")) {
                 println!("   {}", line.trim());
@@ -148,22 +155,7 @@ set_src_port = 80
         if ok { "3/3 replies" } else { "FAILED" }
     );
     println!("== TCP through NAT: iperf3 -c 198.18.2.100 -p 80 -t 3 (the server listens on 8080)");
-    let mut srv = Command::new("ip")
-        .args(["netns", "exec", &topo.server, "iperf3", "-s", "-1", "-p", "8080"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    thread::sleep(Duration::from_millis(500));
-    match ns_sh(&topo.client, &["iperf3", "-c", "198.18.2.100", "-p", "80", "-t", "3"]) {
-        Ok(text) => {
-            for line in text.lines().filter(|l| l.contains("sender") || l.contains("receiver")) {
-                println!("   {}", line.trim());
-            }
-        }
-        Err(err) => println!("   iperf3 failed: {err}"),
-    }
-    let _ = srv.kill();
-    let _ = srv.wait();
+    iperf3(topo, "8080", &["-c", "198.18.2.100", "-p", "80", "-t", "3"])?;
     let done = fwd.stop()?;
     println!("== xdpfwd stopped (exit {:?})", done.code);
     let _ = std::fs::remove_file(config);
