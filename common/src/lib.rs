@@ -110,6 +110,10 @@ bitflags::bitflags! {
         const RP_STRICT = 1 << 8;
         /// `rp_filter = 2` (loose): a unicast route back to the source must exist.
         const RP_LOOSE = 1 << 9;
+        /// With `FAST_PATH`: the device also takes redirected frames in more than one buffer
+        /// (`NETDEV_XDP_ACT_NDO_XMIT_SG`), so frames longer than a page (jumbo frames) take
+        /// the fast path out of it too; without, the kernel forwards them.
+        const FAST_SG = 1 << 10;
     }
 }
 
@@ -126,7 +130,8 @@ pub struct IfaceInfo {
     /// frames it sends.
     pub mac: [u8; 6],
     /// Longest frame an AF_XDP socket on this interface receives whole (UMEM frame size minus
-    /// the kernel's headroom and our metadata); longer frames go to the kernel.
+    /// the kernel's headroom and our metadata); longer frames take the fast path where it
+    /// carries them, else go to the kernel.
     pub max_frame: u16,
     /// With [`IfaceFlags::XCONNECT`]: the ifindex frames are cross-connected to.
     pub peer: u32,
@@ -380,6 +385,12 @@ bitflags::bitflags! {
 /// the quoted packet shows its hop limit decremented.
 pub const ICMP_QUOTE_FORWARDED: u8 = 1;
 
+/// Most bytes of the offending packet an ICMP error quotes: what remains of the IPv6 minimum
+/// MTU after the error's own IPv6 and ICMPv6 headers (RFC 4443 2.4 (c)); an IPv4 error quotes
+/// less. The XDP program trims a frame it steers for an answer to this much IP packet, so a
+/// jumbo frame fits one AF_XDP buffer.
+pub const ICMP_QUOTE_MAX: usize = 1280 - 40 - 8;
+
 /// The ICMP error the router owes a frame it cannot forward ([`MetaFlags::ICMP`]), as the
 /// kernel's `ip_forward` / `ip6_forward` / `ip_error` would send it.
 #[repr(u8)]
@@ -490,8 +501,7 @@ counters! {
     PassSpecialAddr = "pass_special_addr",
     /// Passed: no route, or a route the kernel must handle (local, broadcast, unreachable...).
     PassRoute = "pass_route",
-    /// Passed: the egress interface is not managed, down, or the ingress interface itself;
-    /// or the frame is longer than an AF_XDP socket receives whole.
+    /// Passed: the egress interface is not managed, down, or the ingress interface itself.
     PassEgress = "pass_egress",
     /// Passed: the packet exceeds the egress MTU (the kernel fragments or sends ICMP).
     PassMtu = "pass_mtu",
@@ -529,6 +539,10 @@ counters! {
     /// would send (TTL exhausted, too big, no route), because the kernel's forwarding is off
     /// on the ingress; the frame itself is not forwarded.
     SteeredIcmp = "steered_icmp",
+    /// Passed: the frame is longer than its path carries: an AF_XDP socket receives one
+    /// buffer of at most a UMEM frame; the fast path carries a frame in more than one buffer
+    /// (a jumbo frame) only out of a device that takes such frames (`IfaceFlags::FAST_SG`).
+    PassTooLong = "pass_too_long",
 }
 
 #[cfg(feature = "user")]

@@ -208,6 +208,19 @@ impl Topology {
         Ok(())
     }
 
+    /// Sets the MTU of both ends of the client's link and of the server's link.
+    pub fn set_mtu(&self, client_link: u32, server_link: u32) -> anyhow::Result<()> {
+        for (ns, dev, mtu) in [
+            (&self.client, &self.c0, client_link),
+            (&self.fwd, &self.f0, client_link),
+            (&self.fwd, &self.f1, server_link),
+            (&self.server, &self.s0, server_link),
+        ] {
+            sh(&["ip", "-n", ns, "link", "set", dev, "mtu", &mtu.to_string()])?;
+        }
+        Ok(())
+    }
+
     /// Turns the forwarder namespace's kernel forwarding on or off (IPv4 and IPv6).
     pub fn set_forwarding(&self, on: bool) -> anyhow::Result<()> {
         let v = if on { "1" } else { "0" };

@@ -1,7 +1,7 @@
 //! Invalid invocations of `xdpfwd run` fail at once with a message that names the problem,
 //! and leave nothing attached.
 
-use xdpfwd_tests::{Forwarder, Topology, run_to_exit, sh};
+use xdpfwd_tests::{Forwarder, Topology, run_to_exit};
 
 fn refused(topo: &Topology, wrapper: &[&str], args: &[&str], expect: &[&str]) {
     let done = run_to_exit(&topo.fwd, wrapper, args).unwrap();
@@ -27,18 +27,6 @@ fn interface_in_another_namespace_is_pointed_at() {
         &[],
         &["run", &topo.f0, &topo.c0],
         &[&format!("'{}' does not exist", topo.c0), &expect],
-    );
-}
-
-#[test]
-fn mtu_too_large_for_single_buffer_af_xdp_is_refused() {
-    let topo = Topology::new("m", false).unwrap();
-    sh(&["ip", "-n", &topo.fwd, "link", "set", &topo.f1, "mtu", "9000"]).unwrap();
-    refused(
-        &topo,
-        &[],
-        &["run", &topo.f0, &topo.f1],
-        &[&format!("'{}' has MTU 9000", topo.f1), "at most MTU"],
     );
 }
 

@@ -104,3 +104,44 @@ fn auto_takes_the_fast_path_out_of_an_egress_while_it_takes_redirected_frames() 
     let report = format!("{} af_xdp (auto: the device takes no redirected frames", topo.f1);
     assert!(done.stdout.contains(&report), "{}", done.stdout);
 }
+
+/// A jumbo frame (MTU 9000, more than one buffer on veth) leaves by the fast path only out of
+/// a device that takes such frames; out of one that takes none (forced `fast`, the server's
+/// end without GRO or XDP, so the kernel reports neither `NDO_XMIT` nor `NDO_XMIT_SG`), the
+/// kernel forwards it instead of the redirect losing it.
+#[test]
+fn jumbo_frames_take_the_fast_path_only_where_the_device_takes_them() {
+    let topo = Topology::new("fj", false).unwrap();
+    topo.set_mtu(9000, 9000).unwrap();
+    ns_sh(&topo.fwd, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    let mut fwd = Forwarder::start(
+        &topo.fwd,
+        &[&topo.f0, &topo.f1, "--stats-interval", "0", "--default-path", "fast"],
+    )
+    .unwrap();
+    let ping = |size: &str| {
+        let server = SERVER_V4.to_string();
+        ns_sh(
+            &topo.client,
+            &["ping", "-q", "-c", "3", "-i", "0.1", "-W", "2", "-M", "do", "-s", size, &server],
+        )
+        .is_ok()
+    };
+    // Replies come back through f0, whose peer (the client's end) has no GRO either: they go
+    // to the kernel as well.
+    assert!(ping("8000"), "jumbo pings arrive");
+    // (The first request and reply wait for a neighbour: the kernel's too.)
+    assert!(counter(&topo.fwd, "pass_too_long") >= 4, "{}", stats_json(&topo.fwd));
+    // With GRO on both ends both devices take frames in more than one buffer: the fast path.
+    topo.enable_gro().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let before = counter(&topo.fwd, "fast_forwarded");
+            ping("8000") && counter(&topo.fwd, "fast_forwarded") >= before + 6
+        }),
+        "{}",
+        stats_json(&topo.fwd)
+    );
+    let done = fwd.stop().unwrap();
+    assert_eq!(xdp_counter(&done.stdout, "fast_failed"), 0, "{}", done.stdout);
+}

@@ -7,7 +7,7 @@ use std::{net::IpAddr, thread, time::Duration};
 
 use etherparse::PacketBuilder;
 use xdpfwd_tests::{
-    CLIENT_V4, CLIENT_V6, Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns,
+    CLIENT_V4, CLIENT_V6, Finished, Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns,
     packet::{RawSocket, fix_ipv4_checksum, with_ipv4_options, with_ipv6_extension},
     xdp_counter,
 };
@@ -111,9 +111,42 @@ fn stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
-/// Sends the stream from the client and returns the frames from the client that arrived at
-/// the server.
-fn run_stream(topo: &Topology) -> Vec<Vec<u8>> {
+/// Jumbo frames (both links at MTU 9000): in more than one buffer on veth (longer than a
+/// page), or in one buffer but longer than an AF_XDP frame; ICMP, TCP and UDP, fragments.
+fn jumbo_stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
+    let v4 =
+        || PacketBuilder::ethernet2(c_mac, f_mac).ipv4(CLIENT_V4.octets(), SERVER_V4.octets(), 64);
+    let v6 =
+        || PacketBuilder::ethernet2(c_mac, f_mac).ipv6(CLIENT_V6.octets(), SERVER_V6.octets(), 64);
+    let data = |n: usize| (0..n).map(|i| (i * 13 + 5) as u8).collect::<Vec<u8>>();
+    let mut out: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    let mut push = |name: &'static str, f: Vec<u8>| out.push((name, f));
+    push("udp4 8972", w(v4().udp(4200, 9000), &data(8972)));
+    let mut df = w(v4().udp(4201, 9000), &data(8000));
+    df[20] |= 0x40;
+    fix_ipv4_checksum(&mut df);
+    push("udp4 DF 8000", df);
+    push("udp4 3000", w(v4().udp(4202, 9000), &data(3000)));
+    push("tcp4 8000", w(v4().tcp(4203, 80, 1001, 64240).ack(77).psh(), &data(8000)));
+    push("icmp4 echo 6000", w(v4().icmpv4_echo_request(7, 1), &data(6000)));
+    let mut padded = w(v4().udp(4204, 9000), &data(7000));
+    padded.extend_from_slice(&[0xab; 40]); // beyond the IP length: trimmed by a router
+    push("udp4 7000 padded", padded);
+    // A first fragment of 8000 bytes (MF set).
+    let mut first = w(v4().udp(4205, 9000), &data(8000));
+    first[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+    fix_ipv4_checksum(&mut first);
+    push("udp4 first fragment 8000", first);
+    push("udp6 8952", w(v6().udp(4300, 9000), &data(8952)));
+    push("tcp6 5000", w(v6().tcp(4301, 80, 5001, 64240).ack(9).psh(), &data(5000)));
+    push("udp6 2500", w(v6().udp(4302, 9000), &data(2500)));
+    push("udp4 small", w(v4().udp(4206, 9000), &data(100)));
+    out
+}
+
+/// Sends the stream `make` builds from the client and returns the frames from the client
+/// that arrived at the server.
+fn run(topo: &Topology, make: Stream) -> Vec<Vec<u8>> {
     // Warm the neighbour caches, so no frame waits for resolution.
     assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 2));
     assert!(topo.ping(&topo.client, IpAddr::V6(SERVER_V6), 2));
@@ -124,7 +157,7 @@ fn run_stream(topo: &Topology) -> Vec<Vec<u8>> {
     let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
     let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
     let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
-    for (_, frame) in stream(c_mac, f_mac) {
+    for (_, frame) in make(c_mac, f_mac) {
         sender.send(&frame).unwrap();
         thread::sleep(Duration::from_millis(5));
     }
@@ -135,27 +168,38 @@ fn run_stream(topo: &Topology) -> Vec<Vec<u8>> {
     capture.drain(Duration::from_millis(500), 1000).into_iter().filter(from_client).collect()
 }
 
+type Stream = fn([u8; 6], [u8; 6]) -> Vec<(&'static str, Vec<u8>)>;
+
 /// Runs the stream through the kernel, then through xdpfwd started with `args`, and compares
 /// what the server received; `counter` names the xdpfwd counter that must show the work.
 fn compare(tag: &str, args: &[&str], counter: &str) {
     let topo = Topology::new(tag, true).unwrap();
+    compare_on(&topo, stream, args, &[(counter, 10)]);
+}
+
+/// [`compare`] on `topo` with the stream `make`; each of `counters` must reach its count.
+/// Returns how xdpfwd finished.
+fn compare_on(topo: &Topology, make: Stream, args: &[&str], counters: &[(&str, u64)]) -> Finished {
     topo.enable_gro().unwrap();
-    let kernel = run_stream(&topo);
-    assert!(kernel.len() >= 15, "the kernel forwarded {} frames", kernel.len());
+    let kernel = run(topo, make);
+    assert!(kernel.len() >= 10, "the kernel forwarded {} frames", kernel.len());
 
     let mut full = vec![topo.f0.as_str(), topo.f1.as_str(), "--stats-interval", "0"];
     full.extend_from_slice(args);
     let mut fwd = Forwarder::start(&topo.fwd, &full).unwrap();
-    let ours = run_stream(&topo);
+    let ours = run(topo, make);
     let done = fwd.stop().unwrap();
-    let work = xdp_counter(&done.stdout, counter);
-    assert!(work >= 10, "xdpfwd forwarded most of the stream itself ({counter}): {}", done.stdout);
+    for &(counter, least) in counters {
+        let work = xdp_counter(&done.stdout, counter);
+        assert!(work >= least, "{counter} is {work}, not at least {least}: {}", done.stdout);
+    }
 
-    let names: Vec<_> = stream([0; 6], [0; 6]).into_iter().map(|(n, _)| n).collect();
+    let names: Vec<_> = make([0; 6], [0; 6]).into_iter().map(|(n, _)| n).collect();
     assert_eq!(ours.len(), kernel.len(), "same number of frames ({names:?})");
     for (i, (k, o)) in kernel.iter().zip(&ours).enumerate() {
         assert_eq!(k, o, "frame {i} differs:\nkernel {k:02x?}\nxdpfwd {o:02x?}");
     }
+    done
 }
 
 #[test]
@@ -166,4 +210,35 @@ fn mixed_stream_through_xdpfwd_equals_the_kernels() {
 #[test]
 fn mixed_stream_through_the_fast_path_equals_the_kernels() {
     compare("sf", &["--default-path", "fast"], "fast_forwarded");
+}
+
+/// Jumbo frames (MTU 9000) on the fast path: frames in more than one buffer leave intact,
+/// the kernel's frame for frame.
+#[test]
+fn jumbo_frames_through_the_fast_path_equal_the_kernels() {
+    let topo = Topology::new("jf", true).unwrap();
+    topo.set_mtu(9000, 9000).unwrap();
+    let done =
+        compare_on(&topo, jumbo_stream, &["--default-path", "fast"], &[("fast_forwarded", 11)]);
+    assert_eq!(xdp_counter(&done.stdout, "pass_too_long"), 0, "{}", done.stdout);
+}
+
+/// On the AF_XDP path a frame longer than one AF_XDP buffer goes to the kernel, which
+/// forwards it; shorter ones (2.5 and 3 KB) take the AF_XDP path: still the kernel's frame
+/// for frame, nothing lost.
+#[test]
+fn jumbo_frames_on_the_af_xdp_path_go_to_the_kernel() {
+    let topo = Topology::new("ja", true).unwrap();
+    topo.set_mtu(9000, 9000).unwrap();
+    let done = compare_on(
+        &topo,
+        jumbo_stream,
+        &["--default-path", "af-xdp"],
+        // Longer than a 4096-byte AF_XDP frame carries: the 9 of more than 3.8 KB.
+        &[("pass_too_long", 9), ("steered", 3)],
+    );
+    // Said at the start, for each interface.
+    let warning = format!("'{}' has MTU 9000: packets longer than", topo.f1);
+    assert!(done.stderr.contains(&warning), "{}", done.stderr);
+    assert!(done.stderr.contains("do not fit one 4096-byte AF_XDP buffer"), "{}", done.stderr);
 }

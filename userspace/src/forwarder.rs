@@ -732,13 +732,13 @@ fn validate(ifaces: &[Iface], config: &XskConfig) -> anyhow::Result<()> {
     let max_mtu = config.max_frame_len().saturating_sub(max_frame_for_mtu(0) + XDP_META_MAX);
     for iface in ifaces {
         if iface.mtu > max_mtu {
-            bail!(
-                "interface '{}' has MTU {}, but single-buffer AF_XDP with {}-byte frames carries at most \
-                 MTU {max_mtu}; lower it (`ip link set dev {} mtu 1500`) or use --frame-size 4096",
+            tracing::warn!(
+                "interface '{}' has MTU {}: packets longer than {max_mtu} bytes do not fit one \
+                 {}-byte AF_XDP buffer; they take the fast path out of devices that take frames \
+                 in more than one buffer, else the kernel forwards them (counted as pass_too_long)",
                 iface.name,
                 iface.mtu,
-                config.frame_size,
-                iface.name
+                config.frame_size
             );
         }
         if iface.rx_queues > MAX_QUEUES {

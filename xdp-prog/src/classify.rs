@@ -18,7 +18,7 @@ use crate::{
     wire::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
         IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, NEXTHDR_HOP, VLAN_HLEN, frame_len, ipv4,
-        ipv6, ptr_at, words,
+        ipv6, linear_len, ptr_at, words,
     },
 };
 
@@ -33,13 +33,10 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
     }
     // SAFETY: `ptr_at` checked that the 14 bytes lie inside the frame.
     let eth = unsafe { &*ptr_at::<[u8; ETH_HLEN]>(ctx, 0)? };
-    if frame_len(ctx) > ingress.max_frame as usize {
-        // An AF_XDP socket would drop it: longer than a UMEM frame carries.
-        return Err(Counter::PassEgress);
-    }
     let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     if ingress.flags.contains(IfaceFlags::XCONNECT) {
-        return xconnect(ctx, ifindex, ingress, ethertype, steer);
+        xconnect(ctx, ifindex, ingress, ethertype, steer)?;
+        return fits(ctx, ingress, steer);
     }
     if eth[0..6] != ingress.mac {
         return Err(Counter::PassNotForUs);
@@ -56,12 +53,34 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
     }
     let at = Ingress { ifindex, info: ingress, l3, vlan };
     match ethertype {
-        ETH_P_IP => ipv4(ctx, &at, steer),
-        ETH_P_IPV6 => ipv6(ctx, &at, steer),
-        _ if at.tagged() => Err(Counter::PassVlan),
-        ETH_P_8021Q | ETH_P_8021AD => Err(Counter::PassVlan),
-        _ => Err(Counter::PassNotIp),
+        ETH_P_IP => ipv4(ctx, &at, steer)?,
+        ETH_P_IPV6 => ipv6(ctx, &at, steer)?,
+        _ if at.tagged() => return Err(Counter::PassVlan),
+        ETH_P_8021Q | ETH_P_8021AD => return Err(Counter::PassVlan),
+        _ => return Err(Counter::PassNotIp),
     }
+    fits(ctx, ingress, steer)
+}
+
+/// The frame, as it will leave, fits the path `steer` takes: an AF_XDP socket receives one
+/// buffer of at most `max_frame` bytes (a tag pushed onto an untagged frame included); the
+/// fast path carries a frame in more than one buffer only out of a device that takes such
+/// frames. A frame steered for an ICMP answer always fits: `egress` trims it to what the
+/// answer quotes.
+#[inline(always)]
+fn fits(ctx: &XdpContext, ingress: &IfaceInfo, steer: &Steer) -> Result<(), Counter> {
+    let len = frame_len(ctx);
+    let multi_buffer = len > linear_len(ctx);
+    let fits = if steer.fast() {
+        !multi_buffer || steer.flags.contains(SteerFlags::MULTI_BUFFER)
+    } else if steer.meta.flags.contains(MetaFlags::ICMP) {
+        true
+    } else {
+        let vlan = steer.vlan();
+        let grows = if vlan.push != 0 && !vlan.pop { VLAN_HLEN } else { 0 };
+        !multi_buffer && len + grows <= ingress.max_frame as usize
+    };
+    if fits { Ok(()) } else { Err(Counter::PassTooLong) }
 }
 
 /// An L2 cross-connect: the frame leaves through the peer as it is, but for the VLAN
@@ -75,15 +94,11 @@ fn xconnect(
     steer: &mut Steer,
 ) -> Result<(), Counter> {
     let out = egress(ingress.peer, ifindex)?;
-    let len = frame_len(ctx);
     let vlan = Vlan {
         pop: ethertype == ETH_P_8021Q && ingress.flags.contains(IfaceFlags::VLAN_POP),
         push: out.push_vlan,
     };
-    if vlan.push != 0 && !vlan.pop && len + VLAN_HLEN > ingress.max_frame as usize {
-        return Err(Counter::PassEgress);
-    }
-    if len > out.mtu as usize + ETH_HLEN + VLAN_HLEN {
+    if frame_len(ctx) > out.mtu as usize + ETH_HLEN + VLAN_HLEN {
         return Err(Counter::PassMtu);
     }
     let peer_mac = ingress.flags.contains(IfaceFlags::PEER_MAC);
@@ -92,6 +107,7 @@ fn xconnect(
         addr[0..6].copy_from_slice(&ingress.peer_mac);
     }
     let fast = out.flags.contains(IfaceFlags::FAST_PATH);
+    let path = SteerFlags::path(fast, out);
     *steer = Steer {
         meta: XskMeta {
             oif: ingress.peer,
@@ -106,7 +122,7 @@ fn xconnect(
         nat: NO_NAT,
         push: vlan.push,
         flags: vlan.flags()
-            | if fast { SteerFlags::FAST } else { SteerFlags::empty() }
+            | path
             | if peer_mac { SteerFlags::PEER_MAC } else { SteerFlags::empty() },
     };
     Ok(())
@@ -272,7 +288,7 @@ fn routed(
         }
     }
     flow.path = path as u8;
-    route(ctx, at, flow, packet, nat, steer)
+    route(at, flow, packet, nat, steer)
 }
 
 /// The L4 header a rewrite touches lies in the frame, so that applying it cannot fail.

@@ -168,6 +168,21 @@ bitflags::bitflags! {
         const POP = 1 << 1;
         /// Cross-connect: set the destination MAC to `meta.addr[0..6]`.
         const PEER_MAC = 1 << 2;
+        /// With `FAST`: the egress device takes frames in more than one buffer
+        /// (`IfaceFlags::FAST_SG`).
+        const MULTI_BUFFER = 1 << 3;
+    }
+}
+
+impl SteerFlags {
+    /// The path flags of a frame leaving through `out`, on the fast path or not.
+    #[inline(always)]
+    pub fn path(fast: bool, out: &IfaceInfo) -> SteerFlags {
+        match (fast, out.flags.contains(IfaceFlags::FAST_SG)) {
+            (false, _) => SteerFlags::empty(),
+            (true, false) => SteerFlags::FAST,
+            (true, true) => SteerFlags::FAST.union(SteerFlags::MULTI_BUFFER),
+        }
     }
 }
 

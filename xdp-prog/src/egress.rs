@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use xdpfwd_common::{Counter, META_LEN, MetaFlags, XskMeta, xsk_key};
+use xdpfwd_common::{Counter, ICMP_QUOTE_MAX, META_LEN, MetaFlags, XskMeta, xsk_key};
 
 use crate::{
     decision::{Steer, SteerFlags, Verdict},
@@ -91,11 +91,8 @@ fn fast_forward(ctx: &XdpContext, steer: &Steer) -> Verdict {
         if rewritten.is_err() {
             return drop(Counter::FastFailed);
         }
-        let len = frame_len(ctx);
-        let want = l3 + steer.ip_len as usize;
-        // SAFETY: `ctx.ctx` is the live `xdp_md`; shrinking by the padding keeps the frame at
-        // least `want` bytes long.
-        if len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - want) as i32)) } != 0 {
+        // The Ethernet padding of a short frame goes.
+        if trim(ctx, l3 + steer.ip_len as usize).is_err() {
             return drop(Counter::FastFailed);
         }
     }
@@ -103,6 +100,17 @@ fn fast_forward(ctx: &XdpContext, steer: &Steer) -> Verdict {
         Ok(action) => Verdict::new(action, Counter::FastForwarded),
         Err(_) => drop(Counter::FastFailed),
     }
+}
+
+/// Shortens the frame to `want` bytes if it is longer (from its last buffer on).
+#[inline(always)]
+fn trim(ctx: &XdpContext, want: usize) -> Result<(), ()> {
+    let len = frame_len(ctx);
+    // SAFETY: `ctx.ctx` is the live `xdp_md`; shrinking keeps the frame `want` bytes long.
+    if len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - want) as i32)) } != 0 {
+        return Err(());
+    }
+    Ok(())
 }
 
 /// Writes the MACs and decrements the TTL / hop limit of the frame classified as `meta`,
@@ -154,6 +162,11 @@ fn redirect(ctx: &XdpContext, steer: &Steer) -> Verdict {
     // SAFETY: the check above proves `META_LEN` bytes from `meta` lie in the metadata area
     // (packet data: unaligned access allowed); `steer` is a map value.
     unsafe { copy_words(meta as *mut XskMeta, &steer.meta) };
+    if steer.meta.flags.contains(MetaFlags::ICMP)
+        && trim(ctx, steer.meta.l3_off as usize + ICMP_QUOTE_MAX).is_err()
+    {
+        return drop(Counter::FastFailed);
+    }
     match XSKS.redirect(key, 0) {
         Ok(action) => {
             let flags = steer.meta.flags;

@@ -34,7 +34,8 @@ use xdpfwd_common::Counter;
 
 use crate::decision::Verdict;
 
-#[xdp]
+// `frags`: frames may arrive in more than one buffer (jumbo frames; see `wire::frame_len`).
+#[xdp(frags)]
 pub fn xdpfwd(ctx: XdpContext) -> u32 {
     // `Counter::Rx` is not counted here: user space derives it as the sum of the verdicts,
     // which saves a map update per frame.

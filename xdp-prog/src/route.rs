@@ -5,7 +5,7 @@
 //! tables; decides, never changes the frame. Whatever it cannot resolve exactly as the kernel
 //! would goes to the kernel.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::maps::lpm_trie::Key;
 use xdpfwd_common::{
     Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy, HopFlags,
     ICMP_QUOTE_FORWARDED, IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags,
@@ -39,7 +39,6 @@ const FIB_KERNEL: u32 = 2;
 /// is off on the ingress, the frame goes to user space for that answer instead.
 #[inline(always)]
 pub fn route(
-    ctx: &XdpContext,
     at: &Ingress,
     flow: &Flow,
     packet: &Packet,
@@ -87,7 +86,7 @@ pub fn route(
     if packet.ip_len > mtu as usize {
         return too_big(at, packet, nat, (route_mtu, out.mtu), steer);
     }
-    let vlan = egress_vlan(ctx, at, route_vlan, out)?;
+    let vlan = egress_vlan(at, route_vlan, out);
     let fast = PathChoice::fast(flow, out);
     // Field by field: a struct literal zeroes `addr` with a call to a byte-wise `memset`.
     steer.meta.oif = oif;
@@ -101,7 +100,7 @@ pub fn route(
     steer.ip_len = packet.ip_len as u32;
     steer.nat = nat;
     steer.push = vlan.push;
-    steer.flags = vlan.flags() | if fast { SteerFlags::FAST } else { SteerFlags::empty() };
+    steer.flags = vlan.flags() | SteerFlags::path(fast, out);
     let mac = if kind == RouteKind::StaticMac {
         static_mac
     } else {
@@ -125,7 +124,7 @@ pub fn route(
                     steer.meta.flags |= MetaFlags::NEXT_HOP_V6;
                 }
                 steer.meta.addr = next_hop;
-                steer.flags.remove(SteerFlags::FAST);
+                steer.flags.remove(SteerFlags::FAST | SteerFlags::MULTI_BUFFER);
                 return Ok(());
             }
         }

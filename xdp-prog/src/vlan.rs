@@ -8,23 +8,15 @@ use xdpfwd_common::{Counter, IfaceInfo};
 
 use crate::{
     decision::{Ingress, Vlan},
-    wire::{ETH_HLEN, ETH_P_8021Q, VLAN_HLEN, field16, frame_len, move_macs, ptr_at},
+    wire::{ETH_HLEN, ETH_P_8021Q, VLAN_HLEN, field16, move_macs, ptr_at},
 };
 
 /// The VLAN handling of a routed frame: the ingress tag is popped, the route's or the egress
-/// interface's VLAN id pushed. A push onto an untagged frame must still fit a UMEM frame.
+/// interface's VLAN id pushed. (`classify` checks that a pushed tag still fits the path.)
 #[inline(always)]
-pub fn egress_vlan(
-    ctx: &XdpContext,
-    at: &Ingress,
-    route_vlan: u16,
-    out: &IfaceInfo,
-) -> Result<Vlan, Counter> {
+pub fn egress_vlan(at: &Ingress, route_vlan: u16, out: &IfaceInfo) -> Vlan {
     let push = if route_vlan != 0 { route_vlan } else { out.push_vlan };
-    if push != 0 && !at.tagged() && frame_len(ctx) + VLAN_HLEN > at.info.max_frame as usize {
-        return Err(Counter::PassEgress);
-    }
-    Ok(Vlan { pop: at.tagged(), push })
+    Vlan { pop: at.tagged(), push }
 }
 
 /// Pops, pushes or rewrites the 802.1Q tag; returns the new offset of the IP header. On

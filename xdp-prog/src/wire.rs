@@ -5,7 +5,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::bpf_xdp_get_buff_len, programs::XdpContext};
 use xdpfwd_common::Counter;
 
 pub const ETH_HLEN: usize = 14;
@@ -94,9 +94,20 @@ pub unsafe fn zero_words<T: Copy>(dst: *mut T) {
     }
 }
 
-/// The frame's length.
+/// The frame's length, every buffer of it. The program is attached with `frags`, so a frame
+/// longer than a page (a jumbo frame) may arrive in more than one buffer, and `data_end`
+/// bounds only the first ([`linear_len`]): headers are read there, lengths are checked
+/// against this.
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> usize {
+    // SAFETY: `ctx.ctx` is the live `xdp_md`; the helper only reads it.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) as usize }
+}
+
+/// The length of the frame's first buffer, which `ptr_at` reads (all of it unless the frame
+/// came in more than one).
+#[inline(always)]
+pub fn linear_len(ctx: &XdpContext) -> usize {
     ctx.data_end() - ctx.data()
 }
 

@@ -51,7 +51,10 @@ use xdpfwd_common::{
 };
 
 use crate::{
-    egress_path::{self, DefaultPath, EgressPath, Path, features::FeatureEvent},
+    egress_path::{
+        self, DefaultPath, EgressPath, Path,
+        features::{self, FeatureEvent},
+    },
     fib_rules::{FibRuleSpec, FibRules},
     iface::{self, Iface},
     netfilter::Hooks,
@@ -471,13 +474,14 @@ impl Control {
         if iface.up != fresh.up {
             self.resync = true;
         }
-        if fresh.mtu != iface.mtu && max_frame_for_mtu(fresh.mtu) > u32::from(self.tuning.max_frame)
+        if fresh.mtu > iface.mtu && max_frame_for_mtu(fresh.mtu) > u32::from(self.tuning.max_frame)
         {
-            tracing::error!(
+            tracing::warn!(
                 iface = %iface.name,
                 mtu = fresh.mtu,
-                "MTU raised beyond what single-buffer AF_XDP carries (frames up to {} bytes): \
-                 longer frames now go to the kernel; lower the MTU to restore full forwarding",
+                "MTU raised: frames longer than {} bytes do not fit one AF_XDP buffer; they \
+                 take the fast path out of devices that take frames in more than one buffer, \
+                 else the kernel forwards them (counted as pass_too_long)",
                 self.tuning.max_frame
             );
         }
@@ -611,15 +615,22 @@ impl Control {
         egress_path::choose(setting, self.tuning.zero_copy, features)
     }
 
+    /// The kernel says device `i` takes redirected frames in more than one buffer.
+    fn takes_multi_buffer(&self, i: usize) -> bool {
+        let features = self.xdp_features.as_ref().and_then(|f| f.get(&self.ifaces[i].ifindex));
+        features.is_some_and(|f| f & features::NDO_XMIT_SG != 0)
+    }
+
     /// A device's XDP features changed: the paths out of managed interfaces follow.
     fn on_features(&mut self, event: FeatureEvent) {
         if let (FeatureEvent::Device { ifindex, xdp }, Some(known)) =
             (event, self.xdp_features.as_mut())
         {
-            known.insert(ifindex, xdp);
+            let before = known.insert(ifindex, xdp).unwrap_or(0);
+            let multi_buffer_changed = (before ^ xdp) & features::NDO_XMIT_SG != 0;
             if let Some(i) = self.ifaces.iter().position(|i| i.ifindex == ifindex)
                 && self.paths[i].is_some()
-                && self.paths[i] != Some(self.egress_path(i))
+                && (multi_buffer_changed || self.paths[i] != Some(self.egress_path(i)))
             {
                 self.update_iface(i);
             }
@@ -706,6 +717,7 @@ impl Control {
         flags.set(IfaceFlags::RP_STRICT, sysctls.rp_filter == 1);
         flags.set(IfaceFlags::RP_LOOSE, sysctls.rp_filter >= 2);
         flags.set(IfaceFlags::FAST_PATH, path.path == Path::Fast);
+        flags.set(IfaceFlags::FAST_SG, path.path == Path::Fast && self.takes_multi_buffer(i));
         flags.set(IfaceFlags::VLAN_POP, opts.vlan_pop);
         flags.set(IfaceFlags::XCONNECT, opts.peer != 0);
         flags.set(IfaceFlags::PEER_MAC, opts.peer_mac.is_some());

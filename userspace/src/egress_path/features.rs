@@ -32,6 +32,8 @@ use crate::{nlattr, sockopt};
 
 /// `NETDEV_XDP_ACT_NDO_XMIT`: frames can be redirected into the device.
 pub const NDO_XMIT: u64 = 1 << 2;
+/// `NETDEV_XDP_ACT_NDO_XMIT_SG`: also frames in more than one buffer (jumbo frames).
+pub const NDO_XMIT_SG: u64 = 1 << 6;
 
 /// `NETDEV_CMD_*`.
 const CMD_DEV_GET: u8 = 1;

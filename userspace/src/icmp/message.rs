@@ -16,7 +16,7 @@ use xdpfwd_common::IcmpError;
 pub const QUOTE_V4: usize = 576 - 20 - 8;
 /// Most bytes of an IPv6 error: the minimum MTU (RFC 4443 2.4 (c)); the quote is what remains
 /// after a 40-byte IPv6 and an 8-byte ICMPv6 header.
-pub const QUOTE_V6: usize = 1280 - 40 - 8;
+pub const QUOTE_V6: usize = xdpfwd_common::ICMP_QUOTE_MAX;
 /// Room for the longest message (header and quote).
 pub const MESSAGE_MAX: usize = 8 + QUOTE_V6;
 
