@@ -103,10 +103,43 @@ fn frames(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
     out
 }
 
+/// Jumbo frames (the client's link at MTU 9000, the server's at 1500) the router answers:
+/// too big for the egress (IPv4 with DF, IPv6), expired. They arrive in more than one buffer.
+fn jumbo_frames(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
+    let eth = || PacketBuilder::ethernet2(c_mac, f_mac);
+    let udp4 = |src: [u8; 4], ttl: u8, df: bool| {
+        let mut ip =
+            etherparse::Ipv4Header::new(0, ttl, etherparse::IpNumber::UDP, src, SERVER_V4.octets())
+                .unwrap();
+        ip.dont_fragment = df;
+        ip.identification = 0x4343;
+        let mut f = Vec::new();
+        let payload: Vec<u8> = (0..8000).map(|i| (i % 251) as u8).collect();
+        eth()
+            .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+            .udp(4000, 9000)
+            .write(&mut f, &payload)
+            .unwrap();
+        f
+    };
+    let udp6 = |src: [u8; 16], hops: u8| {
+        let mut f = Vec::new();
+        let payload: Vec<u8> = (0..8000).map(|i| (i % 241) as u8).collect();
+        eth().ipv6(src, SERVER_V6.octets(), hops).udp(4000, 9000).write(&mut f, &payload).unwrap();
+        f
+    };
+    vec![udp4(src4(21), 64, true), udp4(src4(22), 1, false), udp6(src6(21), 64), udp6(src6(22), 1)]
+}
+
 /// The ICMP errors the client receives for the frames, with the fields that legitimately
 /// differ between two senders zeroed: IPv4 identification and header checksum, IPv6 flow
 /// label. Sorted.
 fn errors(topo: &Topology) -> Vec<Vec<u8>> {
+    errors_for(topo, frames)
+}
+
+/// [`errors`] for the frames `make` builds.
+fn errors_for(topo: &Topology, make: fn([u8; 6], [u8; 6]) -> Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 1), "paths work");
     let c0 = topo.c0.clone();
     let capture = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
@@ -114,7 +147,7 @@ fn errors(topo: &Topology) -> Vec<Vec<u8>> {
     let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
     let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
     let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
-    for frame in frames(c_mac, f_mac) {
+    for frame in make(c_mac, f_mac) {
         sender.send(&frame).unwrap();
     }
     let mut got: Vec<Vec<u8>> = capture
@@ -333,4 +366,25 @@ fn transfer(topo: &Topology, dst: IpAddr, bytes: usize) -> Result<usize, String>
     let served = server.join().map_err(|_| "server panicked".to_string())?;
     served.map_err(|e| format!("server: {e}"))?;
     client.map_err(|e| format!("client: {e}"))
+}
+
+/// Jumbo frames the router cannot forward (too big for the egress, expired) get the kernel's
+/// errors from xdpfwd too: the XDP program trims what it steers for an answer to the quote,
+/// so a frame in more than one buffer fits one AF_XDP buffer.
+#[test]
+fn jumbo_frames_get_the_kernels_errors_with_forwarding_off() {
+    let topo = Topology::new("icmpj", true).unwrap();
+    prepare(&topo);
+    topo.set_mtu(9000, 1500).unwrap();
+    let kernel = errors_for(&topo, jumbo_frames);
+    assert_eq!(kernel.len(), 4, "the kernel answers every frame: {kernel:02x?}");
+
+    topo.set_forwarding(false).unwrap();
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    let ours = errors_for(&topo, jumbo_frames);
+    let done = fwd.stop().unwrap();
+    assert_eq!(ours, kernel, "the same errors, byte for byte: {}", done.stdout);
+    assert!(xdp_counter(&done.stdout, "steered_icmp") >= 4, "{}", done.stdout);
+    assert_eq!(xdp_counter(&done.stdout, "pass_too_long"), 0, "{}", done.stdout);
 }
