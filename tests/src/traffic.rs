@@ -1,8 +1,10 @@
-//! Traffic for the tests: numbered UDP streams checked datagram by datagram and frame by frame.
+//! Traffic for the tests: numbered UDP streams checked datagram by datagram and frame by frame;
+//! iperf3 between the end namespaces.
 
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr, UdpSocket},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    Topology, in_netns,
+    Topology, in_netns, ns_sh,
     packet::{RawSocket, checksum},
 };
 
@@ -167,4 +169,31 @@ pub fn l4_checksum_ok(frame: &[u8], v4: bool) -> bool {
     let _ = proto;
     pseudo.extend_from_slice(l4);
     checksum(&pseudo) == 0
+}
+
+/// Runs `iperf3 ARGS` in the client namespace against a one-shot `iperf3 -s -1 -p PORT` in
+/// the server namespace (stopped afterwards whatever happens); the client's report. ARGS name
+/// the port the client connects to (NAT may map it to `port`).
+pub fn iperf3(topo: &Topology, port: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &topo.server, "iperf3", "-s", "-1", "-p", port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    thread::sleep(Duration::from_millis(400));
+    let mut all = vec!["iperf3"];
+    all.extend_from_slice(args);
+    let report = ns_sh(&topo.client, &all);
+    let _ = server.kill();
+    let _ = server.wait();
+    report
+}
+
+/// The receiver's goodput in an iperf3 report (`-f g`): its last "receiver" line (the sum with
+/// several streams), in Gbit/s.
+pub fn gbits(report: &str) -> Option<f64> {
+    let line = report.lines().rfind(|l| l.contains("receiver"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "Gbits/sec")?;
+    words.get(at.checked_sub(1)?)?.parse().ok()
 }

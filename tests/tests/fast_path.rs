@@ -6,7 +6,9 @@ use std::{net::IpAddr, time::Duration};
 
 use xdpfwd_tests::{
     CLIENT_V4, CLIENT_V6, Forwarder, SERVER_V4, SERVER_V6, Topology, forwarded_packets, ns_sh,
-    stats_json, traffic::udp_stream, wait_for, xdp_counter,
+    stats_json,
+    traffic::{gbits, iperf3, udp_stream},
+    wait_for, xdp_counter,
 };
 
 #[test]
@@ -143,5 +145,30 @@ fn jumbo_frames_take_the_fast_path_only_where_the_device_takes_them() {
         stats_json(&topo.fwd)
     );
     let done = fwd.stop().unwrap();
+    assert_eq!(xdp_counter(&done.stdout, "fast_failed"), 0, "{}", done.stdout);
+}
+
+/// TCP at MTU 9000 with the defaults (auto: the fast path, the ends with GRO): every segment
+/// is a frame in more than one buffer, and all of them take the fast path.
+#[test]
+fn tcp_at_mtu_9000_takes_the_fast_path() {
+    let topo = Topology::new("ft", true).unwrap();
+    topo.set_mtu(9000, 9000).unwrap();
+    topo.enable_gro().unwrap();
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    let paths = format!("paths {} fast, {} fast", topo.f0, topo.f1);
+    assert!(fwd.ready_line.contains(&paths), "{}", fwd.ready_line);
+    assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 2));
+    let args = ["-c", "198.18.2.2", "-p", "5203", "-t", "2", "-f", "g"];
+    let report = iperf3(&topo, "5203", &args).unwrap();
+    let goodput = gbits(&report).unwrap_or(0.0);
+    let done = fwd.stop().unwrap();
+    // Segments of 8948 bytes of payload (timestamps on), one frame each.
+    let segments = (goodput * 1e9 * 2.0 / 8.0 / 8948.0) as u64;
+    let fast = xdp_counter(&done.stdout, "fast_forwarded");
+    assert!(goodput > 0.1, "{report}");
+    assert!(fast >= segments * 9 / 10, "{fast} frames for {segments} segments: {}", done.stdout);
+    assert_eq!(xdp_counter(&done.stdout, "pass_too_long"), 0, "{}", done.stdout);
     assert_eq!(xdp_counter(&done.stdout, "fast_failed"), 0, "{}", done.stdout);
 }

@@ -94,7 +94,8 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-#[xdp]
+// `frags`: jumbo frames too (the TCP figures at MTU 9000), as xdpfwd.
+#[xdp(frags)]
 pub fn bench_redirect(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: copied out at once.
@@ -118,7 +119,7 @@ pub fn bench_redirect(ctx: XdpContext) -> u32 {
 const AF_INET: u8 = 2;
 const FIB_SUCCESS: i64 = 0;
 
-#[xdp]
+#[xdp(frags)]
 pub fn bench_fib(ctx: XdpContext) -> u32 {
     let start = ctx.data();
     // Ethernet and the IPv4 header without options.

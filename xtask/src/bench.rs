@@ -20,6 +20,7 @@ use xdpfwd_tests::{
     Forwarder, SERVER_V4, Topology, fmt_mac,
     generator::{BareRedirect, FibForward, Generator, Sink, udp_frame},
     ns_sh, report_value, sh,
+    traffic::{gbits, iperf3},
 };
 
 use crate::{cmd, root};
@@ -184,13 +185,15 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
     let rtts: Vec<(Candidate, Option<f64>)> =
         Candidate::ALL.iter().map(|c| (*c, bench.rtt(*c).ok())).collect();
     let tcp: Vec<(Candidate, [Option<f64>; 2])> =
-        Candidate::ALL.iter().map(|c| (*c, bench.tcp(*c))).collect();
+        Candidate::ALL.iter().map(|c| (*c, bench.tcp(*c, 1500))).collect();
+    let tcp_jumbo = bench.tcp_jumbo()?;
     bench.cleanup();
     let micro = criterion().unwrap_or_else(|err| format!("(criterion failed: {err:#})"));
 
     let report = Report {
         generator,
         tcp,
+        tcp_jumbo,
         capture,
         table,
         micro,
@@ -546,39 +549,38 @@ impl Bench {
 
     /// TCP goodput (Gbit/s, iperf3 receiver side, 3 s) through a candidate with 1 and with 8
     /// streams.
-    fn tcp(&self, cand: Candidate) -> [Option<f64>; 2] {
+    fn tcp(&self, cand: Candidate, mtu: u32) -> [Option<f64>; 2] {
         let t = &self.topo;
         let mut running = match self.start(cand) {
             Ok(running) => running,
             Err(err) => {
-                eprintln!("bench: TCP through {}: {err:#}", cand.name());
+                eprintln!("bench: TCP through {} at MTU {mtu}: {err:#}", cand.name());
                 return [None, None];
             }
         };
         thread::sleep(Duration::from_millis(300));
         let mut out = [None, None];
         for (i, streams) in ["1", "8"].into_iter().enumerate() {
-            let server = Command::new("ip")
-                .args(["netns", "exec", &t.server, "iperf3", "-s", "-1", "-p", "5202"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let Ok(mut server) = server else { continue };
-            thread::sleep(Duration::from_millis(400));
-            let args = ["iperf3", "-c", "198.18.2.2", "-p", "5202", "-t", "3", "-f", "g", "-P"];
-            let mut args = args.to_vec();
-            args.push(streams);
-            out[i] = ns_sh(&t.client, &args).ok().and_then(|text| gbits(&text));
-            let _ = server.kill();
-            let _ = server.wait();
+            let args = ["-c", "198.18.2.2", "-p", "5202", "-t", "3", "-f", "g", "-P", streams];
+            out[i] = iperf3(t, "5202", &args).ok().and_then(|text| gbits(&text));
             eprintln!(
-                "bench: TCP through {}, {streams} stream(s): {:?} Gbit/s",
+                "bench: TCP through {} at MTU {mtu}, {streams} stream(s): {:?} Gbit/s",
                 cand.name(),
                 out[i]
             );
         }
         let _ = self.stop(&mut running);
         out
+    }
+
+    /// [`Self::tcp`] at MTU 9000 (every link) for the candidates in [`JUMBO`]; the links
+    /// return to MTU 1500 afterwards.
+    fn tcp_jumbo(&self) -> anyhow::Result<Vec<(Candidate, [Option<f64>; 2])>> {
+        let t = &self.topo;
+        t.set_mtu(9000, 9000)?;
+        let out = JUMBO.iter().map(|c| (*c, self.tcp(*c, 9000))).collect();
+        t.set_mtu(1500, 1500)?;
+        Ok(out)
     }
 
     /// Average ping round-trip time in ms through a candidate.
@@ -598,15 +600,6 @@ impl Bench {
     fn cleanup(&self) {
         let _ = self.topo.set_forwarding(false);
     }
-}
-
-/// The receiver's goodput in an iperf3 report (`-f g`): its last "receiver" line (the sum with
-/// several streams).
-fn gbits(report: &str) -> Option<f64> {
-    let line = report.lines().rfind(|l| l.contains("receiver"))?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let at = words.iter().position(|w| *w == "Gbits/sec")?;
-    words.get(at.checked_sub(1)?)?.parse().ok()
 }
 
 /// utime + stime of a process, in seconds.
@@ -672,11 +665,24 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
+/// The candidates measured at MTU 9000: testpmd's `net_af_xdp` receives single-buffer
+/// frames only.
+const JUMBO: [Candidate; 6] = [
+    Candidate::Default,
+    Candidate::AfXdp,
+    Candidate::Fast,
+    Candidate::XdpForward,
+    Candidate::Redirect,
+    Candidate::Kernel,
+];
+
 struct Report {
     /// The generator's own rate into a drop sink, Mpps per size.
     generator: Vec<f64>,
     /// TCP goodput with 1 and 8 streams, Gbit/s.
     tcp: Vec<(Candidate, [Option<f64>; 2])>,
+    /// The same at MTU 9000, for the candidates that carry jumbo frames.
+    tcp_jumbo: Vec<(Candidate, [Option<f64>; 2])>,
     /// The capture-cost table.
     capture: String,
     /// The full-table section.
@@ -743,11 +749,23 @@ impl Report {
     }
 
     fn tcp_table(&self) -> String {
-        let mut t =
-            String::from("| candidate | 1 stream (Gbit/s) | 8 streams (Gbit/s) |\n|---|---|---|\n");
+        let mut t = String::from(
+            "| candidate | MTU 1500, 1 stream (Gbit/s) | 8 streams | MTU 9000, 1 stream | \
+             8 streams |\n|---|---|---|---|---|\n",
+        );
         let cell = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
         for (c, [one, eight]) in &self.tcp {
-            let _ = writeln!(t, "| {} | {} | {} |", c.name(), cell(*one), cell(*eight));
+            let [j1, j8] =
+                self.tcp_jumbo.iter().find(|(j, _)| j == c).map_or([None, None], |(_, v)| *v);
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} |",
+                c.name(),
+                cell(*one),
+                cell(*eight),
+                if JUMBO.contains(c) { cell(j1) } else { "-".into() },
+                if JUMBO.contains(c) { cell(j8) } else { "-".into() },
+            );
         }
         t
     }
@@ -824,7 +842,9 @@ Ratios (same run, medians):
 
 Kernel TCP in the end namespaces with their transmit checksum offload off (as the docs say
 for veth; that also turns TSO off, so every segment crosses the forwarder as one frame of
-at most 1500 bytes); IPv4, MTU 1500.
+at most the MTU); IPv4, MTU 1500, then every link at MTU 9000 (jumbo frames: on veth a
+9000-byte frame arrives in three buffers; testpmd's `net_af_xdp` takes single-buffer frames
+only and is not run there; "-").
 
 {tcp}
 

@@ -9,7 +9,6 @@
 use std::{
     net::{IpAddr, UdpSocket},
     path::Path,
-    process::{Command, Stdio},
     thread,
     time::Duration,
 };
@@ -83,18 +82,9 @@ fn udp_stream(topo: &Topology, server: IpAddr, label: &str) -> anyhow::Result<()
     iperf3(topo, "5201", &args)
 }
 
-/// Runs `iperf3 ARGS` in the client against a one-shot iperf3 server listening on `port` in
-/// the server namespace; prints the sender and receiver summaries.
+/// Runs iperf3 from the client to a one-shot server; prints its summary lines.
 fn iperf3(topo: &Topology, port: &str, args: &[&str]) -> anyhow::Result<()> {
-    let mut srv = Command::new("ip")
-        .args(["netns", "exec", &topo.server, "iperf3", "-s", "-1", "-p", port])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    thread::sleep(Duration::from_millis(500));
-    let mut all = vec!["iperf3"];
-    all.extend_from_slice(args);
-    match ns_sh(&topo.client, &all) {
+    match xdpfwd_tests::traffic::iperf3(topo, port, args) {
         Ok(text) => {
             for line in text.lines().filter(|l| l.contains("sender") || l.contains("receiver")) {
                 println!("   {}", line.trim());
@@ -102,8 +92,6 @@ fn iperf3(topo: &Topology, port: &str, args: &[&str]) -> anyhow::Result<()> {
         }
         Err(err) => println!("   iperf3 failed: {err}"),
     }
-    let _ = srv.kill();
-    let _ = srv.wait();
     Ok(())
 }
 
