@@ -110,10 +110,14 @@ bitflags::bitflags! {
         const RP_STRICT = 1 << 8;
         /// `rp_filter = 2` (loose): a unicast route back to the source must exist.
         const RP_LOOSE = 1 << 9;
-        /// With `FAST_PATH`: the device also takes redirected frames in more than one buffer
-        /// (`NETDEV_XDP_ACT_NDO_XMIT_SG`), so frames longer than a page (jumbo frames) take
-        /// the fast path out of it too; without, the kernel forwards them.
-        const FAST_SG = 1 << 10;
+        /// The kernel reports that the device takes redirected frames
+        /// (`NETDEV_XDP_ACT_NDO_XMIT`): a frame too long for the AF_XDP path takes the fast
+        /// path out of it instead (whatever the path of the rest).
+        const REDIRECT_TARGET = 1 << 10;
+        /// ... also in more than one buffer (`NETDEV_XDP_ACT_NDO_XMIT_SG`): frames longer than
+        /// a page (jumbo frames) take the fast path out of it; without, the kernel forwards
+        /// them.
+        const REDIRECT_SG = 1 << 11;
     }
 }
 
@@ -540,8 +544,9 @@ counters! {
     /// on the ingress; the frame itself is not forwarded.
     SteeredIcmp = "steered_icmp",
     /// Passed: the frame is longer than its path carries: an AF_XDP socket receives one
-    /// buffer of at most a UMEM frame; the fast path carries a frame in more than one buffer
-    /// (a jumbo frame) only out of a device that takes such frames (`IfaceFlags::FAST_SG`).
+    /// buffer of at most a UMEM frame, and the egress device takes no redirected frame (the
+    /// fast path); the fast path carries a frame in more than one buffer (a jumbo frame) only
+    /// out of a device that takes such frames (`IfaceFlags::REDIRECT_SG`).
     PassTooLong = "pass_too_long",
 }
 

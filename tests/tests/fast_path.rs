@@ -108,67 +108,77 @@ fn auto_takes_the_fast_path_out_of_an_egress_while_it_takes_redirected_frames() 
 }
 
 /// A jumbo frame (MTU 9000, more than one buffer on veth) leaves by the fast path only out of
-/// a device that takes such frames; out of one that takes none (forced `fast`, the server's
-/// end without GRO or XDP, so the kernel reports neither `NDO_XMIT` nor `NDO_XMIT_SG`), the
-/// kernel forwards it instead of the redirect losing it.
+/// a device that takes such frames, whichever path the rest takes; out of one that takes none
+/// (the server's end without GRO or XDP, so the kernel reports neither `NDO_XMIT` nor
+/// `NDO_XMIT_SG`), the kernel forwards it instead of the redirect losing it.
 #[test]
 fn jumbo_frames_take_the_fast_path_only_where_the_device_takes_them() {
     let topo = Topology::new("fj", false).unwrap();
     topo.set_mtu(9000, 9000).unwrap();
     ns_sh(&topo.fwd, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
-    let mut fwd = Forwarder::start(
-        &topo.fwd,
-        &[&topo.f0, &topo.f1, "--stats-interval", "0", "--default-path", "fast"],
-    )
-    .unwrap();
-    let ping = |size: &str| {
+    let ping = || {
         let server = SERVER_V4.to_string();
-        ns_sh(
-            &topo.client,
-            &["ping", "-q", "-c", "3", "-i", "0.1", "-W", "2", "-M", "do", "-s", size, &server],
-        )
-        .is_ok()
+        let args = ["ping", "-q", "-c", "3", "-i", "0.1", "-W", "2", "-M", "do", "-s", "8000"];
+        let mut args = args.to_vec();
+        args.push(&server);
+        ns_sh(&topo.client, &args).is_ok()
     };
-    // Replies come back through f0, whose peer (the client's end) has no GRO either: they go
-    // to the kernel as well.
-    assert!(ping("8000"), "jumbo pings arrive");
-    // (The first request and reply wait for a neighbour: the kernel's too.)
-    assert!(counter(&topo.fwd, "pass_too_long") >= 4, "{}", stats_json(&topo.fwd));
-    // With GRO on both ends both devices take frames in more than one buffer: the fast path.
-    topo.enable_gro().unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            let before = counter(&topo.fwd, "fast_forwarded");
-            ping("8000") && counter(&topo.fwd, "fast_forwarded") >= before + 6
-        }),
-        "{}",
-        stats_json(&topo.fwd)
-    );
-    let done = fwd.stop().unwrap();
-    assert_eq!(xdp_counter(&done.stdout, "fast_failed"), 0, "{}", done.stdout);
+    for path in ["fast", "af-xdp"] {
+        let _ = ns_sh(&topo.client, &["ethtool", "-K", &topo.c0, "gro", "off"]);
+        let _ = ns_sh(&topo.server, &["ethtool", "-K", &topo.s0, "gro", "off"]);
+        let mut fwd = Forwarder::start(
+            &topo.fwd,
+            &[&topo.f0, &topo.f1, "--stats-interval", "0", "--default-path", path],
+        )
+        .unwrap();
+        // Replies come back through f0, whose peer (the client's end) has no GRO either: they
+        // go to the kernel as well.
+        assert!(ping(), "jumbo pings arrive ({path})");
+        // (The first request and reply may wait for a neighbour: the kernel's too.)
+        let passed = counter(&topo.fwd, "pass_too_long");
+        assert!(passed >= 4, "{path}: {}", stats_json(&topo.fwd));
+        // With GRO on both ends both devices take frames in more than one buffer: the fast
+        // path, also where the rest takes the AF_XDP path.
+        topo.enable_gro().unwrap();
+        assert!(
+            wait_for(Duration::from_secs(5), || {
+                let before = counter(&topo.fwd, "fast_forwarded");
+                ping() && counter(&topo.fwd, "fast_forwarded") >= before + 6
+            }),
+            "{path}: {}",
+            stats_json(&topo.fwd)
+        );
+        let done = fwd.stop().unwrap();
+        assert_eq!(xdp_counter(&done.stdout, "fast_failed"), 0, "{}", done.stdout);
+    }
 }
 
-/// TCP at MTU 9000 with the defaults (auto: the fast path, the ends with GRO): every segment
-/// is a frame in more than one buffer, and all of them take the fast path.
+/// TCP at MTU 9000 through xdpfwd as the router (the kernel's forwarding off), with the
+/// defaults (auto: the fast path, the ends with GRO) and with the AF_XDP path chosen: every
+/// data segment is a frame in more than one buffer, and all of them take the fast path
+/// (none lost to the kernel, which would drop them).
 #[test]
 fn tcp_at_mtu_9000_takes_the_fast_path() {
-    let topo = Topology::new("ft", true).unwrap();
+    let topo = Topology::new("ft", false).unwrap();
     topo.set_mtu(9000, 9000).unwrap();
     topo.enable_gro().unwrap();
-    let mut fwd =
-        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
-    let paths = format!("paths {} fast, {} fast", topo.f0, topo.f1);
-    assert!(fwd.ready_line.contains(&paths), "{}", fwd.ready_line);
-    assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 2));
-    let args = ["-c", "198.18.2.2", "-p", "5203", "-t", "2", "-f", "g"];
-    let report = iperf3(&topo, "5203", &args).unwrap();
-    let goodput = gbits(&report).unwrap_or(0.0);
-    let done = fwd.stop().unwrap();
-    // Segments of 8948 bytes of payload (timestamps on), one frame each.
-    let segments = (goodput * 1e9 * 2.0 / 8.0 / 8948.0) as u64;
-    let fast = xdp_counter(&done.stdout, "fast_forwarded");
-    assert!(goodput > 0.1, "{report}");
-    assert!(fast >= segments * 9 / 10, "{fast} frames for {segments} segments: {}", done.stdout);
-    assert_eq!(xdp_counter(&done.stdout, "pass_too_long"), 0, "{}", done.stdout);
-    assert_eq!(xdp_counter(&done.stdout, "fast_failed"), 0, "{}", done.stdout);
+    for path in ["auto", "af-xdp"] {
+        let mut fwd = Forwarder::start(
+            &topo.fwd,
+            &[&topo.f0, &topo.f1, "--stats-interval", "0", "--default-path", path],
+        )
+        .unwrap();
+        assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 2));
+        let args = ["-c", "198.18.2.2", "-p", "5203", "-t", "2", "-f", "g"];
+        let report = iperf3(&topo, "5203", &args).unwrap();
+        let goodput = gbits(&report).unwrap_or(0.0);
+        let done = fwd.stop().unwrap();
+        // Segments of 8948 bytes of payload (timestamps on), one frame each.
+        let segments = (goodput * 1e9 * 2.0 / 8.0 / 8948.0) as u64;
+        let fast = xdp_counter(&done.stdout, "fast_forwarded");
+        assert!(goodput > 0.1, "{path}: {report}");
+        assert!(fast >= segments * 9 / 10, "{path}: {fast} for {segments}: {}", done.stdout);
+        assert_eq!(xdp_counter(&done.stdout, "pass_too_long"), 0, "{}", done.stdout);
+        assert_eq!(xdp_counter(&done.stdout, "fast_failed"), 0, "{}", done.stdout);
+    }
 }

@@ -36,6 +36,8 @@ pub struct XskConfig {
     pub ring_size: u32,
     pub frames_per_socket: u32,
     pub bind: BindMode,
+    /// The UMEM in huge pages (`MAP_HUGETLB`).
+    pub huge_pages: bool,
 }
 
 impl XskConfig {
@@ -46,6 +48,41 @@ impl XskConfig {
     }
 }
 
+/// The UMEM's size for sockets on `queues`.
+fn umem_bytes(queues: &[(Arc<Iface>, u32)], config: &XskConfig) -> u64 {
+    queues.len() as u64 * u64::from(config.frames_per_socket) * u64::from(config.frame_size)
+}
+
+/// Waits (1 s at most) until `pages` huge pages are free for the taking.
+fn await_huge_pages(pages: u64) {
+    let available = || {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |name: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field("HugePages_Free:").saturating_sub(field("HugePages_Rsvd:"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while available() < pages && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The size of the huge pages `MAP_HUGETLB` maps (`Hugepagesize` in /proc/meminfo; 2 MiB
+/// where it cannot be read).
+fn huge_page_size() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Hugepagesize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.map_or(2 << 20, |k| k << 10)
+}
+
 /// `XDP_PACKET_HEADROOM` from the kernel: the room in front of every received frame.
 pub const XDP_PACKET_HEADROOM: u32 = 256;
 
@@ -53,8 +90,14 @@ pub const XDP_PACKET_HEADROOM: u32 = 256;
 pub enum XskError {
     #[error("invalid AF_XDP configuration: {0}")]
     Config(String),
-    #[error("creating the UMEM ({frames} frames of {frame_size} bytes) failed: {source}")]
-    Umem { frames: u32, frame_size: u32, source: io::Error },
+    #[error("creating the UMEM ({frames} frames of {frame_size} bytes) failed: {reason}")]
+    Umem { frames: u32, frame_size: u32, reason: io::Error },
+    #[error(
+        "creating the UMEM ({mib} MiB) in huge pages failed: {reason}; reserve them first \
+         (`sysctl vm.nr_hugepages={pages}` or more: HugePages_Free in /proc/meminfo), or \
+         leave out --hugepages"
+    )]
+    HugePages { mib: u64, pages: u64, reason: io::Error },
     #[error("binding an AF_XDP socket to {iface} queue {queue} in {mode} mode failed: {source}")]
     Bind { iface: String, queue: u32, mode: &'static str, source: io::Error },
 }
@@ -91,6 +134,11 @@ pub fn open(queues: &[(Arc<Iface>, u32)], config: &XskConfig) -> Result<Sockets,
         BindMode::ZeroCopy => open_in(queues, config, true),
         BindMode::Auto => open_in(queues, config, true).or_else(|err| {
             tracing::info!("zero-copy bind not available ({err}); using copy mode");
+            if config.huge_pages {
+                // The kernel releases the first UMEM's pages after its socket is gone, a
+                // moment later (`xdp_umem_release_deferred`).
+                await_huge_pages(umem_bytes(queues, config) / huge_page_size());
+            }
             open_in(queues, config, false)
         }),
     }
@@ -115,10 +163,30 @@ fn open_in(
         .checked_mul(queues.len() as u32)
         .and_then(NonZeroU32::new)
         .ok_or_else(|| XskError::Config("no queues or too many frames".into()))?;
-    let (umem, frames) = Umem::new(umem_config, total, false).map_err(|e| XskError::Umem {
-        frames: total.get(),
-        frame_size: config.frame_size,
-        source: io::Error::other(e.to_string()),
+    let bytes = umem_bytes(queues, config);
+    let huge_page = huge_page_size();
+    if config.huge_pages && !bytes.is_multiple_of(huge_page) {
+        return Err(XskError::Config(format!(
+            "--hugepages needs a UMEM of whole {} KiB pages, not {bytes} bytes ({} sockets × \
+             2 × ring size {} × frame size {}); raise --ring-size",
+            huge_page >> 10,
+            queues.len(),
+            config.ring_size,
+            config.frame_size
+        )));
+    }
+    let (umem, frames) = Umem::new(umem_config, total, config.huge_pages).map_err(|e| {
+        // xsk-rs's message leaves out the system's reason.
+        let reason = match std::error::Error::source(&e) {
+            Some(inner) => format!("{e}: {inner}"),
+            None => e.to_string(),
+        };
+        let reason = io::Error::other(reason);
+        if config.huge_pages {
+            XskError::HugePages { mib: bytes >> 20, pages: bytes / huge_page, reason }
+        } else {
+            XskError::Umem { frames: total.get(), frame_size: config.frame_size, reason }
+        }
     })?;
     let mode = if zero_copy { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
     let socket_config = SocketConfig::builder()

@@ -65,22 +65,31 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
 /// The frame, as it will leave, fits the path `steer` takes: an AF_XDP socket receives one
 /// buffer of at most `max_frame` bytes (a tag pushed onto an untagged frame included); the
 /// fast path carries a frame in more than one buffer only out of a device that takes such
-/// frames. A frame steered for an ICMP answer always fits: `egress` trims it to what the
-/// answer quotes.
+/// frames. A frame too long for the AF_XDP path takes the fast path where the egress device
+/// takes it (the same rewrite; otherwise it would be the kernel's, and with the kernel's
+/// forwarding off, lost). A frame steered for an ICMP answer always fits: `egress` trims it
+/// to what the answer quotes.
 #[inline(always)]
-fn fits(ctx: &XdpContext, ingress: &IfaceInfo, steer: &Steer) -> Result<(), Counter> {
+fn fits(ctx: &XdpContext, ingress: &IfaceInfo, steer: &mut Steer) -> Result<(), Counter> {
     let len = frame_len(ctx);
     let multi_buffer = len > linear_len(ctx);
-    let fits = if steer.fast() {
-        !multi_buffer || steer.flags.contains(SteerFlags::MULTI_BUFFER)
-    } else if steer.meta.flags.contains(MetaFlags::ICMP) {
-        true
-    } else {
-        let vlan = steer.vlan();
-        let grows = if vlan.push != 0 && !vlan.pop { VLAN_HLEN } else { 0 };
-        !multi_buffer && len + grows <= ingress.max_frame as usize
-    };
-    if fits { Ok(()) } else { Err(Counter::PassTooLong) }
+    let fast_carries = !multi_buffer || steer.flags.contains(SteerFlags::MULTI_BUFFER);
+    if steer.fast() {
+        return if fast_carries { Ok(()) } else { Err(Counter::PassTooLong) };
+    }
+    if steer.meta.flags.contains(MetaFlags::ICMP) {
+        return Ok(());
+    }
+    let vlan = steer.vlan();
+    let grows = if vlan.push != 0 && !vlan.pop { VLAN_HLEN } else { 0 };
+    if !multi_buffer && len + grows <= ingress.max_frame as usize {
+        return Ok(());
+    }
+    if steer.flags.contains(SteerFlags::REDIRECTABLE) && fast_carries {
+        steer.flags |= SteerFlags::FAST;
+        return Ok(());
+    }
+    Err(Counter::PassTooLong)
 }
 
 /// An L2 cross-connect: the frame leaves through the peer as it is, but for the VLAN

@@ -168,9 +168,11 @@ bitflags::bitflags! {
         const POP = 1 << 1;
         /// Cross-connect: set the destination MAC to `meta.addr[0..6]`.
         const PEER_MAC = 1 << 2;
-        /// With `FAST`: the egress device takes frames in more than one buffer
-        /// (`IfaceFlags::FAST_SG`).
-        const MULTI_BUFFER = 1 << 3;
+        /// The egress device takes redirected frames (`IfaceFlags::REDIRECT_TARGET`): a
+        /// frame too long for the AF_XDP path may take the fast path.
+        const REDIRECTABLE = 1 << 3;
+        /// ... in more than one buffer too (`IfaceFlags::REDIRECT_SG`).
+        const MULTI_BUFFER = 1 << 4;
     }
 }
 
@@ -178,11 +180,14 @@ impl SteerFlags {
     /// The path flags of a frame leaving through `out`, on the fast path or not.
     #[inline(always)]
     pub fn path(fast: bool, out: &IfaceInfo) -> SteerFlags {
-        match (fast, out.flags.contains(IfaceFlags::FAST_SG)) {
-            (false, _) => SteerFlags::empty(),
-            (true, false) => SteerFlags::FAST,
-            (true, true) => SteerFlags::FAST.union(SteerFlags::MULTI_BUFFER),
+        let mut flags = if fast { SteerFlags::FAST } else { SteerFlags::empty() };
+        if out.flags.contains(IfaceFlags::REDIRECT_TARGET) {
+            flags |= SteerFlags::REDIRECTABLE;
         }
+        if out.flags.contains(IfaceFlags::REDIRECT_SG) {
+            flags |= SteerFlags::MULTI_BUFFER;
+        }
+        flags
     }
 }
 

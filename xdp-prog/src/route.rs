@@ -124,7 +124,7 @@ pub fn route(
                     steer.meta.flags |= MetaFlags::NEXT_HOP_V6;
                 }
                 steer.meta.addr = next_hop;
-                steer.flags.remove(SteerFlags::FAST | SteerFlags::MULTI_BUFFER);
+                steer.flags.remove(SteerFlags::FAST | SteerFlags::REDIRECTABLE);
                 return Ok(());
             }
         }

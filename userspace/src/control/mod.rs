@@ -615,10 +615,10 @@ impl Control {
         egress_path::choose(setting, self.tuning.zero_copy, features)
     }
 
-    /// The kernel says device `i` takes redirected frames in more than one buffer.
-    fn takes_multi_buffer(&self, i: usize) -> bool {
+    /// Device `i`'s XDP features as the kernel last reported them (none where it did not).
+    fn features(&self, i: usize) -> u64 {
         let features = self.xdp_features.as_ref().and_then(|f| f.get(&self.ifaces[i].ifindex));
-        features.is_some_and(|f| f & features::NDO_XMIT_SG != 0)
+        features.copied().unwrap_or(0)
     }
 
     /// A device's XDP features changed: the paths out of managed interfaces follow.
@@ -627,10 +627,11 @@ impl Control {
             (event, self.xdp_features.as_mut())
         {
             let before = known.insert(ifindex, xdp).unwrap_or(0);
-            let multi_buffer_changed = (before ^ xdp) & features::NDO_XMIT_SG != 0;
+            let redirect_changed =
+                (before ^ xdp) & (features::NDO_XMIT | features::NDO_XMIT_SG) != 0;
             if let Some(i) = self.ifaces.iter().position(|i| i.ifindex == ifindex)
                 && self.paths[i].is_some()
-                && (multi_buffer_changed || self.paths[i] != Some(self.egress_path(i)))
+                && (redirect_changed || self.paths[i] != Some(self.egress_path(i)))
             {
                 self.update_iface(i);
             }
@@ -717,7 +718,9 @@ impl Control {
         flags.set(IfaceFlags::RP_STRICT, sysctls.rp_filter == 1);
         flags.set(IfaceFlags::RP_LOOSE, sysctls.rp_filter >= 2);
         flags.set(IfaceFlags::FAST_PATH, path.path == Path::Fast);
-        flags.set(IfaceFlags::FAST_SG, path.path == Path::Fast && self.takes_multi_buffer(i));
+        let features = self.features(i);
+        flags.set(IfaceFlags::REDIRECT_TARGET, features & features::NDO_XMIT != 0);
+        flags.set(IfaceFlags::REDIRECT_SG, features & features::NDO_XMIT_SG != 0);
         flags.set(IfaceFlags::VLAN_POP, opts.vlan_pop);
         flags.set(IfaceFlags::XCONNECT, opts.peer != 0);
         flags.set(IfaceFlags::PEER_MAC, opts.peer_mac.is_some());
