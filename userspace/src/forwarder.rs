@@ -741,7 +741,8 @@ fn validate(ifaces: &[Iface], config: &XskConfig) -> anyhow::Result<()> {
             tracing::warn!(
                 "interface '{}' has MTU {}: packets longer than {max_mtu} bytes do not fit one \
                  {}-byte AF_XDP buffer; they take the fast path out of devices that take frames \
-                 in more than one buffer, else the kernel forwards them (counted as pass_too_long)",
+                 in more than one buffer, else go to the kernel (counted as pass_too_long), \
+                 which forwards them only where its own forwarding is on",
                 iface.name,
                 iface.mtu,
                 config.frame_size

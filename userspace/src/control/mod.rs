@@ -481,7 +481,8 @@ impl Control {
                 mtu = fresh.mtu,
                 "MTU raised: frames longer than {} bytes do not fit one AF_XDP buffer; they \
                  take the fast path out of devices that take frames in more than one buffer, \
-                 else the kernel forwards them (counted as pass_too_long)",
+                 else go to the kernel (counted as pass_too_long), which forwards them only \
+                 where its own forwarding is on",
                 self.tuning.max_frame
             );
         }
