@@ -56,15 +56,8 @@ fn umem_bytes(queues: &[(Arc<Iface>, u32)], config: &XskConfig) -> u64 {
 /// Waits (1 s at most) until `pages` huge pages are free for the taking.
 fn await_huge_pages(pages: u64) {
     let available = || {
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let field = |name: &str| {
-            meminfo
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        field("HugePages_Free:").saturating_sub(field("HugePages_Rsvd:"))
+        let free = meminfo("HugePages_Free").unwrap_or(0);
+        free.saturating_sub(meminfo("HugePages_Rsvd").unwrap_or(0))
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     while available() < pages && std::time::Instant::now() < deadline {
@@ -75,12 +68,14 @@ fn await_huge_pages(pages: u64) {
 /// The size of the huge pages `MAP_HUGETLB` maps (`Hugepagesize` in /proc/meminfo; 2 MiB
 /// where it cannot be read).
 fn huge_page_size() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("Hugepagesize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-    kib.map_or(2 << 20, |k| k << 10)
+    meminfo("Hugepagesize").map_or(2 << 20, |kib| kib << 10)
+}
+
+/// The number in field `name` of /proc/meminfo (a count, or kB).
+fn meminfo(name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let value = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
+    value.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// `XDP_PACKET_HEADROOM` from the kernel: the room in front of every received frame.

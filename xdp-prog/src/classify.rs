@@ -34,9 +34,11 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
     // SAFETY: `ptr_at` checked that the 14 bytes lie inside the frame.
     let eth = unsafe { &*ptr_at::<[u8; ETH_HLEN]>(ctx, 0)? };
     let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    // Once: a helper call.
+    let len = frame_len(ctx);
     if ingress.flags.contains(IfaceFlags::XCONNECT) {
-        xconnect(ctx, ifindex, ingress, ethertype, steer)?;
-        return fits(ctx, ingress, steer);
+        xconnect(len, ifindex, ingress, ethertype, steer)?;
+        return fits(ctx, len, ingress, steer);
     }
     if eth[0..6] != ingress.mac {
         return Err(Counter::PassNotForUs);
@@ -51,7 +53,7 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
         l3 = ETH_HLEN + VLAN_HLEN;
     }
-    let at = Ingress { ifindex, info: ingress, l3, vlan };
+    let at = Ingress { ifindex, info: ingress, l3, vlan, len };
     match ethertype {
         ETH_P_IP => ipv4(ctx, &at, steer)?,
         ETH_P_IPV6 => ipv6(ctx, &at, steer)?,
@@ -59,7 +61,7 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
         ETH_P_8021Q | ETH_P_8021AD => return Err(Counter::PassVlan),
         _ => return Err(Counter::PassNotIp),
     }
-    fits(ctx, ingress, steer)
+    fits(ctx, len, ingress, steer)
 }
 
 /// The frame, as it will leave, fits the path `steer` takes: an AF_XDP socket receives one
@@ -70,8 +72,12 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
 /// forwarding off, lost). A frame steered for an ICMP answer always fits: `egress` trims it
 /// to what the answer quotes.
 #[inline(always)]
-fn fits(ctx: &XdpContext, ingress: &IfaceInfo, steer: &mut Steer) -> Result<(), Counter> {
-    let len = frame_len(ctx);
+fn fits(
+    ctx: &XdpContext,
+    len: usize,
+    ingress: &IfaceInfo,
+    steer: &mut Steer,
+) -> Result<(), Counter> {
     let multi_buffer = len > linear_len(ctx);
     let fast_carries = !multi_buffer || steer.flags.contains(SteerFlags::MULTI_BUFFER);
     if steer.fast() {
@@ -96,7 +102,7 @@ fn fits(ctx: &XdpContext, ingress: &IfaceInfo, steer: &mut Steer) -> Result<(), 
 /// handling of both interfaces and the peer MAC.
 #[inline(always)]
 fn xconnect(
-    ctx: &XdpContext,
+    len: usize,
     ifindex: u32,
     ingress: &IfaceInfo,
     ethertype: u16,
@@ -107,7 +113,7 @@ fn xconnect(
         pop: ethertype == ETH_P_8021Q && ingress.flags.contains(IfaceFlags::VLAN_POP),
         push: out.push_vlan,
     };
-    if frame_len(ctx) > out.mtu as usize + ETH_HLEN + VLAN_HLEN {
+    if len > out.mtu as usize + ETH_HLEN + VLAN_HLEN {
         return Err(Counter::PassMtu);
     }
     let peer_mac = ingress.flags.contains(IfaceFlags::PEER_MAC);
@@ -163,7 +169,7 @@ fn ipv4(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
         return Err(Counter::PassOptions);
     }
     let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    if total_len < IPV4_HLEN || l3 + total_len > frame_len(ctx) {
+    if total_len < IPV4_HLEN || l3 + total_len > at.len {
         return Err(Counter::PassMalformed);
     }
     let mut sum = 0u32;
@@ -209,7 +215,7 @@ fn ipv6(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
         return Err(Counter::PassMalformed);
     }
     let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-    if l3 + IPV6_HLEN + payload_len > frame_len(ctx) {
+    if l3 + IPV6_HLEN + payload_len > at.len {
         return Err(Counter::PassMalformed);
     }
     if ip[ipv6::NEXT] == NEXTHDR_HOP || payload_len == 0 {
@@ -300,10 +306,11 @@ fn routed(
     route(at, flow, packet, nat, steer)
 }
 
-/// The L4 header a rewrite touches lies in the frame, so that applying it cannot fail.
+/// The L4 header a rewrite touches lies in the frame's first buffer (where `nat` reads it),
+/// so that applying it cannot fail.
 #[inline(always)]
 fn nat_fits(ctx: &XdpContext, packet: &Packet) -> Result<(), Counter> {
-    if packet.l4 + l4_span(packet.proto) > frame_len(ctx) {
+    if packet.l4 + l4_span(packet.proto) > linear_len(ctx) {
         return Err(Counter::PassNat);
     }
     Ok(())

@@ -16,6 +16,8 @@ pub struct Ingress {
     pub l3: usize,
     /// VLAN id of the popped tag (0: none).
     pub vlan: u16,
+    /// The frame's length, every buffer of it (`wire::frame_len`).
+    pub len: usize,
 }
 
 impl Ingress {
