@@ -11,9 +11,11 @@ use core::mem::size_of;
 pub mod capture;
 pub mod cbpf;
 pub mod csum;
+pub mod flow_cache;
 pub mod route;
 
 pub use capture::*;
+pub use flow_cache::*;
 pub use route::*;
 
 /// The names of the XDP program's maps, as it declares them (`xdp-prog/src/maps.rs`) and as
@@ -42,6 +44,9 @@ pub mod map_names {
     pub const CAPTURE_RING: &str = "CAPTURE_RING";
     pub const CAPTURE_LOST: &str = "CAPTURE_LOST";
     pub const CAPTURE_FILTER: &str = "CAPTURE_FILTER";
+    pub const FLOW_CACHE: &str = "FLOW_CACHE";
+    pub const CACHE_CTL: &str = "CACHE_CTL";
+    pub const FLOW_CACHE_STATS: &str = "FLOW_CACHE_STATS";
 }
 
 /// Length of an Ethernet header.

@@ -21,7 +21,7 @@ use crate::{
     config::{self, Config},
     control::{Control, Inputs, Maps, Tuning},
     egress_path::{DefaultPath, features},
-    icmp,
+    flow_cache, icmp,
     iface::{self, Iface},
     loader::{self, ModeArg},
     metrics,
@@ -105,6 +105,10 @@ pub struct RunArgs {
     /// Most IPv6 routes mirrored, as `--max-routes-v4`.
     #[arg(long, value_name = "ROUTES", default_value_t = 1 << 20)]
     pub max_routes_v6: u32,
+    /// Slots per CPU of the XDP program's flow cache, which reuses a flow's routing decision
+    /// until anything it was made from changes (a power of two up to 1048576; 0: off).
+    #[arg(long, value_name = "SLOTS", default_value_t = xdpfwd_common::DEFAULT_CACHE_SLOTS)]
+    pub flow_cache: u32,
 }
 
 /// `xdpfwd run`, step by step: plan, attach, take the maps, open the sockets, start the
@@ -116,11 +120,14 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     validate(&plan.ifaces, &plan.xsk)?;
     loader::check_free(&plan.ifaces)?;
     raise_memlock();
-    let capacity =
-        loader::Capacity { routes_v4: args.max_routes_v4, routes_v6: args.max_routes_v6 };
+    let capacity = loader::Capacity {
+        routes_v4: args.max_routes_v4,
+        routes_v6: args.max_routes_v6,
+        flow_cache: args.flow_cache,
+    };
     let mut ebpf = loader::load(capacity)?;
     let modes = attach(&mut ebpf, &plan)?;
-    let mut maps = TakenMaps::take(&mut ebpf, &plan)?;
+    let mut maps = TakenMaps::take(&mut ebpf, &plan, args.flow_cache)?;
     let ifaces: Vec<Arc<Iface>> =
         std::mem::take(&mut plan.ifaces).into_iter().map(Arc::new).collect();
     let sockets = open_sockets(&ifaces, &plan.xsk, &args, &mut maps.xsks)?;
@@ -144,6 +151,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         start: Instant::now(),
         shared: shared.clone(),
         hits: maps.policy.hits.clone(),
+        cache: maps.cache_stats,
     });
     let capture = capture::server::Parts {
         interfaces: ifaces.iter().map(|i| (i.ifindex, i.name.clone())).collect(),
@@ -153,8 +161,12 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     };
     let reporters = Reporters::start(&args, &source, capture)?;
     announce(&ifaces, &modes, &attach, copy_mode, threads.len(), &shared);
-    let mut reload =
-        Reloader { path: args.config.clone(), settings: plan.settings, maps: maps.policy };
+    let mut reload = Reloader {
+        path: args.config.clone(),
+        settings: plan.settings,
+        maps: maps.policy,
+        generations: maps.generations,
+    };
     let failed =
         supervise(&args, &signals, &source, &shared, &mut reload, &ifaces, &control.policy);
 
@@ -218,6 +230,13 @@ fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
         if !(MIN_ROUTES..=MAX_ROUTES).contains(&n) {
             bail!("{flag} must be {MIN_ROUTES} to {MAX_ROUTES} routes, not {n}");
         }
+    }
+    if args.flow_cache != 0 && xdpfwd_common::cache_mask(args.flow_cache).is_none() {
+        bail!(
+            "--flow-cache must be 0 (off) or a power of two up to {} slots, not {}",
+            xdpfwd_common::MAX_CACHE_SLOTS,
+            args.flow_cache
+        );
     }
     if !(MIN_NETLINK_BUFFER..=MAX_NETLINK_BUFFER).contains(&args.netlink_buffer) {
         bail!(
@@ -307,11 +326,15 @@ struct TakenMaps {
     xsks: XskMap<aya::maps::MapData>,
     counters: PerCpuArray<aya::maps::MapData, u64>,
     control: (Maps, Nexthops, ControlPolicy),
+    generations: flow_cache::SharedGenerations,
+    cache_stats: flow_cache::CacheStats,
 }
 
 impl TakenMaps {
-    fn take(ebpf: &mut aya::Ebpf, plan: &Plan) -> anyhow::Result<Self> {
+    fn take(ebpf: &mut aya::Ebpf, plan: &Plan, cache_slots: u32) -> anyhow::Result<Self> {
         let mut policy = PolicyMaps::take(ebpf)?;
+        let generations = flow_cache::Generations::take(ebpf, cache_slots)?;
+        let cache_stats = flow_cache::CacheStats::take(ebpf, cache_slots)?;
         policy.apply(&plan.settings, &plan.ifaces)?;
         let control_policy = ControlPolicy::new(&plan.settings, &plan.ifaces)?;
         let capture = capture::server::Maps::take(ebpf)?;
@@ -331,6 +354,7 @@ impl TakenMaps {
             neigh_v6: BpfHashMap::try_from(take(map_names::NEIGH_V6)?)?,
             fib_rules: Array::try_from(take(map_names::FIB_RULES)?)?,
             fib_ctl: Array::try_from(take(map_names::FIB_CTL)?)?,
+            generations: generations.clone(),
         };
         let nexthops = Nexthops::new(
             Array::try_from(take(map_names::NH_SLOTS)?)?,
@@ -343,6 +367,8 @@ impl TakenMaps {
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?)?,
             policy,
             control: (maps, nexthops, control_policy),
+            generations,
+            cache_stats,
         })
     }
 }
@@ -668,6 +694,8 @@ struct Reloader {
     path: Option<std::path::PathBuf>,
     settings: Config,
     maps: PolicyMaps,
+    /// The flow cache's: decisions made under the old rules are not reused.
+    generations: flow_cache::SharedGenerations,
 }
 
 /// SIGHUP: re-reads the configuration. A valid one replaces the rules and rewrites atomically
@@ -704,6 +732,7 @@ impl Reloader {
             .and_then(|policy| rules.apply(&fresh, &ifaces).map(|()| policy));
         match result {
             Ok(policy) => {
+                flow_cache::next(&self.generations);
                 let _ = control.send(policy);
                 tracing::info!(
                     rules = fresh.rules.len(),

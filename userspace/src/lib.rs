@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod egress_path;
 pub mod fib_rules;
+pub mod flow_cache;
 pub mod forwarder;
 pub mod hold;
 pub mod icmp;

@@ -64,19 +64,28 @@ pub enum LoadError {
 pub struct Capacity {
     pub routes_v4: u32,
     pub routes_v6: u32,
+    /// Flow cache slots per CPU (0: off, one slot allocated).
+    pub flow_cache: u32,
 }
 
 /// Loads the embedded object with the route tries sized to `capacity` (they allocate per
 /// entry, not up front) and verifies the program.
 pub fn load(capacity: Capacity) -> Result<Ebpf, LoadError> {
     let mut loader = EbpfLoader::new();
-    if std::env::var_os("XDPFWD_VERIFIER_LOG").is_some() {
-        // The whole verifier log in a load error (for developers: it runs to megabytes).
-        loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+    if let Some(level) = std::env::var_os("XDPFWD_VERIFIER_LOG") {
+        // The whole verifier log in a load error (for developers: it runs to megabytes;
+        // `basic`: the states at branches only, every instruction otherwise).
+        let detail = if level == "basic" {
+            aya::VerifierLogLevel::DEBUG
+        } else {
+            aya::VerifierLogLevel::VERBOSE
+        };
+        loader.verifier_log_level(detail | aya::VerifierLogLevel::STATS);
     }
     let mut ebpf = loader
         .map_max_entries(map_names::ROUTES_V4, capacity.routes_v4)
         .map_max_entries(map_names::ROUTES_V6, capacity.routes_v6)
+        .map_max_entries(map_names::FLOW_CACHE, capacity.flow_cache.max(1))
         .load(include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-prog")))?;
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM)

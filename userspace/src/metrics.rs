@@ -203,6 +203,22 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
         "Heap allocations by worker threads (0 in steady state)",
         snap.worker_allocs,
     );
+    let c = snap.flow_cache;
+    single(
+        &mut registry,
+        "flow_cache_hits",
+        "Frames whose routing decision came from the XDP program's flow cache",
+        c.hits,
+    );
+    single(
+        &mut registry,
+        "flow_cache_fills",
+        "Routing decisions written into the XDP program's flow cache",
+        c.fills,
+    );
+    let slots = Gauge::<i64>::default();
+    slots.set(i64::from(c.slots));
+    registry.register("flow_cache_slots", "Flow cache slots per CPU (0: off)", slots);
     let icmp = counter_family(
         &mut registry,
         "icmp_errors",

@@ -16,6 +16,7 @@ use xdpfwd_common::Counter;
 
 use crate::{
     alloc_count,
+    flow_cache::{CacheFigures, CacheStats},
     icmp::IcmpFigures,
     policy::{HitFigure, SharedHits},
     shared::Shared,
@@ -156,6 +157,8 @@ pub struct Snapshot {
     pub fallbacks: BTreeMap<String, u64>,
     /// The path plain forwarding takes out of each interface now, and why.
     pub egress_paths: Vec<EgressFigure>,
+    /// The XDP program's flow cache.
+    pub flow_cache: CacheFigures,
 }
 
 /// The path plain forwarding takes out of one interface ([`crate::egress_path`]).
@@ -306,6 +309,16 @@ impl Snapshot {
                 let _ = write!(out, " {}={}", c.name(), v);
             }
         }
+        let c = self.flow_cache;
+        if c.slots > 0 {
+            let _ = write!(
+                out,
+                "\n  flow cache: hits {}, fills {} ({} slots per CPU)",
+                c.hits, c.fills, c.slots
+            );
+        } else {
+            let _ = write!(out, "\n  flow cache: off");
+        }
         let f = self.frames;
         let _ = write!(
             out,
@@ -416,6 +429,7 @@ pub struct StatsSource {
     pub start: Instant,
     pub shared: Arc<Shared>,
     pub hits: SharedHits,
+    pub cache: CacheStats,
 }
 
 impl StatsSource {
@@ -466,6 +480,7 @@ impl StatsSource {
             tables: self.shared.tables.read().map(|t| *t).unwrap_or_default(),
             rules,
             rewrites,
+            flow_cache: self.cache.read(),
             fallbacks: self
                 .shared
                 .fallbacks

@@ -11,9 +11,10 @@ use xdpfwd_common::{
 
 use crate::{
     decision::{Flow, Ingress, NO_NAT, Packet, Steer, SteerFlags, Vlan},
+    flow_cache::{HIT, probe_arg, xdpfwd_cache_fill, xdpfwd_cache_probe},
     maps::{FLOW, NATS, iface},
     nat::l4_span,
-    policy::{l4_ports, policy_stage},
+    policy::{Policed, l4_ports, policy_stage},
     route::{route, to_local},
     wire::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
@@ -135,6 +136,7 @@ fn xconnect(
         egress_slot: out.slot,
         ip_len: 0,
         nat: NO_NAT,
+        mtu: 0,
         push: vlan.push,
         flags: vlan.flags()
             | path
@@ -259,7 +261,8 @@ fn ipv6(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
     routed(ctx, at, &packet, (src, dst), label, steer)
 }
 
-/// The stages after the IP checks, for both families: policy, NAT's destination, the route.
+/// The stages after the IP checks, for both families: the flow cache, or policy, NAT's
+/// destination and the route (whose decision the cache then keeps, where it may).
 #[inline(always)]
 fn routed(
     ctx: &XdpContext,
@@ -274,7 +277,11 @@ fn routed(
     // SAFETY: a per-CPU slot only this CPU uses while this program runs.
     let flow = unsafe { &mut *slot };
     *flow = Flow::new(at, packet, addrs, label, ports);
-    let (path, nat) = match policy_stage(flow, packet) {
+    let arg = probe_arg(at.l3, packet.ip_len, packet.expired);
+    if xdpfwd_cache_probe(flow, steer, arg) == HIT {
+        return Ok(());
+    }
+    let Policed { path, nat, rule } = match policy_stage(flow, packet) {
         Ok(decided) => decided,
         // Steering rules are for transit traffic: the router's own addresses stay reachable.
         Err(Counter::DropRule) if to_local(flow) => return Err(Counter::PassRoute),
@@ -303,7 +310,10 @@ fn routed(
         }
     }
     flow.path = path as u8;
-    route(at, flow, packet, nat, steer)
+    flow.rule = rule;
+    route(at, flow, packet, nat, steer)?;
+    xdpfwd_cache_fill(flow, steer);
+    Ok(())
 }
 
 /// The L4 header a rewrite touches lies in the frame's first buffer (where `nat` reads it),

@@ -85,6 +85,11 @@ pub struct Flow {
     pub ds: u8,
     /// The path a steering rule chose (`policy::PathChoice` as its `u8`), once decided.
     pub path: u8,
+    /// Index + 1 in `RULE_HITS` of the steering rule that matched (0: none), once decided.
+    pub rule: u32,
+    /// The flow cache's slot claimed for the decision (`flow_cache::NO_FILL`: none).
+    /// Here rather than in a register: the stages' stack frames are at their limit.
+    pub cache_slot: u32,
 }
 
 bitflags::bitflags! {
@@ -126,6 +131,8 @@ impl Flow {
             flags,
             ds: packet.ds,
             path: 0,
+            rule: 0,
+            cache_slot: crate::flow_cache::NO_FILL,
         }
     }
 
@@ -152,6 +159,9 @@ pub struct Steer {
     pub ip_len: u32,
     /// Index of the NAT rewrite in `NATS`, or [`NO_NAT`].
     pub nat: u32,
+    /// The MTU of the route out (the smaller of the route's and the link's) of a resolved
+    /// forwarding decision, which the flow cache may keep; 0 for anything else.
+    pub mtu: u32,
     /// VLAN id to tag the frame with (0: none).
     pub push: u16,
     pub flags: SteerFlags,

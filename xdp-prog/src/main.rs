@@ -10,9 +10,10 @@
 //! The program never modifies a frame it passes, and drops only what a rule says to drop.
 //!
 //! The stages, in the order a frame meets them (each module says what it owns):
-//! `classify` (the router's checks) → `policy` (steering rules, NAT search) → `route`
-//! (policy rules, tables, ECMP, neighbours) → `egress` (VLAN via `vlan`, NAT via `nat`, the
-//! rewrite, the redirect). Below them: `decision` (what they pass along), `maps`, `wire`.
+//! `classify` (the router's checks) → `flow_cache` (a flow's earlier decision, which skips
+//! the next two) → `policy` (steering rules, NAT search) → `route` (policy rules, tables,
+//! ECMP, neighbours) → `egress` (VLAN via `vlan`, NAT via `nat`, the rewrite, the
+//! redirect). Below them: `decision` (what they pass along), `maps`, `wire`.
 #![no_std]
 #![no_main]
 
@@ -20,6 +21,7 @@ mod capture;
 mod classify;
 mod decision;
 mod egress;
+mod flow_cache;
 mod maps;
 mod nat;
 mod policy;

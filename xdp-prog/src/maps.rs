@@ -8,12 +8,16 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap},
 };
 use xdpfwd_common::{
-    Counter, FibRule, IfaceInfo, MAX_FIB_RULES, MAX_IFACES, MAX_NATS, MAX_NEIGHBOURS,
-    MAX_NH_BUCKETS, MAX_NH_GROUPS, MAX_NH_SLOTS, MAX_ROUTES, MAX_RULES, Nat, NeighKeyV4,
-    NeighKeyV6, Neighbour, NhGroup, RULESET_LEN, Route, Rule, XSK_MAP_SIZE,
+    CACHE_CTL_LEN, CacheStat, Counter, DEFAULT_CACHE_SLOTS, FibRule, IfaceInfo, MAX_FIB_RULES,
+    MAX_IFACES, MAX_NATS, MAX_NEIGHBOURS, MAX_NH_BUCKETS, MAX_NH_GROUPS, MAX_NH_SLOTS, MAX_ROUTES,
+    MAX_RULES, Nat, NeighKeyV4, NeighKeyV6, Neighbour, NhGroup, RULESET_LEN, Route, Rule,
+    XSK_MAP_SIZE,
 };
 
-use crate::decision::{Flow, Steer, Verdict};
+use crate::{
+    decision::{Flow, Steer, Verdict},
+    flow_cache::Entry,
+};
 
 #[map]
 pub static XSKS: XskMap = XskMap::with_max_entries(XSK_MAP_SIZE, 0);
@@ -74,12 +78,31 @@ pub static NAT_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * MAX_NA
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// The flow cache: this many slots per CPU (user space sets the size at load).
+#[map]
+pub static FLOW_CACHE: PerCpuArray<Entry> = PerCpuArray::with_max_entries(DEFAULT_CACHE_SLOTS, 0);
+/// The flow cache's generation and slot mask (`xdpfwd_common::CACHE_GEN`, `CACHE_MASK`).
+#[map]
+pub static CACHE_CTL: Array<u32> = Array::with_max_entries(CACHE_CTL_LEN, 0);
+/// The flow cache's hits and fills (`xdpfwd_common::CacheStat`), per CPU.
+#[map]
+pub static FLOW_CACHE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CacheStat::COUNT, 0);
+
 /// Counts the frame `verdict` decides in its one counter.
 #[inline(always)]
 pub fn count(verdict: Verdict) {
     if let Some(value) = COUNTERS.get_ptr_mut(verdict.reason()) {
         // SAFETY: the pointer comes from a successful lookup in a per-CPU array, so it is valid
         // and only this CPU writes it while this program runs.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Counts one in entry `index` of a per-CPU counter array.
+#[inline(always)]
+pub fn count_one(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(value) = map.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU array: no other program run writes it meanwhile.
         unsafe { *value += 1 };
     }
 }

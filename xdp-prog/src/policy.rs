@@ -4,14 +4,14 @@
 //! never changes the frame. The selector test
 //! [`rule_matches`] also serves the kernel's policy rules (`route`).
 
-use aya_ebpf::{maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use xdpfwd_common::{
     Action, Counter, IfaceFlags, IfaceInfo, MAX_NATS, MAX_RULES, Policy, Rule, RuleFields,
 };
 
 use crate::{
     decision::{Flow, FlowFlags, NO_NAT, Packet},
-    maps::{NAT_HITS, NATS, RULE_HITS, RULES, RULESET},
+    maps::{NAT_HITS, NATS, RULE_HITS, RULES, RULESET, count_one},
     wire::{IPPROTO_TCP, IPPROTO_UDP, extension_header, ptr_at},
 };
 
@@ -37,22 +37,33 @@ pub fn l4_ports(ctx: &XdpContext, packet: &Packet) -> Option<(u16, u16)> {
     Some((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
 }
 
-/// The policy stage: the active rules decide (`Err` to pass or drop; `Ok((true, _))` for
-/// the fast path) and the first matching NAT rewrite is returned. With no rules and no
-/// rewrites (the common case) it reads the policy word and nothing else.
+/// What the policy stage decided for a frame it lets through.
+pub struct Policed {
+    pub path: PathChoice,
+    /// Index of the NAT rewrite in `NATS`, or [`NO_NAT`].
+    pub nat: u32,
+    /// Index + 1 in `RULE_HITS` of the steering rule that matched (0: none), for the flow
+    /// cache to count the flow's next frames.
+    pub rule: u32,
+}
+
+/// The policy stage: the active rules decide (`Err` to pass or drop) and the first matching
+/// NAT rewrite is returned. With no rules and no rewrites (the common case) it reads the
+/// policy word and nothing else.
 #[inline(always)]
-pub fn policy_stage(flow: &Flow, packet: &Packet) -> Result<(PathChoice, u32), Counter> {
+pub fn policy_stage(flow: &Flow, packet: &Packet) -> Result<Policed, Counter> {
     let policy = policy();
     if policy.rules | policy.nats == 0 {
-        return Ok((verdict(policy.default)?, NO_NAT));
+        return Ok(Policed { path: verdict(policy.default)?, nat: NO_NAT, rule: 0 });
     }
-    let action = if policy.rules == 0 {
-        policy.default
+    let (action, rule) = if policy.rules == 0 {
+        (policy.default, 0)
     } else {
-        Action::from_u32(xdpfwd_rules(flow, policy.encode()))
+        let matched = xdpfwd_rules(flow, policy.encode());
+        (Action::from_u32(matched & 0xff), matched >> 8)
     };
     let path = verdict(action)?;
-    Ok((path, nat_for(flow, &policy, packet.unfragmented)?))
+    Ok(Policed { path, nat: nat_for(flow, &policy, packet.unfragmented)?, rule })
 }
 
 /// The path a rule chose for a frame it forwards.
@@ -95,7 +106,7 @@ fn verdict(action: Action) -> Result<PathChoice, Counter> {
 }
 
 /// The action of the first matching rule of the active set (`word`: the [`Policy`]), or the
-/// set's default.
+/// set's default; above the low byte, the rule's index + 1 in `RULE_HITS` (0: none).
 ///
 /// This, [`xdpfwd_nat_index`] and `route::xdpfwd_fib` are BPF *global* functions (they need
 /// the BTF that `.cargo/config.toml` asks for): the kernel verifies each once, on its own,
@@ -130,8 +141,8 @@ fn rule_action(flow: &Flow, policy: &Policy) -> u32 {
                 return Action::Kernel as u32;
             }
             if rule_matches(rule, flow) {
-                hit(&RULE_HITS, base + i);
-                return rule.action;
+                count_one(&RULE_HITS, base + i);
+                return rule.action & 0xff | (base + i + 1) << 8;
             }
         }
         i += 1;
@@ -153,17 +164,8 @@ fn nat_for(flow: &Flow, policy: &Policy, unfragmented: bool) -> Result<u32, Coun
     if !unfragmented || extension_header(flow.proto) {
         return Err(Counter::PassNat);
     }
-    hit(&NAT_HITS, index);
+    count_one(&NAT_HITS, index);
     Ok(index)
-}
-
-/// Counts a frame for entry `index` of a hit map.
-#[inline(always)]
-fn hit(map: &PerCpuArray<u64>, index: u32) {
-    if let Some(count) = map.get_ptr_mut(index) {
-        // SAFETY: this CPU's slot of a per-CPU map: no other program run writes it meanwhile.
-        unsafe { *count += 1 };
-    }
 }
 
 /// Index in `NATS` of the first rewrite of the active set (`word`) that matches, or

@@ -99,6 +99,7 @@ pub fn route(
     steer.egress_slot = out.slot;
     steer.ip_len = packet.ip_len as u32;
     steer.nat = nat;
+    steer.mtu = 0;
     steer.push = vlan.push;
     steer.flags = vlan.flags() | SteerFlags::path(fast, out);
     let mac = if kind == RouteKind::StaticMac {
@@ -131,6 +132,7 @@ pub fn route(
     };
     steer.meta.addr[0..6].copy_from_slice(&mac);
     steer.meta.addr[6..12].copy_from_slice(&out.mac);
+    steer.mtu = mtu;
     Ok(())
 }
 
@@ -214,6 +216,7 @@ fn answer(
         egress_slot: 0,
         ip_len: packet.ip_len as u32,
         nat: NO_NAT,
+        mtu: 0,
         push: 0,
         flags: SteerFlags::empty(),
     };

@@ -74,6 +74,8 @@ pub struct Maps {
     pub neigh_v6: BpfHashMap<MapData, NeighKeyV6, Neighbour>,
     pub fib_rules: Array<MapData, FibRule>,
     pub fib_ctl: Array<MapData, u32>,
+    /// The flow cache's generations: a new one after every event handled.
+    pub generations: crate::flow_cache::SharedGenerations,
 }
 
 /// Why a family is left to the kernel after a route map write failed.
@@ -276,6 +278,7 @@ impl Control {
             let _ = ready.send(Err(format!("{err:#}")));
             return Err(err);
         }
+        crate::flow_cache::next(&self.maps.generations);
         let _ = ready.send(Ok(()));
 
         let mut sysctl = tokio::time::interval(SYSCTL_POLL);
@@ -333,6 +336,11 @@ impl Control {
                     REREAD_TIMEOUT.as_secs()
                 )
             })??;
+            // Whatever this turn wrote, the flow cache's decisions made before are not
+            // reused. Every turn, not only those that wrote: at least one per sysctl poll,
+            // which also has every flow mark its neighbour as used again (the cache's hits
+            // do not).
+            crate::flow_cache::next(&self.maps.generations);
         }
         Ok(())
     }
