@@ -44,6 +44,8 @@ pub fn xdp_obj() -> PathBuf {
 /// The loaded program and its maps.
 pub struct Harness {
     ebpf: Ebpf,
+    /// The flow cache's last generation (never reused, as in user space).
+    generation: u32,
 }
 
 impl Harness {
@@ -54,7 +56,7 @@ impl Harness {
         let mut ebpf = Ebpf::load_file(xdp_obj()).context("loading the xdpfwd object")?;
         let prog: &mut Xdp = ebpf.program_mut("xdpfwd").context("program xdpfwd")?.try_into()?;
         prog.load()?;
-        let mut h = Harness { ebpf };
+        let mut h = Harness { ebpf, generation: 0 };
         h.fill()?;
         Ok(h)
     }
@@ -295,6 +297,29 @@ impl Harness {
         };
         ifaces.insert(EGRESS, egress, 0)?;
         Ok(())
+    }
+
+    /// Turns the flow cache on (a new generation, as the control plane starts one after every
+    /// change) or off.
+    pub fn set_flow_cache(&mut self, on: bool) -> anyhow::Result<()> {
+        let mut ctl: Array<_, u32> = Array::try_from(
+            self.ebpf.map_mut(map_names::CACHE_CTL).context(map_names::CACHE_CTL)?,
+        )?;
+        // Off and on again must not bring an old generation back: its entries would count.
+        if on {
+            self.generation += 1;
+        }
+        ctl.set(xdpfwd_common::CACHE_MASK, xdpfwd_common::DEFAULT_CACHE_SLOTS - 1, 0)?;
+        ctl.set(xdpfwd_common::CACHE_GEN, if on { self.generation } else { 0 }, 0)?;
+        Ok(())
+    }
+
+    /// The flow cache's hits so far (summed over CPUs).
+    pub fn cache_hits(&self) -> anyhow::Result<u64> {
+        let name = map_names::FLOW_CACHE_STATS;
+        let stats: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::PerCpuArray::try_from(self.ebpf.map(name).context(name)?)?;
+        Ok(stats.get(&(xdpfwd_common::CacheStat::Hits as u32), 0)?.iter().sum())
     }
 
     /// Puts the egress into `DEVMAP` (pointing at `lo`): with the fast path on, frames to

@@ -100,6 +100,70 @@ proptest! {
     }
 }
 
+thread_local! {
+    /// With the egress in `DEVMAP`: fast-path frames come back rewritten (`XDP_REDIRECT`).
+    static REDIRECTING: RefCell<Option<Harness>> = const { RefCell::new(None) };
+}
+
+/// Runs `frame` on the redirecting harness, with the flow cache `cached` (a new generation)
+/// or off, `times` times; returns each outcome.
+fn run_cached(frame: &[u8], fast: bool, cached: bool, times: usize) -> Vec<Option<(u32, Vec<u8>)>> {
+    REDIRECTING.with(|h| {
+        let mut h = h.borrow_mut();
+        let h = h.get_or_insert_with(|| {
+            let mut h = Harness::new().expect("loading the XDP harness (root needed)");
+            h.enable_redirect().expect("DEVMAP");
+            h
+        });
+        h.set_fast_path(fast).expect("map update");
+        h.set_flow_cache(cached).expect("map update");
+        (0..times).map(|_| h.run(frame).ok()).collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The flow cache changes no decision: a frame run with the cache off, and twice with
+    /// it on (the second time from the cache, where the decision is kept), gets the same
+    /// verdict and leaves the same bytes, on either path.
+    #[test]
+    fn the_flow_cache_changes_no_outcome(frame in mangled(), fast: bool) {
+        let plain = run_cached(&frame, fast, false, 1);
+        let cached = run_cached(&frame, fast, true, 2);
+        prop_assert_eq!(&cached[0], &plain[0]);
+        prop_assert_eq!(&cached[1], &plain[0]);
+    }
+}
+
+/// The seeds that are forwarded come from the cache the second time, with the outcome of
+/// the first.
+#[test]
+fn forwarded_seeds_hit_the_flow_cache() {
+    // One CPU: the cache is per CPU.
+    let mut cpu0 = nix::sched::CpuSet::new();
+    cpu0.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu0).unwrap();
+    let hits = || REDIRECTING.with(|h| h.borrow().as_ref().map_or(0, |h| h.cache_hits().unwrap()));
+    let (mut redirected, mut hit) = (0, 0);
+    for f in seed_frames() {
+        let before = hits();
+        let outcomes = run_cached(&f, true, true, 2);
+        assert_eq!(outcomes[0], outcomes[1]);
+        let after = hits();
+        // At most the second run hits (a rewritten or held frame is not kept).
+        assert!(after - before <= 1);
+        if outcomes[0].as_ref().is_some_and(|(action, _)| *action == XDP_REDIRECT) {
+            redirected += 1;
+            hit += after - before;
+        }
+    }
+    assert!(redirected > 0, "some seeds are forwarded on the fast path");
+    assert!(hit > 0, "forwarded seeds hit the cache the second time");
+}
+
+const XDP_REDIRECT: u32 = 4;
+
 #[test]
 fn seeds_reach_the_forwarding_decision() {
     // Sanity: the harness is set up so that real frames get as far as wanting a socket

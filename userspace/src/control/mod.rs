@@ -319,6 +319,10 @@ impl Control {
                     self.resync = true;
                 }
             }
+            // What this turn wrote applies to flows the cache knows too, before a re-read
+            // (which may take seconds, leaving transit to the kernel meanwhile: a cached
+            // decision must not bypass that).
+            crate::flow_cache::next(&self.maps.generations);
             // A dump that never ends must not hold the control plane (and shutdown) for ever:
             // past the bound, xdpfwd stops and leaves everything to the kernel.
             let reread = async {
@@ -336,10 +340,9 @@ impl Control {
                     REREAD_TIMEOUT.as_secs()
                 )
             })??;
-            // Whatever this turn wrote, the flow cache's decisions made before are not
-            // reused. Every turn, not only those that wrote: at least one per sysctl poll,
-            // which also has every flow mark its neighbour as used again (the cache's hits
-            // do not).
+            // And what the re-read wrote. A generation every turn, not only those that
+            // wrote: at least one per sysctl poll, which also has every flow mark its
+            // neighbour as used again (the cache's hits do not).
             crate::flow_cache::next(&self.maps.generations);
         }
         Ok(())
