@@ -1006,7 +1006,9 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   ratios of whole-pipeline costs, not of the programs alone.
 - **The default against Linux.** With GRO on the veths the default takes the fast path out
   of both interfaces, so the first ratio is the fast path's against the kernel's own
-  forwarding; what keeps it under 2× is the fast path's own cost (below).
+  forwarding. Without the flow cache it stayed at 1.6-2.0×, held back by the fast path's
+  own cost (below); with it, around 2× and above, though single rows still fall under
+  when a round is disturbed (the two cores are shared by everything in the bench).
 - **TCP.** Linux forwarding wins: with GRO on the forwarder's veths the kernel merges each
   stream's segments into 64 KB packets and forwards one packet where every XDP candidate
   forwards some forty 1500-byte frames, each with its own program run and redirect (XDP sees
