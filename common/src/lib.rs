@@ -142,6 +142,12 @@ pub struct IfaceInfo {
     /// the kernel's headroom and our metadata); longer frames take the fast path where it
     /// carries them, else go to the kernel.
     pub max_frame: u16,
+    /// Longest frame the AF_XDP path carries in more than one UMEM frame (the sockets are
+    /// bound with `XDP_USE_SG`); 0 where they are not. Such a frame goes through the AF_XDP
+    /// path whole (its IP length reaching its end).
+    pub max_frame_sg: u16,
+    /// Explicit padding (the struct is shared with the eBPF program).
+    pub _pad: u16,
     /// With [`IfaceFlags::XCONNECT`]: the ifindex frames are cross-connected to.
     pub peer: u32,
     /// With [`IfaceFlags::PEER_MAC`]: the destination MAC of cross-connected frames.
@@ -150,7 +156,7 @@ pub struct IfaceInfo {
     /// `vlan` takes precedence.
     pub push_vlan: u16,
 }
-const _: () = assert!(size_of::<IfaceInfo>() == 32);
+const _: () = assert!(size_of::<IfaceInfo>() == 36);
 
 /// Key of the IPv4 neighbour table (`NEIGH_V4`).
 #[repr(C)]

@@ -108,9 +108,10 @@ fn auto_takes_the_fast_path_out_of_an_egress_while_it_takes_redirected_frames() 
 }
 
 /// A jumbo frame (MTU 9000, more than one buffer on veth) leaves by the fast path only out of
-/// a device that takes such frames, whichever path the rest takes; out of one that takes none
-/// (the server's end without GRO or XDP, so the kernel reports neither `NDO_XMIT` nor
-/// `NDO_XMIT_SG`), the kernel forwards it instead of the redirect losing it.
+/// a device that takes such frames; out of one that takes none (the server's end without GRO
+/// or XDP, so the kernel reports neither `NDO_XMIT` nor `NDO_XMIT_SG`), the kernel forwards it
+/// instead of the redirect losing it. The AF_XDP path, with multi-buffer sockets, carries it
+/// out of either.
 #[test]
 fn jumbo_frames_take_the_fast_path_only_where_the_device_takes_them() {
     let topo = Topology::new("fj", false).unwrap();
@@ -131,38 +132,48 @@ fn jumbo_frames_take_the_fast_path_only_where_the_device_takes_them() {
             &[&topo.f0, &topo.f1, "--stats-interval", "0", "--default-path", path],
         )
         .unwrap();
-        // Replies come back through f0, whose peer (the client's end) has no GRO either: they
-        // go to the kernel as well.
+        // Replies come back through f0, whose peer (the client's end) has no GRO either.
         assert!(ping(), "jumbo pings arrive ({path})");
         // (The first request and reply may wait for a neighbour: the kernel's too.)
         let passed = counter(&topo.fwd, "pass_too_long");
-        assert!(passed >= 4, "{path}: {}", stats_json(&topo.fwd));
+        if path == "fast" {
+            assert!(passed >= 4, "{path}: {}", stats_json(&topo.fwd));
+        } else {
+            // In more than one UMEM frame through the sockets, none to the kernel.
+            assert_eq!(passed, 0, "{path}: {}", stats_json(&topo.fwd));
+            assert!(counter(&topo.fwd, "steered") >= 4, "{}", stats_json(&topo.fwd));
+        }
         // With GRO on both ends both devices take frames in more than one buffer: the fast
-        // path, also where the rest takes the AF_XDP path.
+        // path where it is chosen; the AF_XDP path keeps them where it is.
         topo.enable_gro().unwrap();
+        let taken = if path == "fast" { "fast_forwarded" } else { "steered" };
         assert!(
             wait_for(Duration::from_secs(5), || {
-                let before = counter(&topo.fwd, "fast_forwarded");
-                ping() && counter(&topo.fwd, "fast_forwarded") >= before + 6
+                let before = counter(&topo.fwd, taken);
+                ping() && counter(&topo.fwd, taken) >= before + 6
             }),
             "{path}: {}",
             stats_json(&topo.fwd)
         );
         let done = fwd.stop().unwrap();
         assert_eq!(xdp_counter(&done.stdout, "fast_failed"), 0, "{}", done.stdout);
+        if path == "af-xdp" {
+            assert_eq!(xdp_counter(&done.stdout, "pass_too_long"), 0, "{}", done.stdout);
+            assert_eq!(xdp_counter(&done.stdout, "fast_forwarded"), 0, "{}", done.stdout);
+        }
     }
 }
 
 /// TCP at MTU 9000 through xdpfwd as the router (the kernel's forwarding off), with the
 /// defaults (auto: the fast path, the ends with GRO) and with the AF_XDP path chosen: every
-/// data segment is a frame in more than one buffer, and all of them take the fast path
-/// (none lost to the kernel, which would drop them).
+/// data segment is a frame in more than one buffer, and all of them take the path chosen
+/// (none lost to the kernel, which would drop them): the AF_XDP path in several UMEM frames.
 #[test]
-fn tcp_at_mtu_9000_takes_the_fast_path() {
+fn tcp_at_mtu_9000_takes_the_path_chosen() {
     let topo = Topology::new("ft", false).unwrap();
     topo.set_mtu(9000, 9000).unwrap();
     topo.enable_gro().unwrap();
-    for path in ["auto", "af-xdp"] {
+    for (path, taken) in [("auto", "fast_forwarded"), ("af-xdp", "steered")] {
         let mut fwd = Forwarder::start(
             &topo.fwd,
             &[&topo.f0, &topo.f1, "--stats-interval", "0", "--default-path", path],
@@ -175,10 +186,42 @@ fn tcp_at_mtu_9000_takes_the_fast_path() {
         let done = fwd.stop().unwrap();
         // Segments of 8948 bytes of payload (timestamps on), one frame each.
         let segments = (goodput * 1e9 * 2.0 / 8.0 / 8948.0) as u64;
-        let fast = xdp_counter(&done.stdout, "fast_forwarded");
+        let work = xdp_counter(&done.stdout, taken);
         assert!(goodput > 0.1, "{path}: {report}");
-        assert!(fast >= segments * 9 / 10, "{path}: {fast} for {segments}: {}", done.stdout);
+        assert!(work >= segments * 9 / 10, "{path}: {work} for {segments}: {}", done.stdout);
         assert_eq!(xdp_counter(&done.stdout, "pass_too_long"), 0, "{}", done.stdout);
         assert_eq!(xdp_counter(&done.stdout, "fast_failed"), 0, "{}", done.stdout);
     }
+}
+
+/// With the kernel's forwarding off, a jumbo frame whose next hop is unknown waits in the
+/// worker in all its UMEM frames (AF_XDP path, multi-buffer sockets) until the kernel has
+/// resolved it, then leaves whole; before, it went to the kernel, which dropped it. Both
+/// families; the ends have no GRO, so the fast path cannot carry it either.
+#[test]
+fn jumbo_frames_wait_for_their_next_hop_in_several_umem_frames() {
+    let topo = Topology::new("fh", false).unwrap();
+    topo.set_mtu(9000, 9000).unwrap();
+    let mut fwd = Forwarder::start(
+        &topo.fwd,
+        &[&topo.f0, &topo.f1, "--stats-interval", "0", "--default-path", "af-xdp"],
+    )
+    .unwrap();
+    for (server, family) in [(IpAddr::V4(SERVER_V4), "-4"), (IpAddr::V6(SERVER_V6), "-6")] {
+        let _ = ns_sh(&topo.fwd, &["ip", family, "neigh", "flush", "dev", &topo.f1]);
+        let before = counter(&topo.fwd, "steered_neigh_miss");
+        let server = server.to_string();
+        // One echo request of 8000 bytes: only the held frame can answer it.
+        let args = ["ping", "-q", "-c", "1", "-W", "3", "-s", "8000", &server];
+        assert!(ns_sh(&topo.client, &args).is_ok(), "{server}: {}", stats_json(&topo.fwd));
+        assert!(counter(&topo.fwd, "steered_neigh_miss") > before, "{}", stats_json(&topo.fwd));
+    }
+    let stats = stats_json(&topo.fwd);
+    let ports = stats["stats"]["ports"].as_array().cloned().unwrap_or_default();
+    let sent: u64 = ports.iter().filter_map(|p| p["held_sent"].as_u64()).sum();
+    let dropped: u64 = ports.iter().filter_map(|p| p["held_dropped"].as_u64()).sum();
+    assert!(sent >= 2 && dropped == 0, "{stats}");
+    let done = fwd.stop().unwrap();
+    assert_eq!(xdp_counter(&done.stdout, "pass_too_long"), 0, "{}", done.stdout);
+    assert_eq!(xdp_counter(&done.stdout, "fast_forwarded"), 0, "{}", done.stdout);
 }

@@ -26,6 +26,7 @@ fn stats_shows_the_running_forwarder_as_text_and_json() {
     assert_eq!(doc["pid"].as_u64(), Some(u64::from(fwd.pid())));
     let stats = &doc["stats"];
     assert_eq!(stats["xsk_mode"], "copy");
+    assert_eq!(stats["xsk_max_frame"], 61412, "multi-buffer sockets");
     let steered = stats["xdp"]["steered"].as_u64().unwrap()
         + stats["xdp"]["steered_neigh_miss"].as_u64().unwrap();
     assert!(steered >= 6, "3 echo requests and replies steered: {stats}");
@@ -39,7 +40,7 @@ fn stats_shows_the_running_forwarder_as_text_and_json() {
         "frames: total",
         "xdp:",
         "kernel: rx_dropped",
-        "copy mode",
+        "copy mode, frames up to 61412 B",
         "forwarded",
         "paths: fast 0, af_xdp",
     ] {
@@ -86,6 +87,9 @@ fn metrics_endpoint_serves_valid_openmetrics() {
         "xdpfwd_held_resolved_total{",
         "xdpfwd_umem_frames{state=\"total\"}",
         "xdpfwd_uptime_seconds",
+        // Multi-buffer copy-mode sockets: 16 UMEM frames of 4096 bytes less the headroom
+        // and the metadata.
+        "xdpfwd_af_xdp_max_frame_bytes 61412",
         "# EOF",
     ] {
         assert!(body.contains(expect), "metrics lack {expect:?}:\n{body}");

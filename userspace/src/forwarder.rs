@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{Array, DevMap, HashMap as BpfHashMap, LpmTrie, PerCpuArray, XskMap};
-use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, XDP_META_MAX, map_names, max_frame_for_mtu, xsk_key};
+use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, map_names, xsk_key};
 
 use crate::{
     capture::{self, tap::Drain},
@@ -33,7 +33,7 @@ use crate::{
     stats::WorkerStats,
     stats_server,
     worker::{Links, Sizes, Worker},
-    xsk::{self, BindMode, XskConfig},
+    xsk::{self, BindMode, FrameLimits, XskConfig},
 };
 
 #[derive(clap::Args, Debug)]
@@ -132,10 +132,12 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         std::mem::take(&mut plan.ifaces).into_iter().map(Arc::new).collect();
     let sockets = open_sockets(&ifaces, &plan.xsk, &args, &mut maps.xsks)?;
     let copy_mode = if sockets.zero_copy { "zero-copy" } else { "copy" };
+    let limits = FrameLimits::new(&plan.xsk, sockets.multi_buffer);
+    warn_long_mtus(&ifaces, &limits, &plan.xsk);
     let shared = Arc::new(Shared::default());
     let path = (args.default_path, sockets.zero_copy);
     let control =
-        start_control(maps.control, &ifaces, &plan, (path, args.netlink_buffer), &shared)?;
+        start_control(maps.control, &ifaces, limits, (path, args.netlink_buffer), &shared)?;
     let Workers { threads, views, accounts, icmp: icmp_thread, drains } =
         start_workers(sockets, &args, &plan.xsk, &shared, &control.resolve)?;
 
@@ -148,6 +150,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         counters: maps.counters,
         attach: ifaces.iter().zip(&modes).map(|(i, m)| (i.name.clone(), m.to_string())).collect(),
         xsk_mode: copy_mode.to_owned(),
+        xsk_max_frame: limits.longest(),
         start: Instant::now(),
         shared: shared.clone(),
         hits: maps.policy.hits.clone(),
@@ -160,7 +163,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         switch: shared.capture.clone(),
     };
     let reporters = Reporters::start(&args, &source, capture)?;
-    announce(&ifaces, &modes, &attach, copy_mode, threads.len(), &shared);
+    announce(&ifaces, &modes, &attach, (copy_mode, limits), threads.len(), &shared);
     let mut reload = Reloader {
         path: args.config.clone(),
         settings: plan.settings,
@@ -427,14 +430,13 @@ impl ControlPlane {
 fn start_control(
     (maps, nexthops, policy): (Maps, Nexthops, ControlPolicy),
     ifaces: &[Arc<Iface>],
-    plan: &Plan,
+    frames: FrameLimits,
     ((path_flag, zero_copy), netlink_buffer): ((Option<DefaultPath>, bool), u32),
     shared: &Arc<Shared>,
 ) -> anyhow::Result<ControlPlane> {
     let (resolve_tx, resolve_rx) = tokio::sync::mpsc::unbounded_channel();
     let (policy_tx, policy_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-    let max_frame = (plan.xsk.max_frame_len() as usize - xdpfwd_common::META_LEN) as u16;
     let redump = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopping = {
         let shared = shared.clone();
@@ -454,7 +456,7 @@ fn start_control(
             path_flag,
             zero_copy,
             reports_features: features_thread.is_some(),
-            max_frame,
+            frames,
             netlink_buffer,
         },
         shared.clone(),
@@ -577,10 +579,14 @@ fn announce(
     ifaces: &[Arc<Iface>],
     modes: &[loader::Attached],
     attach: &str,
-    copy_mode: &str,
+    (copy_mode, limits): (&str, FrameLimits),
     workers: usize,
     shared: &Shared,
 ) {
+    let buffers = match limits.multi {
+        0 => String::new(),
+        _ => format!(", multi-buffer (frames up to {} bytes)", limits.longest()),
+    };
     let paths = shared.egress_paths.read().map(|p| p.clone()).unwrap_or_default();
     for (name, path) in &paths {
         println!("xdpfwd: out of {name}: {} path ({})", path.path.name(), path.reason);
@@ -593,7 +599,7 @@ fn announce(
         .map(|(i, m)| format!("{} ({m} XDP, {} queues)", i.name, i.rx_queues))
         .collect();
     tracing::info!(
-        "forwarding between {} with {workers} worker(s), AF_XDP {copy_mode} mode",
+        "forwarding between {} with {workers} worker(s), AF_XDP {copy_mode} mode{buffers}",
         names.join(", ")
     );
     println!(
@@ -764,19 +770,7 @@ fn validate(ifaces: &[Iface], config: &XskConfig) -> anyhow::Result<()> {
     if !config.ring_size.is_power_of_two() || !(64..=16384).contains(&config.ring_size) {
         bail!("--ring-size must be a power of two between 64 and 16384, not {}", config.ring_size);
     }
-    let max_mtu = config.max_frame_len().saturating_sub(max_frame_for_mtu(0) + XDP_META_MAX);
     for iface in ifaces {
-        if iface.mtu > max_mtu {
-            tracing::warn!(
-                "interface '{}' has MTU {}: packets longer than {max_mtu} bytes do not fit one \
-                 {}-byte AF_XDP buffer; they take the fast path out of devices that take frames \
-                 in more than one buffer, else go to the kernel (counted as pass_too_long), \
-                 which forwards them only where its own forwarding is on",
-                iface.name,
-                iface.mtu,
-                config.frame_size
-            );
-        }
         if iface.rx_queues > MAX_QUEUES {
             bail!(
                 "interface '{}' has {} rx queues; xdpfwd handles at most {MAX_QUEUES}",
@@ -786,6 +780,26 @@ fn validate(ifaces: &[Iface], config: &XskConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Warns of every interface whose MTU exceeds what the AF_XDP path carries.
+fn warn_long_mtus(ifaces: &[Arc<Iface>], limits: &FrameLimits, config: &XskConfig) {
+    let max_mtu = limits.max_mtu();
+    let room = if limits.multi == 0 {
+        format!("one {}-byte AF_XDP buffer", config.frame_size)
+    } else {
+        format!("{} {}-byte AF_XDP buffers", xsk::MAX_SEGMENTS, config.frame_size)
+    };
+    for iface in ifaces.iter().filter(|i| i.mtu > max_mtu) {
+        tracing::warn!(
+            "interface '{}' has MTU {}: packets longer than {max_mtu} bytes do not fit {room}; \
+             they take the fast path out of devices that take frames in more than one buffer, \
+             else go to the kernel (counted as pass_too_long), which forwards them only where \
+             its own forwarding is on",
+            iface.name,
+            iface.mtu,
+        );
+    }
 }
 
 /// Pins the calling thread to `cpu`.

@@ -216,6 +216,14 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
         "Routing decisions written into the XDP program's flow cache",
         c.fills,
     );
+    let longest = Gauge::<i64>::default();
+    longest.set(i64::from(snap.xsk_max_frame));
+    registry.register(
+        "af_xdp_max_frame_bytes",
+        "Longest frame the AF_XDP path carries: one UMEM frame, or several with multi-buffer \
+         sockets",
+        longest,
+    );
     let slots = Gauge::<i64>::default();
     slots.set(i64::from(c.slots));
     registry.register("flow_cache_slots", "Flow cache slots per CPU (0: off)", slots);

@@ -65,9 +65,54 @@ pub fn route_frame(
     Ok(l3_off + ip_len)
 }
 
+/// Rewrites the first buffer (`head`) of a routed frame `len` bytes long in all its buffers,
+/// as [`route_frame`] does a frame in one: the headers lie in the head, the payload in the
+/// rest. The frame must be whole: its IP length reaches its end (the XDP program steers only
+/// such frames into more than one buffer), so nothing is trimmed.
+pub fn route_head(
+    head: &mut [u8],
+    len: usize,
+    l3_off: usize,
+    ipv6: bool,
+    (dst_mac, src_mac): (&[u8; 6], &[u8; 6]),
+) -> Result<(), RewriteError> {
+    if head.len() < l3_off + IPV4_MIN_HLEN || l3_off < 12 || len < head.len() {
+        return Err(RewriteError::Truncated);
+    }
+    let ip = &mut head[l3_off..];
+    let avail = len - l3_off;
+    if ip_length(ip, ipv6) != Some(avail) {
+        return Err(RewriteError::Truncated);
+    }
+    if ipv6 {
+        decrement_hop_limit_in(ip, avail)?
+    } else {
+        decrement_ttl_in(ip, avail)?
+    };
+    head[0..6].copy_from_slice(dst_mac);
+    head[6..12].copy_from_slice(src_mac);
+    Ok(())
+}
+
+/// The IP length (header included) the header at the start of `ip` gives, if it holds one.
+fn ip_length(ip: &[u8], ipv6: bool) -> Option<usize> {
+    if ipv6 {
+        let payload = u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]);
+        Some(IPV6_HLEN + usize::from(payload))
+    } else {
+        Some(usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?])))
+    }
+}
+
 /// Decrements the TTL of the IPv4 header at the start of `ip` and returns the IP total
 /// length.
 pub fn decrement_ttl(ip: &mut [u8]) -> Result<usize, RewriteError> {
+    let avail = ip.len();
+    decrement_ttl_in(ip, avail)
+}
+
+/// [`decrement_ttl`] of a packet `avail` bytes long, of which `ip` holds the header at least.
+fn decrement_ttl_in(ip: &mut [u8], avail: usize) -> Result<usize, RewriteError> {
     if ip.len() < IPV4_MIN_HLEN {
         return Err(RewriteError::Truncated);
     }
@@ -75,7 +120,7 @@ pub fn decrement_ttl(ip: &mut [u8]) -> Result<usize, RewriteError> {
         return Err(RewriteError::BadVersion);
     }
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if total < IPV4_MIN_HLEN || total > ip.len() {
+    if total < IPV4_MIN_HLEN || total > avail {
         return Err(RewriteError::Truncated);
     }
     if ip[8] <= 1 {
@@ -100,6 +145,13 @@ pub fn ttl_decrement_checksum(check: [u8; 2]) -> [u8; 2] {
 /// Decrements the hop limit of the IPv6 header at the start of `ip` and returns the IP
 /// length (header and payload).
 pub fn decrement_hop_limit(ip: &mut [u8]) -> Result<usize, RewriteError> {
+    let avail = ip.len();
+    decrement_hop_limit_in(ip, avail)
+}
+
+/// [`decrement_hop_limit`] of a packet `avail` bytes long, of which `ip` holds the header at
+/// least.
+fn decrement_hop_limit_in(ip: &mut [u8], avail: usize) -> Result<usize, RewriteError> {
     if ip.len() < IPV6_HLEN {
         return Err(RewriteError::Truncated);
     }
@@ -107,7 +159,7 @@ pub fn decrement_hop_limit(ip: &mut [u8]) -> Result<usize, RewriteError> {
         return Err(RewriteError::BadVersion);
     }
     let total = IPV6_HLEN + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-    if total > ip.len() {
+    if total > avail {
         return Err(RewriteError::Truncated);
     }
     if ip[7] <= 1 {
@@ -211,6 +263,60 @@ mod tests {
         assert_eq!(route_frame(&mut ttl1, 14, false, &[0; 6], &[0; 6]), Err(RewriteError::Expired));
     }
 
+    /// A whole jumbo frame: UDP over IPv4 (or IPv6), `payload` bytes of UDP payload.
+    fn jumbo(ipv6: bool, payload: usize) -> Vec<u8> {
+        let mut frame = vec![0x5au8; 14 + if ipv6 { 40 } else { 20 } + 8 + payload];
+        frame[0..14].copy_from_slice(&UDP4[0..14]);
+        if ipv6 {
+            frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+            frame[14] = 0x60;
+            frame[18..20].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+            frame[21] = 64;
+        } else {
+            frame[14..34].copy_from_slice(&UDP4[14..34]);
+            frame[16..18].copy_from_slice(&((28 + payload) as u16).to_be_bytes());
+            frame[24..26].copy_from_slice(&[0, 0]);
+            let check = internet_checksum(&frame[14..34]);
+            frame[24..26].copy_from_slice(&check.to_be_bytes());
+        }
+        frame
+    }
+
+    /// The head of a frame in several buffers is rewritten byte for byte as the same frame in
+    /// one: the MACs, the TTL with its checksum, the hop limit.
+    #[test]
+    fn the_head_of_a_multi_buffer_frame_is_rewritten_as_the_whole_frame() {
+        for ipv6 in [false, true] {
+            let mut whole = jumbo(ipv6, 8000);
+            let len = whole.len();
+            let mut head = whole[..3840].to_vec();
+            route_head(&mut head, len, 14, ipv6, (&[0xaa; 6], &[0xbb; 6])).unwrap();
+            assert_eq!(route_frame(&mut whole, 14, ipv6, &[0xaa; 6], &[0xbb; 6]), Ok(len));
+            assert_eq!(head[..], whole[..3840], "ipv6 {ipv6}");
+        }
+    }
+
+    /// Only a whole frame: an IP length short of the frame's end (padding) or beyond it, a
+    /// head too short for the headers, and an expired TTL are refused, the head unchanged.
+    #[test]
+    fn the_head_of_a_frame_that_is_not_whole_is_refused() {
+        let frame = jumbo(false, 8000);
+        let len = frame.len();
+        let macs = (&[0xaa; 6], &[0xbb; 6]);
+        for (wrong, why) in [(len + 40, "padded"), (len - 1, "short")] {
+            let mut head = frame[..3840].to_vec();
+            assert_eq!(route_head(&mut head, wrong, 14, false, macs), Err(RewriteError::Truncated));
+            assert_eq!(head[..], frame[..3840], "{why}");
+        }
+        let mut tiny = frame[..30].to_vec();
+        assert_eq!(route_head(&mut tiny, len, 14, false, macs), Err(RewriteError::Truncated));
+        let mut v6 = jumbo(true, 8000)[..50].to_vec();
+        assert_eq!(route_head(&mut v6, len, 14, true, macs), Err(RewriteError::Truncated));
+        let mut expired = frame[..3840].to_vec();
+        expired[22] = 1;
+        assert_eq!(route_head(&mut expired, len, 14, false, macs), Err(RewriteError::Expired));
+    }
+
     #[test]
     fn kernel_checksum_edge_cases() {
         // 0xfeff + 0x0100 = 0xffff, which the kernel folds to 0x0000.
@@ -260,6 +366,17 @@ mod tests {
         #[test]
         fn never_panics(mut frame in proptest::collection::vec(any::<u8>(), 0..200), l3 in 0usize..40, v6: bool) {
             let _ = route_frame(&mut frame, l3, v6, &[0; 6], &[0; 6]);
+        }
+
+        /// ... nor the rewrite of a head, whatever length the frame claims.
+        #[test]
+        fn never_panics_on_a_head(
+            mut head in proptest::collection::vec(any::<u8>(), 0..200),
+            len in 0usize..20_000,
+            l3 in 0usize..40,
+            v6: bool,
+        ) {
+            let _ = route_head(&mut head, len, l3, v6, (&[0; 6], &[0; 6]));
         }
     }
 }

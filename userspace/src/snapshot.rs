@@ -134,6 +134,9 @@ pub struct Snapshot {
     pub attach: Vec<(String, String)>,
     /// "copy" or "zero-copy".
     pub xsk_mode: String,
+    /// Longest frame the AF_XDP path carries (bytes): one UMEM frame, or several with
+    /// multi-buffer sockets.
+    pub xsk_max_frame: u16,
     /// Seconds since the forwarder started.
     pub uptime: f64,
     pub ports: Vec<PortFigures>,
@@ -426,6 +429,7 @@ pub struct StatsSource {
     pub counters: PerCpuArray<MapData, u64>,
     pub attach: Vec<(String, String)>,
     pub xsk_mode: String,
+    pub xsk_max_frame: u16,
     pub start: Instant,
     pub shared: Arc<Shared>,
     pub hits: SharedHits,
@@ -465,6 +469,7 @@ impl StatsSource {
         Snapshot {
             attach: self.attach.clone(),
             xsk_mode: self.xsk_mode.clone(),
+            xsk_max_frame: self.xsk_max_frame,
             uptime: self.start.elapsed().as_secs_f64(),
             ports,
             frames,

@@ -119,9 +119,10 @@ pub fn run(json: bool, interval: f64, count: u64) -> anyhow::Result<()> {
 fn print_text(pid: u32, snap: &Snapshot, before: Option<&(u32, Snapshot, Instant)>) {
     let attach: Vec<String> = snap.attach.iter().map(|(i, m)| format!("{i} ({m})")).collect();
     println!(
-        "xdpfwd pid {pid}: {} | {} mode | up {:.0} s",
+        "xdpfwd pid {pid}: {} | {} mode, frames up to {} B | up {:.0} s",
         attach.join(", "),
         snap.xsk_mode,
+        snap.xsk_max_frame,
         snap.uptime
     );
     if let Some((_, before, at)) = before {

@@ -27,7 +27,7 @@ use crate::{
     alloc_count, capture, hold, icmp, rewrite,
     shared::{Resolve, Shared},
     stats::{PortStats, WorkerStats},
-    xsk::Port,
+    xsk::{MAX_SEGMENTS, Port},
 };
 
 /// How long a frame waits for its next hop to be resolved before it is dropped (the kernel's
@@ -38,8 +38,30 @@ const RESOLVE_RETRY: Duration = Duration::from_millis(500);
 /// Idle iterations before a worker sleeps in `poll()`.
 const SPIN_BEFORE_SLEEP: u32 = 2_000;
 
+/// The frames of one packet: one, or up to [`MAX_SEGMENTS`] with multi-buffer sockets.
+#[derive(Clone, Copy)]
+struct Parts {
+    descs: [FrameDesc; MAX_SEGMENTS],
+    count: usize,
+}
+
+impl Parts {
+    /// `descs` (1 to [`MAX_SEGMENTS`] of them; more are cut off).
+    fn of(descs: &[FrameDesc]) -> Self {
+        let mut parts = Parts { descs: [FrameDesc::default(); MAX_SEGMENTS], count: 0 };
+        let count = descs.len().min(MAX_SEGMENTS);
+        parts.descs[..count].copy_from_slice(&descs[..count]);
+        parts.count = count;
+        parts
+    }
+
+    fn as_slice(&self) -> &[FrameDesc] {
+        &self.descs[..self.count]
+    }
+}
+
 struct Held {
-    desc: FrameDesc,
+    parts: Parts,
     port: usize,
     l3_off: usize,
     ipv6: bool,
@@ -48,8 +70,23 @@ struct Held {
     deadline: Instant,
 }
 
+/// `XDP_PKT_CONTD` (`linux/if_xdp.h`): more UMEM frames of the packet follow this one
+/// (sockets bound with `XDP_USE_SG`), on the RX ring and on the TX ring alike.
+const XDP_PKT_CONTD: u32 = 1;
+
+/// Whether `desc` is the last (or only) frame of its packet.
+#[inline]
+fn ends_packet(desc: &FrameDesc) -> bool {
+    desc.options() & XDP_PKT_CONTD == 0
+}
+
 /// Per-port bookkeeping beside the rings.
 struct PortState {
+    /// The frames of a packet in more than one whose last has not been received yet (the RX
+    /// ring may hand them over in more than one batch).
+    partial: Vec<FrameDesc>,
+    /// A packet of more frames than [`MAX_SEGMENTS`] is being dropped, to its last frame.
+    discarding: bool,
     pending: Vec<FrameDesc>,
     in_fill: u32,
     in_tx: u32,
@@ -168,6 +205,8 @@ impl Worker {
         let state = ports
             .iter()
             .map(|_| PortState {
+                partial: Vec::with_capacity(MAX_SEGMENTS),
+                discarding: false,
                 pending: Vec::with_capacity(ring_size as usize),
                 in_fill: 0,
                 in_tx: 0,
@@ -283,15 +322,20 @@ impl Worker {
             }
             self.state[p].in_fill -= n as u32;
             received += n;
-            let mut bytes = 0;
+            let (mut bytes, mut packets) = (0, 0);
             for i in 0..n {
                 let desc = self.scratch[i];
                 bytes += desc.lengths().data() as u64;
+                packets += u64::from(ends_packet(&desc));
                 self.hand_over(&desc, Owner::Fill, Owner::Worker);
-                self.route(p, desc);
+                if ends_packet(&desc) && self.state[p].partial.is_empty() {
+                    self.route(p, desc);
+                } else {
+                    self.gather(p, desc);
+                }
             }
             let stats = &self.ports[p].stats;
-            PortStats::add(&stats.rx_packets, n as u64);
+            PortStats::add(&stats.rx_packets, packets);
             PortStats::add(&stats.rx_bytes, bytes);
         }
         received
@@ -327,7 +371,7 @@ impl Worker {
         let ipv6 = meta.flags.contains(MetaFlags::IPV6);
         let l3_off = usize::from(meta.l3_off);
         if meta.flags.contains(MetaFlags::NEED_NEIGH) {
-            self.hold(ingress, egress, desc, meta, l3_off, ipv6);
+            self.hold(ingress, egress, &[desc], meta, (l3_off, ipv6));
             return;
         }
         let mut dst = [0u8; 6];
@@ -340,6 +384,112 @@ impl Worker {
             PortStats::add(&self.ports[ingress].stats.drop_rewrite, 1);
             self.capture_drop(ingress, &desc, WorkerDrop::Rewrite);
             self.drop_frame(desc);
+        }
+    }
+
+    /// Collects the frames of a packet in more than one, and routes it when its last is in.
+    fn gather(&mut self, ingress: usize, desc: FrameDesc) {
+        let state = &self.state[ingress];
+        if state.discarding || state.partial.len() == MAX_SEGMENTS {
+            // Longer than the XDP program steers here: dropped whole, never half-sent.
+            if !state.discarding {
+                PortStats::add(&self.ports[ingress].stats.drop_invalid, 1);
+                for d in std::mem::take(&mut self.state[ingress].partial) {
+                    self.drop_frame(d);
+                }
+            }
+            self.state[ingress].discarding = !ends_packet(&desc);
+            self.drop_frame(desc);
+            return;
+        }
+        self.state[ingress].partial.push(desc);
+        if ends_packet(&desc) {
+            let mut parts = std::mem::take(&mut self.state[ingress].partial);
+            self.route_parts(ingress, &parts);
+            parts.clear();
+            self.state[ingress].partial = parts;
+        }
+    }
+
+    /// Decides the fate of a packet in more than one frame (`parts`, the first carrying the
+    /// metadata and the headers): forwarded whole, its first frame rewritten, or dropped whole.
+    /// The XDP program sends only resolved, whole frames this way, never an ICMP error.
+    fn route_parts(&mut self, ingress: usize, parts: &[FrameDesc]) {
+        let len = packet_len(parts);
+        let mut head = parts[0];
+        // SAFETY: the first frame came from our RX ring: a frame of `self.umem` that we own,
+        // with the metadata in its headroom.
+        let meta = unsafe { read_meta(&self.umem, &head) };
+        let plain = meta.filter(|m| !m.flags.contains(MetaFlags::ICMP));
+        let Some((meta, egress)) = plain.and_then(|m| Some((m, self.port_for(m.oif)?))) else {
+            PortStats::add(&self.ports[ingress].stats.drop_invalid, 1);
+            self.drop_parts(ingress, parts, len, WorkerDrop::Invalid);
+            return;
+        };
+        if meta.flags.contains(MetaFlags::L2) {
+            self.queue_tx_parts(egress, parts, len);
+            return;
+        }
+        let ipv6 = meta.flags.contains(MetaFlags::IPV6);
+        let l3_off = usize::from(meta.l3_off);
+        if meta.flags.contains(MetaFlags::NEED_NEIGH) {
+            self.hold(ingress, egress, parts, meta, (l3_off, ipv6));
+            return;
+        }
+        let (mut dst, mut src) = ([0u8; 6], [0u8; 6]);
+        dst.copy_from_slice(&meta.addr[0..6]);
+        src.copy_from_slice(&meta.addr[6..12]);
+        if self.rewrite_head(&mut head, len, (l3_off, ipv6), (&dst, &src)) {
+            self.queue_tx_parts(egress, parts, len);
+        } else {
+            PortStats::add(&self.ports[ingress].stats.drop_rewrite, 1);
+            self.drop_parts(ingress, parts, len, WorkerDrop::Rewrite);
+        }
+    }
+
+    /// Rewrites the first frame of a packet `len` bytes long in several (see [`Self::rewrite`]).
+    #[inline]
+    fn rewrite_head(
+        &self,
+        head: &mut FrameDesc,
+        len: usize,
+        (l3_off, ipv6): (usize, bool),
+        macs: (&[u8; 6], &[u8; 6]),
+    ) -> bool {
+        // SAFETY: we own the frame (it came from the RX ring or the hold queue).
+        let mut data = unsafe { self.umem.data_mut(head) };
+        rewrite::route_head(data.contents_mut(), len, l3_off, ipv6, macs).is_ok()
+    }
+
+    /// Queues the frames of one packet on `egress`'s TX ring, all or none.
+    fn queue_tx_parts(&mut self, egress: usize, parts: &[FrameDesc], len: usize) {
+        let pending = &mut self.state[egress].pending;
+        if pending.capacity() - pending.len() < parts.len() {
+            PortStats::add(&self.ports[egress].stats.drop_tx_full, 1);
+            self.drop_parts(egress, parts, len, WorkerDrop::TxFull);
+            return;
+        }
+        for (i, desc) in parts.iter().enumerate() {
+            let mut desc = *desc;
+            desc.set_options(if i + 1 < parts.len() { XDP_PKT_CONTD } else { 0 });
+            pending.push(desc);
+        }
+        if self.tap.wants(CaptureFlags::OUT) {
+            // SAFETY: the frame is ours until the TX ring takes it.
+            let data = unsafe { self.umem.data(&parts[0]) };
+            self.tap.sent_head(self.ports[egress].iface.ifindex, data.contents(), len);
+        }
+    }
+
+    /// Drops every frame of a packet, as seen on `port`'s interface (captured by its first).
+    fn drop_parts(&mut self, port: usize, parts: &[FrameDesc], len: usize, why: WorkerDrop) {
+        if self.tap.wants(CaptureFlags::DROPS) {
+            // SAFETY: the worker owns the frames it is about to drop.
+            let data = unsafe { self.umem.data(&parts[0]) };
+            self.tap.dropped_head(self.ports[port].iface.ifindex, why, data.contents(), len);
+        }
+        for desc in parts {
+            self.drop_frame(*desc);
         }
     }
 
@@ -413,14 +563,15 @@ impl Worker {
         }
     }
 
+    /// Holds a packet (its frames: `parts`) until its next hop is resolved; the oldest gives
+    /// way when the queue is full (see `hold::victim`).
     fn hold(
         &mut self,
         ingress: usize,
         egress: usize,
-        desc: FrameDesc,
+        parts: &[FrameDesc],
         meta: XskMeta,
-        l3_off: usize,
-        ipv6: bool,
+        (l3_off, ipv6): (usize, bool),
     ) {
         let next_hop = if ipv6 || meta.flags.contains(MetaFlags::NEXT_HOP_V6) {
             IpAddr::V6(Ipv6Addr::from(meta.addr))
@@ -433,9 +584,11 @@ impl Worker {
         if let Some(i) = hold::victim(same_hop, oldest_same, self.held.len()) {
             let old = self.held.remove(i);
             PortStats::add(&self.ports[ingress].stats.held_dropped, 1);
-            self.capture_drop(old.port, &old.desc, WorkerDrop::Held);
-            self.hand_over(&old.desc, Owner::Held, Owner::Worker);
-            self.drop_frame(old.desc);
+            for d in old.parts.as_slice() {
+                self.hand_over(d, Owner::Held, Owner::Worker);
+            }
+            let len = packet_len(old.parts.as_slice());
+            self.drop_parts(old.port, old.parts.as_slice(), len, WorkerDrop::Held);
         }
         if oldest_same.is_none() {
             // First frame for this next hop: ask the kernel to resolve it.
@@ -443,9 +596,11 @@ impl Worker {
         }
         let stats = &self.ports[ingress].stats;
         PortStats::add(&stats.held, 1);
-        self.hand_over(&desc, Owner::Worker, Owner::Held);
+        for d in parts {
+            self.hand_over(d, Owner::Worker, Owner::Held);
+        }
         self.held.push(Held {
-            desc,
+            parts: Parts::of(parts),
             port: egress,
             l3_off,
             ipv6,
@@ -475,25 +630,35 @@ impl Worker {
         let mut keep = 0;
         for i in 0..self.held.len() {
             let h = &self.held[i];
-            let (port, l3_off, ipv6, mut desc) = (h.port, h.l3_off, h.ipv6, h.desc);
+            let (port, l3_off, ipv6, mut parts) = (h.port, h.l3_off, h.ipv6, h.parts);
             let (key, deadline) = ((h.ifindex, h.next_hop), h.deadline);
+            let len = packet_len(parts.as_slice());
             if let Some(mac) = table.get(&key) {
-                self.hand_over(&desc, Owner::Held, Owner::Worker);
+                for d in parts.as_slice() {
+                    self.hand_over(d, Owner::Held, Owner::Worker);
+                }
                 let egress = &self.ports[port].iface;
                 let src = macs.get(&egress.ifindex).copied().unwrap_or(egress.mac);
-                if self.rewrite(&mut desc, l3_off, ipv6, mac, &src) {
-                    PortStats::add(&self.ports[port].stats.held_sent, 1);
-                    self.queue_tx(port, desc);
-                } else {
+                let rewritten = match parts.count {
+                    1 => self.rewrite(&mut parts.descs[0], l3_off, ipv6, mac, &src),
+                    _ => self.rewrite_head(&mut parts.descs[0], len, (l3_off, ipv6), (mac, &src)),
+                };
+                if !rewritten {
                     PortStats::add(&self.ports[port].stats.drop_rewrite, 1);
-                    self.capture_drop(port, &desc, WorkerDrop::Rewrite);
-                    self.drop_frame(desc);
+                    self.drop_parts(port, parts.as_slice(), len, WorkerDrop::Rewrite);
+                    continue;
+                }
+                PortStats::add(&self.ports[port].stats.held_sent, 1);
+                match parts.count {
+                    1 => self.queue_tx(port, parts.descs[0]),
+                    _ => self.queue_tx_parts(port, parts.as_slice(), len),
                 }
             } else if now >= deadline {
                 PortStats::add(&self.ports[port].stats.held_dropped, 1);
-                self.capture_drop(port, &desc, WorkerDrop::Held);
-                self.hand_over(&desc, Owner::Held, Owner::Free);
-                self.free.push(desc);
+                for d in parts.as_slice() {
+                    self.hand_over(d, Owner::Held, Owner::Worker);
+                }
+                self.drop_parts(port, parts.as_slice(), len, WorkerDrop::Held);
             } else {
                 self.held.swap(keep, i);
                 keep += 1;
@@ -511,7 +676,8 @@ impl Worker {
                 // ring takes ownership of the first `n`.
                 let n = unsafe { port.tx.produce(&state.pending) };
                 let bytes: usize = state.pending[..n].iter().map(|d| d.lengths().data()).sum();
-                PortStats::add(&port.stats.tx_packets, n as u64);
+                let packets = state.pending[..n].iter().filter(|d| ends_packet(d)).count();
+                PortStats::add(&port.stats.tx_packets, packets as u64);
                 PortStats::add(&port.stats.tx_bytes, bytes as u64);
                 state.in_tx += n as u32;
                 for d in &state.pending[..n] {
@@ -586,6 +752,12 @@ impl Worker {
         };
         self.idle_polls += 1;
     }
+}
+
+/// The length of a packet in `parts`: all its frames.
+#[inline]
+fn packet_len(parts: &[FrameDesc]) -> usize {
+    parts.iter().map(|d| d.lengths().data()).sum()
 }
 
 /// Moves the frame of `desc` from `from` to `to` in `owner`, counting a violation when it was

@@ -10,6 +10,7 @@
 
 use std::{io, num::NonZeroU32, os::fd::AsRawFd, sync::Arc};
 
+use xdpfwd_common::{META_LEN, XDP_META_MAX, max_frame_for_mtu};
 use xsk_rs::{
     CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem,
     config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
@@ -47,6 +48,46 @@ impl XskConfig {
         self.frame_size - XDP_PACKET_HEADROOM
     }
 }
+
+/// Longest frames the AF_XDP path carries, as the XDP program is told (`IfaceInfo`), room for
+/// the metadata taken off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// In one UMEM frame (`IfaceInfo::max_frame`).
+    pub single: u16,
+    /// In up to [`MAX_SEGMENTS`] UMEM frames (`IfaceInfo::max_frame_sg`); 0 without
+    /// multi-buffer sockets.
+    pub multi: u16,
+}
+
+impl FrameLimits {
+    pub fn new(config: &XskConfig, multi_buffer: bool) -> Self {
+        let frame = config.max_frame_len() as usize;
+        let multi = if multi_buffer { MAX_SEGMENTS * frame - META_LEN } else { 0 };
+        Self {
+            single: u16::try_from(frame - META_LEN).unwrap_or(u16::MAX),
+            multi: u16::try_from(multi).unwrap_or(u16::MAX),
+        }
+    }
+
+    /// The longest frame the AF_XDP path carries.
+    pub fn longest(&self) -> u16 {
+        self.single.max(self.multi)
+    }
+
+    /// The largest MTU whose packets all fit: the longest frame less an Ethernet header, a
+    /// VLAN tag and the most metadata the kernel lets a program reserve.
+    pub fn max_mtu(&self) -> u32 {
+        (u32::from(self.longest()) + META_LEN as u32)
+            .saturating_sub(max_frame_for_mtu(0) + XDP_META_MAX)
+    }
+}
+
+/// Most UMEM frames one packet spans on sockets bound with `XDP_USE_SG`. In copy mode the
+/// kernel builds one skb of a packet's frames, the first as its head and each further one a
+/// page fragment (`xsk_build_skb`), and refuses more than `MAX_SKB_FRAGS` (17) of them; 16
+/// carry 61,440 bytes with 4096-byte frames.
+pub const MAX_SEGMENTS: usize = 16;
 
 /// The UMEM's size for sockets on `queues`.
 fn umem_bytes(queues: &[(Arc<Iface>, u32)], config: &XskConfig) -> u64 {
@@ -120,22 +161,45 @@ pub struct Sockets {
     pub ports: Vec<Port>,
     pub frames: Vec<FrameDesc>,
     pub zero_copy: bool,
+    /// Bound with `XDP_USE_SG` (the UMEM's property: every socket on it): a packet may span
+    /// up to [`MAX_SEGMENTS`] UMEM frames, on receive and on transmit.
+    pub multi_buffer: bool,
 }
 
 /// Creates the UMEM and a socket on every `(iface, queue)` of `queues`.
+///
+/// Zero-copy sockets take single buffers (a zero-copy driver's multi-buffer limits are its
+/// own); copy-mode sockets are bound with `XDP_USE_SG` where the kernel has it (6.6 and
+/// later) and without where it refuses.
 pub fn open(queues: &[(Arc<Iface>, u32)], config: &XskConfig) -> Result<Sockets, XskError> {
     match config.bind {
-        BindMode::Copy => open_in(queues, config, false),
-        BindMode::ZeroCopy => open_in(queues, config, true),
-        BindMode::Auto => open_in(queues, config, true).or_else(|err| {
+        BindMode::Copy => open_copy(queues, config),
+        BindMode::ZeroCopy => open_in(queues, config, true, false),
+        BindMode::Auto => open_in(queues, config, true, false).or_else(|err| {
             tracing::info!("zero-copy bind not available ({err}); using copy mode");
-            if config.huge_pages {
-                // The kernel releases the first UMEM's pages after its socket is gone, a
-                // moment later (`xdp_umem_release_deferred`).
-                await_huge_pages(umem_bytes(queues, config) / huge_page_size());
-            }
-            open_in(queues, config, false)
+            await_release(queues, config);
+            open_copy(queues, config)
         }),
+    }
+}
+
+/// Copy mode, multi-buffer if the kernel takes `XDP_USE_SG`.
+fn open_copy(queues: &[(Arc<Iface>, u32)], config: &XskConfig) -> Result<Sockets, XskError> {
+    open_in(queues, config, false, true).or_else(|err| {
+        tracing::info!(
+            "multi-buffer AF_XDP (XDP_USE_SG) not available ({err}); frames longer than one \
+             UMEM frame take the fast path or the kernel"
+        );
+        await_release(queues, config);
+        open_in(queues, config, false, false)
+    })
+}
+
+/// After a failed attempt: the kernel releases the first UMEM's huge pages after its socket is
+/// gone, a moment later (`xdp_umem_release_deferred`).
+fn await_release(queues: &[(Arc<Iface>, u32)], config: &XskConfig) {
+    if config.huge_pages {
+        await_huge_pages(umem_bytes(queues, config) / huge_page_size());
     }
 }
 
@@ -143,6 +207,7 @@ fn open_in(
     queues: &[(Arc<Iface>, u32)],
     config: &XskConfig,
     zero_copy: bool,
+    multi_buffer: bool,
 ) -> Result<Sockets, XskError> {
     let ring = QueueSize::new(config.ring_size).map_err(|e| XskError::Config(e.to_string()))?;
     let frame_size =
@@ -183,7 +248,10 @@ fn open_in(
             XskError::Umem { frames: total.get(), frame_size: config.frame_size, reason }
         }
     })?;
-    let mode = if zero_copy { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
+    let mut mode = if zero_copy { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
+    if multi_buffer {
+        mode |= BindFlags::XDP_USE_SG;
+    }
     let socket_config = SocketConfig::builder()
         .rx_queue_size(ring)
         .tx_queue_size(ring)
@@ -224,7 +292,7 @@ fn open_in(
         }
         ports.push(port);
     }
-    Ok(Sockets { umem, ports, frames, zero_copy })
+    Ok(Sockets { umem, ports, frames, zero_copy, multi_buffer })
 }
 
 /// In copy mode the kernel transmits at most 32 frames per `sendto` unless told otherwise

@@ -66,12 +66,15 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
 }
 
 /// The frame, as it will leave, fits the path `steer` takes: an AF_XDP socket receives one
-/// buffer of at most `max_frame` bytes (a tag pushed onto an untagged frame included); the
-/// fast path carries a frame in more than one buffer only out of a device that takes such
-/// frames. A frame too long for the AF_XDP path takes the fast path where the egress device
-/// takes it (the same rewrite; otherwise it would be the kernel's, and with the kernel's
-/// forwarding off, lost). A frame steered for an ICMP answer always fits: `egress` trims it
-/// to what the answer quotes.
+/// UMEM frame of at most `max_frame` bytes (a tag pushed onto an untagged frame included),
+/// or, bound with `XDP_USE_SG`, several, up to `max_frame_sg` bytes, for a frame that is
+/// whole (its IP length reaches its end: user space rewrites the first buffer only); the
+/// fast path carries
+/// a frame in more than one buffer only out of a device that takes such frames. A frame too
+/// long for the AF_XDP path takes the fast path where the egress device takes it (the same
+/// rewrite; otherwise it would be the kernel's, and with the kernel's forwarding off, lost).
+/// A frame steered for an ICMP answer always fits: `egress` trims it to what the answer
+/// quotes.
 #[inline(always)]
 fn fits(
     ctx: &XdpContext,
@@ -89,7 +92,12 @@ fn fits(
     }
     let vlan = steer.vlan();
     let grows = if vlan.push != 0 && !vlan.pop { VLAN_HLEN } else { 0 };
-    if !multi_buffer && len + grows <= ingress.max_frame as usize {
+    let sg = ingress.max_frame_sg != 0;
+    if (!multi_buffer || sg) && len + grows <= ingress.max_frame as usize {
+        return Ok(());
+    }
+    let whole = steer.ip_len == 0 || steer.meta.l3_off as usize + steer.ip_len as usize == len;
+    if whole && len + grows <= ingress.max_frame_sg as usize {
         return Ok(());
     }
     if steer.flags.contains(SteerFlags::REDIRECTABLE) && fast_carries {

@@ -44,28 +44,41 @@ impl Tap {
     /// A frame the worker sends on `ifindex`, as it leaves.
     #[inline]
     pub fn sent(&mut self, ifindex: u32, frame: &[u8]) {
+        self.sent_head(ifindex, frame, frame.len());
+    }
+
+    /// A frame the worker sends on `ifindex` in more than one UMEM frame: the first (`head`,
+    /// which is what is captured) and the whole frame's length.
+    #[inline]
+    pub fn sent_head(&mut self, ifindex: u32, head: &[u8], len: usize) {
         if self.wants(CaptureFlags::OUT) {
-            self.record(CaptureKind::Out, ifindex, 0, frame);
+            self.record(CaptureKind::Out, ifindex, 0, head, len);
         }
     }
 
     /// A frame the worker drops, that arrived on `ifindex`.
     #[inline]
     pub fn dropped(&mut self, ifindex: u32, why: WorkerDrop, frame: &[u8]) {
+        self.dropped_head(ifindex, why, frame, frame.len());
+    }
+
+    /// A frame in more than one UMEM frame that the worker drops (see [`Tap::sent_head`]).
+    #[inline]
+    pub fn dropped_head(&mut self, ifindex: u32, why: WorkerDrop, head: &[u8], len: usize) {
         if self.wants(CaptureFlags::DROPS) {
-            self.record(CaptureKind::Dropped, ifindex, why as u8, frame);
+            self.record(CaptureKind::Dropped, ifindex, why as u8, head, len);
         }
     }
 
-    fn record(&mut self, kind: CaptureKind, ifindex: u32, reason: u8, frame: &[u8]) {
-        if !self.switch.selects(ifindex, kind.flag(), frame) {
+    fn record(&mut self, kind: CaptureKind, ifindex: u32, reason: u8, head: &[u8], len: usize) {
+        if !self.switch.selects(ifindex, kind.flag(), head) {
             return;
         }
-        let caplen = frame.len().min(self.switch.snaplen() as usize);
+        let caplen = head.len().min(self.switch.snaplen() as usize);
         let header = CaptureHeader {
             ts: monotonic_ns(),
             ifindex,
-            len: frame.len() as u32,
+            len: len.max(head.len()) as u32,
             caplen: caplen as u32,
             kind: kind as u8,
             path: CapturePath::AfXdp as u8,
@@ -77,7 +90,7 @@ impl Tap {
             self.lost.fetch_add(1, Relaxed);
             return;
         };
-        chunk.fill_from_iter(bytes.iter().chain(&frame[..caplen]).copied());
+        chunk.fill_from_iter(bytes.iter().chain(&head[..caplen]).copied());
     }
 }
 
@@ -119,5 +132,21 @@ mod tests {
         tap.sent(3, &big);
         assert_eq!(tap.lost.load(Relaxed), 1);
         assert_eq!(drain.ring.slots(), 0);
+    }
+
+    /// A frame in several UMEM frames is captured by its first, with its whole length.
+    #[test]
+    fn a_frame_in_several_buffers_keeps_its_whole_length() {
+        let switch = Arc::new(Switch::default());
+        let (mut tap, mut drain) = pair(switch.clone());
+        switch.set(CaptureFlags::OUT, 9000, Default::default(), vec![(3, CaptureFlags::OUT)]);
+        tap.sent_head(3, &[0xcd; 3812], 9014);
+        let n = drain.ring.slots();
+        assert_eq!(n, 24 + 3812, "what the first buffer holds");
+        let chunk = drain.ring.read_chunk(n).unwrap();
+        let (a, b) = chunk.as_slices();
+        let bytes: Vec<u8> = a.iter().chain(b).copied().collect();
+        let header = CaptureHeader::from_bytes(&bytes).unwrap();
+        assert_eq!((header.len, header.caplen), (9014, 3812));
     }
 }

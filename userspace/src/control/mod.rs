@@ -63,6 +63,7 @@ use crate::{
     routes::{Place, Route, RouteTable},
     shared::{Resolve, Shared},
     sockopt,
+    xsk::FrameLimits,
 };
 
 /// The BPF maps the control plane writes.
@@ -124,8 +125,8 @@ pub struct Tuning {
     pub zero_copy: bool,
     /// The kernel reports the devices' XDP features (a watcher sends them).
     pub reports_features: bool,
-    /// Longest frame the sockets receive whole (`IfaceInfo::max_frame`).
-    pub max_frame: u16,
+    /// Longest frames the AF_XDP path carries (`IfaceInfo::max_frame`, `max_frame_sg`).
+    pub frames: FrameLimits,
     /// Receive buffer of the netlink sockets, in bytes.
     pub netlink_buffer: u32,
 }
@@ -485,16 +486,15 @@ impl Control {
         if iface.up != fresh.up {
             self.resync = true;
         }
-        if fresh.mtu > iface.mtu && max_frame_for_mtu(fresh.mtu) > u32::from(self.tuning.max_frame)
-        {
+        let longest = self.tuning.frames.longest();
+        if fresh.mtu > iface.mtu && max_frame_for_mtu(fresh.mtu) > u32::from(longest) {
             tracing::warn!(
                 iface = %iface.name,
                 mtu = fresh.mtu,
-                "MTU raised: frames longer than {} bytes do not fit one AF_XDP buffer; they \
-                 take the fast path out of devices that take frames in more than one buffer, \
-                 else go to the kernel (counted as pass_too_long), which forwards them only \
-                 where its own forwarding is on",
-                self.tuning.max_frame
+                "MTU raised: frames longer than {longest} bytes do not fit the AF_XDP path; \
+                 they take the fast path out of devices that take frames in more than one \
+                 buffer, else go to the kernel (counted as pass_too_long), which forwards them \
+                 only where its own forwarding is on",
             );
         }
         if iface.name != fresh.name && !fresh.name.is_empty() {
@@ -741,7 +741,9 @@ impl Control {
             flags,
             mtu: iface.mtu,
             mac: iface.mac,
-            max_frame: self.tuning.max_frame,
+            max_frame: self.tuning.frames.single,
+            max_frame_sg: self.tuning.frames.multi,
+            _pad: 0,
             peer: opts.peer,
             peer_mac: opts.peer_mac.unwrap_or_default(),
             push_vlan: opts.push_vlan,
