@@ -1017,10 +1017,11 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   At MTU 9000 (target: the fast path at least Linux's goodput) the same holds with fewer,
   larger frames: GRO still merges seven 9000-byte segments into one 64 KB packet for the
   kernel, while each XDP candidate handles every frame, in three buffers on veth, so Linux
-  stays ahead. There the AF_XDP path's data segments are too long for one AF_XDP buffer
-  (the sockets do not use `XDP_USE_SG` yet) and take the fast path (the egress takes
-  multi-buffer redirects), so its row is mostly the fast path's; only the small segments
-  (acknowledgements, handshakes) go through the sockets.
+  stays ahead. The AF_XDP path carries the data segments itself there, each in three UMEM
+  frames (the sockets are multi-buffer, `XDP_USE_SG`): the kernel copies each segment into
+  them on receive, and on transmit into an skb with the first frame as its head and a page
+  fragment for each further one (`xsk_build_skb`), which is the cost its row shows; testpmd
+  is not run at MTU 9000.
 - **Why the AF_XDP path is level with testpmd, not 25 % ahead.** On veth, AF_XDP runs in
   copy mode: the kernel copies every frame into the UMEM on receive, and on transmit
   allocates an skb, copies the frame into it and pushes it through `veth_xmit` to the peer
