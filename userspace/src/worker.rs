@@ -736,7 +736,8 @@ impl Worker {
         self.account.free.store(self.free.len() as u64, Relaxed);
         self.account.fill.store(fill, Relaxed);
         self.account.kernel_tx.store(tx, Relaxed);
-        self.account.held.store(self.held.len() as u64, Relaxed);
+        let held: usize = self.held.iter().map(|h| h.parts.count).sum();
+        self.account.held.store(held as u64, Relaxed);
         self.account.violations.store(self.violations, Relaxed);
         self.account.tx_kicks.store(self.tx_kicks, Relaxed);
         self.account.fill_wakeups.store(self.fill_wakeups, Relaxed);
