@@ -394,7 +394,8 @@ impl Worker {
             // Longer than the XDP program steers here: dropped whole, never half-sent.
             if !state.discarding {
                 PortStats::add(&self.ports[ingress].stats.drop_invalid, 1);
-                for d in std::mem::take(&mut self.state[ingress].partial) {
+                // (Popped, not taken: the list keeps its room, nothing is allocated.)
+                while let Some(d) = self.state[ingress].partial.pop() {
                     self.drop_frame(d);
                 }
             }
@@ -413,7 +414,8 @@ impl Worker {
 
     /// Decides the fate of a packet in more than one frame (`parts`, the first carrying the
     /// metadata and the headers): forwarded whole, its first frame rewritten, or dropped whole.
-    /// The XDP program sends only resolved, whole frames this way, never an ICMP error.
+    /// The XDP program sends only whole frames this way (the IP length reaches the end, so
+    /// nothing is trimmed), never one for an ICMP error; one waiting for its next hop is held.
     fn route_parts(&mut self, ingress: usize, parts: &[FrameDesc]) {
         let len = packet_len(parts);
         let mut head = parts[0];
