@@ -374,10 +374,7 @@ impl Worker {
             self.hold(ingress, egress, &[desc], meta, (l3_off, ipv6));
             return;
         }
-        let mut dst = [0u8; 6];
-        dst.copy_from_slice(&meta.addr[0..6]);
-        let mut src = [0u8; 6];
-        src.copy_from_slice(&meta.addr[6..12]);
+        let (dst, src) = macs(&meta);
         if self.rewrite(&mut desc, l3_off, ipv6, &dst, &src) {
             self.queue_tx(egress, desc);
         } else {
@@ -438,9 +435,7 @@ impl Worker {
             self.hold(ingress, egress, parts, meta, (l3_off, ipv6));
             return;
         }
-        let (mut dst, mut src) = ([0u8; 6], [0u8; 6]);
-        dst.copy_from_slice(&meta.addr[0..6]);
-        src.copy_from_slice(&meta.addr[6..12]);
+        let (dst, src) = macs(&meta);
         if self.rewrite_head(&mut head, len, (l3_off, ipv6), (&dst, &src)) {
             self.queue_tx_parts(egress, parts, len);
         } else {
@@ -755,6 +750,15 @@ impl Worker {
         };
         self.idle_polls += 1;
     }
+}
+
+/// The destination and source MACs the XDP program chose for a routed frame (`meta.addr`).
+#[inline]
+fn macs(meta: &XskMeta) -> ([u8; 6], [u8; 6]) {
+    let (mut dst, mut src) = ([0u8; 6], [0u8; 6]);
+    dst.copy_from_slice(&meta.addr[0..6]);
+    src.copy_from_slice(&meta.addr[6..12]);
+    (dst, src)
 }
 
 /// The length of a packet in `parts`: all its frames.
