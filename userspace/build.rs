@@ -16,6 +16,7 @@ fn main() {
         "xdp-prog/src",
         "xdp-prog/Cargo.toml",
         "xdp-prog/Cargo.lock",
+        "xdp-prog/.cargo/config.toml",
         "common/src",
         "common/Cargo.toml",
     ] {
@@ -25,6 +26,7 @@ fn main() {
 
     // A prebuilt object (cargo xtask builds it first) avoids a nested cargo.
     if let Some(obj) = env::var_os("XDPFWD_EBPF_OBJ") {
+        println!("cargo:rerun-if-changed={}", Path::new(&obj).display());
         fs::copy(&obj, out.join("xdp-prog")).unwrap_or_else(|e| panic!("copying {obj:?}: {e}"));
         return;
     }

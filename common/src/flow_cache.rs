@@ -2,16 +2,19 @@
 //!
 //! The XDP program keeps, per CPU, a direct-mapped table (`FLOW_CACHE`, a per-CPU array):
 //! a flow's key selects one slot by its hash, and the slot holds the key, the generation it
-//! was filled in and the decision. `CACHE_CTL` holds the current generation (0: the cache is
-//! off) and the slot mask; user space sizes the table and starts a new generation after
-//! every change of what a decision is made from.
+//! was filled in and the decision. `CACHE_CTL` holds a [`CacheCtl`]: the current generation
+//! (0: the cache is off) and the slot mask; user space sizes the table and starts a new
+//! generation after every change of what a decision is made from.
 
-/// `CACHE_CTL` index of the current generation (0: the cache is off).
-pub const CACHE_GEN: u32 = 0;
-/// `CACHE_CTL` index of the slot mask (slots − 1; slots are a power of two).
-pub const CACHE_MASK: u32 = 1;
-/// Entries of `CACHE_CTL`.
-pub const CACHE_CTL_LEN: u32 = 2;
+/// The one entry of `CACHE_CTL` (one lookup per frame reads both).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheCtl {
+    /// The current generation (0: the cache is off).
+    pub generation: u32,
+    /// The slot mask (slots − 1; slots are a power of two).
+    pub mask: u32,
+}
 /// Slots per CPU by default (`--flow-cache`).
 pub const DEFAULT_CACHE_SLOTS: u32 = 8192;
 /// Most slots per CPU (`--flow-cache`).
@@ -74,13 +77,8 @@ impl FlowKey {
     /// The slot of the key in a table of `mask + 1` slots.
     #[inline(always)]
     pub const fn slot(&self, mask: u32) -> u32 {
-        let mut h: u64 = 0;
-        let mut i = 0;
-        while i < 7 {
-            h = key_mix(h, self.0[i]);
-            i += 1;
-        }
-        h as u32 & mask
+        let w = &self.0;
+        key_hash([w[0], w[1], w[2], w[3]], [w[4], w[5], w[6]]) as u32 & mask
     }
 }
 
@@ -109,13 +107,20 @@ pub const fn key_ds(ds: u8, l3: u8) -> u64 {
     ds as u64 | (l3 as u64) << 8
 }
 
-/// One step of the slot hash (from 0, every word in order; the slot is the low bits): a
-/// multiplicative hash, each product folded so that high bits (the last bytes of an IPv6
-/// address on a little-endian machine) reach the slot bits too.
+/// The slot hash of a key's words (addresses, then the other three; the slot is the low
+/// bits): four products of independent word pairs, computed side by side rather than one
+/// after another (a chain of seven took a tenth of the fast path's time), combined, then
+/// folded and mixed once more so that high bits (the last bytes of an IPv6 address on a
+/// little-endian machine) reach the slot bits too.
 #[inline(always)]
-pub const fn key_mix(h: u64, word: u64) -> u64 {
-    let h = (h ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    h ^ h >> 32
+pub const fn key_hash(addrs: [u64; 4], rest: [u64; 3]) -> u64 {
+    let a = (addrs[0] ^ rest[0].rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let b = (addrs[1] ^ rest[1]).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let c = (addrs[2] ^ rest[2].rotate_left(16)).wrapping_mul(0x1656_67b1_9e37_79f9);
+    let d = addrs[3].wrapping_mul(0x85eb_ca77_c2b2_ae63);
+    let h = a.wrapping_add(b) ^ c.wrapping_add(d);
+    let h = (h ^ h >> 32).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ h >> 29
 }
 
 /// The slot mask for a table of `slots` slots, if `slots` is a valid size (a power of two

@@ -23,6 +23,7 @@ pub use route::*;
 pub mod map_names {
     pub const XSKS: &str = "XSKS";
     pub const IFACES: &str = "IFACES";
+    pub const IFACES_DIRECT: &str = "IFACES_DIRECT";
     pub const ROUTES_V4: &str = "ROUTES_V4";
     pub const ROUTES_V6: &str = "ROUTES_V6";
     pub const FIB_RULES: &str = "FIB_RULES";
@@ -67,6 +68,10 @@ pub const fn max_frame_for_mtu(mtu: u32) -> u32 {
 pub const MAX_QUEUES: u32 = 64;
 /// Most interfaces one xdpfwd instance manages.
 pub const MAX_IFACES: u32 = 64;
+/// Interfaces with an ifindex below this are in the array `IFACES_DIRECT` (index: ifindex),
+/// the others in the hash `IFACES`: the XDP program reads every frame's ingress interface,
+/// and an array lookup is inlined where a hash lookup is three calls into the kernel.
+pub const IFINDEX_DIRECT: u32 = 4096;
 /// Entries in the XSKMAP.
 pub const XSK_MAP_SIZE: u32 = MAX_IFACES * MAX_QUEUES;
 /// Capacity of each neighbour table.
@@ -126,7 +131,8 @@ bitflags::bitflags! {
     }
 }
 
-/// What the XDP program knows of an interface (map `IFACES`, key: ifindex).
+/// What the XDP program knows of an interface (map `IFACES_DIRECT` or `IFACES`, by
+/// [`IFINDEX_DIRECT`]; an all-zero entry is an interface xdpfwd does not manage).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceInfo {
@@ -158,8 +164,10 @@ pub struct IfaceInfo {
 }
 const _: () = assert!(size_of::<IfaceInfo>() == 36);
 
-/// Key of the IPv4 neighbour table (`NEIGH_V4`).
-#[repr(C)]
+/// Key of the IPv4 neighbour table (`NEIGH_V4`). Aligned to 8 like every key the XDP
+/// program builds on its stack: it is compiled to read and write memory unaligned, which
+/// the verifier allows for packets but not for the stack.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NeighKeyV4 {
     pub ifindex: u32,
@@ -167,14 +175,23 @@ pub struct NeighKeyV4 {
 }
 const _: () = assert!(size_of::<NeighKeyV4>() == 8);
 
-/// Key of the IPv6 neighbour table (`NEIGH_V6`).
-#[repr(C)]
+/// Key of the IPv6 neighbour table (`NEIGH_V6`); the address 8-aligned, as
+/// [`NeighKeyV4`]'s.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NeighKeyV6 {
     pub ifindex: u32,
+    /// Zero: the kernel hashes the key's every byte.
+    _pad: u32,
     pub addr: [u8; 16],
 }
-const _: () = assert!(size_of::<NeighKeyV6>() == 20);
+const _: () = assert!(size_of::<NeighKeyV6>() == 24);
+
+impl NeighKeyV6 {
+    pub const fn new(ifindex: u32, addr: [u8; 16]) -> Self {
+        Self { ifindex, _pad: 0, addr }
+    }
+}
 
 /// Value of both neighbour tables: the next hop's link-layer address.
 #[repr(C)]
@@ -570,6 +587,8 @@ mod pod {
     unsafe impl aya::Pod for super::Route {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NhGroup {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CacheCtl {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FibRule {}
     // SAFETY: as above.

@@ -116,12 +116,24 @@ fn catch_stop_signal() {
     });
 }
 
+/// Pins the calling thread to CPU 0. A steady generator stays there: the forwarder's and
+/// the sink's softirq work it sets off then runs on the same CPU throughout, instead of
+/// following the thread when the scheduler moves it (after which the veth rings' locks
+/// contend between CPUs and pages go back to their pools remotely: a candidate's figure
+/// moved by a third from one run to the next).
+fn pin_to_first_cpu() -> anyhow::Result<()> {
+    let mut cpu0 = nix::sched::CpuSet::new();
+    cpu0.set(0)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu0)
+        .context("pinning the generator to CPU 0")
+}
+
 impl Generator {
     /// Starts sending `frame` out of `dev` (in `ns`) over `flows` UDP source ports until
     /// stopped or `limit` frames are sent. With a limit it sends runs of `chunk` frames and
-    /// counts them ([`Self::sent`]); without one, a steady load: one call that runs until
-    /// [`Self::stop`] interrupts it (each call costs tens of milliseconds of set-up during
-    /// which nothing is sent), and `sent` stays 0.
+    /// counts them ([`Self::sent`]); without one, a steady load from CPU 0: one call that runs
+    /// until [`Self::stop`] interrupts it (each call costs tens of milliseconds of set-up
+    /// during which nothing is sent), and `sent` stays 0.
     pub fn start(
         ns: &str,
         dev: &str,
@@ -167,6 +179,7 @@ impl Generator {
                 let prog: &Xdp = ebpf.program("bench_gen").context("bench_gen")?.try_into()?;
                 let fd = prog.fd()?;
                 if limit.is_none() {
+                    pin_to_first_cpu()?;
                     while !stop.load(Relaxed) {
                         let live = crate::prog_run::Mode::Live { repeat: u32::MAX };
                         match crate::prog_run::xdp(fd, &frame, ifindex, 0, live) {

@@ -14,14 +14,14 @@ use std::{io, path::PathBuf};
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
     programs::Xdp,
 };
 use xdpfwd_common::{
-    Action, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy, IfaceFlags,
-    IfaceInfo, Nat, NatFields, NeighKeyV4, NeighKeyV6, Neighbour, NhGroup, NhPath, Policy, Route,
-    RouteKind, Rule, RuleFields, fib_rule_index, map_names, route_key_bits, route_key_v4,
-    route_key_v6,
+    Action, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy, IFINDEX_DIRECT,
+    IfaceFlags, IfaceInfo, Nat, NatFields, NeighKeyV4, NeighKeyV6, Neighbour, NhGroup, NhPath,
+    Policy, Route, RouteKind, Rule, RuleFields, fib_rule_index, map_names, route_key_bits,
+    route_key_v4, route_key_v6,
 };
 
 /// The MAC of the ingress interface in the harness (frames must be sent to it).
@@ -71,13 +71,11 @@ impl Harness {
             ..IfaceInfo::default()
         };
         {
-            let mut ifaces: HashMap<_, u32, IfaceInfo> = HashMap::try_from(
-                self.ebpf.map_mut(map_names::IFACES).context(map_names::IFACES)?,
-            )?;
             let mut ingress = info(0, INGRESS_MAC);
             ingress.flags |= IfaceFlags::VLAN_POP;
-            ifaces.insert(INGRESS, ingress, 0)?;
-            ifaces.insert(EGRESS, info(1, EGRESS_MAC), 0)?;
+            let mut ifaces = self.ifaces()?;
+            ifaces.set(INGRESS, ingress, 0)?;
+            ifaces.set(EGRESS, info(1, EGRESS_MAC), 0)?;
         }
         self.fill_fib()?;
         {
@@ -184,7 +182,7 @@ impl Harness {
         )?;
         let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
         n6.insert(
-            NeighKeyV6 { ifindex: EGRESS, addr: gw },
+            NeighKeyV6::new(EGRESS, gw),
             Neighbour { mac: GATEWAY_MAC, ..Neighbour::default() },
             0,
         )?;
@@ -285,32 +283,39 @@ impl Harness {
         Ok(())
     }
 
+    /// The interfaces' map: the harness's ifindexes are below `IFINDEX_DIRECT`.
+    fn ifaces(&mut self) -> anyhow::Result<Array<&mut MapData, IfaceInfo>> {
+        const _: () = assert!(INGRESS < IFINDEX_DIRECT && EGRESS < IFINDEX_DIRECT);
+        let name = map_names::IFACES_DIRECT;
+        Ok(Array::try_from(self.ebpf.map_mut(name).context(name)?)?)
+    }
+
     /// Selects the AF_XDP path or the fast path for traffic routed to the egress.
     pub fn set_fast_path(&mut self, on: bool) -> anyhow::Result<()> {
-        let mut ifaces: HashMap<_, u32, IfaceInfo> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::IFACES).context(map_names::IFACES)?)?;
+        let mut ifaces = self.ifaces()?;
         let mut egress = ifaces.get(&EGRESS, 0)?;
         egress.flags = if on {
             egress.flags | IfaceFlags::FAST_PATH
         } else {
             egress.flags - IfaceFlags::FAST_PATH
         };
-        ifaces.insert(EGRESS, egress, 0)?;
+        ifaces.set(EGRESS, egress, 0)?;
         Ok(())
     }
 
     /// Turns the flow cache on (a new generation, as the control plane starts one after every
     /// change) or off.
     pub fn set_flow_cache(&mut self, on: bool) -> anyhow::Result<()> {
-        let mut ctl: Array<_, u32> = Array::try_from(
+        let mut ctl: Array<_, xdpfwd_common::CacheCtl> = Array::try_from(
             self.ebpf.map_mut(map_names::CACHE_CTL).context(map_names::CACHE_CTL)?,
         )?;
         // Off and on again must not bring an old generation back: its entries would count.
         if on {
             self.generation += 1;
         }
-        ctl.set(xdpfwd_common::CACHE_MASK, xdpfwd_common::DEFAULT_CACHE_SLOTS - 1, 0)?;
-        ctl.set(xdpfwd_common::CACHE_GEN, if on { self.generation } else { 0 }, 0)?;
+        let generation = if on { self.generation } else { 0 };
+        let mask = xdpfwd_common::DEFAULT_CACHE_SLOTS - 1;
+        ctl.set(0, xdpfwd_common::CacheCtl { generation, mask }, 0)?;
         Ok(())
     }
 

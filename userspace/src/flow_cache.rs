@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use aya::maps::{Array, MapData, PerCpuArray};
 use serde::{Deserialize, Serialize};
-use xdpfwd_common::{CACHE_GEN, CACHE_MASK, CacheStat, cache_mask, map_names};
+use xdpfwd_common::{CacheCtl, CacheStat, cache_mask, map_names};
 
 /// The cache's control words; `None` inside when the cache is off.
 pub struct Generations {
-    ctl: Option<Array<MapData, u32>>,
+    ctl: Option<Array<MapData, CacheCtl>>,
+    mask: u32,
     current: u32,
     failed: bool,
 }
@@ -31,14 +32,15 @@ impl Generations {
             .take_map(map_names::CACHE_CTL)
             .with_context(|| format!("map {} missing", map_names::CACHE_CTL))?;
         let mut ctl = Array::try_from(map)?;
-        let ctl = match cache_mask(slots) {
+        let (ctl, mask) = match cache_mask(slots) {
             Some(mask) if slots > 0 => {
-                ctl.set(CACHE_MASK, mask, 0).context("writing the flow cache's size")?;
-                Some(ctl)
+                ctl.set(0, CacheCtl { generation: 0, mask }, 0)
+                    .context("writing the flow cache's size")?;
+                (Some(ctl), mask)
             }
-            _ => None,
+            _ => (None, 0),
         };
-        Ok(Arc::new(Mutex::new(Generations { ctl, current: 0, failed: false })))
+        Ok(Arc::new(Mutex::new(Generations { ctl, mask, current: 0, failed: false })))
     }
 
     /// Starts a new generation: every decision cached before is a miss from now on. Should
@@ -46,8 +48,9 @@ impl Generations {
     pub fn next(&mut self) {
         let Some(ctl) = &mut self.ctl else { return };
         self.current = next_generation(self.current);
-        if let Err(err) = ctl.set(CACHE_GEN, self.current, 0) {
-            let _ = ctl.set(CACHE_GEN, 0, 0);
+        let mask = self.mask;
+        if let Err(err) = ctl.set(0, CacheCtl { generation: self.current, mask }, 0) {
+            let _ = ctl.set(0, CacheCtl { generation: 0, mask }, 0);
             if !self.failed {
                 tracing::error!(%err, "starting a flow cache generation failed: the cache is off");
             }

@@ -19,7 +19,7 @@ use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, map_names, xsk_key};
 use crate::{
     capture::{self, tap::Drain},
     config::{self, Config},
-    control::{Control, Inputs, Maps, Tuning},
+    control::{Control, IfaceMaps, Inputs, Maps, Tuning},
     egress_path::{DefaultPath, features},
     flow_cache, icmp,
     iface::{self, Iface},
@@ -350,7 +350,10 @@ impl TakenMaps {
                 .with_context(|| format!("inserting {} into DEVMAP", iface.name))?;
         }
         let maps = Maps {
-            ifaces: BpfHashMap::try_from(take(map_names::IFACES)?)?,
+            ifaces: IfaceMaps {
+                direct: Array::try_from(take(map_names::IFACES_DIRECT)?)?,
+                hashed: BpfHashMap::try_from(take(map_names::IFACES)?)?,
+            },
             routes_v4: LpmTrie::try_from(take(map_names::ROUTES_V4)?)?,
             routes_v6: LpmTrie::try_from(take(map_names::ROUTES_V6)?)?,
             neigh_v4: BpfHashMap::try_from(take(map_names::NEIGH_V4)?)?,

@@ -132,16 +132,17 @@ pub fn bench_fib(ctx: XdpContext) -> u32 {
     if [at(12), at(13)] != [0x08, 0x00] || at(22) <= 1 {
         return xdp_action::XDP_PASS;
     }
-    // Zeroed in words (`mem::zeroed` is a call to a byte-wise `memset` on BPF).
-    let mut words = [0u32; size_of::<FibLookup>() / 4];
+    // Zeroed in words (`mem::zeroed` is a call to a byte-wise `memset` on BPF), in place.
+    let mut fib = core::mem::MaybeUninit::<Aligned<FibLookup>>::uninit();
+    let words = fib.as_mut_ptr().cast::<u64>();
     let mut i = 0;
-    while i < words.len() {
-        // SAFETY: within the array.
-        unsafe { words.as_mut_ptr().add(i).write_volatile(0) };
+    while i < size_of::<Aligned<FibLookup>>() / 8 {
+        // SAFETY: within the value.
+        unsafe { words.add(i).write_volatile(0) };
         i += 1;
     }
-    // SAFETY: all-zero is a valid `bpf_fib_lookup`, and it has the array's size.
-    let mut fib: FibLookup = unsafe { core::mem::transmute(words) };
+    // SAFETY: all-zero is a valid `bpf_fib_lookup`.
+    let fib = unsafe { &mut fib.assume_init_mut().0 };
     fib.family = AF_INET;
     fib.l4_protocol = at(23);
     fib.__bindgen_anon_1.tot_len = u16::from_be_bytes([at(16), at(17)]);
@@ -150,7 +151,7 @@ pub fn bench_fib(ctx: XdpContext) -> u32 {
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([at(30), at(31), at(32), at(33)]);
     fib.ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the program's context and a lookup structure of the size passed.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibLookup>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), fib, size_of::<FibLookup>() as i32, 0) };
     if rc != FIB_SUCCESS || FIB_TX_PORTS.get(fib.ifindex).is_none() {
         return xdp_action::XDP_PASS;
     }
@@ -167,3 +168,8 @@ pub fn bench_fib(ctx: XdpContext) -> u32 {
     }
     FIB_TX_PORTS.redirect(fib.ifindex, 0).unwrap_or(xdp_action::XDP_PASS)
 }
+
+/// A value on the stack, 8-aligned: the programs are compiled to access memory unaligned,
+/// which the verifier refuses on the stack.
+#[repr(C, align(8))]
+struct Aligned<T>(T);

@@ -62,6 +62,7 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
         ETH_P_8021Q | ETH_P_8021AD => return Err(Counter::PassVlan),
         _ => return Err(Counter::PassNotIp),
     }
+    steer.flags.set(SteerFlags::PADDED, l3 + steer.ip_len as usize != len);
     fits(ctx, len, ingress, steer)
 }
 

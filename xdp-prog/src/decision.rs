@@ -185,6 +185,9 @@ bitflags::bitflags! {
         const REDIRECTABLE = 1 << 3;
         /// ... in more than one buffer too (`IfaceFlags::REDIRECT_SG`).
         const MULTI_BUFFER = 1 << 4;
+        /// The frame is longer than its IP packet (Ethernet padding, which the fast path
+        /// trims). Set per frame by `classify`, never kept by the flow cache.
+        const PADDED = 1 << 5;
     }
 }
 

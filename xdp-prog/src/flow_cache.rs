@@ -18,9 +18,7 @@
 //!
 //! Owns `FLOW_CACHE` and `FLOW_CACHE_STATS`; reads `CACHE_CTL`, counts in `RULE_HITS`.
 
-use xdpfwd_common::{
-    CACHE_GEN, CACHE_MASK, CacheStat, FlowKey, MetaFlags, key_ds, key_iface, key_mix, key_ports,
-};
+use xdpfwd_common::{CacheStat, FlowKey, MetaFlags, key_ds, key_hash, key_iface, key_ports};
 
 use crate::{
     decision::{Flow, NO_NAT, Steer},
@@ -70,19 +68,15 @@ pub extern "C" fn xdpfwd_cache_probe(flow: *mut Flow, steer: *mut Steer, arg: u3
     };
     flow.cache_slot = NO_FILL;
     let (l3, ip_len, expired) = (arg & 0xff, (arg >> 8) & 0xffff, arg >> 24 != 0);
-    let generation = CACHE_CTL.get(CACHE_GEN).copied().unwrap_or(0);
+    let ctl = CACHE_CTL.get(0).copied().unwrap_or_default();
+    let generation = ctl.generation;
     if generation == 0 || expired {
         return NO_FILL;
     }
-    let mask = CACHE_CTL.get(CACHE_MASK).copied().unwrap_or(0);
     let l3 = l3 as u8;
-    let mut h = 0;
-    let mut i = 0;
-    while i < KEY_WORDS {
-        h = key_mix(h, key_word(flow, l3, i));
-        i += 1;
-    }
-    let slot = h as u32 & mask;
+    let word = |i| key_word(flow, l3, i);
+    let h = key_hash([word(0), word(1), word(2), word(3)], [word(4), word(5), word(6)]);
+    let slot = h as u32 & ctl.mask;
     let Some(entry) = FLOW_CACHE.get_ptr_mut(slot) else { return NO_FILL };
     // SAFETY: this CPU's value of a per-CPU array: nothing else writes it while this program
     // runs, and user space never does.

@@ -46,6 +46,7 @@ pub fn xdpfwd(ctx: XdpContext) -> u32 {
     let steer = unsafe { &mut *steer };
     capture::arrived(&ctx);
     let verdict = match classify::classify(&ctx, steer) {
+        Ok(()) if egress::plain(steer) => egress::forward_plain(&ctx, steer),
         Ok(()) => egress::forward(&ctx, steer),
         Err(Counter::DropRule) => Verdict::drop(Counter::DropRule),
         Err(reason) => Verdict::pass(reason),

@@ -8,10 +8,10 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap},
 };
 use xdpfwd_common::{
-    CACHE_CTL_LEN, CacheStat, Counter, DEFAULT_CACHE_SLOTS, FibRule, IfaceInfo, MAX_FIB_RULES,
-    MAX_IFACES, MAX_NATS, MAX_NEIGHBOURS, MAX_NH_BUCKETS, MAX_NH_GROUPS, MAX_NH_SLOTS, MAX_ROUTES,
-    MAX_RULES, Nat, NeighKeyV4, NeighKeyV6, Neighbour, NhGroup, RULESET_LEN, Route, Rule,
-    XSK_MAP_SIZE,
+    CacheCtl, CacheStat, Counter, DEFAULT_CACHE_SLOTS, FibRule, IFINDEX_DIRECT, IfaceInfo,
+    MAX_FIB_RULES, MAX_IFACES, MAX_NATS, MAX_NEIGHBOURS, MAX_NH_BUCKETS, MAX_NH_GROUPS,
+    MAX_NH_SLOTS, MAX_ROUTES, MAX_RULES, Nat, NeighKeyV4, NeighKeyV6, Neighbour, NhGroup,
+    RULESET_LEN, Route, Rule, XSK_MAP_SIZE,
 };
 
 use crate::{
@@ -21,6 +21,10 @@ use crate::{
 
 #[map]
 pub static XSKS: XskMap = XskMap::with_max_entries(XSK_MAP_SIZE, 0);
+/// Managed interfaces by ifindex below `IFINDEX_DIRECT` (see [`iface`]).
+#[map]
+pub static IFACES_DIRECT: Array<IfaceInfo> = Array::with_max_entries(IFINDEX_DIRECT, 0);
+/// Managed interfaces with a larger ifindex.
 #[map]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACES, 0);
 /// Routes of every table, keyed by table and prefix (`xdpfwd_common::route_key_v4`).
@@ -81,9 +85,9 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 /// The flow cache: this many slots per CPU (user space sets the size at load).
 #[map]
 pub static FLOW_CACHE: PerCpuArray<Entry> = PerCpuArray::with_max_entries(DEFAULT_CACHE_SLOTS, 0);
-/// The flow cache's generation and slot mask (`xdpfwd_common::CACHE_GEN`, `CACHE_MASK`).
+/// The flow cache's generation and slot mask.
 #[map]
-pub static CACHE_CTL: Array<u32> = Array::with_max_entries(CACHE_CTL_LEN, 0);
+pub static CACHE_CTL: Array<CacheCtl> = Array::with_max_entries(1, 0);
 /// The flow cache's hits and fills (`xdpfwd_common::CacheStat`), per CPU.
 #[map]
 pub static FLOW_CACHE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CacheStat::COUNT, 0);
@@ -107,9 +111,15 @@ pub fn count_one(map: &PerCpuArray<u64>, index: u32) {
     }
 }
 
+/// Interface `ifindex` as user space wrote it; an unmanaged one may come back all zero (its
+/// flags say so).
 #[inline(always)]
 pub fn iface(ifindex: u32) -> Option<&'static IfaceInfo> {
+    if ifindex < IFINDEX_DIRECT {
+        return IFACES_DIRECT.get(ifindex);
+    }
     // SAFETY: the map value lives while this program runs; user space may rewrite it
     // concurrently, which at worst yields a mix of old and new fields for this one frame.
+    // (The same holds for the array's entries.)
     unsafe { IFACES.get(ifindex) }
 }

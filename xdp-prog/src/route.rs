@@ -227,7 +227,7 @@ fn answer(
 #[inline(always)]
 fn neighbour(oif: u32, addr: &[u8; 16], v6: bool) -> Option<[u8; 6]> {
     let entry = if v6 {
-        NEIGH_V6.get_ptr_mut(NeighKeyV6 { ifindex: oif, addr: *addr })
+        NEIGH_V6.get_ptr_mut(NeighKeyV6::new(oif, *addr))
     } else {
         NEIGH_V4
             .get_ptr_mut(NeighKeyV4 { ifindex: oif, addr: [addr[0], addr[1], addr[2], addr[3]] })

@@ -132,6 +132,16 @@ pub fn profiles(bin: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench --xdp`: the XDP candidates alone, printed.
+pub fn xdp_only(bin: &Path) -> anyhow::Result<()> {
+    let bench = setup(bin)?;
+    let sink = Sink::attach(&bench.topo.server, &bench.topo.s0)?;
+    println!("{}", bench.xdp_rates(&sink, Duration::from_secs(2), 3)?);
+    drop(sink);
+    bench.cleanup();
+    Ok(())
+}
+
 pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
     install_dpdk()?;
     let bench = setup(bin)?;
@@ -392,6 +402,44 @@ impl Bench {
         self.topo.set_forwarding(false)?;
         thread::sleep(Duration::from_millis(300));
         Ok(result)
+    }
+
+    /// The XDP candidates alone (xdpfwd's fast path and default, the xdp-forward-style
+    /// router, the bare redirect) at 64 and 1518 B, interleaved over `rounds`: medians in
+    /// Mpps and the fast path's ratios, as a markdown table.
+    fn xdp_rates(&self, sink: &Sink, window: Duration, rounds: usize) -> anyhow::Result<String> {
+        const CANDIDATES: [Candidate; 4] =
+            [Candidate::Fast, Candidate::Default, Candidate::XdpForward, Candidate::Redirect];
+        let sizes = QUICK_SIZES;
+        let mut rates = [[0.0; QUICK_SIZES.len()]; CANDIDATES.len()].map(|r| r.map(|_| vec![]));
+        for round in 0..rounds {
+            for (ci, cand) in CANDIDATES.iter().enumerate() {
+                eprintln!("bench: round {} / {rounds}: {}", round + 1, cand.name());
+                let mut running = self.start(*cand)?;
+                for (si, size) in sizes.iter().enumerate() {
+                    let sample = self.measure(sink, &running, *size, window);
+                    rates[ci][si].push(sample?.pps / 1e6);
+                }
+                self.stop(&mut running)?;
+            }
+        }
+        let mut out = String::from("| candidate | 64 B (Mpps) | 1518 B (Mpps) |\n|---|---|---|\n");
+        let medians = rates.map(|r| r.map(|v| median(&v)));
+        for (cand, m) in CANDIDATES.iter().zip(&medians) {
+            let _ = writeln!(out, "| {} | {:.3} | {:.3} |", cand.name(), m[0], m[1]);
+        }
+        out.push('\n');
+        for other in [2, 3] {
+            let ratio = |si: usize| medians[0][si] / medians[other][si].max(f64::MIN_POSITIVE);
+            let _ = writeln!(
+                out,
+                "fast path / {}: {:.2}x at 64 B, {:.2}x at 1518 B",
+                CANDIDATES[other].name(),
+                ratio(0),
+                ratio(1)
+            );
+        }
+        Ok(out)
     }
 
     fn measure(

@@ -43,6 +43,10 @@ enum Cmd {
         /// Only the `perf` profiles at 64 B, printed (docs/performance.md is left alone).
         #[arg(long, conflicts_with = "quick")]
         profile: bool,
+        /// Only the XDP candidates (fast path, default, xdp-forward-style, bare redirect) at
+        /// 64 and 1518 B, three rounds, printed (docs/performance.md is left alone).
+        #[arg(long, conflicts_with_all = ["quick", "profile"])]
+        xdp: bool,
     },
     /// Fuzz the XDP program's classification and the user-space rewrite (cargo fuzz), each
     /// for the given number of seconds, from seeds that are real packets.
@@ -92,9 +96,15 @@ fn main() -> anyhow::Result<()> {
             let bin = build()?;
             soak::run(&bin, packets)
         }
-        Cmd::Bench { quick, profile } => {
+        Cmd::Bench { quick, profile, xdp } => {
             let bin = build()?;
-            if profile { bench::profiles(&bin) } else { bench::run(&bin, quick) }
+            if profile {
+                bench::profiles(&bin)
+            } else if xdp {
+                bench::xdp_only(&bin)
+            } else {
+                bench::run(&bin, quick)
+            }
         }
     }
 }

@@ -46,8 +46,8 @@ use rtnetlink::{Handle, MulticastGroup};
 use sysctls::IfaceSysctls;
 use tokio::sync::mpsc::UnboundedReceiver;
 use xdpfwd_common::{
-    FibRule, FibWord, IfaceFlags, IfaceInfo, NeighKeyV4, NeighKeyV6, Neighbour, Route as MapRoute,
-    max_frame_for_mtu,
+    FibRule, FibWord, IFINDEX_DIRECT, IfaceFlags, IfaceInfo, NeighKeyV4, NeighKeyV6, Neighbour,
+    Route as MapRoute, max_frame_for_mtu,
 };
 
 use crate::{
@@ -66,9 +66,26 @@ use crate::{
     xsk::FrameLimits,
 };
 
+/// `IFACES_DIRECT` and `IFACES`: where the XDP program finds an interface by its ifindex
+/// (`xdpfwd_common::IFINDEX_DIRECT`).
+pub struct IfaceMaps {
+    pub direct: Array<MapData, IfaceInfo>,
+    pub hashed: BpfHashMap<MapData, u32, IfaceInfo>,
+}
+
+impl IfaceMaps {
+    pub fn insert(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), aya::maps::MapError> {
+        if ifindex < IFINDEX_DIRECT {
+            self.direct.set(ifindex, info, 0)
+        } else {
+            self.hashed.insert(ifindex, info, 0)
+        }
+    }
+}
+
 /// The BPF maps the control plane writes.
 pub struct Maps {
-    pub ifaces: BpfHashMap<MapData, u32, IfaceInfo>,
+    pub ifaces: IfaceMaps,
     pub routes_v4: LpmTrie<MapData, [u8; 8], MapRoute>,
     pub routes_v6: LpmTrie<MapData, [u8; 20], MapRoute>,
     pub neigh_v4: BpfHashMap<MapData, NeighKeyV4, Neighbour>,
@@ -706,7 +723,7 @@ impl Control {
     fn write_iface(&mut self, i: usize) -> Result<(), aya::maps::MapError> {
         let path = self.egress_path(i);
         let info = self.info(i, path);
-        self.maps.ifaces.insert(self.ifaces[i].ifindex, info, 0)?;
+        self.maps.ifaces.insert(self.ifaces[i].ifindex, info)?;
         self.wrote_path(i, path);
         Ok(())
     }

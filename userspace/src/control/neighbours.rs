@@ -105,12 +105,12 @@ impl Control {
                 ignore_missing(self.maps.neigh_v4.remove(&NeighKeyV4 { ifindex, addr: a.octets() }))
             }
             (IpAddr::V6(a), Some(m)) => self.maps.neigh_v6.insert(
-                NeighKeyV6 { ifindex, addr: a.octets() },
+                NeighKeyV6::new(ifindex, a.octets()),
                 Neighbour { mac: m, ..Neighbour::default() },
                 0,
             ),
             (IpAddr::V6(a), None) => {
-                ignore_missing(self.maps.neigh_v6.remove(&NeighKeyV6 { ifindex, addr: a.octets() }))
+                ignore_missing(self.maps.neigh_v6.remove(&NeighKeyV6::new(ifindex, a.octets())))
             }
         };
         if let Err(err) = result {
@@ -175,7 +175,7 @@ impl Control {
                 let _ = self.maps.neigh_v4.insert(key, clear, 0);
             }
             IpAddr::V6(a) => {
-                let key = NeighKeyV6 { ifindex, addr: a.octets() };
+                let key = NeighKeyV6::new(ifindex, a.octets());
                 let Some(clear) = self.maps.neigh_v6.get(&key, 0).ok().and_then(used) else {
                     return false;
                 };
