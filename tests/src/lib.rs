@@ -106,6 +106,25 @@ impl Topology {
 
     /// Like [`Topology::new`], with `queues` rx and tx queues on every veth.
     pub fn with_queues(tag: &str, forwarding: bool, queues: u32) -> anyhow::Result<Self> {
+        Self::build(tag, forwarding, queues, [None, None])
+    }
+
+    /// Like [`Topology::new`], with the forwarder's interfaces `f0` and `f1` given these
+    /// ifindexes where `Some` (the namespace is new: no other interface holds them).
+    pub fn with_ifindexes(
+        tag: &str,
+        forwarding: bool,
+        ifindexes: [Option<u32>; 2],
+    ) -> anyhow::Result<Self> {
+        Self::build(tag, forwarding, 1, ifindexes)
+    }
+
+    fn build(
+        tag: &str,
+        forwarding: bool,
+        queues: u32,
+        ifindexes: [Option<u32>; 2],
+    ) -> anyhow::Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let prefix = format!(
             "xf{}{}{}",
@@ -125,11 +144,16 @@ impl Topology {
             s0: format!("{prefix}s0"),
             prefix,
         };
-        t.create(forwarding, queues).inspect_err(|_| t.destroy())?;
+        t.create(forwarding, queues, ifindexes).inspect_err(|_| t.destroy())?;
         Ok(t)
     }
 
-    fn create(&self, forwarding: bool, queues: u32) -> anyhow::Result<()> {
+    fn create(
+        &self,
+        forwarding: bool,
+        queues: u32,
+        ifindexes: [Option<u32>; 2],
+    ) -> anyhow::Result<()> {
         for ns in [&self.client, &self.fwd, &self.server] {
             sh(&["ip", "netns", "add", ns])?;
             ns_sh(ns, &["ip", "link", "set", "lo", "up"])?;
@@ -151,12 +175,21 @@ impl Topology {
         }
         let q = queues.to_string();
         let qs = ["numrxqueues", q.as_str(), "numtxqueues", q.as_str()];
-        for (a, a_ns, b, b_ns) in [
+        let ifindexes = ifindexes.map(|i| i.map(|i| i.to_string()));
+        for ((a, a_ns, b, b_ns), b_index) in [
             (&self.c0, &self.client, &self.f0, &self.fwd),
             (&self.s0, &self.server, &self.f1, &self.fwd),
-        ] {
+        ]
+        .into_iter()
+        .zip(&ifindexes)
+        {
             let mut args = vec!["ip", "link", "add", a.as_str(), "netns", a_ns.as_str()];
             args.extend_from_slice(&qs);
+            // The kernel takes the peer's index only with one for the device itself: the
+            // same, in the client's or server's namespace (new too).
+            if let Some(index) = b_index {
+                args.extend_from_slice(&["index", index]);
+            }
             args.extend_from_slice(&[
                 "type",
                 "veth",
@@ -167,6 +200,9 @@ impl Topology {
                 b_ns.as_str(),
             ]);
             args.extend_from_slice(&qs);
+            if let Some(index) = b_index {
+                args.extend_from_slice(&["index", index]);
+            }
             sh(&args)?;
         }
         let addr = |ns: &str, dev: &str, a: &str| -> anyhow::Result<()> {

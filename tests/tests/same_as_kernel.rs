@@ -7,7 +7,7 @@ use std::{net::IpAddr, thread, time::Duration};
 
 use etherparse::PacketBuilder;
 use xdpfwd_tests::{
-    CLIENT_V4, CLIENT_V6, Finished, Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns,
+    CLIENT_V4, CLIENT_V6, Finished, Forwarder, SERVER_V4, SERVER_V6, Topology, in_netns, ns_sh,
     packet::{RawSocket, fix_ipv4_checksum, with_ipv4_options, with_ipv6_extension},
     xdp_counter,
 };
@@ -210,6 +210,24 @@ fn mixed_stream_through_xdpfwd_equals_the_kernels() {
 #[test]
 fn mixed_stream_through_the_fast_path_equals_the_kernels() {
     compare("sf", &["--default-path", "fast"], "fast_forwarded");
+}
+
+/// Interfaces with an ifindex beyond `IFINDEX_DIRECT` are looked up in the hash rather than
+/// the array, ingress and egress, on both paths: still the kernel's frame for frame.
+#[test]
+fn interfaces_with_large_ifindexes_forward_as_the_kernel_does() {
+    let large = xdpfwd_common::IFINDEX_DIRECT + 1000;
+    for (tag, ifindexes, path, counter) in [
+        ("ia", [Some(large), None], "af-xdp", "steered"),
+        ("if", [None, Some(large)], "fast", "fast_forwarded"),
+    ] {
+        let topo = Topology::with_ifindexes(tag, true, ifindexes).unwrap();
+        let index =
+            |dev: &str| ns_sh(&topo.fwd, &["cat", &format!("/sys/class/net/{dev}/ifindex")]);
+        let large_dev = if ifindexes[0].is_some() { &topo.f0 } else { &topo.f1 };
+        assert_eq!(index(large_dev).unwrap().trim(), large.to_string());
+        compare_on(&topo, stream, &["--default-path", path], &[(counter, 10)]);
+    }
 }
 
 /// Jumbo frames (MTU 9000) on the fast path: frames in more than one buffer leave intact,
