@@ -12,6 +12,19 @@ pub const fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// Whether an IPv4 header without options carries a valid checksum, its 20 bytes read as
+/// five native-endian 32-bit words (five loads rather than ten): the one's complement sum
+/// of a valid header is all ones. A sum of 32-bit words folds to the sum of its 16-bit
+/// halves, and all ones reads the same in either byte order (RFC 1071, 2.(B)).
+#[inline(always)]
+pub const fn ipv4_header_valid(words: [u32; 5]) -> bool {
+    let sum =
+        words[0] as u64 + words[1] as u64 + words[2] as u64 + words[3] as u64 + words[4] as u64;
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    fold(sum as u32) == 0xffff
+}
+
 /// The checksum `check` after one covered 16-bit word changed from `old` to `new`
 /// (RFC 1624, equation 3: `HC' = ~(~HC + ~m + m')`).
 #[inline(always)]
@@ -46,6 +59,32 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
+
+    fn header_words(h: &[u8; 20]) -> [u32; 5] {
+        core::array::from_fn(|i| u32::from_ne_bytes(h[4 * i..4 * i + 4].try_into().unwrap()))
+    }
+
+    #[test]
+    fn ipv4_header_checksum_is_checked_in_words() {
+        // 198.18.0.2 → 198.18.1.2, UDP, TTL 64, DF: checksum 0xad96.
+        let mut h: [u8; 20] =
+            [0x45, 0, 0, 0x2e, 0, 0, 0x40, 0, 0x40, 0x11, 0xad, 0x96, 198, 18, 0, 2, 198, 18, 1, 2];
+        assert!(ipv4_header_valid(header_words(&h)));
+        for i in 0..20 {
+            let mut bad = h;
+            bad[i] ^= 0x10;
+            assert!(!ipv4_header_valid(header_words(&bad)), "byte {i} changed");
+        }
+        // Against the 16-bit sum, over headers with every checksum value.
+        for check in 0..=u16::MAX {
+            h[10..12].copy_from_slice(&check.to_be_bytes());
+            let mut sum = 0u32;
+            for c in h.chunks(2) {
+                sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+            }
+            assert_eq!(ipv4_header_valid(header_words(&h)), fold(sum) == 0xffff, "{check:#x}");
+        }
+    }
 
     /// The full internet checksum of `data`.
     fn full(data: &[u8]) -> u16 {

@@ -11,7 +11,7 @@ use xdpfwd_common::{
 
 use crate::{
     decision::{Flow, Ingress, NO_NAT, Packet, Steer, SteerFlags, Vlan},
-    flow_cache::{HIT, probe_arg, xdpfwd_cache_fill, xdpfwd_cache_probe},
+    flow_cache::{HIT, probe, xdpfwd_cache_fill},
     maps::{FLOW, NATS, iface},
     nat::l4_span,
     policy::{Policed, l4_ports, policy_stage},
@@ -183,13 +183,8 @@ fn ipv4(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
     if total_len < IPV4_HLEN || l3 + total_len > at.len {
         return Err(Counter::PassMalformed);
     }
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < IPV4_HLEN {
-        sum += u16::from_be_bytes([ip[i], ip[i + 1]]) as u32;
-        i += 2;
-    }
-    if csum::fold(sum) != 0xffff {
+    let w32 = |at: usize| u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
+    if !csum::ipv4_header_valid([w32(0), w32(4), w32(8), w32(12), w32(16)]) {
         return Err(Counter::PassMalformed);
     }
     let expired = ip[ipv4::TTL] <= 1;
@@ -286,8 +281,7 @@ fn routed(
     // SAFETY: a per-CPU slot only this CPU uses while this program runs.
     let flow = unsafe { &mut *slot };
     *flow = Flow::new(at, packet, addrs, label, ports);
-    let arg = probe_arg(at.l3, packet.ip_len, packet.expired);
-    if xdpfwd_cache_probe(flow, steer, arg) == HIT {
+    if probe(flow, steer, at.l3, packet.ip_len, packet.expired) == HIT {
         return Ok(());
     }
     let Policed { path, nat, rule } = match policy_stage(flow, packet) {

@@ -40,40 +40,28 @@ pub struct Entry {
     steer: Steer,
 }
 
-/// [`xdpfwd_cache_probe`]: the decision is in the steer.
+/// [`probe`]: the decision is in the steer.
 pub const HIT: u32 = u32::MAX;
-/// [`xdpfwd_cache_probe`]: a miss that is not to be filled in (the cache is off, the frame
-/// expired).
+/// [`probe`]: a miss that is not to be filled in (the cache is off, the frame expired).
 pub const NO_FILL: u32 = u32::MAX - 1;
 
-/// The argument of [`xdpfwd_cache_probe`]: the IP header's offset, the IP length and
-/// whether the packet expired, in one register.
-#[inline(always)]
-pub fn probe_arg(l3: usize, ip_len: usize, expired: bool) -> u32 {
-    (l3 as u32 & 0xff) | (ip_len as u32 & 0xffff) << 8 | (expired as u32) << 24
-}
-
-/// Looks the flow up in this CPU's table. On a hit, writes the cached decision into `steer`
-/// (with this frame's IP length) and returns [`HIT`]; on a miss, claims the flow's slot for
-/// [`xdpfwd_cache_fill`] (in `Flow::cache_slot`) and returns it, or [`NO_FILL`].
+/// Looks the flow, its IP header at `l3`, up in this CPU's table. On a hit, writes the
+/// cached decision into `steer` (with this frame's IP length) and returns [`HIT`]; on a
+/// miss, claims the flow's slot for [`xdpfwd_cache_fill`] (in `Flow::cache_slot`) and
+/// returns it, or [`NO_FILL`].
 ///
-/// A BPF global function, as `policy::xdpfwd_rules`: verified once, on its own.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn xdpfwd_cache_probe(flow: *mut Flow, steer: *mut Steer, arg: u32) -> u32 {
-    // SAFETY: callers pass the live per-CPU flow and steer; the verifier checks the pointers
-    // (they may be null).
-    let (Some(flow), Some(steer)) = (unsafe { flow.as_mut() }, unsafe { steer.as_mut() }) else {
-        return NO_FILL;
-    };
+/// Inline, unlike the fill and the stages after it: every frame probes, and a BPF call and
+/// its return cost several ns each (more under return-stack mitigations), for a few
+/// thousand more instructions verified.
+#[inline(always)]
+pub fn probe(flow: &mut Flow, steer: &mut Steer, l3: usize, ip_len: usize, expired: bool) -> u32 {
     flow.cache_slot = NO_FILL;
-    let (l3, ip_len, expired) = (arg & 0xff, (arg >> 8) & 0xffff, arg >> 24 != 0);
     let ctl = CACHE_CTL.get(0).copied().unwrap_or_default();
     let generation = ctl.generation;
     if generation == 0 || expired {
         return NO_FILL;
     }
-    let l3 = l3 as u8;
+    let (l3, ip_len) = (l3 as u8, ip_len as u32);
     let word = |i| key_word(flow, l3, i);
     let h = key_hash([word(0), word(1), word(2), word(3)], [word(4), word(5), word(6)]);
     let slot = h as u32 & ctl.mask;
@@ -102,12 +90,14 @@ pub extern "C" fn xdpfwd_cache_probe(flow: *mut Flow, steer: *mut Steer, arg: u3
     slot
 }
 
-/// Fills the slot [`xdpfwd_cache_probe`] claimed for `flow` with the decision in `steer`,
-/// where it can be reused: resolved, no NAT, no answer. A global function, as the probe.
+/// Fills the slot [`probe`] claimed for `flow` with the decision in `steer`,
+/// where it can be reused: resolved, no NAT, no answer. A BPF global function, as
+/// `policy::xdpfwd_rules`: verified once, on its own.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xdpfwd_cache_fill(flow: *const Flow, steer: *const Steer) -> u32 {
-    // SAFETY: as in the probe.
+    // SAFETY: callers pass the live per-CPU flow and steer; the verifier checks the pointers
+    // (they may be null).
     let (Some(flow), Some(steer)) = (unsafe { flow.as_ref() }, unsafe { steer.as_ref() }) else {
         return 0;
     };
@@ -121,7 +111,7 @@ pub extern "C" fn xdpfwd_cache_fill(flow: *const Flow, steer: *const Steer) -> u
         return 0;
     }
     let Some(entry) = FLOW_CACHE.get_ptr_mut(slot) else { return 0 };
-    // SAFETY: as in the probe.
+    // SAFETY: this CPU's value of a per-CPU array, as in the probe.
     let entry = unsafe { &mut *entry };
     if entry.pending == 0 {
         return 0;
