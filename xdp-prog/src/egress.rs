@@ -31,7 +31,7 @@ pub fn forward(ctx: &XdpContext, steer: &mut Steer) -> Verdict {
     // missing from DEVMAP leaves it to the kernel untouched. (One call for the lookup and the
     // redirect: every call and return costs, more so under return-stack mitigations.)
     let ready = if fast {
-        DEVMAP.redirect(steer.egress_slot, u64::from(xdp_action::XDP_PASS)).is_ok()
+        fast_target(steer)
     } else {
         xsk_key(steer.slot, ctx.rx_queue_index()).is_some_and(|key| XSKS.get(key).is_some())
     };
@@ -72,10 +72,18 @@ pub fn forward(ctx: &XdpContext, steer: &mut Steer) -> Verdict {
 /// Inlined into the program's main function, where it saves a call and a return per frame.
 #[inline(always)]
 pub fn forward_plain(ctx: &XdpContext, steer: &Steer) -> Verdict {
-    if DEVMAP.redirect(steer.egress_slot, u64::from(xdp_action::XDP_PASS)).is_err() {
+    if !fast_target(steer) {
         return pass(Counter::PassEgress);
     }
     fast_forward(ctx, steer)
+}
+
+/// Sets the fast path's egress device as the redirect's target, without touching the frame;
+/// false if it is missing from `DEVMAP` (the frame then goes to the kernel as it arrived).
+/// [`fast_forward`] returns `XDP_REDIRECT` on this.
+#[inline(always)]
+fn fast_target(steer: &Steer) -> bool {
+    DEVMAP.redirect(steer.egress_slot, u64::from(xdp_action::XDP_PASS)).is_ok()
 }
 
 /// Whether [`forward_plain`] carries `steer` out.
@@ -123,7 +131,7 @@ fn fast_forward(ctx: &XdpContext, steer: &Steer) -> Verdict {
             return drop(Counter::FastFailed);
         }
     }
-    // `forward` set the target.
+    // The caller set the target (`fast_target`).
     Verdict::new(xdp_action::XDP_REDIRECT, Counter::FastForwarded)
 }
 
