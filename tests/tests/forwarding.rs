@@ -40,6 +40,39 @@ fn ping_both_directions_ipv4_and_ipv6_with_kernel_forwarding_off() {
     );
 }
 
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // Fields 14 and 15 of stat; the list starts at field 3.
+    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+}
+
+#[test]
+fn a_worker_with_a_long_idle_spin_forwards_then_sleeps_once_traffic_stops() {
+    let topo = Topology::new("spin", false).unwrap();
+    let args = [&topo.f0, &topo.f1, "--stats-interval", "0", "--default-path", "af-xdp"];
+    let mut fwd = Forwarder::start(&topo.fwd, &[&args[..], &["--idle-spin", "20000"]].concat())
+        .expect("xdpfwd starts");
+    assert!(topo.ping(&topo.client, IpAddr::V4(SERVER_V4), 5), "ping through the AF_XDP path");
+    thread::sleep(Duration::from_millis(500));
+    // A worker still polling takes a whole core, one that polls anew after every poll()
+    // timeout a fifth of one (20 of every 100 ms), one asleep next to nothing.
+    let (c0, t0) = (cpu_seconds(fwd.pid()), Instant::now());
+    thread::sleep(Duration::from_secs(2));
+    let cpu = (cpu_seconds(fwd.pid()) - c0) / t0.elapsed().as_secs_f64();
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "clean exit: {done:?}");
+    assert!(forwarded_packets(&done.stdout).unwrap() >= 10, "forwarded: {}", done.stdout);
+    assert!(cpu < 0.1, "idle after the pings, xdpfwd took {:.0} % of a core", cpu * 100.0);
+}
+
 #[test]
 fn traffic_to_the_forwarder_itself_is_answered_by_its_kernel() {
     let topo = Topology::new("l", false).unwrap();

@@ -35,8 +35,6 @@ use crate::{
 pub const HOLD_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often resolution is requested again while frames wait for a next hop.
 const RESOLVE_RETRY: Duration = Duration::from_millis(500);
-/// Idle iterations before a worker sleeps in `poll()`.
-const SPIN_BEFORE_SLEEP: u32 = 2_000;
 
 /// The frames of one packet: one, or up to [`MAX_SEGMENTS`] with multi-buffer sockets.
 #[derive(Clone, Copy)]
@@ -115,15 +113,48 @@ fn receive_room<'a>(
         .min(batch)
 }
 
-/// Batch and ring sizes of a worker.
+/// How a worker batches, sizes its rings and waits.
 #[derive(Clone, Copy, Debug)]
-pub struct Sizes {
+pub struct Tuning {
     /// Descriptors taken from a ring at once.
     pub batch: usize,
     /// Size of every ring.
     pub ring_size: u32,
     /// UMEM frame size (to tell frames apart by address).
     pub frame_size: u32,
+    /// How long the worker keeps polling its rings after its last frame before it sleeps.
+    pub idle_spin: Duration,
+}
+
+/// When a worker with nothing to do sleeps in `poll()`: once it has polled its rings for
+/// `spin` since its last frame, and from then on after every wakeup that brought none (a
+/// timeout must not start another spin, or an idle worker would poll for `spin` every
+/// timeout).
+#[derive(Debug)]
+struct Idle {
+    spin: Duration,
+    /// The first iteration without work since the last frame.
+    since: Option<Instant>,
+    asleep: bool,
+}
+
+impl Idle {
+    fn new(spin: Duration) -> Self {
+        Self { spin, since: None, asleep: false }
+    }
+
+    /// An iteration moved frames.
+    fn worked(&mut self) {
+        self.since = None;
+        self.asleep = false;
+    }
+
+    /// Whether to sleep after an iteration without work at `now`.
+    fn should_sleep(&mut self, now: Instant) -> bool {
+        let since = *self.since.get_or_insert(now);
+        self.asleep = self.asleep || now.duration_since(since) >= self.spin;
+        self.asleep
+    }
 }
 
 /// Owner of a frame, as far as this worker knows (`Worker::owner`).
@@ -172,6 +203,7 @@ pub struct Worker {
     tx_kicks: u64,
     fill_wakeups: u64,
     idle_polls: u64,
+    idle: Idle,
     /// When resolution was last requested again for the next hops of held frames.
     last_resolve_sweep: Instant,
     shared: Arc<Shared>,
@@ -188,10 +220,10 @@ impl Worker {
         umem: Umem,
         ports: Vec<Port>,
         frames: Vec<FrameDesc>,
-        sizes: Sizes,
+        tuning: Tuning,
         links: Links,
     ) -> Self {
-        let Sizes { batch, ring_size, frame_size } = sizes;
+        let Tuning { batch, ring_size, frame_size, idle_spin } = tuning;
         let Links { shared, resolve, account, icmp, tap } = links;
         let total = frames.len();
         let frame_size = frame_size.max(1) as usize;
@@ -234,6 +266,7 @@ impl Worker {
             tx_kicks: 0,
             fill_wakeups: 0,
             idle_polls: 0,
+            idle: Idle::new(idle_spin),
             last_resolve_sweep: Instant::now(),
             shared,
             resolve,
@@ -254,7 +287,6 @@ impl Worker {
     /// Runs until the stop flag is set; returns the sockets, still open, so that their
     /// kernel statistics can be read once more.
     pub fn run(mut self) -> Vec<Port> {
-        let mut idle = 0u32;
         self.refill();
         alloc_count::count_this_thread(true);
         while !self.shared.stop.load(Relaxed) {
@@ -266,14 +298,10 @@ impl Worker {
             self.flush_tx();
             self.refill();
             self.publish();
-            if work == 0 {
-                idle += 1;
-                if idle >= SPIN_BEFORE_SLEEP {
-                    self.sleep();
-                    idle = 0;
-                }
-            } else {
-                idle = 0;
+            if work > 0 {
+                self.idle.worked();
+            } else if self.idle.should_sleep(Instant::now()) {
+                self.sleep();
             }
         }
         alloc_count::count_this_thread(false);
@@ -810,6 +838,29 @@ unsafe fn read_meta(umem: &Umem, desc: &FrameDesc) -> Option<XskMeta> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_worker_polls_for_its_spin_then_sleeps_until_a_frame_comes() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut idle = Idle::new(ms(20));
+        assert!(!idle.should_sleep(t0));
+        assert!(!idle.should_sleep(t0 + ms(19)));
+        assert!(idle.should_sleep(t0 + ms(20)));
+        // A timeout without a frame: back to sleep at once, no second spin.
+        assert!(idle.should_sleep(t0 + ms(120)));
+        // A frame: the spin starts again from the next iteration without one.
+        idle.worked();
+        assert!(!idle.should_sleep(t0 + ms(130)));
+        assert!(!idle.should_sleep(t0 + ms(149)));
+        assert!(idle.should_sleep(t0 + ms(150)));
+    }
+
+    #[test]
+    fn no_spin_sleeps_at_the_first_iteration_without_work() {
+        let mut idle = Idle::new(Duration::ZERO);
+        assert!(idle.should_sleep(Instant::now()));
+    }
 
     #[test]
     fn a_stalled_egress_stops_holding_back_the_others() {

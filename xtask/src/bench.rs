@@ -30,6 +30,48 @@ mod table;
 /// RFC 2544 frame sizes (with FCS).
 const SIZES: [usize; 7] = [64, 128, 256, 512, 1024, 1280, 1518];
 const QUICK_SIZES: [usize; 2] = [64, 1518];
+/// Pings per round-trip measurement, one every 10 ms.
+const PINGS: &str = "300";
+/// The server's address, as ping and iperf3 take it.
+const SERVER: &str = "198.18.2.2";
+/// The latency-tuned AF_XDP candidate: polling longer than the pings' interval, on the CPU
+/// testpmd forwards on.
+const TUNED_ARGS: [&str; 6] = ["--default-path", "af-xdp", "--idle-spin", "20000", "--cpus", "1"];
+/// The latency-tuned AF_XDP candidate's name.
+const TUNED: &str = "xdpfwd AF_XDP, --idle-spin 20000 --cpus 1";
+
+/// A ping round trip through one candidate.
+struct Latency {
+    name: &'static str,
+    /// Average round trip (ms) and the candidate's CPU meanwhile (fraction of a core), or why
+    /// it was not measured.
+    measured: Result<(f64, f64), String>,
+}
+
+impl Latency {
+    fn of(name: &'static str, measured: anyhow::Result<(f64, f64)>) -> Self {
+        Self { name, measured: measured.map_err(|err| format!("{err:#}")) }
+    }
+
+    /// A row of the markdown table: candidate, RTT, CPU.
+    fn row(&self) -> String {
+        match &self.measured {
+            Ok((ms, cpu)) => format!("| {} | {ms:.3} | {:.0} % |", self.name, cpu * 100.0),
+            Err(_) => format!("| {} | n/a | n/a |", self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.measured {
+            Ok((ms, cpu)) => {
+                write!(f, "{:<34} {ms:.3} ms, CPU {:.0} % of a core", self.name, cpu * 100.0)
+            }
+            Err(err) => write!(f, "{:<34} not measured: {err}", self.name),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Candidate {
@@ -142,6 +184,19 @@ pub fn xdp_only(bin: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench --latency`: xdpfwd's idle CPU and the ping round trips, printed.
+pub fn latency_only(bin: &Path) -> anyhow::Result<()> {
+    install_dpdk()?;
+    let bench = setup(bin)?;
+    let [default, tuned] = bench.idle_cpu()?;
+    println!("xdpfwd idle: {:.2} % of a core ({TUNED}: {:.2} %)", default * 100.0, tuned * 100.0);
+    for l in bench.latencies() {
+        println!("{l}");
+    }
+    bench.cleanup();
+    Ok(())
+}
+
 pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
     install_dpdk()?;
     let bench = setup(bin)?;
@@ -195,9 +250,8 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
     let flow_cache =
         bench.flow_cache(&sink, window).unwrap_or_else(|err| format!("(not measured: {err:#})\n"));
     drop(sink);
-    let idle = bench.idle_cpu()?;
-    let rtts: Vec<(Candidate, Option<f64>)> =
-        Candidate::ALL.iter().map(|c| (*c, bench.rtt(*c).ok())).collect();
+    let [idle, idle_tuned] = bench.idle_cpu()?;
+    let rtts = bench.latencies();
     let tcp: Vec<(Candidate, [Option<f64>; 2])> =
         Candidate::ALL.iter().map(|c| (*c, bench.tcp(*c, 1500))).collect();
     let tcp_jumbo = bench.tcp_jumbo()?;
@@ -218,6 +272,7 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
         results,
         syscalls_per_pkt,
         idle,
+        idle_tuned,
         rtts,
         quick,
         rounds,
@@ -299,11 +354,7 @@ impl Bench {
     fn start(&self, cand: Candidate) -> anyhow::Result<Running> {
         let t = &self.topo;
         t.set_forwarding(cand.needs_kernel_forwarding())?;
-        let xdpfwd = |path: &[&str]| -> anyhow::Result<Running> {
-            let mut args = vec![t.f0.as_str(), &t.f1, "--stats-interval", "0"];
-            args.extend_from_slice(path);
-            Ok(Running::Xdpfwd(Forwarder::start(&t.fwd, &args)?))
-        };
+        let xdpfwd = |path: &[&str]| self.xdpfwd(path);
         Ok(match cand {
             Candidate::Default => xdpfwd(&[])?,
             Candidate::AfXdp => xdpfwd(&["--default-path", "af-xdp"])?,
@@ -318,6 +369,19 @@ impl Bench {
             Candidate::Testpmd => Running::Testpmd(self.testpmd()?),
             Candidate::Kernel => Running::Kernel,
         })
+    }
+
+    /// xdpfwd between the forwarder's interfaces, with `args` after them.
+    fn xdpfwd(&self, args: &[&str]) -> anyhow::Result<Running> {
+        Ok(Running::Xdpfwd(self.forwarder(args)?))
+    }
+
+    /// As [`Self::xdpfwd`], the process itself.
+    fn forwarder(&self, args: &[&str]) -> anyhow::Result<Forwarder> {
+        let t = &self.topo;
+        let mut all = vec![t.f0.as_str(), &t.f1, "--stats-interval", "0"];
+        all.extend_from_slice(args);
+        Forwarder::start(&t.fwd, &all)
     }
 
     fn testpmd(&self) -> anyhow::Result<Child> {
@@ -637,16 +701,23 @@ impl Bench {
         ))
     }
 
-    /// xdpfwd's CPU use with no traffic, as a fraction of one core.
-    fn idle_cpu(&self) -> anyhow::Result<f64> {
+    /// xdpfwd's CPU use with no traffic, as a fraction of one core: with its defaults, and as
+    /// [`TUNED`] once a ping has gone through it.
+    fn idle_cpu(&self) -> anyhow::Result<[f64; 2]> {
         let t = &self.topo;
-        let mut fwd = Forwarder::start(&t.fwd, &[&t.f0, &t.f1, "--stats-interval", "0"])?;
-        thread::sleep(Duration::from_secs(1));
-        let (c0, t0) = (cpu_seconds(fwd.pid()), Instant::now());
-        thread::sleep(Duration::from_secs(5));
-        let (c1, t1) = (cpu_seconds(fwd.pid()), Instant::now());
-        fwd.stop()?;
-        Ok((c1 - c0) / (t1 - t0).as_secs_f64())
+        let idle = |args: &[&str], ping: bool| -> anyhow::Result<f64> {
+            let mut fwd = self.forwarder(args)?;
+            if ping {
+                ns_sh(&t.client, &["ping", "-q", "-c", "3", "-i", "0.01", "-W", "1", SERVER])?;
+            }
+            thread::sleep(Duration::from_secs(1));
+            let (c0, t0) = (cpu_seconds(fwd.pid()), Instant::now());
+            thread::sleep(Duration::from_secs(5));
+            let (c1, t1) = (cpu_seconds(fwd.pid()), Instant::now());
+            fwd.stop()?;
+            Ok((c1 - c0) / (t1 - t0).as_secs_f64())
+        };
+        Ok([idle(&[], false)?, idle(&TUNED_ARGS, true)?])
     }
 
     /// The generator's own rate (Mpps) at each size, into a sink on the forwarder's first
@@ -685,7 +756,7 @@ impl Bench {
         thread::sleep(Duration::from_millis(300));
         let mut out = [None, None];
         for (i, streams) in ["1", "8"].into_iter().enumerate() {
-            let args = ["-c", "198.18.2.2", "-p", "5202", "-t", "3", "-f", "g", "-P", streams];
+            let args = ["-c", SERVER, "-p", "5202", "-t", "3", "-f", "g", "-P", streams];
             out[i] = iperf3(t, "5202", &args).ok().and_then(|text| gbits(&text));
             eprintln!(
                 "bench: TCP through {} at MTU {mtu}, {streams} stream(s): {:?} Gbit/s",
@@ -707,18 +778,36 @@ impl Bench {
         Ok(out)
     }
 
-    /// Average ping round-trip time in ms through a candidate.
-    fn rtt(&self, cand: Candidate) -> anyhow::Result<f64> {
+    /// Ping round trips through every candidate, and through the AF_XDP path tuned for
+    /// latency.
+    fn latencies(&self) -> Vec<Latency> {
+        let mut out: Vec<Latency> = Candidate::ALL
+            .iter()
+            .map(|c| Latency::of(c.name(), self.start(*c).and_then(|r| self.rtt(r))))
+            .collect();
+        let tuned = self.xdpfwd(&TUNED_ARGS);
+        out.push(Latency::of(TUNED, tuned.and_then(|r| self.rtt(r))));
+        out
+    }
+
+    /// Average round trip (ms) of [`PINGS`] pings, one every 10 ms, through `running`, and
+    /// its process's CPU meanwhile (fraction of a core; 0 for what runs in the kernel).
+    fn rtt(&self, mut running: Running) -> anyhow::Result<(f64, f64)> {
         let t = &self.topo;
-        let mut running = self.start(cand)?;
-        let out =
-            ns_sh(&t.client, &["ping", "-q", "-c", "50", "-i", "0.01", "-W", "1", "198.18.2.2"]);
+        let pid = match &running {
+            Running::Xdpfwd(f) => Some(f.pid()),
+            Running::Testpmd(child) => Some(child.id()),
+            _ => None,
+        };
+        let (c0, t0) = (pid.map(cpu_seconds).unwrap_or(0.0), Instant::now());
+        let out = ns_sh(&t.client, &["ping", "-q", "-c", PINGS, "-i", "0.01", "-W", "1", SERVER]);
+        let (c1, t1) = (pid.map(cpu_seconds).unwrap_or(0.0), Instant::now());
         self.stop(&mut running)?;
         let out = out?;
         let line = out.lines().find(|l| l.contains("rtt")).context("no rtt line")?;
         let avg =
             line.split('=').nth(1).and_then(|v| v.trim().split('/').nth(1)).context("no avg")?;
-        Ok(avg.parse()?)
+        Ok((avg.parse()?, (c1 - c0) / (t1 - t0).as_secs_f64()))
     }
 
     fn cleanup(&self) {
@@ -819,7 +908,8 @@ struct Report {
     results: Vec<Vec<Vec<Sample>>>,
     syscalls_per_pkt: Vec<f64>,
     idle: f64,
-    rtts: Vec<(Candidate, Option<f64>)>,
+    idle_tuned: f64,
+    rtts: Vec<Latency>,
     quick: bool,
     rounds: usize,
     window: Duration,
@@ -910,13 +1000,8 @@ impl Report {
             let _ = write!(ns_per_pkt, "{size} B: {:.0} ns; ", median(&v));
         }
         let mut rtt = String::new();
-        for (c, v) in &self.rtts {
-            let _ = writeln!(
-                rtt,
-                "| {} | {} |",
-                c.name(),
-                v.map_or("n/a".to_string(), |v| format!("{v:.3}"))
-            );
+        for l in &self.rtts {
+            let _ = writeln!(rtt, "{}", l.row());
         }
         Ok(format!(
             r#"# Performance
@@ -985,7 +1070,8 @@ only and is not run there; "-").
   the kernel's copy-mode transmit work done inside xdpfwd's `sendto` calls, and the sink's
   receive work that runs in softirq on the same core; the receive side on the generator's
   core is not included): {ns_per_pkt}
-- CPU when idle: {idle:.2} % of one core.
+- CPU when idle: {idle:.2} % of one core (`--default-path af-xdp --idle-spin 20000 --cpus 1`,
+  after a few pings: {idle_tuned:.2} %).
 
 ## Capturing (`xdpfwd capture`), 64 B
 
@@ -1016,10 +1102,18 @@ off, every frame walks the steering rules, the policy rules, the route trie (twi
 the source check) and the neighbour table:
 
 {flow_cache}
-## Ping round-trip time through each candidate (ms, average of 50)
+## Ping round-trip time through each candidate
 
-| candidate | RTT |
-|---|---|
+{pings} pings, one every 10 ms, averaged; CPU is the candidate's process during the pings
+(what runs in the kernel's softirqs is not counted: 0 for the kernel and the XDP-only
+candidates). An AF_XDP worker sleeps in `poll()` once it has polled its rings for
+`--idle-spin` µs (default 200) without a frame; waking it costs the frame that does so tens
+of µs. With `--idle-spin 20000` the worker keeps polling between pings 10 ms apart and
+sleeps once traffic stops: the latency of a polling forwarder while traffic flows, the idle
+CPU above when it does not (pinned with `--cpus 1` like testpmd's forwarding core).
+
+| candidate | RTT (ms) | CPU |
+|---|---|---|
 {rtt}
 ## Where the time goes (64 B, `perf record -a`)
 
@@ -1130,6 +1224,8 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
                 )
             },
             idle = self.idle * 100.0,
+            idle_tuned = self.idle_tuned * 100.0,
+            pings = PINGS,
             micro = self.micro,
             profile = self.profile,
             capture = self.capture,

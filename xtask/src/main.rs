@@ -47,6 +47,10 @@ enum Cmd {
         /// 64 and 1518 B, three rounds, printed (docs/performance.md is left alone).
         #[arg(long, conflicts_with_all = ["quick", "profile"])]
         xdp: bool,
+        /// Only the ping round trips through every candidate and xdpfwd's idle CPU, printed
+        /// (docs/performance.md is left alone).
+        #[arg(long, conflicts_with_all = ["quick", "profile", "xdp"])]
+        latency: bool,
     },
     /// Fuzz the XDP program's classification and the user-space rewrite (cargo fuzz), each
     /// for the given number of seconds, from seeds that are real packets.
@@ -96,12 +100,14 @@ fn main() -> anyhow::Result<()> {
             let bin = build()?;
             soak::run(&bin, packets)
         }
-        Cmd::Bench { quick, profile, xdp } => {
+        Cmd::Bench { quick, profile, xdp, latency } => {
             let bin = build()?;
             if profile {
                 bench::profiles(&bin)
             } else if xdp {
                 bench::xdp_only(&bin)
+            } else if latency {
+                bench::latency_only(&bin)
             } else {
                 bench::run(&bin, quick)
             }
