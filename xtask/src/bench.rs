@@ -458,6 +458,8 @@ impl Bench {
                     let _ =
                         sh(&["ip", "-n", &self.topo.fwd, "link", "set", "dev", dev, "xdp", "off"]);
                 }
+                // And its runtime directory (12 MB of tmpfs with `--no-huge`).
+                let _ = fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.topo.prefix));
                 None
             }
             Running::Redirect(_) | Running::Fib(_) | Running::Kernel => None,
@@ -1198,10 +1200,24 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   device and sets the target, and the padding trim (`bpf_xdp_adjust_tail`) runs only for a
   frame that has padding. The program is built with unaligned memory access allowed, so a
   header field is one load rather than a byte at a time (the IPv4 header checksum is five).
-  Left: the call to `classify` (out of line so that its stack and `forward`'s are not
-  summed), `bpf_xdp_get_buff_len` (the whole length of a frame that may come in several
-  buffers) and the program's own instructions. The previous run, before these changes and
-  with the generator unpinned, had the fast path at 0.58-0.76× the bare redirect.
+  Left: the call to `classify`, `bpf_xdp_get_buff_len` (the whole length of a frame that
+  may come in several buffers) and the program's own instructions. `classify` stays out of
+  line because of the verifier's 512-byte limit on the stack frames of a call chain:
+  inlined, it gives the main function a 232-byte frame, and the cache-miss stages moved
+  into a subprogram of their own need 280-296 bytes plus their callees (tried: refused,
+  "combined stack size of 2 calls is 528"; as a global function as well, whose frame the
+  verifier also sums). Only a tail call, which starts a fresh stack, would take that call
+  off the cached path. The previous run, before these changes and with the generator
+  unpinned, had the fast path at 0.58-0.76× the bare redirect.
+- **Ping round trips.** With its worker polling (`--idle-spin 20000`), the AF_XDP path's
+  round trip is testpmd's: traced with the `xdp:xdp_redirect`, `net:*` and `sendto`
+  tracepoints (20 pings each, same topology), the request reaches the worker's socket about
+  22 µs after ping's `sendto` with either forwarder, each worker turns a frame around in
+  2-4 µs, and the reply reaches the client's stack 49 µs (xdpfwd) and 48 µs (testpmd) after
+  the `sendto`, medians. The averages in the table move by 10-30 µs from run to run (a
+  single slow round trip of 0.1-0.8 ms, of which every run has a few, moves a 300-ping
+  average by several µs), so one run may put either ahead. With the default `--idle-spin`
+  the worker sleeps between pings 10 ms apart, and waking it adds tens of µs.
 - Two cores are shared by the generator, the kernel's softirq work and the forwarder, so
   absolute figures are low and move between runs; compare the ratios within a run.
 "#,
