@@ -467,6 +467,16 @@ pub fn in_netns<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }
 
+/// utime + stime of a process, in seconds (0 when it is gone).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat; `after` starts at field 3. Clock ticks are 1/100 s on Linux.
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) / 100.0
+}
+
 /// Final counter lines of a stopped forwarder: "forwarded N packets".
 pub fn forwarded_packets(stdout: &str) -> Option<u64> {
     let line = stdout.lines().find(|l| l.contains("final: forwarded"))?;

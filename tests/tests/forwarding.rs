@@ -10,7 +10,7 @@ use std::{
 
 use xdpfwd_tests::{
     CLIENT_V4, CLIENT_V6, FWD_V4_A, FWD_V4_B, FWD_V6_A, FWD_V6_B, Forwarder, SERVER_V4, SERVER_V6,
-    Topology, forwarded_packets, traffic::udp_stream, xdp_counter,
+    Topology, cpu_seconds, forwarded_packets, traffic::udp_stream, xdp_counter,
 };
 
 fn start(topo: &Topology) -> Forwarder {
@@ -38,20 +38,6 @@ fn ping_both_directions_ipv4_and_ipv6_with_kernel_forwarding_off() {
         forwarded >= 40,
         "4 × 5 echo requests and replies forwarded by xdpfwd, got {forwarded}"
     );
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<f64> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    // Fields 14 and 15 of stat; the list starts at field 3.
-    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
 }
 
 #[test]

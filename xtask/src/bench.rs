@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use xdpfwd_tests::{
-    Forwarder, SERVER_V4, Topology, fmt_mac,
+    Forwarder, SERVER_V4, Topology, cpu_seconds, fmt_mac,
     generator::{BareRedirect, FibForward, Generator, Sink, udp_frame},
     ns_sh, report_value, sh,
     traffic::{gbits, iperf3},
@@ -66,9 +66,9 @@ impl std::fmt::Display for Latency {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.measured {
             Ok((ms, cpu)) => {
-                write!(f, "{:<34} {ms:.3} ms, CPU {:.0} % of a core", self.name, cpu * 100.0)
+                write!(f, "{:<42} {ms:.3} ms, CPU {:.0} % of a core", self.name, cpu * 100.0)
             }
-            Err(err) => write!(f, "{:<34} not measured: {err}", self.name),
+            Err(err) => write!(f, "{:<42} not measured: {err}", self.name),
         }
     }
 }
@@ -123,6 +123,17 @@ enum Running {
     Kernel,
 }
 
+impl Running {
+    /// The candidate's process (none for what runs in the kernel alone).
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Running::Xdpfwd(f) => Some(f.pid()),
+            Running::Testpmd(child) => Some(child.id()),
+            _ => None,
+        }
+    }
+}
+
 struct Bench {
     topo: Topology,
     c_mac: [u8; 6],
@@ -135,7 +146,8 @@ struct Bench {
 #[derive(Clone, Copy, Debug, Default)]
 struct Sample {
     pps: f64,
-    /// xdpfwd process CPU seconds per forwarded packet (0 for others).
+    /// The candidate's process CPU seconds per forwarded packet (0 for what runs in the
+    /// kernel alone).
     cpu_per_pkt: f64,
 }
 
@@ -520,10 +532,7 @@ impl Bench {
             udp_frame(self.c_mac, self.f0_mac, [198, 18, 1, 2], SERVER_V4.octets(), size - 4);
         let generator = Generator::start(&t.client, &t.c0, frame, 8, 0, None)?;
         thread::sleep(Duration::from_millis(500));
-        let pid = match running {
-            Running::Xdpfwd(f) => Some(f.pid()),
-            _ => None,
-        };
+        let pid = running.pid();
         let (p0, c0, t0) = (sink.count()?.0, pid.map(cpu_seconds).unwrap_or(0.0), Instant::now());
         thread::sleep(window);
         let (p1, c1, t1) = (sink.count()?.0, pid.map(cpu_seconds).unwrap_or(0.0), Instant::now());
@@ -796,11 +805,7 @@ impl Bench {
     /// its process's CPU meanwhile (fraction of a core; 0 for what runs in the kernel).
     fn rtt(&self, mut running: Running) -> anyhow::Result<(f64, f64)> {
         let t = &self.topo;
-        let pid = match &running {
-            Running::Xdpfwd(f) => Some(f.pid()),
-            Running::Testpmd(child) => Some(child.id()),
-            _ => None,
-        };
+        let pid = running.pid();
         let (c0, t0) = (pid.map(cpu_seconds).unwrap_or(0.0), Instant::now());
         let out = ns_sh(&t.client, &["ping", "-q", "-c", PINGS, "-i", "0.01", "-W", "1", SERVER]);
         let (c1, t1) = (pid.map(cpu_seconds).unwrap_or(0.0), Instant::now());
@@ -815,16 +820,6 @@ impl Bench {
     fn cleanup(&self) {
         let _ = self.topo.set_forwarding(false);
     }
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat; `after` starts at field 3.
-    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(14) + ticks(15)) / 100.0
 }
 
 /// Runs the criterion benchmarks; returns "- name: time" lines.
