@@ -48,7 +48,6 @@ pub mod map_names {
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
     pub const CACHE_CTL: &str = "CACHE_CTL";
     pub const FLOW_CACHE_STATS: &str = "FLOW_CACHE_STATS";
-    pub const MISS_PROGRAM: &str = "MISS_PROGRAM";
 }
 
 /// Length of an Ethernet header.
@@ -577,10 +576,6 @@ counters! {
     /// fast path); the fast path carries a frame in more than one buffer (a jumbo frame) only
     /// out of a device that takes such frames (`IfaceFlags::REDIRECT_SG`).
     PassTooLong = "pass_too_long",
-    /// Passed: the flow cache had no decision for the frame and the program that makes one
-    /// (the miss program, entered by a tail call) was not there. Should not happen: user
-    /// space puts it in place before it attaches the entry program.
-    PassNoMissProgram = "pass_no_miss_program",
 }
 
 #[cfg(feature = "user")]

@@ -14,7 +14,7 @@ use std::{io, path::PathBuf};
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, ProgramArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
     programs::Xdp,
 };
 use xdpfwd_common::{
@@ -54,15 +54,8 @@ impl Harness {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .context("unshare(CLONE_NEWNET)")?;
         let mut ebpf = Ebpf::load_file(xdp_obj()).context("loading the xdpfwd object")?;
-        // The entry program and the miss program it tail-calls (as user space loads them).
-        for name in ["xdpfwd_miss", "xdpfwd"] {
-            let prog: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
-            prog.load()?;
-        }
-        let miss: &Xdp = ebpf.program("xdpfwd_miss").context("xdpfwd_miss")?.try_into()?;
-        let miss = miss.fd()?.try_clone()?;
-        let map = ebpf.map_mut(map_names::MISS_PROGRAM).context(map_names::MISS_PROGRAM)?;
-        ProgramArray::try_from(map)?.set(0, &miss, 0)?;
+        let prog: &mut Xdp = ebpf.program_mut("xdpfwd").context("program xdpfwd")?.try_into()?;
+        prog.load()?;
         let mut h = Harness { ebpf, generation: 0 };
         h.fill()?;
         Ok(h)
@@ -332,13 +325,6 @@ impl Harness {
         let stats: aya::maps::PerCpuArray<_, u64> =
             aya::maps::PerCpuArray::try_from(self.ebpf.map(name).context(name)?)?;
         Ok(stats.get(&(xdpfwd_common::CacheStat::Hits as u32), 0)?.iter().sum())
-    }
-
-    /// Takes the miss program out of its map: the entry program's tail call then fails.
-    pub fn remove_miss_program(&mut self) -> anyhow::Result<()> {
-        let map = self.ebpf.map_mut(map_names::MISS_PROGRAM).context(map_names::MISS_PROGRAM)?;
-        ProgramArray::try_from(map)?.clear_index(&0)?;
-        Ok(())
     }
 
     /// Puts the egress into `DEVMAP` (pointing at `lo`): with the fast path on, frames to

@@ -164,31 +164,6 @@ fn forwarded_seeds_hit_the_flow_cache() {
 
 const XDP_REDIRECT: u32 = 4;
 
-/// A frame the flow cache has no decision for goes on to the miss program by a tail call;
-/// should that fail, the kernel gets the frame as it arrived, counted, and nothing is
-/// forwarded from a half-made decision.
-#[test]
-fn without_the_miss_program_the_kernel_gets_every_undecided_frame_untouched() {
-    let mut h = Harness::new().expect("loading the XDP harness (root needed)");
-    h.enable_redirect().expect("DEVMAP");
-    h.remove_miss_program().expect("clearing the program array");
-    let seeds = seed_frames();
-    let mut passed = Vec::new();
-    // The cache off: the entry program hands every frame on at once; on: those it checked.
-    for cached in [false, true] {
-        h.set_flow_cache(cached).expect("map update");
-        for f in &seeds {
-            let (action, out) = h.run(f).expect("test run");
-            assert_eq!((action, &out), (XDP_PASS, f), "cache {cached}");
-        }
-        let counters = h.counters().expect("counters");
-        assert_eq!(counters["fast_forwarded"] + counters["steered"], 0, "{counters:?}");
-        passed.push(counters["pass_no_miss_program"]);
-    }
-    assert_eq!(passed[0], seeds.len() as u64);
-    assert!(passed[1] > passed[0], "routed seeds reach the cache and miss: {passed:?}");
-}
-
 #[test]
 fn seeds_reach_the_forwarding_decision() {
     // Sanity: the harness is set up so that real frames get as far as wanting a socket

@@ -5,18 +5,14 @@ use std::fmt;
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::ProgramArray,
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use xdpfwd_common::map_names;
 
 use crate::iface::Iface;
 
-/// The program's name in the object (`#[xdp] fn xdpfwd`): the entry program, attached.
+/// The program's name in the object (`#[xdp] fn xdpfwd`).
 pub const PROGRAM: &str = "xdpfwd";
-/// The miss program (`#[xdp] fn xdpfwd_miss`): every stage, for a frame the flow cache has
-/// no decision for; the entry program's tail call (`MISS_PROGRAM` map), never attached.
-pub const MISS_PROGRAM: &str = "xdpfwd_miss";
 
 /// `--mode`: how to attach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -49,8 +45,8 @@ impl fmt::Display for Attached {
 pub enum LoadError {
     #[error("loading the embedded eBPF object failed: {0}")]
     Object(#[from] aya::EbpfError),
-    #[error("the eBPF object has no program '{0}'")]
-    NoProgram(&'static str),
+    #[error("the eBPF object has no program '{PROGRAM}'")]
+    NoProgram,
     #[error("loading the XDP program into the kernel failed (verifier or permissions): {0}")]
     Program(#[source] aya::programs::ProgramError),
     #[error(
@@ -59,8 +55,6 @@ pub enum LoadError {
          (`bpftool link list`), stop the program that owns it{owner}"
     )]
     AlreadyAttached { iface: String, id: u32, name: String, owner: String },
-    #[error("putting the miss program into its map (MISS_PROGRAM) failed: {0}")]
-    MissProgram(#[source] std::io::Error),
     #[error("attaching XDP to '{iface}' in {mode} mode failed: {source}")]
     Attach { iface: String, mode: &'static str, source: aya::programs::ProgramError },
 }
@@ -93,44 +87,20 @@ pub fn load(capacity: Capacity) -> Result<Ebpf, LoadError> {
         .map_max_entries(map_names::ROUTES_V6, capacity.routes_v6)
         .map_max_entries(map_names::FLOW_CACHE, capacity.flow_cache.max(1))
         .load(include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-prog")))?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .ok_or(LoadError::NoProgram)?
+        .try_into()
+        .map_err(LoadError::Program)?;
     let start = std::time::Instant::now();
-    let verified = verify(&mut ebpf, MISS_PROGRAM)? + verify(&mut ebpf, PROGRAM)?;
+    prog.load().map_err(LoadError::Program)?;
+    let verified = prog.info().ok().and_then(|i| i.verified_instruction_count());
     tracing::info!(
         verified_insns = verified,
         secs = start.elapsed().as_secs_f64(),
-        "XDP programs verified (the kernel's limit is 1,000,000 instructions processed each)"
+        "XDP program verified (the kernel's limit is 1,000,000 instructions processed)"
     );
-    set_miss_program(&mut ebpf)?;
     Ok(ebpf)
-}
-
-/// Loads program `name` into the kernel (the verifier runs); returns the instructions it
-/// processed (0 where the kernel does not say).
-fn verify(ebpf: &mut Ebpf, name: &'static str) -> Result<u32, LoadError> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(LoadError::NoProgram(name))?
-        .try_into()
-        .map_err(LoadError::Program)?;
-    prog.load().map_err(LoadError::Program)?;
-    Ok(prog.info().ok().and_then(|i| i.verified_instruction_count()).unwrap_or(0))
-}
-
-/// Puts the loaded miss program where the entry program's tail call finds it. The map holds
-/// it for as long as `ebpf` (which owns the map) lives.
-fn set_miss_program(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let miss: &Xdp = ebpf
-        .program(MISS_PROGRAM)
-        .ok_or(LoadError::NoProgram(MISS_PROGRAM))?
-        .try_into()
-        .map_err(LoadError::Program)?;
-    let fd = miss.fd().map_err(LoadError::Program)?.try_clone().map_err(LoadError::MissProgram)?;
-    let map = ebpf
-        .map_mut(map_names::MISS_PROGRAM)
-        .ok_or_else(|| LoadError::MissProgram(std::io::Error::other("no such map")))?;
-    let mut array = ProgramArray::try_from(map)
-        .map_err(|e| LoadError::MissProgram(std::io::Error::other(e)))?;
-    array.set(0, &fd, 0).map_err(|e| LoadError::MissProgram(std::io::Error::other(e)))
 }
 
 /// Refuses interfaces that already carry an XDP program, naming it.
@@ -185,7 +155,7 @@ pub fn attach(
 ) -> Result<(XdpLinkId, Attached), LoadError> {
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM)
-        .ok_or(LoadError::NoProgram(PROGRAM))?
+        .ok_or(LoadError::NoProgram)?
         .try_into()
         .map_err(LoadError::Program)?;
     let try_mode = |prog: &mut Xdp, m: XdpMode, name: &'static str| {

@@ -23,29 +23,10 @@ use crate::{
     },
 };
 
-/// Makes the router's checks on the frame and decides its path into `steer`: from the flow
-/// cache, or through the policy and route stages. `Err` names why the kernel gets it (or
-/// `Counter::DropRule`).
 ///
-/// The miss program's: out of line (a BPF subprogram), so that its stack frame and
-/// `egress::forward`'s are not summed.
+/// Out of line (a BPF subprogram): its stack frame and `egress::forward`'s are not summed.
 #[inline(never)]
 pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
-    checks::<false>(ctx, steer)
-}
-
-/// [`classify`] with the flow cache only, for the entry program: inline (no call and return
-/// per frame), and without the policy and route stages, whose stack frames would not fit
-/// beside this one. A flow the cache has no decision for returns
-/// `Err(Counter::PassNoMissProgram)`: the entry program hands the frame to the miss program.
-#[inline(always)]
-pub fn cached(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
-    checks::<true>(ctx, steer)
-}
-
-/// [`classify`] (`CACHED_ONLY`: [`cached`]).
-#[inline(always)]
-fn checks<const CACHED_ONLY: bool>(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
     let ifindex = ctx.ingress_ifindex() as u32;
     let ingress = iface(ifindex).ok_or(Counter::PassNotManaged)?;
     if !ingress.flags.contains(IfaceFlags::MANAGED) {
@@ -75,8 +56,8 @@ fn checks<const CACHED_ONLY: bool>(ctx: &XdpContext, steer: &mut Steer) -> Resul
     }
     let at = Ingress { ifindex, info: ingress, l3, vlan, len };
     match ethertype {
-        ETH_P_IP => ipv4::<CACHED_ONLY>(ctx, &at, steer)?,
-        ETH_P_IPV6 => ipv6::<CACHED_ONLY>(ctx, &at, steer)?,
+        ETH_P_IP => ipv4(ctx, &at, steer)?,
+        ETH_P_IPV6 => ipv6(ctx, &at, steer)?,
         _ if at.tagged() => return Err(Counter::PassVlan),
         ETH_P_8021Q | ETH_P_8021AD => return Err(Counter::PassVlan),
         _ => return Err(Counter::PassNotIp),
@@ -188,11 +169,7 @@ pub fn egress(oif: u32, ifindex: u32) -> Result<&'static IfaceInfo, Counter> {
 }
 
 #[inline(always)]
-fn ipv4<const CACHED_ONLY: bool>(
-    ctx: &XdpContext,
-    at: &Ingress,
-    steer: &mut Steer,
-) -> Result<(), Counter> {
+fn ipv4(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter> {
     let l3 = at.l3;
     // SAFETY: `ptr_at` checked that the 20 bytes lie inside the frame.
     let ip = unsafe { &*ptr_at::<[u8; IPV4_HLEN]>(ctx, l3)? };
@@ -232,15 +209,11 @@ fn ipv4<const CACHED_ONLY: bool>(
     };
     let word =
         |at: usize| [u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]) as u64, 0];
-    routed::<CACHED_ONLY>(ctx, at, &packet, (word(ipv4::SRC), word(ipv4::DST)), 0, steer)
+    routed(ctx, at, &packet, (word(ipv4::SRC), word(ipv4::DST)), 0, steer)
 }
 
 #[inline(always)]
-fn ipv6<const CACHED_ONLY: bool>(
-    ctx: &XdpContext,
-    at: &Ingress,
-    steer: &mut Steer,
-) -> Result<(), Counter> {
+fn ipv6(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter> {
     let l3 = at.l3;
     // SAFETY: `ptr_at` checked that the 40 bytes lie inside the frame.
     let ip = unsafe { &*ptr_at::<[u8; IPV6_HLEN]>(ctx, l3)? };
@@ -289,14 +262,13 @@ fn ipv6<const CACHED_ONLY: bool>(
         no_fragmenting: true,
         ds: ip[0] << 4 | ip[1] >> 4,
     };
-    routed::<CACHED_ONLY>(ctx, at, &packet, (src, dst), label, steer)
+    routed(ctx, at, &packet, (src, dst), label, steer)
 }
 
 /// The stages after the IP checks, for both families: the flow cache, or policy, NAT's
-/// destination and the route (whose decision the cache then keeps, where it may); with
-/// `CACHED_ONLY`, the flow cache or `Err(Counter::PassNoMissProgram)`.
+/// destination and the route (whose decision the cache then keeps, where it may).
 #[inline(always)]
-fn routed<const CACHED_ONLY: bool>(
+fn routed(
     ctx: &XdpContext,
     at: &Ingress,
     packet: &Packet,
@@ -311,9 +283,6 @@ fn routed<const CACHED_ONLY: bool>(
     *flow = Flow::new(at, packet, addrs, label, ports);
     if probe(flow, steer, at.l3, packet.ip_len, packet.expired) == HIT {
         return Ok(());
-    }
-    if CACHED_ONLY {
-        return Err(Counter::PassNoMissProgram);
     }
     let Policed { path, nat, rule } = match policy_stage(flow, packet) {
         Ok(decided) => decided,

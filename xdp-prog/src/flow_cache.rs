@@ -45,12 +45,6 @@ pub const HIT: u32 = u32::MAX;
 /// [`probe`]: a miss that is not to be filled in (the cache is off, the frame expired).
 pub const NO_FILL: u32 = u32::MAX - 1;
 
-/// The cache is on (a generation is set): [`probe`] can hit.
-#[inline(always)]
-pub fn enabled() -> bool {
-    CACHE_CTL.get(0).is_some_and(|ctl| ctl.generation != 0)
-}
-
 /// Looks the flow, its IP header at `l3`, up in this CPU's table. On a hit, writes the
 /// cached decision into `steer` (with this frame's IP length) and returns [`HIT`]; on a
 /// miss, claims the flow's slot for [`xdpfwd_cache_fill`] (in `Flow::cache_slot`) and

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, ProgramArray, XskMap},
+    maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap},
 };
 use xdpfwd_common::{
     CacheCtl, CacheStat, Counter, DEFAULT_CACHE_SLOTS, FibRule, IFINDEX_DIRECT, IfaceInfo,
@@ -88,10 +88,6 @@ pub static FLOW_CACHE: PerCpuArray<Entry> = PerCpuArray::with_max_entries(DEFAUL
 /// The flow cache's generation and slot mask.
 #[map]
 pub static CACHE_CTL: Array<CacheCtl> = Array::with_max_entries(1, 0);
-/// The miss program (`xdpfwd_miss`), in slot 0: the entry program's tail call for a frame
-/// the flow cache has no decision for.
-#[map]
-pub static MISS_PROGRAM: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// The flow cache's hits and fills (`xdpfwd_common::CacheStat`), per CPU.
 #[map]
 pub static FLOW_CACHE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CacheStat::COUNT, 0);

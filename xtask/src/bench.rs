@@ -142,6 +142,19 @@ struct Bench {
     f1_mac: [u8; 6],
 }
 
+/// What the generator sends: frames of `size` bytes, cycling over `flows` UDP source ports.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    size: usize,
+    flows: u32,
+}
+
+/// The generator's flows in every measurement but the flow cache's second load.
+const FLOWS: u32 = 8;
+/// Flows enough that each comes back after its flow-cache slot has been taken by others
+/// (8 per slot of the default 8192 per CPU): every frame misses.
+const MANY_FLOWS: u32 = 65_536;
+
 /// One measurement.
 #[derive(Clone, Copy, Debug, Default)]
 struct Sample {
@@ -191,6 +204,16 @@ pub fn xdp_only(bin: &Path) -> anyhow::Result<()> {
     let bench = setup(bin)?;
     let sink = Sink::attach(&bench.topo.server, &bench.topo.s0)?;
     println!("{}", bench.xdp_rates(&sink, Duration::from_secs(2), 3)?);
+    drop(sink);
+    bench.cleanup();
+    Ok(())
+}
+
+/// `cargo xtask bench --flow-cache`: the flow cache table alone, printed.
+pub fn flow_cache_only(bin: &Path) -> anyhow::Result<()> {
+    let bench = setup(bin)?;
+    let sink = Sink::attach(&bench.topo.server, &bench.topo.s0)?;
+    println!("{}", bench.flow_cache(&sink, Duration::from_secs(2))?);
     drop(sink);
     bench.cleanup();
     Ok(())
@@ -527,10 +550,21 @@ impl Bench {
         size: usize,
         window: Duration,
     ) -> anyhow::Result<Sample> {
+        self.measure_flows(sink, running, Load { size, flows: FLOWS }, window)
+    }
+
+    /// [`Self::measure`] with the generator cycling over `load.flows` flows.
+    fn measure_flows(
+        &self,
+        sink: &Sink,
+        running: &Running,
+        load: Load,
+        window: Duration,
+    ) -> anyhow::Result<Sample> {
         let t = &self.topo;
-        let frame =
-            udp_frame(self.c_mac, self.f0_mac, [198, 18, 1, 2], SERVER_V4.octets(), size - 4);
-        let generator = Generator::start(&t.client, &t.c0, frame, 8, 0, None)?;
+        let (c_mac, f0_mac, size) = (self.c_mac, self.f0_mac, load.size);
+        let frame = udp_frame(c_mac, f0_mac, [198, 18, 1, 2], SERVER_V4.octets(), size - 4);
+        let generator = Generator::start(&t.client, &t.c0, frame, load.flows, 0, None)?;
         thread::sleep(Duration::from_millis(500));
         let pid = running.pid();
         let (p0, c0, t0) = (sink.count()?.0, pid.map(cpu_seconds).unwrap_or(0.0), Instant::now());
@@ -598,7 +632,8 @@ impl Bench {
         let before = fs::read_to_string(NR)?.trim().parse::<u64>()?;
         // Two sockets of 2 × 2048 frames of 4096 bytes: 16 pages of 2 MiB, and a few spare.
         fs::write(NR, (before + 20).to_string())?;
-        let result = self.with_and_without(sink, window, "af-xdp", &["--hugepages"]);
+        let loads = [64, 1518].map(|size| Load { size, flows: FLOWS });
+        let result = self.with_and_without(sink, window, "af-xdp", &["--hugepages"], &loads);
         // The kernel releases the UMEM a moment after its sockets close.
         thread::sleep(Duration::from_millis(500));
         fs::write(NR, before.to_string())?;
@@ -617,18 +652,28 @@ impl Bench {
         Ok(out)
     }
 
-    /// Both paths with the flow cache off (`--flow-cache 0`) and on (the default).
+    /// Both paths with the flow cache off (`--flow-cache 0`) and on (the default), with the
+    /// generator's few flows (every frame but a generation's first a hit) and with
+    /// [`MANY_FLOWS`] (a flow comes back after its slot has been taken: every frame a miss).
     fn flow_cache(&self, sink: &Sink, window: Duration) -> anyhow::Result<String> {
         let mut out = String::from(
-            "| path | frame (B) | cache off (Mpps) | cache on (Mpps) | ratio |\n|---|---|---|---|---|\n",
+            "| path | frame (B) | flows | cache off (Mpps) | cache on (Mpps) | ratio |\n\
+             |---|---|---|---|---|---|\n",
         );
+        let loads: Vec<Load> = [FLOWS, MANY_FLOWS]
+            .into_iter()
+            .flat_map(|flows| [64, 1518].map(|size| Load { size, flows }))
+            .collect();
         for path in ["fast", "af-xdp"] {
-            let rates = self.with_and_without(sink, window, path, &["--flow-cache", "0"])?;
-            for (j, size) in [64, 1518].into_iter().enumerate() {
+            let rates =
+                self.with_and_without(sink, window, path, &["--flow-cache", "0"], &loads)?;
+            for (j, load) in loads.iter().enumerate() {
                 let [with, without] = [rates[0][j], rates[1][j]];
                 let _ = writeln!(
                     out,
-                    "| {path} | {size} | {without:.3} | {with:.3} | {:.2}× |",
+                    "| {path} | {} | {} | {without:.3} | {with:.3} | {:.2}× |",
+                    load.size,
+                    load.flows,
                     with / without.max(1e-9)
                 );
             }
@@ -636,25 +681,26 @@ impl Bench {
         Ok(out)
     }
 
-    /// Mpps at 64 and 1518 B through xdpfwd on `path`, without `extra` flags (`[0]`) and with
-    /// them (`[1]`), one round each.
+    /// Mpps for each of `loads` through xdpfwd on `path`, without `extra` flags (`[0]`) and
+    /// with them (`[1]`), one round each.
     fn with_and_without(
         &self,
         sink: &Sink,
         window: Duration,
         path: &str,
         extra: &[&str],
-    ) -> anyhow::Result<[[f64; 2]; 2]> {
+        loads: &[Load],
+    ) -> anyhow::Result<[Vec<f64>; 2]> {
         let t = &self.topo;
-        let mut rates = [[0.0; 2]; 2];
+        let mut rates = [Vec::new(), Vec::new()];
         for (i, extra) in [&[][..], extra].into_iter().enumerate() {
             let mut args =
                 vec![t.f0.as_str(), &t.f1, "--stats-interval", "0", "--default-path", path];
             args.extend_from_slice(extra);
             eprintln!("bench: {args:?}");
             let mut running = Running::Xdpfwd(Forwarder::start(&t.fwd, &args)?);
-            for (j, size) in [64, 1518].into_iter().enumerate() {
-                rates[i][j] = self.measure(sink, &running, size, window)?.pps / 1e6;
+            for load in loads {
+                rates[i].push(self.measure_flows(sink, &running, *load, window)?.pps / 1e6);
             }
             self.stop(&mut running)?;
         }
@@ -668,7 +714,7 @@ impl Bench {
         let data = std::env::temp_dir().join(format!("{}.perf", t.prefix));
         let mut running = self.start(cand)?;
         let frame = udp_frame(self.c_mac, self.f0_mac, [198, 18, 1, 2], SERVER_V4.octets(), 60);
-        let generator = Generator::start(&t.client, &t.c0, frame, 8, 0, None)?;
+        let generator = Generator::start(&t.client, &t.c0, frame, FLOWS, 0, None)?;
         thread::sleep(Duration::from_millis(500));
         let (before, t0) = (sink.count()?.0, Instant::now());
         let record = sh(&[
@@ -740,7 +786,7 @@ impl Bench {
         for size in sizes {
             let frame =
                 udp_frame(self.c_mac, self.f0_mac, [198, 18, 1, 2], SERVER_V4.octets(), size - 4);
-            let generator = Generator::start(&t.client, &t.c0, frame, 8, 0, None)?;
+            let generator = Generator::start(&t.client, &t.c0, frame, FLOWS, 0, None)?;
             thread::sleep(Duration::from_millis(500));
             let (p0, t0) = (sink.count()?.0, Instant::now());
             thread::sleep(window);
@@ -1093,10 +1139,13 @@ the bench reserves them for the run and gives them back), one round each, same r
 ## Flow cache (`--flow-cache`)
 
 Both paths with the XDP program's flow cache on (the default, 8192 slots per CPU) and off
-(`--flow-cache 0`), one round each, same run. The generator sends one flow, so with the
-cache on every frame but the first of each generation takes its decision from the cache;
-off, every frame walks the steering rules, the policy rules, the route trie (twice, with
-the source check) and the neighbour table:
+(`--flow-cache 0`), one round each, same run. With the generator's 8 flows, every frame
+but a flow's first of each generation takes its decision from the cache; with 65,536 flows
+each flow comes back after other flows have taken its slot (8 flows per slot), so every
+frame misses: it pays for the probe (a slot not in the CPU's caches) and the fill on top
+of the stages, which is what the cache costs traffic it cannot help (a scan, a flood with
+random sources). Off, every frame walks the steering rules, the policy rules, the route
+trie (twice, with the source check) and the neighbour table:
 
 {flow_cache}
 ## Ping round-trip time through each candidate
@@ -1206,8 +1255,16 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   inlined, it gives the main function a 232-byte frame, and the cache-miss stages moved
   into a subprogram of their own need 280-296 bytes plus their callees (tried: refused,
   "combined stack size of 2 calls is 528"; as a global function as well, whose frame the
-  verifier also sums). Only a tail call, which starts a fresh stack, would take that call
-  off the cached path. The previous run, before these changes and with the generator
+  verifier also sums). A tail call starts a fresh stack, and was tried: an entry program
+  with the checks and the probe inline, and a miss program with the stages, entered by a
+  tail call for a frame the cache has no decision for. A hit gained 1-3 ns
+  (`BPF_PROG_RUN` of one forwarded frame: 98 → 95-97 ns per run; this bench: 3.58 → 3.68
+  Mpps at 64 B, one run each), but every frame without a cached decision lost more: with
+  the checks made again in the miss program, 65,536 flows (every frame a miss) went from
+  2.22-2.32 to 2.02-2.10 Mpps; with the checks' findings handed over in a per-CPU map
+  instead, the cache switched off went from 2.43-2.57 to 2.23-2.35 Mpps (`BPF_PROG_RUN`:
+  197 → 231 ns per run). Many new flows (a scan, a flood with random sources) are the
+  traffic a router most needs to keep up with, so the call stayed. The previous run, before these changes and with the generator
   unpinned, had the fast path at 0.58-0.76× the bare redirect.
 - **Ping round trips.** With its worker polling (`--idle-spin 20000`), the AF_XDP path's
   round trip is testpmd's: traced with the `xdp:xdp_redirect`, `net:*` and `sendto`

@@ -51,6 +51,10 @@ enum Cmd {
         /// (docs/performance.md is left alone).
         #[arg(long, conflicts_with_all = ["quick", "profile", "xdp"])]
         latency: bool,
+        /// Only the flow cache's table (both paths, the cache on and off, with few flows and
+        /// with every frame a miss), printed (docs/performance.md is left alone).
+        #[arg(long, conflicts_with_all = ["quick", "profile", "xdp", "latency"])]
+        flow_cache: bool,
     },
     /// Fuzz the XDP program's classification and the user-space rewrite (cargo fuzz), each
     /// for the given number of seconds, from seeds that are real packets.
@@ -100,7 +104,7 @@ fn main() -> anyhow::Result<()> {
             let bin = build()?;
             soak::run(&bin, packets)
         }
-        Cmd::Bench { quick, profile, xdp, latency } => {
+        Cmd::Bench { quick, profile, xdp, latency, flow_cache } => {
             let bin = build()?;
             if profile {
                 bench::profiles(&bin)
@@ -108,6 +112,8 @@ fn main() -> anyhow::Result<()> {
                 bench::xdp_only(&bin)
             } else if latency {
                 bench::latency_only(&bin)
+            } else if flow_cache {
+                bench::flow_cache_only(&bin)
             } else {
                 bench::run(&bin, quick)
             }
