@@ -1216,11 +1216,11 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   page-pool pages for XDP (`veth_xdp_rcv_skb` → `skb_pp_cow_data` → `skb_copy_bits`):
   13 % of the busy CPU time, a copy the kernel's own forwarding never makes, against 2 %
   for xdpfwd's program. Every XDP candidate pays it (the bare redirect trails Linux too);
-  on a NIC, XDP runs on the driver's pages before any skb exists. The AF_XDP path carries the data segments itself there, each in three UMEM
-  frames (the sockets are multi-buffer, `XDP_USE_SG`): the kernel copies each segment into
-  them on receive, and on transmit into an skb with the first frame as its head and a page
-  fragment for each further one (`xsk_build_skb`), which is the cost its row shows; testpmd
-  is not run at MTU 9000.
+  on a NIC, XDP runs on the driver's pages before any skb exists. The AF_XDP path carries
+  the data segments itself there, each in three UMEM frames (the sockets are multi-buffer,
+  `XDP_USE_SG`): the kernel copies each segment into them on receive, and on transmit into
+  an skb with the first frame as its head and a page fragment for each further one
+  (`xsk_build_skb`), which is the cost its row shows; testpmd is not run at MTU 9000.
 - **Why the AF_XDP path is level with testpmd, not 25 % ahead.** On veth, AF_XDP runs in
   copy mode: the kernel copies every frame into the UMEM on receive, and on transmit
   allocates an skb, copies the frame into it and pushes it through `veth_xmit` to the peer
@@ -1270,8 +1270,9 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   2.22-2.32 to 2.02-2.10 Mpps; with the checks' findings handed over in a per-CPU map
   instead, the cache switched off went from 2.43-2.57 to 2.23-2.35 Mpps (`BPF_PROG_RUN`:
   197 → 231 ns per run). Many new flows (a scan, a flood with random sources) are the
-  traffic a router most needs to keep up with, so the call stayed. The previous run, before these changes and with the generator
-  unpinned, had the fast path at 0.58-0.76× the bare redirect.
+  traffic a router most needs to keep up with, so the call stayed. An earlier run,
+  before the changes above and with the generator unpinned, had the fast path at 0.58-0.76×
+  the bare redirect.
 - **Ping round trips.** With its worker polling (`--idle-spin 20000`), the AF_XDP path's
   round trip is testpmd's: traced with the `xdp:xdp_redirect`, `net:*` and `sendto`
   tracepoints (20 pings each, same topology), the request reaches the worker's socket about
