@@ -37,23 +37,24 @@ enum Cmd {
     /// Measure xdpfwd against testpmd, a bare XDP_REDIRECT, an xdp-forward-style router and
     /// Linux forwarding; rewrites docs/performance.md.
     Bench {
-        /// Two frame sizes, one round (a few minutes).
-        #[arg(long)]
+        /// Two frame sizes, one round (a few minutes). This and the options below exclude
+        /// one another (group `part`).
+        #[arg(long, group = "part")]
         quick: bool,
         /// Only the `perf` profiles at 64 B, printed (docs/performance.md is left alone).
-        #[arg(long, conflicts_with = "quick")]
+        #[arg(long, group = "part")]
         profile: bool,
         /// Only the XDP candidates (fast path, default, xdp-forward-style, bare redirect) at
         /// 64 and 1518 B, three rounds, printed (docs/performance.md is left alone).
-        #[arg(long, conflicts_with_all = ["quick", "profile"])]
+        #[arg(long, group = "part")]
         xdp: bool,
         /// Only the ping round trips through every candidate and xdpfwd's idle CPU, printed
         /// (docs/performance.md is left alone).
-        #[arg(long, conflicts_with_all = ["quick", "profile", "xdp"])]
+        #[arg(long, group = "part")]
         latency: bool,
         /// Only the flow cache's table (both paths, the cache on and off, with few flows and
         /// with every frame a miss), printed (docs/performance.md is left alone).
-        #[arg(long, conflicts_with_all = ["quick", "profile", "xdp", "latency"])]
+        #[arg(long, group = "part")]
         flow_cache: bool,
     },
     /// Fuzz the XDP program's classification and the user-space rewrite (cargo fuzz), each
