@@ -10,11 +10,16 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheCtl {
-    /// The current generation (0: the cache is off).
-    pub generation: u32,
+    /// The current generation (0: the cache is off). 64 bits, so that no generation comes
+    /// back: at 32, a control plane busy with route churn could wrap it within months, and
+    /// an entry left in a quiet slot since the generation of the same number would count
+    /// again.
+    pub generation: u64,
     /// The slot mask (slots − 1; slots are a power of two).
     pub mask: u32,
+    pub _pad: u32,
 }
+const _: () = assert!(core::mem::size_of::<CacheCtl>() == 16);
 /// Slots per CPU by default (`--flow-cache`).
 pub const DEFAULT_CACHE_SLOTS: u32 = 8192;
 /// Most slots per CPU (`--flow-cache`).

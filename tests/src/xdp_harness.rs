@@ -45,7 +45,7 @@ pub fn xdp_obj() -> PathBuf {
 pub struct Harness {
     ebpf: Ebpf,
     /// The flow cache's last generation (never reused, as in user space).
-    generation: u32,
+    generation: u64,
 }
 
 impl Harness {
@@ -315,7 +315,7 @@ impl Harness {
         }
         let generation = if on { self.generation } else { 0 };
         let mask = xdpfwd_common::DEFAULT_CACHE_SLOTS - 1;
-        ctl.set(0, xdpfwd_common::CacheCtl { generation, mask }, 0)?;
+        ctl.set(0, xdpfwd_common::CacheCtl { generation, mask, _pad: 0 }, 0)?;
         Ok(())
     }
 

@@ -10,10 +10,12 @@ use nix::{
     unistd::Pid,
 };
 use xdpfwd_tests::{
-    Forwarder, Topology, fmt_mac, in_netns, ns_sh,
+    Forwarder, Topology, fmt_mac,
+    generator::{Generator, Sink, udp_frame},
+    in_netns, ns_sh,
     packet::RawSocket,
     routed::{Capture, assert_forwarding_off, frame, ip, neighbours},
-    run_to_exit, stats_json,
+    run_to_exit, stats_json, wait_for,
 };
 
 /// The routed destination of these tests.
@@ -185,4 +187,49 @@ fn the_flow_cache_is_sized_or_turned_off_by_flag() {
             assert!(done.stdout.contains("flow cache: off"), "{}", done.stdout);
         }
     }
+}
+
+/// A flood of new flows (65,536 of them, 8 per slot of the default 8192: every frame
+/// misses) suspends the cache, which then only costs; frames go on through the full path;
+/// ordinary traffic (8 flows) gets it back at the next retry and keeps it.
+#[test]
+fn a_flood_of_new_flows_suspends_the_cache_and_ordinary_traffic_gets_it_back() {
+    let topo = Topology::new("cg", false).unwrap();
+    topo.static_neighbours().unwrap();
+    let sink = Sink::attach(&topo.server, &topo.s0).unwrap();
+    let args = [topo.f0.as_str(), &topo.f1, "--stats-interval", "0", "--default-path", "fast"];
+    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
+    let frame = udp_frame(
+        topo.mac(&topo.client, &topo.c0).unwrap(),
+        topo.mac(&topo.fwd, &topo.f0).unwrap(),
+        [198, 18, 1, 2],
+        [198, 18, 2, 2],
+        60,
+    );
+    let figures = || stats_json(&topo.fwd)["stats"]["flow_cache"].clone();
+
+    let flood = Generator::start(&topo.client, &topo.c0, frame.clone(), 65_536, 0, None).unwrap();
+    let suspended = wait_for(Duration::from_secs(5), || figures()["suspended"] == true);
+    let before = sink.count().unwrap().0;
+    thread::sleep(Duration::from_millis(300));
+    let during = sink.count().unwrap().0 - before;
+    flood.stop().unwrap();
+    assert!(suspended, "the flood suspends the cache: {}", figures());
+    assert!(during > 10_000, "frames go on while it is suspended: {during}");
+
+    let steady = Generator::start(&topo.client, &topo.c0, frame, 8, 0, None).unwrap();
+    let back = wait_for(Duration::from_secs(10), || figures()["suspended"] == false);
+    let resumed = figures();
+    thread::sleep(Duration::from_secs(2));
+    let after = figures();
+    steady.stop().unwrap();
+    assert!(back, "a few flows get the cache back: {resumed}");
+    assert_eq!(after["suspensions"], resumed["suspensions"], "and keep it: {after}");
+    let hits = |f: &serde_json::Value| f["hits"].as_u64().unwrap_or(0);
+    assert!(hits(&after) > hits(&resumed) + 100_000, "{resumed} {after}");
+
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+    assert!(done.stdout.contains("times"), "{}", done.stdout);
+    assert!(done.stderr.contains("flow cache suspended"), "{}", done.stderr);
 }

@@ -343,7 +343,7 @@ impl TakenMaps {
     fn take(ebpf: &mut aya::Ebpf, plan: &Plan, cache_slots: u32) -> anyhow::Result<Self> {
         let mut policy = PolicyMaps::take(ebpf)?;
         let generations = flow_cache::Generations::take(ebpf, cache_slots)?;
-        let cache_stats = flow_cache::CacheStats::take(ebpf, cache_slots)?;
+        let cache_stats = flow_cache::CacheStats::take(ebpf, cache_slots, generations.clone())?;
         policy.apply(&plan.settings, &plan.ifaces)?;
         let control_policy = ControlPolicy::new(&plan.settings, &plan.ifaces)?;
         let capture = capture::server::Maps::take(ebpf)?;
@@ -695,10 +695,16 @@ fn supervise(
 ) -> bool {
     let (stop_signal, reload_signal) = (&signals.stop, &signals.reload);
     let mut last = (Instant::now(), source.snapshot());
+    let mut governor =
+        (Instant::now(), flow_cache::Governor::new(Instant::now(), &last.1.flow_cache));
     while !stop_signal.load(Relaxed) && !shared.stop.load(Relaxed) {
         thread::sleep(Duration::from_millis(50));
         if reload_signal.swap(false, Relaxed) {
             reload.reload(ifaces, control);
+        }
+        if governor.0.elapsed() >= flow_cache::GOVERNOR_TICK {
+            governor.0 = Instant::now();
+            flow_cache::govern(&mut governor.1, &source.cache, &reload.generations);
         }
         if args.stats_interval > 0.0 && last.0.elapsed().as_secs_f64() >= args.stats_interval {
             let now = source.snapshot();

@@ -227,6 +227,19 @@ pub fn encode_snapshot(snap: &Snapshot) -> String {
     let slots = Gauge::<i64>::default();
     slots.set(i64::from(c.slots));
     registry.register("flow_cache_slots", "Flow cache slots per CPU (0: off)", slots);
+    let suspended = Gauge::<i64>::default();
+    suspended.set(i64::from(c.suspended));
+    registry.register(
+        "flow_cache_suspended",
+        "1 while the flow cache is suspended because nearly every frame is a new flow",
+        suspended,
+    );
+    single(
+        &mut registry,
+        "flow_cache_suspensions",
+        "Times the flow cache was suspended because nearly every frame was a new flow",
+        c.suspensions,
+    );
     let icmp = counter_family(
         &mut registry,
         "icmp_errors",

@@ -319,6 +319,12 @@ impl Snapshot {
                 "\n  flow cache: hits {}, fills {} ({} slots per CPU)",
                 c.hits, c.fills, c.slots
             );
+            if c.suspended {
+                let _ = write!(out, "; suspended: nearly every frame a new flow");
+            }
+            if c.suspensions > 0 {
+                let _ = write!(out, "; suspended {} times", c.suspensions);
+            }
         } else {
             let _ = write!(out, "\n  flow cache: off");
         }

@@ -31,14 +31,15 @@ use crate::{
 pub struct Entry {
     key: FlowKey,
     /// The generation the decision was made in (0: none).
-    generation: u32,
+    generation: u64,
     /// The generation a miss read, until the decision is filled in.
-    pending: u32,
+    pending: u64,
     /// Index + 1 in `RULE_HITS` of the steering rule that matched (0: none).
     rule: u32,
-    _pad: u32,
     steer: Steer,
 }
+// Two cache lines: a probe reads no more.
+const _: () = assert!(core::mem::size_of::<Entry>() == 128);
 
 /// [`probe`]: the decision is in the steer.
 pub const HIT: u32 = u32::MAX;
