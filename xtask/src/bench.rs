@@ -1144,8 +1144,13 @@ but a flow's first of each generation takes its decision from the cache; with 65
 each flow comes back after other flows have taken its slot (8 flows per slot), so every
 frame misses: it pays for the probe (a slot not in the CPU's caches) and the fill on top
 of the stages, which is what the cache costs traffic it cannot help (a scan, a flood with
-random sources). Off, every frame walks the steering rules, the policy rules, the route
-trie (twice, with the source check) and the neighbour table:
+random sources): 0.87-0.95× of the cache off, measured before xdpfwd suspended the cache
+under such traffic. Now its governor (docs/operations.md) sees fills outnumber hits within
+0.5 s and suspends the cache, retrying it after 1 s, then 2 s (a retry costs half a second
+of misses), so that row measures the cache suspended: 0.99-1.32× in six measurements (the
+spread is the machine's; suspended, the program takes the same path as `--flow-cache 0`).
+Off, every frame walks the steering rules, the policy rules, the route trie (twice, with
+the source check) and the neighbour table:
 
 {flow_cache}
 ## Ping round-trip time through each candidate
