@@ -19,7 +19,7 @@ use xdpfwd_common::{MAX_IFACES, MAX_QUEUES, map_names, xsk_key};
 use crate::{
     capture::{self, tap::Drain},
     config::{self, Config},
-    control::{Control, IfaceMaps, Inputs, Maps, Tuning},
+    control::{Control, IfaceMaps, Inputs, Maps, Tuning, watch},
     egress_path::{DefaultPath, features},
     flow_cache, icmp,
     iface::{self, Iface},
@@ -414,6 +414,8 @@ struct ControlPlane {
     nexthop_thread: thread::JoinHandle<()>,
     /// None where the kernel does not report XDP features.
     features_thread: Option<thread::JoinHandle<()>>,
+    /// Sysctl and nftables notifications.
+    watch_thread: thread::JoinHandle<()>,
     resolve: tokio::sync::mpsc::UnboundedSender<Resolve>,
     policy: tokio::sync::mpsc::UnboundedSender<ControlPolicy>,
 }
@@ -430,6 +432,9 @@ impl ControlPlane {
         }
         if self.features_thread.is_some_and(|t| t.join().is_err()) {
             panicked.push("xdpfwd-features".into());
+        }
+        if self.watch_thread.join().is_err() {
+            panicked.push("xdpfwd-watch".into());
         }
         result
     }
@@ -473,6 +478,8 @@ fn start_control(
         nexthops,
         redump.clone(),
     );
+    let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch_thread = watch::spawn(stopping.clone(), changes_tx)?;
     let (nh_tx, nh_rx) = tokio::sync::mpsc::unbounded_channel();
     let nexthop_thread = nexthop::spawn_reader(stopping, nh_tx, netlink_buffer, redump)?;
     let inputs = Inputs {
@@ -480,6 +487,7 @@ fn start_control(
         policies: policy_rx,
         nh_events: nh_rx,
         features: features_rx,
+        changes: changes_rx,
     };
     let thread = thread::Builder::new().name("xdpfwd-control".into()).spawn({
         let shared = shared.clone();
@@ -503,6 +511,7 @@ fn start_control(
         thread,
         nexthop_thread,
         features_thread,
+        watch_thread,
         resolve: resolve_tx,
         policy: policy_tx,
     })

@@ -19,6 +19,7 @@ mod figures;
 mod neighbours;
 mod resync;
 mod sysctls;
+pub mod watch;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -213,6 +214,8 @@ pub struct Inputs {
     pub nh_events: UnboundedReceiver<NhEvent>,
     /// Devices' XDP features (closed at once where the kernel does not report them).
     pub features: UnboundedReceiver<FeatureEvent>,
+    /// The kernel reported a sysctl or nftables change ([`watch`]).
+    pub changes: UnboundedReceiver<()>,
 }
 
 impl Control {
@@ -265,7 +268,7 @@ impl Control {
         inputs: Inputs,
         ready: SyncSender<Result<(), String>>,
     ) -> anyhow::Result<()> {
-        let Inputs { mut resolve, mut policies, mut nh_events, mut features } = inputs;
+        let Inputs { mut resolve, mut policies, mut nh_events, mut features, mut changes } = inputs;
         let groups = [
             MulticastGroup::Link,
             MulticastGroup::Neigh,
@@ -326,6 +329,11 @@ impl Control {
                     }
                     None => anyhow::bail!("the nexthop reader stopped"),
                 },
+                Some(()) = changes.recv() => {
+                    while changes.try_recv().is_ok() {}
+                    self.poll_forwarding();
+                    self.poll_netfilter();
+                }
                 _ = sysctl.tick() => {
                     self.poll_forwarding();
                     self.poll_netfilter();
