@@ -55,6 +55,13 @@ fn attach(ebpf: &mut Ebpf, program: &str, dev: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// [`udp_frame`] from the client (198.18.1.2) to the server (198.18.2.2), addressed to the
+/// forwarder's f0, as the generator sends it through `topo`.
+pub fn client_to_server(topo: &crate::Topology, len: usize) -> anyhow::Result<Vec<u8>> {
+    let (c_mac, f_mac) = (topo.mac(&topo.client, &topo.c0)?, topo.mac(&topo.fwd, &topo.f0)?);
+    Ok(udp_frame(c_mac, f_mac, [198, 18, 1, 2], [198, 18, 2, 2], len))
+}
+
 /// An IPv4/UDP frame of `len` bytes (without FCS) with a valid IP checksum and no UDP
 /// checksum.
 pub fn udp_frame(

@@ -11,7 +11,7 @@ use nix::{
 };
 use xdpfwd_tests::{
     Forwarder, Topology, fmt_mac,
-    generator::{Generator, Sink, udp_frame},
+    generator::{Generator, Sink, client_to_server},
     in_netns, ns_sh,
     packet::RawSocket,
     routed::{Capture, assert_forwarding_off, frame, ip, neighbours},
@@ -199,13 +199,7 @@ fn a_flood_of_new_flows_suspends_the_cache_and_ordinary_traffic_gets_it_back() {
     let sink = Sink::attach(&topo.server, &topo.s0).unwrap();
     let args = [topo.f0.as_str(), &topo.f1, "--stats-interval", "0", "--default-path", "fast"];
     let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
-    let frame = udp_frame(
-        topo.mac(&topo.client, &topo.c0).unwrap(),
-        topo.mac(&topo.fwd, &topo.f0).unwrap(),
-        [198, 18, 1, 2],
-        [198, 18, 2, 2],
-        60,
-    );
+    let frame = client_to_server(&topo, 60).unwrap();
     let figures = || stats_json(&topo.fwd)["stats"]["flow_cache"].clone();
 
     let flood = Generator::start(&topo.client, &topo.c0, frame.clone(), 65_536, 0, None).unwrap();

@@ -9,7 +9,7 @@ use std::{
 
 use xdpfwd_tests::{
     Forwarder, Topology, forwarded_packets, frame_accounting,
-    generator::{Generator, Sink, udp_frame},
+    generator::{Generator, Sink, client_to_server},
     report_value,
 };
 
@@ -21,13 +21,7 @@ fn a_million_packets_without_allocation_and_with_every_frame_accounted_for() {
     // The AF_XDP path (the sink's XDP program would let `auto` take the fast path out of f1).
     let args = [topo.f0.as_str(), &topo.f1, "--stats-interval", "0", "--default-path", "af-xdp"];
     let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
-    let frame = udp_frame(
-        topo.mac(&topo.client, &topo.c0).unwrap(),
-        topo.mac(&topo.fwd, &topo.f0).unwrap(),
-        [198, 18, 1, 2],
-        [198, 18, 2, 2],
-        60,
-    );
+    let frame = client_to_server(&topo, 60).unwrap();
     let generator = Generator::start(&topo.client, &topo.c0, frame, 8, 0, None).unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     while sink.count().unwrap().0 < 1_000_000 && Instant::now() < deadline {
