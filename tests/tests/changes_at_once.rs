@@ -21,9 +21,10 @@ use xdpfwd_tests::{
 const SENDS: u16 = 400;
 /// When the change is made, after the first frame.
 const CHANGE_AT: Duration = Duration::from_millis(150);
-/// How long after a change xdpfwd may still forward what the kernel no longer would (its
-/// poll alone: up to 500 ms).
-const SLACK: Duration = Duration::from_millis(50);
+/// How long after a change xdpfwd may still forward what the kernel no longer would: room
+/// for a busy machine (measured here: nothing sent after the command that made the change
+/// returned; its poll alone took up to 500 ms).
+const SLACK: Duration = Duration::from_millis(100);
 /// Source ports count the frames from here.
 const FIRST_PORT: u16 = 20_000;
 

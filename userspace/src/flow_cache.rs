@@ -14,21 +14,84 @@
 //! generation, so nothing filled before counts.
 
 use std::{
-    sync::{Arc, Mutex},
+    io,
+    os::fd::{AsFd, AsRawFd},
+    ptr::NonNull,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::{Map, MapData, PerCpuArray};
 use serde::{Deserialize, Serialize};
 use xdpfwd_common::{CacheCtl, CacheStat, cache_mask, map_names};
 
+/// `CACHE_CTL` (a `BPF_F_MMAPABLE` array) mapped into this process. The generation is
+/// written with one aligned 8-byte store, which the program's 8-byte load sees whole; a map
+/// update through the `bpf` system call copies with `memcpy`, which a concurrent load may
+/// see half done, a mix of two generations that could be a later one.
+struct CtlWord {
+    ctl: NonNull<CacheCtl>,
+    len: usize,
+    /// Holds the map (its descriptor) as long as the mapping.
+    _map: MapData,
+}
+
+// SAFETY: the mapping belongs to this value alone (only `Generations`, behind its mutex,
+// writes through it); the kernel's side of it is the XDP program's loads.
+unsafe impl Send for CtlWord {}
+
+impl CtlWord {
+    fn map(map: MapData, mask: u32) -> io::Result<CtlWord> {
+        // SAFETY: no preconditions.
+        let len = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| io::Error::other("no page size"))?;
+        // SAFETY: a new shared mapping of the map's one page of values; the kernel checks
+        // the descriptor, the size and the map's `BPF_F_MMAPABLE`.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ctl = NonNull::new(addr.cast::<CacheCtl>()).ok_or_else(|| io::Error::other("null"))?;
+        let word = CtlWord { ctl, len, _map: map };
+        word.set(0);
+        // SAFETY: the mapping holds entry 0 at its start, 8-aligned (page-aligned); the
+        // program reads the mask only while the generation is not 0, written after.
+        unsafe { (&raw mut (*word.ctl.as_ptr()).mask).write_volatile(mask) };
+        Ok(word)
+    }
+
+    fn set(&self, generation: u64) {
+        // SAFETY: as in `map`: the field is 8-aligned in a live mapping, and all access to
+        // it from this process is atomic.
+        let word = unsafe { AtomicU64::from_ptr(&raw mut (*self.ctl.as_ptr()).generation) };
+        word.store(generation, Ordering::Release);
+    }
+}
+
+impl Drop for CtlWord {
+    fn drop(&mut self) {
+        // SAFETY: unmaps what `map` mapped, once.
+        unsafe { libc::munmap(self.ctl.as_ptr().cast(), self.len) };
+    }
+}
+
 /// The cache's control words; `None` inside when the cache is off.
 pub struct Generations {
-    ctl: Option<Array<MapData, CacheCtl>>,
-    mask: u32,
+    ctl: Option<CtlWord>,
     current: u64,
-    failed: bool,
     /// Suspended by the [`Governor`]: generation 0 until it resumes the cache.
     suspended: bool,
     /// Times suspended since the start.
@@ -45,28 +108,20 @@ impl Generations {
         let map = ebpf
             .take_map(map_names::CACHE_CTL)
             .with_context(|| format!("map {} missing", map_names::CACHE_CTL))?;
-        let mut ctl = Array::try_from(map)?;
-        let (ctl, mask) = match cache_mask(slots) {
-            Some(mask) if slots > 0 => {
-                ctl.set(0, CacheCtl { generation: 0, mask, _pad: 0 }, 0)
-                    .context("writing the flow cache's size")?;
-                (Some(ctl), mask)
-            }
-            _ => (None, 0),
+        let Map::Array(map) = map else {
+            anyhow::bail!("map {} is not an array", map_names::CACHE_CTL);
         };
-        Ok(Arc::new(Mutex::new(Generations {
-            ctl,
-            mask,
-            current: 0,
-            failed: false,
-            suspended: false,
-            suspensions: 0,
-        })))
+        let ctl = match cache_mask(slots) {
+            Some(mask) if slots > 0 => {
+                Some(CtlWord::map(map, mask).context("mapping the flow cache's control word")?)
+            }
+            _ => None,
+        };
+        Ok(Arc::new(Mutex::new(Generations { ctl, current: 0, suspended: false, suspensions: 0 })))
     }
 
     /// Starts a new generation: every decision cached before is a miss from now on (while
-    /// suspended, the cache stays off). Should the write fail, the cache is switched off (a
-    /// stale generation must not stay current).
+    /// suspended, the cache stays off).
     pub fn next(&mut self) {
         if self.suspended {
             return;
@@ -98,15 +153,8 @@ impl Generations {
     }
 
     fn write(&mut self, generation: u64) {
-        let Some(ctl) = &mut self.ctl else { return };
-        let mask = self.mask;
-        if let Err(err) = ctl.set(0, CacheCtl { generation, mask, _pad: 0 }, 0) {
-            let _ = ctl.set(0, CacheCtl { generation: 0, mask, _pad: 0 }, 0);
-            if !self.failed {
-                tracing::error!(%err, "writing the flow cache's generation failed: the cache is off");
-            }
-            self.failed = true;
-            self.ctl = None;
+        if let Some(ctl) = &self.ctl {
+            ctl.set(generation);
         }
     }
 }
@@ -159,6 +207,14 @@ impl CacheStats {
         Ok(CacheStats { map: PerCpuArray::try_from(map)?, slots, generations })
     }
 
+    /// Hits and fills, `None` if the map could not be read.
+    pub fn counts(&self) -> Option<(u64, u64)> {
+        let sum = |stat: CacheStat| -> Option<u64> {
+            self.map.get(&(stat as u32), 0).ok().map(|v| v.iter().sum())
+        };
+        Some((sum(CacheStat::Hits)?, sum(CacheStat::Fills)?))
+    }
+
     pub fn read(&self) -> CacheFigures {
         let sum =
             |stat: CacheStat| self.map.get(&(stat as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
@@ -176,15 +232,16 @@ impl CacheStats {
 
 /// How often the [`Governor`] looks at the figures.
 pub const GOVERNOR_TICK: Duration = Duration::from_millis(500);
-/// Fewest fills per second at which the governor judges the cache: below, what a miss
-/// costs does not matter.
-const JUDGED_FILLS_PER_SEC: f64 = 100_000.0;
+/// Fewest frames (hits and fills) per second at which the governor judges the cache: below,
+/// what a miss costs does not matter, and a look tells nothing.
+const JUDGED_PER_SEC: f64 = 100_000.0;
 /// The cache does not pay while it fills more than this many decisions per hit. Measured
 /// here (docs/performance.md, "Flow cache"): a hit makes the fast path's frame about a third
 /// cheaper, a miss with its fill about a tenth dearer, so the cache pays from about one hit
 /// in five frames.
 const FILLS_PER_HIT: u64 = 4;
-/// The first pause of a suspended cache; each suspension right after a retry doubles it.
+/// The first pause of a suspended cache; each suspension after a retry doubles it, until a
+/// look at judged traffic finds the cache paying.
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 const LONGEST_PAUSE: Duration = Duration::from_secs(16);
 
@@ -198,8 +255,8 @@ pub enum Switch {
 /// Suspends the cache while it does not pay and tries it again after a pause, judged from
 /// the hits and fills it sees every [`GOVERNOR_TICK`].
 pub struct Governor {
-    /// Hits and fills at the last look, and when.
-    seen: (u64, u64),
+    /// Hits and fills at the last look, and when (`None`: not read yet).
+    seen: Option<(u64, u64)>,
     at: Instant,
     /// The pause of the next suspension.
     pause: Duration,
@@ -208,16 +265,17 @@ pub struct Governor {
 }
 
 impl Governor {
-    pub fn new(now: Instant, figures: &CacheFigures) -> Self {
-        Governor { seen: (figures.hits, figures.fills), at: now, pause: FIRST_PAUSE, until: None }
+    pub fn new(now: Instant) -> Self {
+        Governor { seen: None, at: now, pause: FIRST_PAUSE, until: None }
     }
 
-    /// Looks at the figures at `now`; says what to switch, if anything.
-    pub fn look(&mut self, now: Instant, figures: &CacheFigures) -> Option<Switch> {
-        let hits = figures.hits.saturating_sub(self.seen.0);
-        let fills = figures.fills.saturating_sub(self.seen.1);
-        let secs = now.saturating_duration_since(self.at).as_secs_f64();
-        (self.seen, self.at) = ((figures.hits, figures.fills), now);
+    /// Looks at the cache's hits and fills (since the start) at `now`; says what to switch,
+    /// if anything. The first look only takes note.
+    pub fn look(&mut self, now: Instant, (hits, fills): (u64, u64)) -> Option<Switch> {
+        let seen = self.seen.replace((hits, fills));
+        let secs = now.saturating_duration_since(std::mem::replace(&mut self.at, now));
+        let (seen_hits, seen_fills) = seen?;
+        let (hits, fills) = (hits.saturating_sub(seen_hits), fills.saturating_sub(seen_fills));
         if let Some(until) = self.until {
             if now < until {
                 return None;
@@ -225,8 +283,10 @@ impl Governor {
             self.until = None;
             return Some(Switch::Resume);
         }
-        if fills as f64 >= JUDGED_FILLS_PER_SEC * secs && fills > hits.saturating_mul(FILLS_PER_HIT)
-        {
+        if (hits.saturating_add(fills) as f64) < JUDGED_PER_SEC * secs.as_secs_f64() {
+            return None;
+        }
+        if fills > hits.saturating_mul(FILLS_PER_HIT) {
             let pause = self.pause;
             self.pause = (pause * 2).min(LONGEST_PAUSE);
             self.until = Some(now + pause);
@@ -239,15 +299,16 @@ impl Governor {
 
 /// One look of `governor` at `stats`, applied to `generations` and logged.
 pub fn govern(governor: &mut Governor, stats: &CacheStats, generations: &SharedGenerations) {
-    let figures = stats.read();
-    let Some(switch) = governor.look(Instant::now(), &figures) else { return };
+    // A read that fails is skipped: the next one then spans two ticks, judged as such.
+    let Some((hits, fills)) = stats.counts() else { return };
+    let Some(switch) = governor.look(Instant::now(), (hits, fills)) else { return };
     let Ok(mut g) = generations.lock() else { return };
     match switch {
         Switch::Suspend { pause } => {
             g.suspend();
             tracing::info!(
-                hits = figures.hits,
-                fills = figures.fills,
+                hits,
+                fills,
                 "flow cache suspended: nearly every frame is a new flow, for which it only \
                  costs; trying it again in {} s",
                 pause.as_secs()
@@ -264,10 +325,6 @@ pub fn govern(governor: &mut Governor, stats: &CacheStats, generations: &SharedG
 mod tests {
     use super::*;
 
-    fn figures(hits: u64, fills: u64) -> CacheFigures {
-        CacheFigures { slots: 8192, hits, fills, ..CacheFigures::default() }
-    }
-
     /// Looks every half second at counters that grow by `hits` and `fills` per look.
     struct Traffic {
         governor: Governor,
@@ -278,13 +335,15 @@ mod tests {
     impl Traffic {
         fn new() -> Self {
             let now = Instant::now();
-            Traffic { governor: Governor::new(now, &figures(0, 0)), now, total: (0, 0) }
+            let mut governor = Governor::new(now);
+            assert_eq!(governor.look(now, (0, 0)), None, "the first look takes note");
+            Traffic { governor, now, total: (0, 0) }
         }
 
         fn look(&mut self, hits: u64, fills: u64) -> Option<Switch> {
             self.now += GOVERNOR_TICK;
             self.total = (self.total.0 + hits, self.total.1 + fills);
-            self.governor.look(self.now, &figures(self.total.0, self.total.1))
+            self.governor.look(self.now, self.total)
         }
     }
 
@@ -300,6 +359,33 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(t.look(0, 49_000), None);
         }
+    }
+
+    #[test]
+    fn counters_read_late_are_judged_over_the_time_they_span() {
+        let now = Instant::now();
+        let mut g = Governor::new(now);
+        // Started with a million fills behind it (a first read that failed, say): only
+        // what came since the first look counts.
+        assert_eq!(g.look(now, (5_000_000, 1_000_000)), None);
+        assert_eq!(g.look(now + GOVERNOR_TICK, (5_400_000, 1_010_000)), None);
+        // 60,000 frames over two ticks (a read skipped) are too few to judge.
+        assert_eq!(g.look(now + GOVERNOR_TICK * 3, (5_400_000, 1_070_000)), None);
+    }
+
+    #[test]
+    fn quiet_spells_do_not_reset_the_pause() {
+        let mut t = Traffic::new();
+        let mut pauses = Vec::new();
+        // A flood that comes and goes: on for a second, quiet for a second.
+        for _ in 0..40 {
+            for (hits, fills) in [(0, 1_000_000), (0, 1_000_000), (0, 0), (0, 0)] {
+                if let Some(Switch::Suspend { pause }) = t.look(hits, fills) {
+                    pauses.push(pause.as_secs());
+                }
+            }
+        }
+        assert_eq!(&pauses[..5], [1, 2, 4, 8, 16], "{pauses:?}");
     }
 
     #[test]

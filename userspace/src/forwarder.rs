@@ -414,8 +414,8 @@ struct ControlPlane {
     nexthop_thread: thread::JoinHandle<()>,
     /// None where the kernel does not report XDP features.
     features_thread: Option<thread::JoinHandle<()>>,
-    /// Sysctl and nftables notifications.
-    watch_thread: thread::JoinHandle<()>,
+    /// Sysctl and nftables notifications (None where no socket could be opened).
+    watch_thread: Option<thread::JoinHandle<()>>,
     resolve: tokio::sync::mpsc::UnboundedSender<Resolve>,
     policy: tokio::sync::mpsc::UnboundedSender<ControlPolicy>,
 }
@@ -433,7 +433,7 @@ impl ControlPlane {
         if self.features_thread.is_some_and(|t| t.join().is_err()) {
             panicked.push("xdpfwd-features".into());
         }
-        if self.watch_thread.join().is_err() {
+        if self.watch_thread.is_some_and(|t| t.join().is_err()) {
             panicked.push("xdpfwd-watch".into());
         }
         result
@@ -704,8 +704,7 @@ fn supervise(
 ) -> bool {
     let (stop_signal, reload_signal) = (&signals.stop, &signals.reload);
     let mut last = (Instant::now(), source.snapshot());
-    let mut governor =
-        (Instant::now(), flow_cache::Governor::new(Instant::now(), &last.1.flow_cache));
+    let mut governor = (Instant::now(), flow_cache::Governor::new(Instant::now()));
     while !stop_signal.load(Relaxed) && !shared.stop.load(Relaxed) {
         thread::sleep(Duration::from_millis(50));
         if reload_signal.swap(false, Relaxed) {

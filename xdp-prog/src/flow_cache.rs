@@ -38,7 +38,8 @@ pub struct Entry {
     rule: u32,
     steer: Steer,
 }
-// Two cache lines: a probe reads no more.
+// 128 bytes, no padding: two cache lines' worth (a per-CPU value is 8-aligned, so a slot
+// may touch a third).
 const _: () = assert!(core::mem::size_of::<Entry>() == 128);
 
 /// [`probe`]: the decision is in the steer.
@@ -57,15 +58,19 @@ pub const NO_FILL: u32 = u32::MAX - 1;
 #[inline(always)]
 pub fn probe(flow: &mut Flow, steer: &mut Steer, l3: usize, ip_len: usize, expired: bool) -> u32 {
     flow.cache_slot = NO_FILL;
-    let ctl = CACHE_CTL.get(0).copied().unwrap_or_default();
-    let generation = ctl.generation;
+    let Some(ctl) = CACHE_CTL.get_ptr(0) else { return NO_FILL };
+    // SAFETY: a map value, 8-aligned; user space stores the generation with one 8-byte
+    // store, and this one 8-byte load sees either the old or the new value.
+    let generation = unsafe { (&raw const (*ctl).generation).read_volatile() };
     if generation == 0 || expired {
         return NO_FILL;
     }
+    // SAFETY: as above; the mask never changes once the cache is on.
+    let mask = unsafe { (*ctl).mask };
     let (l3, ip_len) = (l3 as u8, ip_len as u32);
     let word = |i| key_word(flow, l3, i);
     let h = key_hash([word(0), word(1), word(2), word(3)], [word(4), word(5), word(6)]);
-    let slot = h as u32 & ctl.mask;
+    let slot = h as u32 & mask;
     let Some(entry) = FLOW_CACHE.get_ptr_mut(slot) else { return NO_FILL };
     // SAFETY: this CPU's value of a per-CPU array: nothing else writes it while this program
     // runs, and user space never does.

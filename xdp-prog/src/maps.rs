@@ -4,6 +4,7 @@
 //! every stage uses; no frame access.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap},
 };
@@ -85,9 +86,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 /// The flow cache: this many slots per CPU (user space sets the size at load).
 #[map]
 pub static FLOW_CACHE: PerCpuArray<Entry> = PerCpuArray::with_max_entries(DEFAULT_CACHE_SLOTS, 0);
-/// The flow cache's generation and slot mask.
+/// The flow cache's generation and slot mask. Mappable: user space stores the generation
+/// with one 8-byte store (`userspace/src/flow_cache.rs`), which the probe loads whole.
 #[map]
-pub static CACHE_CTL: Array<CacheCtl> = Array::with_max_entries(1, 0);
+pub static CACHE_CTL: Array<CacheCtl> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// The flow cache's hits and fills (`xdpfwd_common::CacheStat`), per CPU.
 #[map]
 pub static FLOW_CACHE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CacheStat::COUNT, 0);

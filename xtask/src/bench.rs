@@ -1145,10 +1145,12 @@ each flow comes back after other flows have taken its slot (8 flows per slot), s
 frame misses: it pays for the probe (a slot not in the CPU's caches) and the fill on top
 of the stages, which is what the cache costs traffic it cannot help (a scan, a flood with
 random sources): 0.87-0.95× of the cache off, measured before xdpfwd suspended the cache
-under such traffic. Now its governor (docs/operations.md) sees fills outnumber hits within
-0.5 s and suspends the cache, retrying it after 1 s, then 2 s (a retry costs half a second
-of misses), so that row measures the cache suspended: 0.99-1.32× in six measurements (the
-spread is the machine's; suspended, the program takes the same path as `--flow-cache 0`).
+under such traffic. Now its governor (docs/operations.md) sees more than four fills per
+hit at 100,000 frames a second or more and suspends the cache, retrying it after 1 s, then
+2 s, so those rows measure the cache suspended but for a retry (half a second of misses in
+the 2 s window): six runs of `cargo xtask bench --flow-cache` measured 0.99-1.32× (one
+round moves by ±10 % from run to run here; suspended, the program takes the same path as
+`--flow-cache 0`).
 Off, every frame walks the steering rules, the policy rules, the route trie (twice, with
 the source check) and the neighbour table:
 
@@ -1215,7 +1217,9 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   At MTU 9000 (target: the fast path at least Linux's goodput) the same holds with fewer,
   larger frames: GRO still merges seven 9000-byte segments into one 64 KB packet for the
   kernel, while each XDP candidate handles every frame, in three buffers on veth, so Linux
-  stays ahead. Profiled (`perf record -a -g`, one stream, 13.7 Gbit/s through the fast path
+  stays ahead in most runs (each cell is one 3 s run: Linux's one-stream figure at MTU 9000
+  has been 11.6-17.2 Gbit/s from one bench run to the next, the fast path's 13.1-14.0, so
+  a single table can show either ahead). Profiled (`perf record -a -g`, one stream, 13.7 Gbit/s through the fast path
   against 17.5 through Linux in that run): the cost is veth's, not the program's. A frame
   the sender's stack hands to a veth whose peer runs XDP is an skb; veth copies it into
   page-pool pages for XDP (`veth_xdp_rcv_skb` → `skb_pp_cow_data` → `skb_copy_bits`):

@@ -331,8 +331,12 @@ impl Control {
                 },
                 Some(()) = changes.recv() => {
                     while changes.try_recv().is_ok() {}
-                    self.poll_forwarding();
-                    self.poll_netfilter();
+                    // Only a change starts new generations (below): the notifications of
+                    // a busy firewall must not keep emptying the flow cache.
+                    let forwarding = self.read_forwarding();
+                    if !self.poll_netfilter() && !forwarding {
+                        continue;
+                    }
                 }
                 _ = sysctl.tick() => {
                     self.poll_forwarding();

@@ -1,4 +1,5 @@
-//! The kernel's settings the control plane polls: per-interface forwarding and source
+//! The kernel's settings the control plane polls (and reads again when the kernel reports a
+//! change, `watch.rs`): per-interface forwarding and source
 //! checks, the ECMP hash policy and netfilter's hooks on forwarded traffic.
 
 use std::fs;
@@ -9,7 +10,14 @@ use super::{Control, notice};
 use crate::netfilter::{self, Hooks, NetfilterMode};
 
 impl Control {
+    /// Reads every setting polled for below.
     pub(super) fn poll_forwarding(&mut self) {
+        self.poll_hash_policy();
+        self.read_forwarding();
+    }
+
+    /// Reads the interfaces' forwarding and source-check sysctls; true if any changed.
+    pub(super) fn read_forwarding(&mut self) -> bool {
         let mut changed = Vec::new();
         for (i, iface) in self.ifaces.iter().enumerate() {
             let flags = IfaceSysctls::read(&iface.name);
@@ -17,7 +25,7 @@ impl Control {
                 changed.push((i, flags));
             }
         }
-        self.poll_hash_policy();
+        let any = !changed.is_empty();
         for (i, flags) in changed {
             tracing::info!(
                 iface = %self.ifaces[i].name,
@@ -29,6 +37,7 @@ impl Control {
             self.forwarding.insert(self.ifaces[i].ifindex, flags);
             self.update_iface(i);
         }
+        any
     }
 
     /// Follows `fib_multipath_hash_policy`: 0 and 1 are implemented, other policies leave
@@ -62,16 +71,18 @@ impl Control {
 
     /// Reads netfilter's hooks; when they change, each family's transit traffic goes to the
     /// kernel (`defer`) or is only reported (`warn`). Hooks that cannot be read count as
-    /// present.
-    pub(super) fn poll_netfilter(&mut self) {
+    /// present. True if they changed.
+    pub(super) fn poll_netfilter(&mut self) -> bool {
         let hooks = netfilter::detect().unwrap_or_else(|why| {
             let unknown = vec![format!("unknown: {why}")];
             Hooks { v4: unknown.clone(), v6: unknown }
         });
-        if self.netfilter.as_ref() != Some(&hooks) {
-            self.netfilter = Some(hooks);
-            self.apply_netfilter();
+        if self.netfilter.as_ref() == Some(&hooks) {
+            return false;
         }
+        self.netfilter = Some(hooks);
+        self.apply_netfilter();
+        true
     }
 
     /// Tells the XDP program, the log and the notices what the hooks and the mode mean.
