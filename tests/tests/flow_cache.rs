@@ -229,3 +229,36 @@ fn a_flood_of_new_flows_suspends_the_cache_and_ordinary_traffic_gets_it_back() {
     assert!(done.stdout.contains(&format!("suspended {times} times")), "{}", done.stdout);
     assert!(done.stderr.contains("flow cache suspended"), "{}", done.stderr);
 }
+
+/// A firewall that updates a set's elements many times a second (no chain changes, so
+/// nothing for xdpfwd to defer to) does not empty the cache: such notifications start no
+/// generation (each would make every flow miss once).
+#[test]
+fn set_updates_of_a_busy_firewall_keep_the_cache() {
+    let topo = Topology::new("cs", false).unwrap();
+    topo.static_neighbours().unwrap();
+    let _sink = Sink::attach(&topo.server, &topo.s0).unwrap();
+    let args = [topo.f0.as_str(), &topo.f1, "--stats-interval", "0", "--default-path", "fast"];
+    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
+    ns_sh(&topo.fwd, &["nft", "add table inet fw"]).unwrap();
+    ns_sh(&topo.fwd, &["nft", "add set inet fw blocked { type ipv4_addr; }"]).unwrap();
+    let steady =
+        Generator::start(&topo.client, &topo.c0, client_to_server(&topo, 60).unwrap(), 8, 0, None)
+            .unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let (_, hits_before, fills_before) = cache(&topo);
+    const UPDATES: u32 = 100;
+    for i in 0..UPDATES {
+        let element =
+            format!("add element inet fw blocked {{ 198.19.{}.{} }}", i / 200, i % 200 + 1);
+        ns_sh(&topo.fwd, &["nft", &element]).unwrap();
+    }
+    let (_, hits, fills) = cache(&topo);
+    steady.stop().unwrap();
+    // 8 flows, each missing once per generation: two generations per update would make 1600
+    // fills; the control plane's own (a few a second) a few dozen.
+    assert!(fills - fills_before < 400, "{} fills for {UPDATES} set updates", fills - fills_before);
+    assert!(hits > hits_before + 100_000, "{hits_before} {hits}");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{}{}", done.stdout, done.stderr);
+}
