@@ -149,6 +149,9 @@ struct Load {
     flows: u32,
 }
 
+/// Rounds of the flow cache's table (one round moves by about ±10 % from run to run).
+const FLOW_CACHE_ROUNDS: usize = 3;
+
 /// The generator's flows in every measurement but the flow cache's second load.
 const FLOWS: u32 = 8;
 /// Flows enough that each comes back after its flow-cache slot has been taken by others
@@ -654,7 +657,8 @@ impl Bench {
 
     /// Both paths with the flow cache off (`--flow-cache 0`) and on (the default), with the
     /// generator's few flows (every frame but a generation's first a hit) and with
-    /// [`MANY_FLOWS`] (a flow comes back after its slot has been taken: every frame a miss).
+    /// [`MANY_FLOWS`] (a flow comes back after its slot has been taken: every frame a miss);
+    /// medians of [`FLOW_CACHE_ROUNDS`] rounds.
     fn flow_cache(&self, sink: &Sink, window: Duration) -> anyhow::Result<String> {
         let mut out = String::from(
             "| path | frame (B) | flows | cache off (Mpps) | cache on (Mpps) | ratio |\n\
@@ -665,10 +669,20 @@ impl Bench {
             .flat_map(|flows| [64, 1518].map(|size| Load { size, flows }))
             .collect();
         for path in ["fast", "af-xdp"] {
-            let rates =
-                self.with_and_without(sink, window, path, &["--flow-cache", "0"], &loads)?;
+            let mut rounds = Vec::new();
+            for _ in 0..FLOW_CACHE_ROUNDS {
+                rounds.push(self.with_and_without(
+                    sink,
+                    window,
+                    path,
+                    &["--flow-cache", "0"],
+                    &loads,
+                )?);
+            }
+            let cell =
+                |i: usize, j: usize| median(&rounds.iter().map(|r| r[i][j]).collect::<Vec<_>>());
             for (j, load) in loads.iter().enumerate() {
-                let [with, without] = [rates[0][j], rates[1][j]];
+                let [with, without] = [cell(0, j), cell(1, j)];
                 let _ = writeln!(
                     out,
                     "| {path} | {} | {} | {without:.3} | {with:.3} | {:.2}× |",
@@ -1139,7 +1153,7 @@ the bench reserves them for the run and gives them back), one round each, same r
 ## Flow cache (`--flow-cache`)
 
 Both paths with the XDP program's flow cache on (the default, 8192 slots per CPU) and off
-(`--flow-cache 0`), one round each, same run. With the generator's 8 flows, every frame
+(`--flow-cache 0`), medians of three rounds, same run. With the generator's 8 flows, every frame
 but a flow's first of each generation takes its decision from the cache; with 65,536 flows
 each flow comes back after other flows have taken its slot (8 flows per slot), so every
 frame misses: it pays for the probe (a slot not in the CPU's caches) and the fill on top
@@ -1148,9 +1162,8 @@ random sources): 0.87-0.95× of the cache off, measured before xdpfwd suspended 
 under such traffic. Now its governor (docs/operations.md) sees more than four fills per
 hit at 100,000 frames a second or more and suspends the cache, retrying it after 1 s, then
 2 s, so those rows measure the cache suspended but for a retry (half a second of misses in
-the 2 s window): six runs of `cargo xtask bench --flow-cache` measured 0.99-1.32× (one
-round moves by ±10 % from run to run here; suspended, the program takes the same path as
-`--flow-cache 0`).
+the 2 s window): six single rounds measured 0.99-1.32× (one round moves by about ±10 %
+from run to run here; suspended, the program takes the same path as `--flow-cache 0`).
 Off, every frame walks the steering rules, the policy rules, the route trie (twice, with
 the source check) and the neighbour table:
 
