@@ -39,6 +39,11 @@ pub static CAPTURE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Where a record is put together before it goes into the ring (one per CPU).
 #[map]
 static CAPTURE_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// The filter interpreter's registers and scratch memory (one per CPU): in a map, which
+/// keeps the capture's stack frames small enough to sit under the stages' (the program's
+/// call chain has 512 bytes).
+#[map]
+static CAPTURE_MACHINE: PerCpuArray<Machine> = PerCpuArray::with_max_entries(1, 0);
 
 const HEADER_LEN: usize = size_of::<CaptureHeader>();
 
@@ -172,11 +177,14 @@ fn record(ctx: &XdpContext, header: &CaptureHeader) -> Result<(), ()> {
 /// Whether the capture's filter accepts the frame: one instruction per `bpf_loop` turn, so
 /// the verifier checks an instruction once, not once per step of every program.
 ///
-/// Out of line: the interpreter's registers and scratch memory get a stack frame of their own.
+/// Out of line: the loop's state gets a stack frame of its own.
 #[inline(never)]
 fn accepts(ctx: &XdpContext, filter_len: u32, len: u32) -> bool {
-    let mut run =
-        Run { ctx, filter: Filter { len: filter_len }, len, m: Machine::default(), verdict: 0 };
+    let Some(m) = CAPTURE_MACHINE.get_ptr_mut(0) else { return false };
+    // SAFETY: a per-CPU value only this CPU uses while this program runs.
+    let m = unsafe { &mut *m };
+    *m = Machine::default();
+    let mut run = Run { ctx, filter: Filter { len: filter_len }, len, m, verdict: 0 };
     // SAFETY: `step` is a callback of the `bpf_loop` signature; `run` outlives the call.
     unsafe {
         bpf_loop(MAX_INSNS, step as *mut c_void, (&raw mut run).cast(), 0);
@@ -191,7 +199,7 @@ struct Run<'a> {
     ctx: &'a XdpContext,
     filter: Filter,
     len: u32,
-    m: Machine,
+    m: &'a mut Machine,
     /// [`ACCEPTED`] once the program accepted the frame.
     verdict: u32,
 }

@@ -10,9 +10,9 @@ use xdpfwd_common::{
 };
 
 use crate::{
-    decision::{Flow, Ingress, NO_NAT, Packet, Steer, SteerFlags, Vlan},
+    decision::{Flow, Ingress, NO_NAT, Packet, Parsed, Steer, SteerFlags, Vlan},
     flow_cache::{HIT, probe, xdpfwd_cache_fill},
-    maps::{FLOW, NATS, iface},
+    maps::{FLOW, NATS, PARSED, iface},
     nat::l4_span,
     policy::{Policed, l4_ports, policy_stage},
     route::{route, to_local},
@@ -23,9 +23,13 @@ use crate::{
     },
 };
 
+/// Whether the frame is one a Linux router would forward, and where: `Ok` with the decision
+/// in `steer`, or the reason it goes to the kernel (or is dropped, by a rule).
 ///
-/// Out of line (a BPF subprogram): its stack frame and `egress::forward`'s are not summed.
-#[inline(never)]
+/// Inlined into the program's main function: a frame the flow cache knows makes no call
+/// but the helpers' (each call and return costs several ns here, under return-stack
+/// mitigations); the stages of a miss are out of line, in [`decide`].
+#[inline(always)]
 pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
     let ifindex = ctx.ingress_ifindex() as u32;
     let ingress = iface(ifindex).ok_or(Counter::PassNotManaged)?;
@@ -183,7 +187,10 @@ fn ipv4(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
     if total_len < IPV4_HLEN || l3 + total_len > at.len {
         return Err(Counter::PassMalformed);
     }
-    let w32 = |at: usize| u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
+    // Whole words, each one load (`allows-misaligned-mem-access`): built from bytes, they
+    // took a hundred instructions and a dozen stack slots.
+    // SAFETY: `ptr_at` checked the 20 bytes; packet data may be read unaligned.
+    let w32 = |at: usize| unsafe { ip.as_ptr().add(at).cast::<u32>().read_unaligned() };
     if !csum::ipv4_header_valid([w32(0), w32(4), w32(8), w32(12), w32(16)]) {
         return Err(Counter::PassMalformed);
     }
@@ -265,8 +272,8 @@ fn ipv6(ctx: &XdpContext, at: &Ingress, steer: &mut Steer) -> Result<(), Counter
     routed(ctx, at, &packet, (src, dst), label, steer)
 }
 
-/// The stages after the IP checks, for both families: the flow cache, or policy, NAT's
-/// destination and the route (whose decision the cache then keeps, where it may).
+/// The stages after the IP checks, for both families: the flow cache, or on a miss
+/// [`decide`].
 #[inline(always)]
 fn routed(
     ctx: &XdpContext,
@@ -284,6 +291,30 @@ fn routed(
     if probe(flow, steer, at.l3, packet.ip_len, packet.expired) == HIT {
         return Ok(());
     }
+    let parsed = PARSED.get_ptr_mut(0).ok_or(Counter::PassNoMeta)?;
+    // SAFETY: a per-CPU slot only this CPU uses while this program runs.
+    unsafe {
+        *parsed =
+            Parsed { packet: *packet, ifindex: at.ifindex, vlan: at.vlan, l3: at.l3, len: at.len }
+    };
+    decide(ctx, steer)
+}
+
+/// Policy, NAT's destination and the route for the flow in `FLOW` (the frame as in
+/// `PARSED`), whose decision the cache then keeps, where it may.
+///
+/// Out of line (a BPF subprogram), unlike everything before it: only a miss pays for the
+/// call, and the stages' stack frame is not added to the program's main one (with both,
+/// the call chain to `route::xdpfwd_fib` would pass the 512 bytes the kernel allows).
+#[inline(never)]
+fn decide(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
+    let parsed = PARSED.get(0).ok_or(Counter::PassNoMeta)?;
+    let info = iface(parsed.ifindex).ok_or(Counter::PassNotManaged)?;
+    let Parsed { ifindex, vlan, l3, len, ref packet } = *parsed;
+    let at = &Ingress { ifindex, info, l3, vlan, len };
+    let slot = FLOW.get_ptr_mut(0).ok_or(Counter::PassNoMeta)?;
+    // SAFETY: a per-CPU slot only this CPU uses while this program runs.
+    let flow = unsafe { &mut *slot };
     let Policed { path, nat, rule } = match policy_stage(flow, packet) {
         Ok(decided) => decided,
         // Steering rules are for transit traffic: the router's own addresses stay reachable.

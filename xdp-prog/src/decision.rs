@@ -45,6 +45,8 @@ impl Ingress {
 }
 
 /// What the stages after classification need to know of an IP packet.
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Packet {
     pub v6: bool,
     pub proto: u8,
@@ -62,6 +64,19 @@ pub struct Packet {
     pub no_fragmenting: bool,
     /// The DS field (IPv4 TOS byte, IPv6 traffic class).
     pub ds: u8,
+}
+
+/// What `classify` found of a frame the flow cache did not know, for the stages after it
+/// (`classify::decide`), per CPU in a map: on the stack, it and what it comes from took the
+/// room in the program's frame that the stages' call chain needs.
+#[repr(C)]
+pub struct Parsed {
+    pub packet: Packet,
+    /// [`Ingress`] but for its `info` (a map value pointer, which a map cannot hold).
+    pub ifindex: u32,
+    pub vlan: u16,
+    pub l3: usize,
+    pub len: usize,
 }
 
 /// What rules, policy rules and the ECMP hash look at. Plain C layout: the BPF global

@@ -23,7 +23,8 @@ use crate::{
 /// Checks that the destination (socket or device) exists, reserves the metadata, applies the
 /// VLAN change, the NAT rewrite and (fast path) the router rewrite, then redirects.
 ///
-/// Out of line (a BPF subprogram), as `classify::classify`.
+/// Out of line (a BPF subprogram): frames of the plain fast path never call it
+/// ([`forward_plain`]), and its stack frame is not added to the stages'.
 #[inline(never)]
 pub fn forward(ctx: &XdpContext, steer: &mut Steer) -> Verdict {
     let fast = steer.fast();

@@ -23,7 +23,7 @@ use xdpfwd_common::{CacheStat, FlowKey, MetaFlags, key_ds, key_hash, key_iface, 
 use crate::{
     decision::{Flow, NO_NAT, Steer},
     maps::{CACHE_CTL, FLOW_CACHE, FLOW_CACHE_STATS, RULE_HITS, count_one},
-    wire::copy_words,
+    wire::{copy_words, copy_words8},
 };
 
 /// A slot of `FLOW_CACHE`.
@@ -34,13 +34,14 @@ pub struct Entry {
     generation: u64,
     /// The generation a miss read, until the decision is filled in.
     pending: u64,
+    steer: Steer,
     /// Index + 1 in `RULE_HITS` of the steering rule that matched (0: none).
     rule: u32,
-    steer: Steer,
 }
 // 128 bytes, no padding: two cache lines' worth (a per-CPU value is 8-aligned, so a slot
-// may touch a third).
+// may touch a third). The steer 8-aligned, as `copy_words8` wants it.
 const _: () = assert!(core::mem::size_of::<Entry>() == 128);
+const _: () = assert!(core::mem::offset_of!(Entry, steer).is_multiple_of(8));
 
 /// [`probe`]: the decision is in the steer.
 pub const HIT: u32 = u32::MAX;
@@ -76,8 +77,9 @@ pub fn probe(flow: &mut Flow, steer: &mut Steer, l3: usize, ip_len: usize, expir
     // runs, and user space never does.
     let entry = unsafe { &mut *entry };
     if entry.generation == generation && same(&entry.key, flow, l3) && ip_len <= entry.steer.mtu {
-        // SAFETY: both are `Steer`s in map values, aligned.
-        unsafe { copy_words(steer, &entry.steer) };
+        // SAFETY: both are `Steer`s in map values, 8-aligned (the per-CPU `STEER` value, and
+        // the entry's field, asserted above).
+        unsafe { copy_words8(steer, &entry.steer) };
         steer.ip_len = ip_len;
         if entry.rule != 0 {
             count_one(&RULE_HITS, entry.rule - 1);

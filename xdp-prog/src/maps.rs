@@ -16,7 +16,7 @@ use xdpfwd_common::{
 };
 
 use crate::{
-    decision::{Flow, Steer, Verdict},
+    decision::{Flow, Parsed, Steer, Verdict},
     flow_cache::Entry,
 };
 
@@ -51,12 +51,16 @@ pub static NH_BUCKETS: Array<u8> = Array::with_max_entries(MAX_NH_BUCKETS, 0);
 /// Index 1 holds the reverse flow of the source check.
 #[map]
 pub static FLOW: PerCpuArray<Flow> = PerCpuArray::with_max_entries(2, 0);
+/// What `classify` hands `classify::decide` (one per CPU).
+#[map]
+pub static PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
 /// The decision for the frame (one per CPU), from `classify` to `egress`.
 #[map]
 pub static STEER: PerCpuArray<Steer> = PerCpuArray::with_max_entries(1, 0);
-/// Where the rule walk leaves the route it found (one per CPU).
+/// Where the rule walk leaves the route it found (per CPU): 0 for the destination, 1 for
+/// the source check's reverse lookup.
 #[map]
-pub static FIB_RESULT: PerCpuArray<Route> = PerCpuArray::with_max_entries(1, 0);
+pub static FIB_RESULT: PerCpuArray<Route> = PerCpuArray::with_max_entries(2, 0);
 #[map]
 pub static NEIGH_V4: HashMap<NeighKeyV4, Neighbour> = HashMap::with_max_entries(MAX_NEIGHBOURS, 0);
 #[map]

@@ -193,40 +193,55 @@ pub extern "C" fn xdpfwd_nat_index(flow: *const Flow, word: u32) -> u32 {
 }
 
 /// Whether the selectors of `r` match the flow (the `action` is not looked at).
+///
+/// Each field of the flow is read where it is tested, volatile: hoisted out of the callers'
+/// loops, they were kept in stack slots (200 bytes of `xdpfwd_rules`' frame), which the call
+/// chain's 512 bytes cannot spare. They are in this CPU's cache either way.
 #[inline(always)]
 pub fn rule_matches(r: &Rule, flow: &Flow) -> bool {
-    let &Flow { ifindex, vlan, proto, ref src, ref dst, sport, dport, flags, .. } = flow;
-    let v6 = flow.v6();
+    macro_rules! get {
+        ($field:ident) => {
+            // SAFETY: a field of a valid reference.
+            unsafe { core::ptr::read_volatile(&flow.$field) }
+        };
+        ($field:ident[$i:literal]) => {
+            // SAFETY: a field of a valid reference.
+            unsafe { core::ptr::read_volatile(&flow.$field[$i]) }
+        };
+    }
     let f = r.fields;
+    let v6 = get!(flags).contains(FlowFlags::V6);
     if (f.contains(RuleFields::V4) && v6) || (f.contains(RuleFields::V6) && !v6) {
         return false;
     }
-    if f.contains(RuleFields::IN) && r.in_ifindex != ifindex {
+    if f.contains(RuleFields::IN) && r.in_ifindex != get!(ifindex) {
         return false;
     }
-    if f.contains(RuleFields::VLAN) && r.vlan != vlan {
+    if f.contains(RuleFields::VLAN) && r.vlan != get!(vlan) {
         return false;
     }
-    if f.contains(RuleFields::PROTO) && r.proto != proto as u16 {
+    if f.contains(RuleFields::PROTO) && r.proto != get!(proto) as u16 {
         return false;
     }
     if f.contains(RuleFields::SRC)
-        && (src[0] & r.src_mask[0] != r.src[0] || src[1] & r.src_mask[1] != r.src[1])
+        && (get!(src[0]) & r.src_mask[0] != r.src[0] || get!(src[1]) & r.src_mask[1] != r.src[1])
     {
         return false;
     }
     if f.contains(RuleFields::DST)
-        && (dst[0] & r.dst_mask[0] != r.dst[0] || dst[1] & r.dst_mask[1] != r.dst[1])
+        && (get!(dst[0]) & r.dst_mask[0] != r.dst[0] || get!(dst[1]) & r.dst_mask[1] != r.dst[1])
     {
         return false;
     }
     if f.intersects(RuleFields::PORTS) {
-        if !flags.contains(FlowFlags::PORTS) {
+        if !get!(flags).contains(FlowFlags::PORTS) {
             return false;
         }
+        let sport = get!(sport);
         if f.contains(RuleFields::SPORT) && (sport < r.sport_lo || sport > r.sport_hi) {
             return false;
         }
+        let dport = get!(dport);
         if f.contains(RuleFields::DPORT) && (dport < r.dport_lo || dport > r.dport_hi) {
             return false;
         }

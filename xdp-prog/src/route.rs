@@ -25,6 +25,9 @@ use crate::{
     wire::{bytes, copy_words, extension_header, zero_words},
 };
 
+/// `xdpfwd_fib`'s `word` for the source check's reverse lookup: the route goes into slot 1
+/// of `FIB_RESULT`, which leaves the route being forwarded on in slot 0.
+const FIB_REVERSE: u32 = 1 << 31;
 /// `xdpfwd_fib` found a route; it is in `FIB_RESULT`.
 const FIB_FOUND: u32 = 0;
 /// No rule led to a route (the kernel answers "network unreachable").
@@ -60,20 +63,21 @@ pub fn route(
         _ => return Err(Counter::PassFib),
     };
     let kind = route.kind();
+    // The gateway by reference, and the route's fields read where they are used: copies
+    // would be held across the source check's call, in the stack frame the call chain has
+    // no room for. (The source check's lookup leaves its route in another slot.)
     let (oif, gateway, hop) = match kind {
         RouteKind::Unicast | RouteKind::Static | RouteKind::StaticMac => {
-            (route.oif, route.gateway, route.hop)
+            (route.oif, &route.gateway, route.hop)
         }
         RouteKind::Nexthop => {
             let path = path(route.nh, flow, &fib)?;
-            (path.oif, path.gateway, path.hop)
+            (path.oif, &path.gateway, path.hop)
         }
         RouteKind::Unreachable => return refuse(at, packet, IcmpError::Unreachable, steer),
         RouteKind::Prohibit => return refuse(at, packet, IcmpError::Prohibited, steer),
         _ => return Err(Counter::PassRoute),
     };
-    // Copied out: the source check below reuses `FIB_RESULT`.
-    let (route_mtu, route_vlan, static_mac) = (route.mtu, route.vlan, route.mac);
     if !v6 {
         validate_source(at, flow, oif)?;
     }
@@ -82,11 +86,12 @@ pub fn route(
         return answer(at, packet, IcmpError::TimeExceeded, 0, steer);
     }
     let out = egress(oif, at.ifindex)?;
+    let route_mtu = route.mtu;
     let mtu = if route_mtu != 0 && route_mtu < out.mtu { route_mtu } else { out.mtu };
     if packet.ip_len > mtu as usize {
         return too_big(at, packet, nat, (route_mtu, out.mtu), steer);
     }
-    let vlan = egress_vlan(at, route_vlan, out);
+    let vlan = egress_vlan(at, route.vlan, out);
     let fast = PathChoice::fast(flow, out);
     // Field by field: a struct literal zeroes `addr` with a call to a byte-wise `memset`.
     steer.meta.oif = oif;
@@ -103,13 +108,13 @@ pub fn route(
     steer.push = vlan.push;
     steer.flags = vlan.flags() | SteerFlags::path(fast, out);
     let mac = if kind == RouteKind::StaticMac {
-        static_mac
+        route.mac
     } else {
         // An IPv4 route may go through an IPv6 gateway (RFC 5549).
-        let (next_hop, hop_v6) = if gateway == [0; 16] {
+        let (next_hop, hop_v6) = if *gateway == [0; 16] {
             (bytes(&flow.dst), v6)
         } else {
-            (gateway, v6 || hop.contains(HopFlags::GATEWAY_V6))
+            (*gateway, v6 || hop.contains(HopFlags::GATEWAY_V6))
         };
         match neighbour(oif, &next_hop, hop_v6) {
             Some(mac) => mac,
@@ -344,7 +349,7 @@ fn hash(flow: &Flow, policy: HashPolicy) -> u32 {
 /// Walks the policy rules of the flow's family (`word`: its [`FibWord`]) as the kernel's
 /// `fib_rules_lookup` does: the first matching rule whose table has a route (not `throw`, not
 /// suppressed) decides; `goto` jumps forward, `nop` goes on. Returns `FIB_FOUND` with the
-/// route in `FIB_RESULT`, `FIB_NO_ROUTE` or `FIB_KERNEL`. A global function, as
+/// route in `FIB_RESULT` (slot 1 with [`FIB_REVERSE`], else 0), `FIB_NO_ROUTE` or `FIB_KERNEL`. A global function, as
 /// `policy::xdpfwd_rules`.
 #[unsafe(no_mangle)]
 #[inline(never)]
@@ -383,7 +388,7 @@ pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
                     && route.kind() != RouteKind::Throw
                     && (rule.suppress == FIB_NO_SUPPRESS || route.prefix_len > rule.suppress)
                 {
-                    return match FIB_RESULT.get_ptr_mut(0) {
+                    return match FIB_RESULT.get_ptr_mut(word >> 31) {
                         Some(out) => {
                             // SAFETY: a per-CPU slot only this CPU writes while this program
                             // runs (the caller reads it right after this returns), and a map
@@ -464,12 +469,12 @@ fn validate_source(at: &Ingress, flow: &Flow, oif: u32) -> Result<(), Counter> {
         // matter, it sees them.
         ..*flow
     };
-    match xdpfwd_fib(reverse, word) {
+    match xdpfwd_fib(reverse, word | FIB_REVERSE) {
         FIB_FOUND => {}
         FIB_NO_ROUTE if !strict && !loose => return Ok(()),
         _ => return Err(Counter::PassSourceCheck),
     }
-    let route = FIB_RESULT.get(0).ok_or(Counter::PassSourceCheck)?;
+    let route = FIB_RESULT.get(1).ok_or(Counter::PassSourceCheck)?;
     let through_ingress = match route.kind() {
         RouteKind::Unicast => route.oif == at.ifindex,
         RouteKind::Nexthop => uses_dev(route.nh, at.ifindex),
