@@ -215,18 +215,12 @@ impl CacheStats {
         Some((sum(CacheStat::Hits)?, sum(CacheStat::Fills)?))
     }
 
+    /// The figures for stats and metrics (0 hits and fills if the map could not be read).
     pub fn read(&self) -> CacheFigures {
-        let sum =
-            |stat: CacheStat| self.map.get(&(stat as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+        let (hits, fills) = self.counts().unwrap_or_default();
         let (suspended, suspensions) =
             self.generations.lock().map(|g| g.suspension()).unwrap_or_default();
-        CacheFigures {
-            slots: self.slots,
-            hits: sum(CacheStat::Hits),
-            fills: sum(CacheStat::Fills),
-            suspended,
-            suspensions,
-        }
+        CacheFigures { slots: self.slots, hits, fills, suspended, suspensions }
     }
 }
 
