@@ -72,7 +72,8 @@ pub struct Packet {
 #[repr(C)]
 pub struct Parsed {
     pub packet: Packet,
-    /// [`Ingress`] but for its `info` (a map value pointer, which a map cannot hold).
+    /// [`Ingress`] but for its `info` (a map value pointer, which a map cannot hold:
+    /// `decide` takes it as an argument).
     pub ifindex: u32,
     pub vlan: u16,
     pub l3: usize,
