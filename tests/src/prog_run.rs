@@ -52,6 +52,9 @@ pub enum Mode<'a> {
     Once { out: &'a mut Vec<u8> },
     /// `repeat` times for real (`XDP_TX` transmits, `XDP_REDIRECT` redirects).
     Live { repeat: u32 },
+    /// `repeat` times on the one frame (each run sees what the last left), nothing carried
+    /// out; the kernel's mean time per run (ns) goes into `ns`.
+    Timed { repeat: u32, ns: &'a mut u32 },
 }
 
 /// Runs `prog` on `frame` as if received on `ifindex`, rx queue `queue`; returns the action of
@@ -79,6 +82,7 @@ pub fn xdp(
         ..TestRunAttr::default()
     };
     let mut out_ptr: Option<&mut Vec<u8>> = None;
+    let mut ns_ptr: Option<&mut u32> = None;
     match mode {
         Mode::Once { out } => {
             out.clear();
@@ -92,6 +96,10 @@ pub fn xdp(
             attr.flags = BPF_F_TEST_XDP_LIVE_FRAMES;
             attr.batch_size = 256;
         }
+        Mode::Timed { repeat, ns } => {
+            attr.repeat = repeat;
+            ns_ptr = Some(ns);
+        }
     }
     // SAFETY: `attr` is a valid bpf_attr for BPF_PROG_TEST_RUN; every pointer in it (`frame`,
     // `ctx`, the output buffer of `data_size_out` bytes) outlives the call.
@@ -103,6 +111,9 @@ pub fn xdp(
     }
     if let Some(out) = out_ptr {
         out.truncate(attr.data_size_out as usize);
+    }
+    if let Some(ns) = ns_ptr {
+        *ns = attr.duration;
     }
     Ok(attr.retval)
 }

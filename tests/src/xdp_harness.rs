@@ -405,6 +405,90 @@ impl Harness {
         )?;
         Ok((action, out))
     }
+
+    /// The program's mean time per run (ns) on `frame`, run `repeat` times in a row (each run
+    /// on what the last left of the frame), and the last run's action.
+    pub fn time(&self, frame: &[u8], repeat: u32) -> io::Result<(u32, u32)> {
+        let prog: &Xdp = self
+            .ebpf
+            .program("xdpfwd")
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| io::Error::other("program xdpfwd"))?;
+        let fd = prog.fd().map_err(io::Error::other)?;
+        let mut ns = 0;
+        let mode = crate::prog_run::Mode::Timed { repeat, ns: &mut ns };
+        let action = crate::prog_run::xdp(fd, frame, INGRESS, 0, mode)?;
+        Ok((action, ns))
+    }
+
+    /// Attaches the program (native mode) to one end of a veth pair made for the purpose in
+    /// the harness's namespace, which goes with it. Attached, the program sits in the
+    /// kernel's XDP dispatcher: a [`Harness::time`] call of more than one run otherwise puts
+    /// it there and takes it out again, which waits for RCU (milliseconds per call) and
+    /// leaves the patched code cold.
+    pub fn attach_native(&mut self) -> anyhow::Result<()> {
+        let ok = std::process::Command::new("ip")
+            .args(["link", "add", "hx0", "type", "veth", "peer", "name", "hx1"])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "ip link add hx0 failed");
+        for dev in ["hx0", "hx1"] {
+            let up = std::process::Command::new("ip").args(["link", "set", dev, "up"]).status()?;
+            anyhow::ensure!(up.success(), "ip link set {dev} up failed");
+        }
+        let prog: &mut Xdp =
+            self.ebpf.program_mut("xdpfwd").context("program xdpfwd")?.try_into()?;
+        prog.attach("hx0", aya::programs::xdp::XdpMode::Driver).context("attaching to hx0")?;
+        Ok(())
+    }
+
+    /// Gives the IPv4 gateway the ingress's MAC: a frame the fast path forwards to it comes
+    /// back addressed to the ingress, to be forwarded again (with its TTL one lower), so
+    /// that [`Harness::time`] times the same decision run after run.
+    pub fn loop_back(&mut self) -> anyhow::Result<()> {
+        let mut n4: HashMap<_, NeighKeyV4, Neighbour> = HashMap::try_from(
+            self.ebpf.map_mut(map_names::NEIGH_V4).context(map_names::NEIGH_V4)?,
+        )?;
+        n4.insert(
+            NeighKeyV4 { ifindex: EGRESS, addr: [198, 18, 2, 2] },
+            Neighbour { mac: INGRESS_MAC, ..Neighbour::default() },
+            0,
+        )?;
+        let mut n6: HashMap<_, NeighKeyV6, Neighbour> = HashMap::try_from(
+            self.ebpf.map_mut(map_names::NEIGH_V6).context(map_names::NEIGH_V6)?,
+        )?;
+        let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
+        n6.insert(
+            NeighKeyV6::new(EGRESS, gw),
+            Neighbour { mac: INGRESS_MAC, ..Neighbour::default() },
+            0,
+        )?;
+        Ok(())
+    }
+}
+
+/// A frame the harness forwards through its gateway, as [`Harness::loop_back`] wants it:
+/// IPv4 UDP (60 bytes) or IPv6 TCP (74 bytes, no NAT rewrite matches), with a TTL / hop
+/// limit of 255, enough for 250 runs.
+pub fn looping_frame(v6: bool) -> Vec<u8> {
+    use etherparse::PacketBuilder;
+    let src_mac = [0x02, 0, 0, 0, 0, 0x09];
+    let mut v = Vec::new();
+    let built = if v6 {
+        let [src, dst] = ["2001:2:0:1::2", "2001:2:0:2::2"]
+            .map(|a| a.parse::<std::net::Ipv6Addr>().map(|a| a.octets()).unwrap_or_default());
+        PacketBuilder::ethernet2(src_mac, INGRESS_MAC)
+            .ipv6(src, dst, 255)
+            .tcp(4001, 9000, 1, 1000)
+            .syn()
+            .write(&mut v, &[])
+    } else {
+        PacketBuilder::ethernet2(src_mac, INGRESS_MAC)
+            .ipv4([198, 18, 1, 2], [198, 18, 2, 2], 255)
+            .udp(4000, 9000)
+            .write(&mut v, &[1; 18])
+    };
+    built.map(|()| v).unwrap_or_default()
 }
 
 /// Real frames to start from (seeds for the fuzzer, bases for property tests): UDP, TCP and

@@ -209,6 +209,7 @@ pub fn xdp_only(bin: &Path) -> anyhow::Result<()> {
     println!("{}", bench.xdp_rates(&sink, Duration::from_secs(2), 3)?);
     drop(sink);
     bench.cleanup();
+    println!("{}", program_alone()?);
     Ok(())
 }
 
@@ -288,6 +289,7 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
     let flow_cache =
         bench.flow_cache(&sink, window).unwrap_or_else(|err| format!("(not measured: {err:#})\n"));
     drop(sink);
+    let program = program_alone().unwrap_or_else(|err| format!("(not measured: {err:#})\n"));
     let [idle, idle_tuned] = bench.idle_cpu()?;
     let rtts = bench.latencies();
     let tcp: Vec<(Candidate, [Option<f64>; 2])> =
@@ -303,6 +305,7 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
         capture,
         huge_pages,
         flow_cache,
+        program,
         table,
         micro,
         profile,
@@ -959,6 +962,8 @@ struct Report {
     huge_pages: String,
     /// The flow-cache table.
     flow_cache: String,
+    /// The program-alone table.
+    program: String,
     /// The full-table section.
     table: String,
     sizes: Vec<usize>,
@@ -1168,6 +1173,18 @@ Off, every frame walks the steering rules, the policy rules, the route trie (twi
 the source check) and the neighbour table:
 
 {flow_cache}
+## The XDP program alone (`BPF_PROG_RUN`)
+
+xdpfwd's program on one frame in a loop, without traffic (`tests/src/xdp_harness.rs`: the
+program loaded in a namespace of its own, its maps filled with the test tables: two
+steering rules, four NAT rewrites, three policy rules, a default route through a resolved
+gateway), not live: nothing is sent, so this is the program's own time per frame, stable to
+about a nanosecond, where the rates above move by a few percent. The gateway has the
+ingress's MAC, so each run forwards on the fast path (`XDP_REDIRECT`) what the last left
+of the frame, with a TTL one lower. Medians of {program_samples} calls of
+{program_repeat} runs each:
+
+{program}
 ## Ping round-trip time through each candidate
 
 {pings} pings, one every 10 ms, averaged; CPU is the candidate's process during the pings
@@ -1272,29 +1289,30 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   (SRSO), which sends every return, of a BPF subprogram or of a kernel helper, through a
   return thunk. So a cache hit makes about as many calls as the bare redirect: the
   interfaces sit in an array indexed by ifindex (a lookup the verifier inlines; a hash
-  lookup is three calls), the probe is inline, so is the plain fast-path case (no VLAN
-  change, no NAT) in the program's main function, one `bpf_redirect_map` both checks the
+  lookup is three calls), the plain fast-path case (no VLAN change, no NAT) is inline in
+  the program's main function, one `bpf_redirect_map` both checks the
   device and sets the target, and the padding trim (`bpf_xdp_adjust_tail`) runs only for a
   frame that has padding. The program is built with unaligned memory access allowed, so a
-  header field is one load rather than a byte at a time (the IPv4 header checksum is five).
-  Left: the call to `classify`, `bpf_xdp_get_buff_len` (the whole length of a frame that
-  may come in several buffers) and the program's own instructions. `classify` stays out of
-  line because of the verifier's 512-byte limit on the stack frames of a call chain:
-  inlined, it gives the main function a 232-byte frame, and the cache-miss stages moved
-  into a subprogram of their own need 280-296 bytes plus their callees (tried: refused,
-  "combined stack size of 2 calls is 528"; as a global function as well, whose frame the
-  verifier also sums). A tail call starts a fresh stack, and was tried: an entry program
-  with the checks and the probe inline, and a miss program with the stages, entered by a
-  tail call for a frame the cache has no decision for. A hit gained 1-3 ns
-  (`BPF_PROG_RUN` of one forwarded frame: 98 → 95-97 ns per run; this bench: 3.58 → 3.68
-  Mpps at 64 B, one run each), but every frame without a cached decision lost more: with
-  the checks made again in the miss program, 65,536 flows (every frame a miss) went from
-  2.22-2.32 to 2.02-2.10 Mpps; with the checks' findings handed over in a per-CPU map
-  instead, the cache switched off went from 2.43-2.57 to 2.23-2.35 Mpps (`BPF_PROG_RUN`:
-  197 → 231 ns per run). Many new flows (a scan, a flood with random sources) are the
-  traffic a router most needs to keep up with, so the call stayed. An earlier run,
-  before the changes above and with the generator unpinned, had the fast path at 0.58-0.76×
-  the bare redirect.
+  header field is one load rather than a byte at a time (the IPv4 header checksum is five
+  words). `classify` and the probe are inlined into the program's main function, so a hit
+  calls only `bpf_xdp_get_buff_len` (the whole length of a frame that may come in several
+  buffers) and `bpf_redirect_map`; the stages of a miss are a subprogram of their own
+  (`classify::decide`), called once per miss as `classify` was called once per frame
+  before. That needed stack: the verifier allows 512 bytes to the frames of a call chain,
+  and the main function's frame (about 200 bytes), `decide`'s (about 220) and the rule
+  walk's under it add up to about 490 now, after what the stages share moved into per-CPU
+  maps and copies held across calls went (architecture.md, `route.rs`). Measured
+  (`BPF_PROG_RUN` of one frame, the section above, and an ad-hoc run through a forwarder
+  on the bench's tables): a hit went from 95-99 to 84-87 ns, a miss stayed where it was
+  (241-271 ns with the harness's rules and rewrites; 204-211 ns on the bench's tables,
+  after `decide` took the ingress interface as an argument rather than looking it up
+  again, which had cost 12 ns); this table's fast path went from 0.87-0.89× of the bare
+  redirect to 0.90-0.94× in the runs of `cargo xtask bench --xdp` since. A tail call, tried before for the same purpose, gained a hit 1-3 ns
+  and cost every miss 15-35 ns (checks made again, or handed over through a map, in a
+  second program), so it was not kept. Left: `bpf_xdp_get_buff_len` (about 7 ns; the
+  program cannot tell a frame in one buffer from one in several without it: the flag is in
+  the kernel's `xdp_buff`, which a program reaches only through a kfunc, and aya 0.14
+  cannot load kfunc calls), and the program's own instructions.
 - **Ping round trips.** With its worker polling (`--idle-spin 20000`), the AF_XDP path's
   round trip is testpmd's: traced with the `xdp:xdp_redirect`, `net:*` and `sendto`
   tracepoints (20 pings each, same topology), the request reaches the worker's socket about
@@ -1333,6 +1351,9 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
             capture = self.capture,
             huge_pages = self.huge_pages,
             flow_cache = self.flow_cache,
+            program = self.program,
+            program_samples = PROGRAM_SAMPLES,
+            program_repeat = PROGRAM_REPEAT,
         ))
     }
 
@@ -1380,4 +1401,50 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
         }
         Ok(out)
     }
+}
+
+/// Calls of [`program_alone`]'s runs, and runs per call (a frame's TTL of 255 allows 250).
+const PROGRAM_SAMPLES: usize = 2000;
+const PROGRAM_REPEAT: u32 = 200;
+
+/// The XDP program's time per frame on the fast path, IPv4 and IPv6, with a flow-cache hit
+/// and with every stage (cache off): a markdown table.
+fn program_alone() -> anyhow::Result<String> {
+    use xdpfwd_tests::xdp_harness::{Harness, looping_frame};
+    // `Harness::new` moves its thread into a namespace of its own.
+    let measured = thread::spawn(|| -> anyhow::Result<String> {
+        let mut h = Harness::new()?;
+        h.attach_native()?;
+        h.enable_redirect()?;
+        h.loop_back()?;
+        let mut out = String::from(
+            "| frame | flow cache hit (ns) | every stage, cache off (ns) |\n|---|---|---|\n",
+        );
+        for (name, v6) in [("IPv4 UDP, 60 B", false), ("IPv6 TCP, 74 B", true)] {
+            let frame = looping_frame(v6);
+            let mut cell = |cache: bool| -> anyhow::Result<u32> {
+                h.set_flow_cache(cache)?;
+                // The first run fills the cache; the first calls warm the CPU's caches.
+                for _ in 0..PROGRAM_SAMPLES / 4 {
+                    h.time(&frame, PROGRAM_REPEAT)?;
+                }
+                let mut ns = Vec::with_capacity(PROGRAM_SAMPLES);
+                for _ in 0..PROGRAM_SAMPLES {
+                    let (action, t) = h.time(&frame, PROGRAM_REPEAT)?;
+                    if action != 4 {
+                        bail!("{name}: action {action}, not XDP_REDIRECT");
+                    }
+                    ns.push(t);
+                }
+                ns.sort_unstable();
+                Ok(ns[ns.len() / 2])
+            };
+            let [hit, off] = [cell(true)?, cell(false)?];
+            let _ = writeln!(out, "| {name} | {hit} | {off} |");
+        }
+        Ok(out)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the program-alone thread panicked"))??;
+    Ok(measured)
 }
