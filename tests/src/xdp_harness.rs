@@ -1,13 +1,15 @@
 //! Runs the real xdpfwd XDP program on arbitrary frames with `BPF_PROG_RUN` (no traffic, no
-//! interface touched): the classification is exercised by property tests and the fuzzer
-//! against what the kernel verified and runs.
+//! interface of the host touched): the classification is exercised by property tests and the
+//! fuzzer against what the kernel verified and runs, and `cargo xtask bench` times it.
 //!
-//! The harness moves the calling thread into a fresh network namespace (only `lo`), loads the
+//! The harness moves the calling thread into a fresh network namespace (only `lo`, and the
+//! veth pair [`Harness::attach_native`] adds; all go with the namespace), loads the
 //! program, and fills its maps with a small routing table: a default route through a resolved
 //! gateway, an on-link prefix without neighbour, local routes; and a policy: VLAN pop on the
 //! ingress, two rules and four NAT rewrites, so that every stage runs. No AF_XDP socket and no
-//! DEVMAP entry exist (until a test adds one), so every frame must come back `XDP_PASS`; the property is that it also comes
-//! back **byte for byte unchanged**: the program never modifies a frame it passes.
+//! DEVMAP entry exist (until a test adds one, [`Harness::enable_redirect`]), so every frame
+//! must come back `XDP_PASS`; the property is that it also comes back **byte for byte
+//! unchanged**: the program never modifies a frame it passes.
 
 use std::{io, path::PathBuf};
 
@@ -46,6 +48,9 @@ pub struct Harness {
     ebpf: Ebpf,
     /// The flow cache's last generation (never reused, as in user space).
     generation: u64,
+    /// Not `Send`: the harness belongs to the thread whose namespace `new` made, where
+    /// [`Harness::attach_native`] creates its interfaces.
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Harness {
@@ -56,7 +61,7 @@ impl Harness {
         let mut ebpf = Ebpf::load_file(xdp_obj()).context("loading the xdpfwd object")?;
         let prog: &mut Xdp = ebpf.program_mut("xdpfwd").context("program xdpfwd")?.try_into()?;
         prog.load()?;
-        let mut h = Harness { ebpf, generation: 0 };
+        let mut h = Harness { ebpf, generation: 0, _thread: std::marker::PhantomData };
         h.fill()?;
         Ok(h)
     }
@@ -432,10 +437,7 @@ impl Harness {
             .status()?
             .success();
         anyhow::ensure!(ok, "ip link add hx0 failed");
-        for dev in ["hx0", "hx1"] {
-            let up = std::process::Command::new("ip").args(["link", "set", dev, "up"]).status()?;
-            anyhow::ensure!(up.success(), "ip link set {dev} up failed");
-        }
+        // Left down: nothing arrives on it to disturb what is timed.
         let prog: &mut Xdp =
             self.ebpf.program_mut("xdpfwd").context("program xdpfwd")?.try_into()?;
         prog.attach("hx0", aya::programs::xdp::XdpMode::Driver).context("attaching to hx0")?;
@@ -488,7 +490,8 @@ pub fn looping_frame(v6: bool) -> Vec<u8> {
             .udp(4000, 9000)
             .write(&mut v, &[1; 18])
     };
-    built.map(|()| v).unwrap_or_default()
+    built.expect("a frame of constant fields");
+    v
 }
 
 /// Real frames to start from (seeds for the fuzzer, bases for property tests): UDP, TCP and

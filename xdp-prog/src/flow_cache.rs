@@ -51,7 +51,8 @@ pub const NO_FILL: u32 = u32::MAX - 1;
 /// Looks the flow, its IP header at `l3`, up in this CPU's table. On a hit, writes the
 /// cached decision into `steer` (with this frame's IP length) and returns [`HIT`]; on a
 /// miss, claims the flow's slot for [`xdpfwd_cache_fill`] (in `Flow::cache_slot`) and
-/// returns it, or [`NO_FILL`].
+/// returns it, or [`NO_FILL`]. `steer` must be the per-CPU `STEER` value (8-aligned: a hit
+/// copies into it in 8-byte words).
 ///
 /// Inline, unlike the fill and the stages after it: every frame probes, and a BPF call and
 /// its return cost several ns each (more under return-stack mitigations), for a few

@@ -57,7 +57,8 @@ pub fn route(
     if fib.kernel {
         return Err(Counter::PassFib);
     }
-    let route = match xdpfwd_fib(flow, word) {
+    // Slot 0 whatever the word holds: the route must not be the source check's.
+    let route = match xdpfwd_fib(flow, word & !FIB_REVERSE) {
         FIB_FOUND => FIB_RESULT.get(0).ok_or(Counter::PassRoute)?,
         FIB_NO_ROUTE => return refuse(at, packet, IcmpError::NoRoute, steer),
         _ => return Err(Counter::PassFib),
@@ -349,8 +350,8 @@ fn hash(flow: &Flow, policy: HashPolicy) -> u32 {
 /// Walks the policy rules of the flow's family (`word`: its [`FibWord`]) as the kernel's
 /// `fib_rules_lookup` does: the first matching rule whose table has a route (not `throw`, not
 /// suppressed) decides; `goto` jumps forward, `nop` goes on. Returns `FIB_FOUND` with the
-/// route in `FIB_RESULT` (slot 1 with [`FIB_REVERSE`], else 0), `FIB_NO_ROUTE` or `FIB_KERNEL`. A global function, as
-/// `policy::xdpfwd_rules`.
+/// route in `FIB_RESULT` (slot 1 with [`FIB_REVERSE`], else 0), `FIB_NO_ROUTE` or
+/// `FIB_KERNEL`. A global function, as `policy::xdpfwd_rules`.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
@@ -391,8 +392,8 @@ pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
                     return match FIB_RESULT.get_ptr_mut(word >> 31) {
                         Some(out) => {
                             // SAFETY: a per-CPU slot only this CPU writes while this program
-                            // runs (the caller reads it right after this returns), and a map
-                            // value: both aligned.
+                            // runs, each slot for one caller (0: `route`, which reads it until
+                            // it returns; 1: `validate_source`), and a map value: both aligned.
                             unsafe { copy_words(out, route) };
                             FIB_FOUND
                         }

@@ -209,7 +209,7 @@ pub fn xdp_only(bin: &Path) -> anyhow::Result<()> {
     println!("{}", bench.xdp_rates(&sink, Duration::from_secs(2), 3)?);
     drop(sink);
     bench.cleanup();
-    println!("{}", program_alone()?);
+    println!("{}", program_alone().unwrap_or_else(|err| format!("(not measured: {err:#})")));
     Ok(())
 }
 
@@ -1300,19 +1300,20 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   (`classify::decide`), called once per miss as `classify` was called once per frame
   before. That needed stack: the verifier allows 512 bytes to the frames of a call chain,
   and the main function's frame (about 200 bytes), `decide`'s (about 220) and the rule
-  walk's under it add up to about 490 now, after what the stages share moved into per-CPU
+  walk's under it (64) add up to about 490 now, after what the stages share moved into per-CPU
   maps and copies held across calls went (architecture.md, `route.rs`). Measured
   (`BPF_PROG_RUN` of one frame, the section above, and an ad-hoc run through a forwarder
   on the bench's tables): a hit went from 95-99 to 84-87 ns, a miss stayed where it was
   (241-271 ns with the harness's rules and rewrites; 204-211 ns on the bench's tables,
   after `decide` took the ingress interface as an argument rather than looking it up
   again, which had cost 12 ns); this table's fast path went from 0.87-0.89× of the bare
-  redirect to 0.90-0.94× in the runs of `cargo xtask bench --xdp` since. A tail call, tried before for the same purpose, gained a hit 1-3 ns
-  and cost every miss 15-35 ns (checks made again, or handed over through a map, in a
-  second program), so it was not kept. Left: `bpf_xdp_get_buff_len` (about 7 ns; the
-  program cannot tell a frame in one buffer from one in several without it: the flag is in
-  the kernel's `xdp_buff`, which a program reaches only through a kfunc, and aya 0.14
-  cannot load kfunc calls), and the program's own instructions.
+  redirect to 0.90-0.94× in the runs of `cargo xtask bench --xdp` since. A tail call,
+  tried before for the same purpose, gained a hit 1-3 ns and cost every miss 15-35 ns
+  (checks made again, or handed over through a map, in a second program), so it was not
+  kept. Left: `bpf_xdp_get_buff_len` (about 7 ns; the program cannot tell a frame in one
+  buffer from one in several without it: the flag is in the kernel's `xdp_buff`, which a
+  program reaches only through a kfunc, and aya 0.14 cannot load kfunc calls), and the
+  program's own instructions.
 - **Ping round trips.** With its worker polling (`--idle-spin 20000`), the AF_XDP path's
   round trip is testpmd's: traced with the `xdp:xdp_redirect`, `net:*` and `sendto`
   tracepoints (20 pings each, same topology), the request reaches the worker's socket about
@@ -1406,6 +1407,8 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
 /// Calls of [`program_alone`]'s runs, and runs per call (a frame's TTL of 255 allows 250).
 const PROGRAM_SAMPLES: usize = 2000;
 const PROGRAM_REPEAT: u32 = 200;
+/// The action a frame the fast path forwards comes back with.
+const XDP_REDIRECT: u32 = 4;
 
 /// The XDP program's time per frame on the fast path, IPv4 and IPv6, with a flow-cache hit
 /// and with every stage (cache off): a markdown table.
@@ -1431,7 +1434,7 @@ fn program_alone() -> anyhow::Result<String> {
                 let mut ns = Vec::with_capacity(PROGRAM_SAMPLES);
                 for _ in 0..PROGRAM_SAMPLES {
                     let (action, t) = h.time(&frame, PROGRAM_REPEAT)?;
-                    if action != 4 {
+                    if action != XDP_REDIRECT {
                         bail!("{name}: action {action}, not XDP_REDIRECT");
                     }
                     ns.push(t);
