@@ -45,7 +45,8 @@ enum Cmd {
         #[arg(long, group = "part")]
         profile: bool,
         /// Only the XDP candidates (fast path, default, xdp-forward-style, bare redirect) at
-        /// 64 and 1518 B, three rounds, printed (docs/performance.md is left alone).
+        /// 64 and 1518 B, three rounds, and the XDP program alone (`BPF_PROG_RUN`), printed
+        /// (docs/performance.md is left alone).
         #[arg(long, group = "part")]
         xdp: bool,
         /// Only the ping round trips through every candidate and xdpfwd's idle CPU, printed
