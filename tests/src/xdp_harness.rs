@@ -26,6 +26,9 @@ use xdpfwd_common::{
     route_key_v4, route_key_v6,
 };
 
+/// The calling thread's network namespace, as a link to compare.
+const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
+
 /// The MAC of the ingress interface in the harness (frames must be sent to it).
 pub const INGRESS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const EGRESS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -48,9 +51,9 @@ pub struct Harness {
     ebpf: Ebpf,
     /// The flow cache's last generation (never reused, as in user space).
     generation: u64,
-    /// Not `Send`: the harness belongs to the thread whose namespace `new` made, where
-    /// [`Harness::attach_native`] creates its interfaces.
-    _thread: std::marker::PhantomData<*const ()>,
+    /// The namespace `new` made (`/proc/thread-self/ns/net`), where
+    /// [`Harness::attach_native`] may create its interfaces, and nowhere else.
+    netns: PathBuf,
 }
 
 impl Harness {
@@ -61,7 +64,8 @@ impl Harness {
         let mut ebpf = Ebpf::load_file(xdp_obj()).context("loading the xdpfwd object")?;
         let prog: &mut Xdp = ebpf.program_mut("xdpfwd").context("program xdpfwd")?.try_into()?;
         prog.load()?;
-        let mut h = Harness { ebpf, generation: 0, _thread: std::marker::PhantomData };
+        let netns = std::fs::read_link(THREAD_NETNS).context(THREAD_NETNS)?;
+        let mut h = Harness { ebpf, generation: 0, netns };
         h.fill()?;
         Ok(h)
     }
@@ -174,23 +178,24 @@ impl Harness {
             let policy = Policy { set: 0, rules: 2, nats: 4, default: Action::Forward };
             ruleset.set(0, policy.encode(), 0)?;
         }
+        self.gateways(GATEWAY_MAC)
+    }
+
+    /// The neighbour entries of the IPv4 and IPv6 gateways, with `mac`.
+    fn gateways(&mut self, mac: [u8; 6]) -> anyhow::Result<()> {
         let mut n4: HashMap<_, NeighKeyV4, Neighbour> = HashMap::try_from(
             self.ebpf.map_mut(map_names::NEIGH_V4).context(map_names::NEIGH_V4)?,
         )?;
         n4.insert(
             NeighKeyV4 { ifindex: EGRESS, addr: [198, 18, 2, 2] },
-            Neighbour { mac: GATEWAY_MAC, ..Neighbour::default() },
+            Neighbour { mac, ..Neighbour::default() },
             0,
         )?;
         let mut n6: HashMap<_, NeighKeyV6, Neighbour> = HashMap::try_from(
             self.ebpf.map_mut(map_names::NEIGH_V6).context(map_names::NEIGH_V6)?,
         )?;
         let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
-        n6.insert(
-            NeighKeyV6::new(EGRESS, gw),
-            Neighbour { mac: GATEWAY_MAC, ..Neighbour::default() },
-            0,
-        )?;
+        n6.insert(NeighKeyV6::new(EGRESS, gw), Neighbour { mac, ..Neighbour::default() }, 0)?;
         Ok(())
     }
 
@@ -392,14 +397,18 @@ impl Harness {
         Ok(out)
     }
 
-    /// Runs the program once on `frame`: (XDP action, frame after the run).
-    pub fn run(&self, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+    fn prog_fd(&self) -> io::Result<&aya::programs::ProgramFd> {
         let prog: &Xdp = self
             .ebpf
             .program("xdpfwd")
             .and_then(|p| p.try_into().ok())
             .ok_or_else(|| io::Error::other("program xdpfwd"))?;
-        let fd = prog.fd().map_err(io::Error::other)?;
+        prog.fd().map_err(io::Error::other)
+    }
+
+    /// Runs the program once on `frame`: (XDP action, frame after the run).
+    pub fn run(&self, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+        let fd = self.prog_fd()?;
         let mut out = Vec::new();
         let action = crate::prog_run::xdp(
             fd,
@@ -414,12 +423,7 @@ impl Harness {
     /// The program's mean time per run (ns) on `frame`, run `repeat` times in a row (each run
     /// on what the last left of the frame), and the last run's action.
     pub fn time(&self, frame: &[u8], repeat: u32) -> io::Result<(u32, u32)> {
-        let prog: &Xdp = self
-            .ebpf
-            .program("xdpfwd")
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| io::Error::other("program xdpfwd"))?;
-        let fd = prog.fd().map_err(io::Error::other)?;
+        let fd = self.prog_fd()?;
         let mut ns = 0;
         let mode = crate::prog_run::Mode::Timed { repeat, ns: &mut ns };
         let action = crate::prog_run::xdp(fd, frame, INGRESS, 0, mode)?;
@@ -432,6 +436,9 @@ impl Harness {
     /// it there and takes it out again, which waits for RCU (milliseconds per call) and
     /// leaves the patched code cold.
     pub fn attach_native(&mut self) -> anyhow::Result<()> {
+        // `ip` runs in the calling thread's namespace: only ever the harness's own.
+        let here = std::fs::read_link(THREAD_NETNS).context(THREAD_NETNS)?;
+        anyhow::ensure!(here == self.netns, "attach_native called outside the harness's namespace");
         let ok = std::process::Command::new("ip")
             .args(["link", "add", "hx0", "type", "veth", "peer", "name", "hx1"])
             .status()?
@@ -444,28 +451,11 @@ impl Harness {
         Ok(())
     }
 
-    /// Gives the IPv4 gateway the ingress's MAC: a frame the fast path forwards to it comes
-    /// back addressed to the ingress, to be forwarded again (with its TTL one lower), so
-    /// that [`Harness::time`] times the same decision run after run.
+    /// Gives the gateways (IPv4 and IPv6) the ingress's MAC: a frame the fast path forwards
+    /// to one comes back addressed to the ingress, to be forwarded again (with its TTL one
+    /// lower), so that [`Harness::time`] times the same decision run after run.
     pub fn loop_back(&mut self) -> anyhow::Result<()> {
-        let mut n4: HashMap<_, NeighKeyV4, Neighbour> = HashMap::try_from(
-            self.ebpf.map_mut(map_names::NEIGH_V4).context(map_names::NEIGH_V4)?,
-        )?;
-        n4.insert(
-            NeighKeyV4 { ifindex: EGRESS, addr: [198, 18, 2, 2] },
-            Neighbour { mac: INGRESS_MAC, ..Neighbour::default() },
-            0,
-        )?;
-        let mut n6: HashMap<_, NeighKeyV6, Neighbour> = HashMap::try_from(
-            self.ebpf.map_mut(map_names::NEIGH_V6).context(map_names::NEIGH_V6)?,
-        )?;
-        let gw: [u8; 16] = "2001:2:0:2::2".parse::<std::net::Ipv6Addr>()?.octets();
-        n6.insert(
-            NeighKeyV6::new(EGRESS, gw),
-            Neighbour { mac: INGRESS_MAC, ..Neighbour::default() },
-            0,
-        )?;
-        Ok(())
+        self.gateways(INGRESS_MAC)
     }
 }
 
