@@ -12,6 +12,7 @@ pub mod capture;
 pub mod cbpf;
 pub mod csum;
 pub mod flow_cache;
+pub mod mp_hash;
 pub mod route;
 
 pub use capture::*;

@@ -286,6 +286,10 @@ pub enum HashPolicy {
     L4 = 1,
 }
 
+/// Index in `FIB_CTL` of the kernel's `net.ipv4.fib_multipath_hash_seed` (0: not set), which
+/// keys both families' multipath hash (`mp_hash`).
+pub const FIB_CTL_SEED: u32 = 2;
+
 /// The word of `FIB_CTL` (index 0: IPv4, 1: IPv6) that describes one family's FIB: which
 /// rule set is live and how many rules it has, the ECMP hash policy, and whether the family's
 /// transit traffic must go to the kernel (a rule set too large, a map full, a resync).
@@ -332,9 +336,9 @@ impl FibWord {
     }
 }
 
-/// The 31-bit flow hash the XDP program and user space (tests) choose ECMP paths with: a
-/// multiply-xorshift mix of the words the hash policy names. Stable for a flow while the
-/// group is unchanged; not the kernel's siphash with its per-boot key.
+/// The 31-bit flow hash the XDP program chooses ECMP paths with where it cannot use the
+/// kernel's (`mp_hash`: no seed set, or policy 1): a multiply-xorshift mix of the words the
+/// hash policy names. Stable for a flow while the group is unchanged.
 #[inline(always)]
 pub const fn flow_hash(words: &[u32; 10]) -> u32 {
     let mut h: u32 = 0x9e37_79b9;

@@ -18,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use etherparse::{Icmpv4Type, PacketBuilder, icmpv4::TimeExceededCode};
 use xdpfwd_tests::{
     Forwarder, Topology,
     daemons::{BIRD_BGP_FWD, Bird, FRR_BGP_FWD, FRR_BGP_SERVER, Frr},
@@ -809,4 +810,112 @@ fn a_link_going_down_takes_its_paths_out_of_nexthop_groups() {
     let done = fwd.stop().unwrap();
     assert!(done.success, "{}{}", done.stdout, done.stderr);
     assert!(done.stderr.contains("a link with nexthops went down"), "{}", done.stderr);
+}
+
+/// The ECMP routes of the seeded-hash test: a weighted multipath route, a weighted nexthop
+/// group, IPv6 siblings.
+fn seeded_routes(topo: &Topology, f2: &str) {
+    let f1 = topo.f1.as_str();
+    for r in [
+        format!(
+            "route add 198.19.70.0/24 nexthop via 198.18.2.2 dev {f1} \
+             nexthop via 198.18.3.2 dev {f2} weight 2"
+        ),
+        format!("nexthop add id 71 via 198.18.2.2 dev {f1}"),
+        format!("nexthop add id 72 via 198.18.3.2 dev {f2}"),
+        "nexthop add id 73 group 71,3/72".to_string(),
+        "route add 198.19.71.0/24 nhid 73".to_string(),
+        format!(
+            "-6 route add 2001:2:57::/64 nexthop via 2001:2:0:2::2 dev {f1} \
+             nexthop via 2001:2:0:3::2 dev {f2}"
+        ),
+    ] {
+        ip(topo, &r);
+    }
+}
+
+/// Flows over [`seeded_routes`]: many sources and destinations (policy 0 hashes addresses,
+/// IPv6 also the flow label), and an ICMP error, which the kernel hashes on the packet it
+/// quotes.
+fn seeded_stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for i in 0..40u8 {
+        for net in [70, 71] {
+            let a = (Ipv4Addr::new(198, 18, 1, 10 + i), Ipv4Addr::new(198, 19, net, 7 + i % 5));
+            out.push(frame(c_mac, f_mac, a, i % 2 == 0, (4000, 9000), 100));
+        }
+    }
+    for i in 0..24u32 {
+        let mut f =
+            frame6(c_mac, f_mac, &format!("2001:2:0:1::{:x}", 16 + i), "2001:2:57::7", 9000);
+        // A flow label on every other frame (the UDP checksum does not cover it).
+        if i % 2 == 1 {
+            let label = 0x1_2345 + i * 0x1111;
+            f[15] = f[15] & 0xf0 | (label >> 16) as u8;
+            f[16] = (label >> 8) as u8;
+            f[17] = label as u8;
+        }
+        out.push(f);
+    }
+    // Time exceeded from 198.18.1.9, quoting a packet 198.19.70.99 → 198.18.1.9.
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4([198, 19, 70, 99], [198, 18, 1, 9], 1)
+        .udp(53, 4000)
+        .write(&mut quoted, &[])
+        .expect("quoted packet builds");
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(c_mac, f_mac)
+        .ipv4([198, 18, 1, 9], [198, 19, 70, 99], 64)
+        .icmpv4(Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit))
+        .write(&mut icmp, &quoted)
+        .expect("ICMP error builds");
+    out.push(icmp);
+    out
+}
+
+/// With `net.ipv4.fib_multipath_hash_seed` set (Linux 6.11+), the kernel's multipath hash
+/// (policy 0) is known: every flow of a multipath route, a nexthop group and IPv6 siblings
+/// leaves by the kernel's own path, frame for frame. The ICMP error is left to the kernel.
+#[test]
+fn with_a_hash_seed_every_flow_takes_the_kernels_path() {
+    let topo = Topology::new("hs", true).unwrap();
+    if !std::path::Path::new("/proc/sys/net/ipv4/fib_multipath_hash_seed").exists() {
+        eprintln!("skipped: this kernel has no fib_multipath_hash_seed (Linux 6.11+)");
+        return;
+    }
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    neighbours_v6(&topo, &f2, &s2);
+    for conf in ["all", "default", topo.f0.as_str()] {
+        ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
+    }
+    ns_sh(&topo.fwd, &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_seed=2718281"]).unwrap();
+    seeded_routes(&topo, &f2);
+    let c0 = topo.c0.clone();
+    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    let send = || {
+        for f in seeded_stream(c_mac, f_mac) {
+            sender.send(&f).unwrap();
+            thread::sleep(Duration::from_millis(3));
+        }
+        capture.take()
+    };
+    let kernel = send();
+    let total = seeded_stream(c_mac, f_mac).len();
+    assert_eq!(kernel.0.len() + kernel.1.len(), total, "the kernel forwarded {kernel:?}");
+    assert!(kernel.0.len() > 10 && kernel.1.len() > 10, "the paths share the flows: {kernel:?}");
+
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
+    let ours = send();
+    let done = fwd.stop().unwrap();
+    assert_eq!(ours.0, kernel.0, "frames out of f1 differ");
+    assert_eq!(ours.1, kernel.1, "frames out of f2 differ");
+    assert!(done.stderr.contains("ECMP hash seed: policy 0"), "{}", done.stderr);
+    assert_eq!(xdpfwd_took(&done.stdout) as usize, total - 1, "{}", done.stdout);
+    assert_eq!(xdp_counter(&done.stdout, "pass_fib"), 1, "the ICMP error: {}", done.stdout);
 }

@@ -10,7 +10,7 @@ use xdpfwd_common::{
 };
 
 use crate::{
-    decision::{Flow, Ingress, NO_NAT, Packet, Parsed, Steer, SteerFlags, Vlan},
+    decision::{Flow, FlowFlags, Ingress, NO_NAT, Packet, Parsed, Steer, SteerFlags, Vlan},
     flow_cache::{HIT, probe, xdpfwd_cache_fill},
     maps::{FLOW, NATS, PARSED, iface},
     nat::l4_span,
@@ -288,6 +288,7 @@ fn routed(
     // SAFETY: a per-CPU slot only this CPU uses while this program runs.
     let flow = unsafe { &mut *slot };
     *flow = Flow::new(at, packet, addrs, label, ports);
+    flow.flags.set(FlowFlags::ICMP_ERROR, icmp_error(ctx, packet));
     if probe(flow, steer, at.l3, packet.ip_len, packet.expired) == HIT {
         return Ok(());
     }
@@ -348,6 +349,22 @@ fn decide(ctx: &XdpContext, steer: &mut Steer, info: &'static IfaceInfo) -> Resu
     route(at, flow, packet, nat, steer)?;
     xdpfwd_cache_fill(flow, steer);
     Ok(())
+}
+
+/// Whether the frame is an ICMP error (IPv4 types 3, 4, 5, 11, 12, not a later fragment;
+/// ICMPv6 types 1-4 right behind the IPv6 header), which the kernel's multipath hash takes
+/// from the packet it quotes (`ip_multipath_l3_keys`, `ip6_multipath_l3_keys`). A header
+/// out of reach is none, as for the kernel.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, packet: &Packet) -> bool {
+    let icmp = if packet.v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
+    if !packet.first_fragment || packet.proto != icmp {
+        return false;
+    }
+    let Ok(kind) = ptr_at::<u8>(ctx, packet.l4) else { return false };
+    // SAFETY: `ptr_at` checked that the byte lies inside the frame.
+    let kind = unsafe { *kind };
+    if packet.v6 { matches!(kind, 1..=4) } else { matches!(kind, 3 | 4 | 5 | 11 | 12) }
 }
 
 /// The L4 header a rewrite touches lies in the frame's first buffer (where `nat` reads it),

@@ -118,6 +118,9 @@ bitflags::bitflags! {
         const PORTS = 1 << 1;
         /// The packet is a fragment (the kernel's policy rules see no ports in it).
         const FRAGMENT = 1 << 2;
+        /// An ICMP error (`classify::icmp_error`): the kernel's multipath hash reads the
+        /// packet it quotes.
+        const ICMP_ERROR = 1 << 3;
     }
 }
 

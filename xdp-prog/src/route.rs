@@ -7,10 +7,12 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use xdpfwd_common::{
-    Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy, HopFlags,
+    Counter, FIB_CTL_SEED, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy, HopFlags,
     ICMP_QUOTE_FORWARDED, IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags,
     NeighKeyV4, NeighKeyV6, NhPath, Route, RouteKind, RuleFields, XskMeta, fib_rule_index,
-    flow_hash, route_key_bits, route_key_v4, route_key_v6,
+    flow_hash,
+    mp_hash::{kernel_l3_hash_v4, kernel_l3_hash_v6},
+    route_key_bits, route_key_v4, route_key_v6,
 };
 
 use crate::{
@@ -22,7 +24,7 @@ use crate::{
     },
     policy::{PathChoice, rule_matches},
     vlan::egress_vlan,
-    wire::{bytes, copy_words, extension_header, zero_words},
+    wire::{IPPROTO_ICMPV6, bytes, copy_words, extension_header, zero_words},
 };
 
 /// `xdpfwd_fib`'s `word` for the source check's reverse lookup: the route goes into slot 1
@@ -269,8 +271,15 @@ fn path(slot: u32, flow: &Flow, fib: &FibWord) -> Result<&'static NhPath, Counte
     } else {
         0
     };
-    group.paths.get(i as usize).ok_or(Counter::PassRoute)
+    match group.paths.get(i as usize) {
+        Some(path) => Ok(path),
+        None if i == PATH_KERNEL => Err(Counter::PassFib),
+        None => Err(Counter::PassRoute),
+    }
 }
+
+/// What [`xdpfwd_path`] returns for a frame whose path only the kernel can choose.
+const PATH_KERNEL: u32 = u32::MAX - 1;
 
 /// Index of the path of group `arg & 0x7fff_ffff` that the flow's hash (policy: the top bit)
 /// selects, or `u32::MAX`. A global function, as `policy::xdpfwd_rules`.
@@ -281,7 +290,7 @@ pub extern "C" fn xdpfwd_path(flow: *const Flow, arg: u32) -> u32 {
     let Some(flow) = (unsafe { flow.as_ref() }) else { return u32::MAX };
     let Some(group) = NH_GROUPS.get(arg & 0x7fff_ffff) else { return u32::MAX };
     let policy = if arg >> 31 == 1 { HashPolicy::L4 } else { HashPolicy::L3 };
-    let hash = hash(flow, policy);
+    let Some(hash) = hash(flow, policy) else { return PATH_KERNEL };
     if group.buckets != 0 {
         // A resilient group: the bucket decides.
         let bucket = group.bucket_base.wrapping_add(hash % group.buckets);
@@ -317,8 +326,38 @@ pub extern "C" fn xdpfwd_path(flow: *const Flow, arg: u32) -> u32 {
 
 /// The flow's ECMP hash over the fields the kernel's `fib_multipath_hash_policy` names:
 /// addresses (IPv6 also flow label and next header), or addresses, protocol and ports.
+/// Policy 0 with `fib_multipath_hash_seed` set is the kernel's own hash, so each flow takes
+/// the kernel's path; `None` where the kernel hashes what the flow does not hold.
 #[inline(always)]
-fn hash(flow: &Flow, policy: HashPolicy) -> u32 {
+fn hash(flow: &Flow, policy: HashPolicy) -> Option<u32> {
+    let seed = FIB_CTL.get(FIB_CTL_SEED).copied().unwrap_or(0);
+    if policy == HashPolicy::L3 && seed != 0 {
+        return kernel_hash(flow, seed);
+    }
+    Some(own_hash(flow, policy))
+}
+
+/// The kernel's policy-0 hash of the flow (`mp_hash`). ICMP errors are hashed on the
+/// packet they quote, which the flow does not hold: the kernel's. So is ICMPv6 with a flow
+/// label, which the kernel keeps in one byte order or the other depending on its policy
+/// rules (`fib6_rules_early_flow_dissect`).
+#[inline(always)]
+fn kernel_hash(flow: &Flow, seed: u32) -> Option<u32> {
+    if flow.flags.contains(FlowFlags::ICMP_ERROR) {
+        return None;
+    }
+    if !flow.v6() {
+        return Some(kernel_l3_hash_v4(seed, flow.src[0] as u32, flow.dst[0] as u32));
+    }
+    if flow.proto == IPPROTO_ICMPV6 && flow.label != 0 {
+        return None;
+    }
+    Some(kernel_l3_hash_v6(seed, &flow.src, &flow.dst, flow.label, flow.proto))
+}
+
+/// xdpfwd's own hash over the fields the policy names ([`flow_hash`]).
+#[inline(always)]
+fn own_hash(flow: &Flow, policy: HashPolicy) -> u32 {
     let s = flow.src;
     let d = flow.dst;
     let (a, b) = match policy {

@@ -203,6 +203,8 @@ pub struct Control {
     xdp_features: Option<HashMap<u32, u64>>,
     /// The path out of each managed interface, as last written.
     paths: Vec<Option<EgressPath>>,
+    /// The kernel's `fib_multipath_hash_seed` as last written to `FIB_CTL` (0: not set).
+    mp_seed: Option<u32>,
 }
 
 /// What the control plane hears from the rest of xdpfwd.
@@ -258,6 +260,7 @@ impl Control {
             entry_slots: HashMap::new(),
             slot_users: HashMap::new(),
             merged: [false; 2],
+            mp_seed: None,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use xdpfwd_common::HashPolicy;
+use xdpfwd_common::{FIB_CTL_SEED, HashPolicy};
 
 use super::{Control, notice};
 use crate::netfilter::{self, Hooks, NetfilterMode};
@@ -41,8 +41,10 @@ impl Control {
     }
 
     /// Follows `fib_multipath_hash_policy`: 0 and 1 are implemented, other policies leave
-    /// ECMP to the kernel. And `fib_multipath_use_neigh` (IPv4).
+    /// ECMP to the kernel. And `fib_multipath_use_neigh` (IPv4) and
+    /// `fib_multipath_hash_seed`.
     pub(super) fn poll_hash_policy(&mut self) {
+        self.poll_hash_seed();
         let use_neigh = fs::read_to_string("/proc/sys/net/ipv4/fib_multipath_use_neigh")
             .is_ok_and(|s| s.trim() == "1");
         self.nexthops.set_use_neigh(use_neigh);
@@ -67,6 +69,30 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// Follows `net.ipv4.fib_multipath_hash_seed` (Linux 6.11+, both families): once it is
+    /// set, policy 0 is hashed as the kernel hashes it, so every flow takes the kernel's path
+    /// (`xdpfwd_common::mp_hash`); unset, the kernel's key is random and xdpfwd's own hash
+    /// chooses.
+    fn poll_hash_seed(&mut self) {
+        let seed = fs::read_to_string("/proc/sys/net/ipv4/fib_multipath_hash_seed")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        if self.mp_seed == Some(seed) {
+            return;
+        }
+        if let Err(err) = self.maps.fib_ctl.set(FIB_CTL_SEED, seed, 0) {
+            tracing::warn!(%err, "writing the ECMP hash seed");
+            return;
+        }
+        if seed == 0 {
+            tracing::info!("ECMP hash seed not set: paths by xdpfwd's own flow hash");
+        } else {
+            tracing::info!(seed, "ECMP hash seed: policy 0 takes the kernel's paths");
+        }
+        self.mp_seed = Some(seed);
     }
 
     /// Reads netfilter's hooks; when they change, each family's transit traffic goes to the
