@@ -40,6 +40,10 @@ const TUNED_ARGS: [&str; 6] = ["--default-path", "af-xdp", "--idle-spin", "20000
 /// The latency-tuned AF_XDP candidate's name.
 const TUNED: &str = "xdpfwd AF_XDP, --idle-spin 20000 --cpus 1";
 
+/// The settings of the AF_XDP path `bench --af-xdp` measures: its defaults, pinned to CPU 1
+/// (where testpmd forwards), and with 2048-byte UMEM frames (half the memory per frame).
+const AF_XDP_VARIANTS: [&[&str]; 3] = [&[], &["--cpus", "1"], &["--frame-size", "2048"]];
+
 /// A ping round trip through one candidate.
 struct Latency {
     name: &'static str,
@@ -210,6 +214,18 @@ pub fn xdp_only(bin: &Path) -> anyhow::Result<()> {
     drop(sink);
     bench.cleanup();
     println!("{}", program_alone().unwrap_or_else(|err| format!("(not measured: {err:#})")));
+    Ok(())
+}
+
+/// `cargo xtask bench --af-xdp`: the AF_XDP path against testpmd, with variants of its
+/// settings, printed.
+pub fn af_xdp_only(bin: &Path) -> anyhow::Result<()> {
+    install_dpdk()?;
+    let bench = setup(bin)?;
+    let sink = Sink::attach(&bench.topo.server, &bench.topo.s0)?;
+    println!("{}", bench.af_xdp_rates(&sink, Duration::from_secs(2), 3)?);
+    drop(sink);
+    bench.cleanup();
     Ok(())
 }
 
@@ -545,6 +561,50 @@ impl Bench {
                 ratio(0),
                 ratio(1)
             );
+        }
+        Ok(out)
+    }
+
+    /// The AF_XDP path with its defaults and with each of [`AF_XDP_VARIANTS`], and testpmd,
+    /// interleaved over `rounds`, at 64, 512 and 1518 B: medians.
+    fn af_xdp_rates(&self, sink: &Sink, window: Duration, rounds: usize) -> anyhow::Result<String> {
+        const SIZES: [usize; 3] = [64, 512, 1518];
+        let mut names = vec!["testpmd net_af_xdp".to_string()];
+        names.extend(AF_XDP_VARIANTS.iter().map(|v| format!("xdpfwd AF_XDP {}", v.join(" "))));
+        let mut rates = vec![[(); SIZES.len()].map(|_| Vec::new()); names.len()];
+        for round in 0..rounds {
+            for (ci, name) in names.iter().enumerate() {
+                eprintln!("bench: round {} / {rounds}: {name}", round + 1);
+                let mut running = match ci {
+                    0 => self.start(Candidate::Testpmd)?,
+                    _ => {
+                        let mut args = vec!["--default-path", "af-xdp"];
+                        args.extend_from_slice(AF_XDP_VARIANTS[ci - 1]);
+                        self.xdpfwd(&args)?
+                    }
+                };
+                for (si, size) in SIZES.iter().enumerate() {
+                    let sample = self.measure(sink, &running, *size, window)?;
+                    let mpps = sample.pps / 1e6;
+                    eprintln!(
+                        "bench:   {size:>4} B: {mpps:.3} Mpps, {:.0} ns CPU/pkt",
+                        sample.cpu_per_pkt * 1e9
+                    );
+                    rates[ci][si].push(mpps);
+                }
+                self.stop(&mut running)?;
+            }
+        }
+        let mut out = String::from(
+            "| candidate | 64 B | 512 B | 1518 B (Mpps, medians; all runs) |\n|---|---|---|---|\n",
+        );
+        for (name, r) in names.iter().zip(&rates) {
+            let cell = |v: &Vec<f64>| {
+                let all: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+                format!("{:.3} ({})", median(v), all.join(" "))
+            };
+            let _ =
+                writeln!(out, "| {name} | {} | {} | {} |", cell(&r[0]), cell(&r[1]), cell(&r[2]));
         }
         Ok(out)
     }

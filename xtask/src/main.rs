@@ -57,6 +57,10 @@ enum Cmd {
         /// with every frame a miss), printed (docs/performance.md is left alone).
         #[arg(long, group = "part")]
         flow_cache: bool,
+        /// Only the AF_XDP path (its defaults and variants of its settings) against testpmd
+        /// at 64, 512 and 1518 B, three rounds, printed (docs/performance.md is left alone).
+        #[arg(long, group = "part")]
+        af_xdp: bool,
     },
     /// Fuzz the XDP program's classification and the user-space rewrite (cargo fuzz), each
     /// for the given number of seconds, from seeds that are real packets.
@@ -106,7 +110,7 @@ fn main() -> anyhow::Result<()> {
             let bin = build()?;
             soak::run(&bin, packets)
         }
-        Cmd::Bench { quick, profile, xdp, latency, flow_cache } => {
+        Cmd::Bench { quick, profile, xdp, latency, flow_cache, af_xdp } => {
             let bin = build()?;
             if profile {
                 bench::profiles(&bin)
@@ -116,6 +120,8 @@ fn main() -> anyhow::Result<()> {
                 bench::latency_only(&bin)
             } else if flow_cache {
                 bench::flow_cache_only(&bin)
+            } else if af_xdp {
+                bench::af_xdp_only(&bin)
             } else {
                 bench::run(&bin, quick)
             }
