@@ -813,7 +813,7 @@ fn a_link_going_down_takes_its_paths_out_of_nexthop_groups() {
 }
 
 /// The ECMP routes of the seeded-hash test: a weighted multipath route, a weighted nexthop
-/// group, IPv6 siblings.
+/// group, a resilient group (the hash picks a bucket), IPv6 siblings.
 fn seeded_routes(topo: &Topology, f2: &str) {
     let f1 = topo.f1.as_str();
     for r in [
@@ -825,6 +825,8 @@ fn seeded_routes(topo: &Topology, f2: &str) {
         format!("nexthop add id 72 via 198.18.3.2 dev {f2}"),
         "nexthop add id 73 group 71,3/72".to_string(),
         "route add 198.19.71.0/24 nhid 73".to_string(),
+        "nexthop add id 74 group 71/72 type resilient buckets 32".to_string(),
+        "route add 198.19.72.0/24 nhid 74".to_string(),
         format!(
             "-6 route add 2001:2:57::/64 nexthop via 2001:2:0:2::2 dev {f1} \
              nexthop via 2001:2:0:3::2 dev {f2}"
@@ -840,7 +842,7 @@ fn seeded_routes(topo: &Topology, f2: &str) {
 fn seeded_stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for i in 0..40u8 {
-        for net in [70, 71] {
+        for net in [70, 71, 72] {
             let a = (Ipv4Addr::new(198, 18, 1, 10 + i), Ipv4Addr::new(198, 19, net, 7 + i % 5));
             out.push(frame(c_mac, f_mac, a, i % 2 == 0, (4000, 9000), 100));
         }
@@ -874,8 +876,8 @@ fn seeded_stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
 }
 
 /// With `net.ipv4.fib_multipath_hash_seed` set (Linux 6.11+), the kernel's multipath hash
-/// (policy 0) is known: every flow of a multipath route, a nexthop group and IPv6 siblings
-/// leaves by the kernel's own path, frame for frame. The ICMP error is left to the kernel.
+/// (policy 0) is known: every flow of a multipath route, nexthop groups (hash-threshold and
+/// resilient) and IPv6 siblings leaves by the kernel's own path, frame for frame. The ICMP error is left to the kernel.
 #[test]
 fn with_a_hash_seed_every_flow_takes_the_kernels_path() {
     let topo = Topology::new("hs", true).unwrap();
