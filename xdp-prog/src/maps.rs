@@ -9,8 +9,8 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap},
 };
 use xdpfwd_common::{
-    CacheCtl, CacheStat, Counter, DEFAULT_CACHE_SLOTS, FIB_CTL_SEED, FibRule, IFINDEX_DIRECT, IfaceInfo,
-    MAX_FIB_RULES, MAX_IFACES, MAX_NATS, MAX_NEIGHBOURS, MAX_NH_BUCKETS, MAX_NH_GROUPS,
+    CacheCtl, CacheStat, Counter, DEFAULT_CACHE_SLOTS, FIB_CTL_SEED, FibRule, IFINDEX_DIRECT,
+    IfaceInfo, MAX_FIB_RULES, MAX_IFACES, MAX_NATS, MAX_NEIGHBOURS, MAX_NH_BUCKETS, MAX_NH_GROUPS,
     MAX_NH_SLOTS, MAX_ROUTES, MAX_RULES, Nat, NeighKeyV4, NeighKeyV6, Neighbour, NhGroup,
     RULESET_LEN, Route, Rule, XSK_MAP_SIZE,
 };

@@ -7,10 +7,10 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use xdpfwd_common::{
-    Counter, FIB_CTL_SEED, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy, HopFlags,
-    ICMP_QUOTE_FORWARDED, IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags,
-    NeighKeyV4, NeighKeyV6, NhPath, Route, RouteKind, RuleFields, XskMeta, fib_rule_index,
-    flow_hash,
+    Counter, FIB_CTL_SEED, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy,
+    HopFlags, ICMP_QUOTE_FORWARDED, IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC,
+    MetaFlags, NeighKeyV4, NeighKeyV6, NhPath, Route, RouteKind, RuleFields, XskMeta,
+    fib_rule_index, flow_hash,
     mp_hash::{kernel_l3_hash_v4, kernel_l3_hash_v6},
     route_key_bits, route_key_v4, route_key_v6,
 };
