@@ -114,8 +114,11 @@ pub const fn kernel_l3_hash_v4(seed: u32, src: u32, dst: u32) -> u32 {
     path_hash(sip.word((s as u64) << 32).word(d as u64).finish(6))
 }
 
-/// Policy 0, IPv6: the addresses (as two native words each), the flow label (its 20-bit
-/// value) and the next header.
+/// Policy 0, IPv6: the addresses (as two native words each), the flow label and the next
+/// header. `label` is the flow label's word as the kernel keeps it in `flow_keys`: its bytes
+/// in network order from the header (`ip6_flowlabel`), so `label.swap_bytes()` of its
+/// value, except where the kernel's early flow dissection supplied it, in host order (its
+/// value itself: ICMPv6 with port or protocol policy rules, `FibWord::dissect`).
 #[inline(always)]
 pub const fn kernel_l3_hash_v6(
     seed: u32,
@@ -129,7 +132,7 @@ pub const fn kernel_l3_hash_v6(
     let k = key(seed);
     // basic.ip_proto at byte 2, the flow label's bytes (network order) at 4..8; then vlan,
     // cvlan, keyid, ports and icmp, all 0; then the addresses.
-    let sip = Sip::new(k, k).word((proto as u64) << 16 | (label.swap_bytes() as u64) << 32);
+    let sip = Sip::new(k, k).word((proto as u64) << 16 | (label as u64) << 32);
     let sip = sip.word(0).word(0).word(0).word((s[0] & 0xffff_ffff) << 32);
     let sip = sip.word(s[0] >> 32 | s[1] << 32).word(s[1] >> 32 | (d[0] & 0xffff_ffff) << 32);
     path_hash(sip.word(d[0] >> 32 | d[1] << 32).word(d[1] >> 32).finish(9))
@@ -156,12 +159,12 @@ mod tests {
     /// `struct flow_keys` as the kernel fills it for policy 0, byte for byte (80 bytes,
     /// `control.addr_type` at 2: 3 for IPv4 addresses, 4 for IPv6), its addresses already in
     /// `__flow_hash_consistentify`'s order (`s` first).
-    fn flow_keys(v6: Option<(u32, u8)>, s: &[u8], d: &[u8]) -> [u8; 80] {
+    fn flow_keys(v6: Option<([u8; 4], u8)>, s: &[u8], d: &[u8]) -> [u8; 80] {
         let mut k = [0u8; 80];
         k[2] = if v6.is_some() { 4 } else { 3 };
         if let Some((label, proto)) = v6 {
             k[8 + 2] = proto;
-            k[12..16].copy_from_slice(&label.to_be_bytes());
+            k[12..16].copy_from_slice(&label);
         }
         k[44..44 + s.len()].copy_from_slice(s);
         k[44 + s.len()..44 + 2 * s.len()].copy_from_slice(d);
@@ -219,12 +222,23 @@ mod tests {
         }
 
         #[test]
-        fn ipv6_is_the_kernels(seed: u32, s: [u8; 16], d: [u8; 16], label in 0u32..1 << 20, proto: u8) {
-            let ours = kernel_l3_hash_v6(seed, &native(&s), &native(&d), label, proto);
+        fn ipv6_is_the_kernels(
+            seed: u32,
+            s: [u8; 16],
+            d: [u8; 16],
+            label in 0u32..1 << 20,
+            host: bool,
+            proto: u8,
+        ) {
+            // The flow label as `ip6_flowlabel` leaves it (network order), or as the flow
+            // dissector does (host order).
+            let (bytes, word) =
+                if host { (label.to_ne_bytes(), label) } else { (label.to_be_bytes(), label.swap_bytes()) };
+            let ours = kernel_l3_hash_v6(seed, &native(&s), &native(&d), word, proto);
             // `memcmp`: the bytes in order.
             let (a, b) = if d < s { (d, s) } else { (s, d) };
-            prop_assert_eq!(ours, kernel(seed, &flow_keys(Some((label, proto)), &a, &b), true));
-            prop_assert_eq!(ours, kernel_l3_hash_v6(seed, &native(&d), &native(&s), label, proto));
+            prop_assert_eq!(ours, kernel(seed, &flow_keys(Some((bytes, proto)), &a, &b), true));
+            prop_assert_eq!(ours, kernel_l3_hash_v6(seed, &native(&d), &native(&s), word, proto));
         }
     }
 }

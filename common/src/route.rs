@@ -308,6 +308,10 @@ pub struct FibWord {
     /// IPv4: the kernel validates sources with a full reverse lookup even where
     /// `rp_filter` is 0 (custom policy rules or `local` routes: `fib_validate_source`).
     pub full_check: bool,
+    /// IPv6: a policy rule selects on the protocol or ports (not `iif lo`), so the kernel
+    /// dissects every packet before the lookup (`fib6_rules_early_flow_dissect`), and hashes
+    /// ICMPv6 with what that found (`mp_hash`).
+    pub dissect: bool,
 }
 
 impl FibWord {
@@ -319,6 +323,7 @@ impl FibWord {
             | (self.kernel as u32) << 18
             | (self.netfilter as u32) << 19
             | (self.full_check as u32) << 20
+            | (self.dissect as u32) << 21
     }
 
     #[inline(always)]
@@ -332,6 +337,7 @@ impl FibWord {
             kernel: (word >> 18) & 1 == 1,
             netfilter: (word >> 19) & 1 == 1,
             full_check: (word >> 20) & 1 == 1,
+            dissect: (word >> 21) & 1 == 1,
         }
     }
 }
@@ -390,9 +396,10 @@ mod tests {
             kernel: false,
             netfilter: true,
             full_check: true,
+            dissect: false,
         };
         assert_eq!(FibWord::decode(w.encode()), w);
-        let w = FibWord { netfilter: false, kernel: true, ..w };
+        let w = FibWord { netfilter: false, kernel: true, dissect: true, ..w };
         assert_eq!(FibWord::decode(w.encode()), w);
         assert_eq!(FibWord::decode(0xff << 8).rules, MAX_FIB_RULES, "clamped");
     }

@@ -13,12 +13,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     thread,
     time::{Duration, Instant},
 };
 
-use etherparse::{Icmpv4Type, PacketBuilder, icmpv4::TimeExceededCode};
+use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4::TimeExceededCode};
 use xdpfwd_tests::{
     Forwarder, Topology,
     daemons::{BIRD_BGP_FWD, Bird, FRR_BGP_FWD, FRR_BGP_SERVER, Frr},
@@ -836,9 +836,60 @@ fn seeded_routes(topo: &Topology, f2: &str) {
     }
 }
 
+/// A frame with its IPv6 flow label set to `label` (no checksum covers it).
+fn with_label(mut f: Vec<u8>, label: u32) -> Vec<u8> {
+    f[15] = f[15] & 0xf0 | (label >> 16) as u8 & 0x0f;
+    f[16] = (label >> 8) as u8;
+    f[17] = label as u8;
+    f
+}
+
+/// An ICMP error from `from` to `to` quoting `quoted` (an IP packet's first bytes).
+fn icmp_error(c_mac: [u8; 6], f_mac: [u8; 6], from: &str, to: &str, quoted: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let eth = PacketBuilder::ethernet2(c_mac, f_mac);
+    let built = match (from.parse::<IpAddr>().unwrap(), to.parse::<IpAddr>().unwrap()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => eth
+            .ipv4(a.octets(), b.octets(), 64)
+            .icmpv4(Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit))
+            .write(&mut out, quoted),
+        (IpAddr::V6(a), IpAddr::V6(b)) => eth
+            .ipv6(a.octets(), b.octets(), 64)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut out, quoted),
+        _ => panic!("one family"),
+    };
+    built.expect("ICMP error builds");
+    out
+}
+
+/// The first bytes of a UDP packet from `src` to `dst` (labelled, for IPv6), as an ICMP
+/// error quotes it.
+fn quote(src: &str, dst: &str, label: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let built = match (src.parse::<IpAddr>().unwrap(), dst.parse::<IpAddr>().unwrap()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            PacketBuilder::ipv4(a.octets(), b.octets(), 1).udp(53, 4000).write(&mut out, &[])
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            PacketBuilder::ipv6(a.octets(), b.octets(), 1).udp(53, 4000).write(&mut out, &[])
+        }
+        _ => panic!("one family"),
+    };
+    built.expect("quoted packet builds");
+    if out[0] >> 4 == 6 {
+        out[1] = out[1] & 0xf0 | (label >> 16) as u8 & 0x0f;
+        out[2] = (label >> 8) as u8;
+        out[3] = label as u8;
+    }
+    out
+}
+
 /// Flows over [`seeded_routes`]: many sources and destinations (policy 0 hashes addresses,
-/// IPv6 also the flow label), and an ICMP error, which the kernel hashes on the packet it
-/// quotes.
+/// IPv6 also the flow label and next header), ICMPv6 echoes with flow labels (whose byte
+/// order in the kernel's hash depends on its policy rules), one behind a destination
+/// options header, and ICMP errors as routers send them, which the kernel hashes on the
+/// packet they quote.
 fn seeded_stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for i in 0..40u8 {
@@ -848,36 +899,73 @@ fn seeded_stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
         }
     }
     for i in 0..24u32 {
-        let mut f =
-            frame6(c_mac, f_mac, &format!("2001:2:0:1::{:x}", 16 + i), "2001:2:57::7", 9000);
-        // A flow label on every other frame (the UDP checksum does not cover it).
-        if i % 2 == 1 {
-            let label = 0x1_2345 + i * 0x1111;
-            f[15] = f[15] & 0xf0 | (label >> 16) as u8;
-            f[16] = (label >> 8) as u8;
-            f[17] = label as u8;
-        }
-        out.push(f);
+        let f = frame6(c_mac, f_mac, &format!("2001:2:0:1::{:x}", 16 + i), "2001:2:57::7", 9000);
+        out.push(if i % 2 == 1 { with_label(f, 0x1_2345 + i * 0x1111) } else { f });
     }
-    // Time exceeded from 198.18.1.9, quoting a packet 198.19.70.99 → 198.18.1.9.
-    let mut quoted = Vec::new();
-    PacketBuilder::ipv4([198, 19, 70, 99], [198, 18, 1, 9], 1)
-        .udp(53, 4000)
-        .write(&mut quoted, &[])
-        .expect("quoted packet builds");
-    let mut icmp = Vec::new();
-    PacketBuilder::ethernet2(c_mac, f_mac)
-        .ipv4([198, 18, 1, 9], [198, 19, 70, 99], 64)
-        .icmpv4(Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit))
-        .write(&mut icmp, &quoted)
-        .expect("ICMP error builds");
-    out.push(icmp);
+    for i in 0..12u32 {
+        let mut f = Vec::new();
+        let src: std::net::Ipv6Addr = format!("2001:2:0:1::{:x}", 64 + i).parse().unwrap();
+        let dst: std::net::Ipv6Addr = "2001:2:57::8".parse().unwrap();
+        PacketBuilder::ethernet2(c_mac, f_mac)
+            .ipv6(src.octets(), dst.octets(), 64)
+            .icmpv6(Icmpv6Type::EchoRequest(IcmpEchoHeader { id: 7, seq: i as u16 }))
+            .write(&mut f, &[9; 32])
+            .expect("echo builds");
+        out.push(with_label(f, 0xa_bcde ^ (i * 0x3_1337)));
+    }
+    // An echo behind a destination options header (8 bytes of padding); forwarding does not
+    // check the ICMPv6 checksum.
+    let mut opts = out.last().unwrap().clone();
+    opts[20] = 60;
+    let len = u16::from_be_bytes([opts[18], opts[19]]) + 8;
+    opts[18..20].copy_from_slice(&len.to_be_bytes());
+    opts.splice(54..54, [58, 0, 1, 4, 0, 0, 0, 0]);
+    out.push(opts);
+    for k in 0..6u8 {
+        let host = format!("198.19.70.{}", 99 + k);
+        let inner = quote(&host, &format!("198.18.{}.5", 200 + k), 0);
+        out.push(icmp_error(c_mac, f_mac, "198.18.1.9", &host, &inner));
+    }
+    for k in 0..6u32 {
+        let host = format!("2001:2:57::{:x}", 0x99 + k);
+        let inner = quote(&host, &format!("2001:2:0:9::{k:x}"), 0x5_0000 + k * 0x777);
+        out.push(icmp_error(c_mac, f_mac, "2001:2:0:1::9", &host, &inner));
+    }
     out
+}
+
+/// The frames that left through f1 and through f2.
+type Links = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// The kernel's forwarding of [`seeded_stream`], sent twice (the second time from the flow
+/// cache, for xdpfwd), then xdpfwd's; returns both and xdpfwd's report.
+fn kernel_and_ours(topo: &Topology, f2: &str, capture: &Capture) -> (Links, Links, String, String) {
+    let c0 = topo.c0.clone();
+    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    let send = || {
+        for _ in 0..2 {
+            for f in seeded_stream(c_mac, f_mac) {
+                sender.send(&f).unwrap();
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+        capture.take()
+    };
+    let kernel = send();
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, f2, "--stats-interval", "0"]).unwrap();
+    let ours = send();
+    let done = fwd.stop().unwrap();
+    (kernel, ours, done.stdout, done.stderr)
 }
 
 /// With `net.ipv4.fib_multipath_hash_seed` set (Linux 6.11+), the kernel's multipath hash
 /// (policy 0) is known: every flow of a multipath route, nexthop groups (hash-threshold and
-/// resilient) and IPv6 siblings leaves by the kernel's own path, frame for frame. The ICMP error is left to the kernel.
+/// resilient) and IPv6 siblings leaves by the kernel's own path, frame for frame, ICMP
+/// errors included; also with an IPv6 port rule, which makes the kernel hash ICMPv6's flow
+/// label in the other byte order (ICMPv6 behind an extension header is then the kernel's).
 #[test]
 fn with_a_hash_seed_every_flow_takes_the_kernels_path() {
     let topo = Topology::new("hs", true).unwrap();
@@ -894,30 +982,21 @@ fn with_a_hash_seed_every_flow_takes_the_kernels_path() {
     }
     ns_sh(&topo.fwd, &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_seed=2718281"]).unwrap();
     seeded_routes(&topo, &f2);
-    let c0 = topo.c0.clone();
-    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
-    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
-    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
     let capture = Capture::open(&topo, &s2);
-    let send = || {
-        for f in seeded_stream(c_mac, f_mac) {
-            sender.send(&f).unwrap();
-            thread::sleep(Duration::from_millis(3));
+    let total = 2 * seeded_stream([0; 6], [0; 6]).len();
+    for dissect in [false, true] {
+        if dissect {
+            ip(&topo, "-6 rule add pref 40000 ipproto tcp lookup main");
         }
-        capture.take()
-    };
-    let kernel = send();
-    let total = seeded_stream(c_mac, f_mac).len();
-    assert_eq!(kernel.0.len() + kernel.1.len(), total, "the kernel forwarded {kernel:?}");
-    assert!(kernel.0.len() > 10 && kernel.1.len() > 10, "the paths share the flows: {kernel:?}");
-
-    let mut fwd =
-        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, &f2, "--stats-interval", "0"]).unwrap();
-    let ours = send();
-    let done = fwd.stop().unwrap();
-    assert_eq!(ours.0, kernel.0, "frames out of f1 differ");
-    assert_eq!(ours.1, kernel.1, "frames out of f2 differ");
-    assert!(done.stderr.contains("ECMP hash seed: policy 0"), "{}", done.stderr);
-    assert_eq!(xdpfwd_took(&done.stdout) as usize, total - 1, "{}", done.stdout);
-    assert_eq!(xdp_counter(&done.stdout, "pass_fib"), 1, "the ICMP error: {}", done.stdout);
+        let (kernel, ours, stdout, stderr) = kernel_and_ours(&topo, &f2, &capture);
+        assert_eq!(kernel.0.len() + kernel.1.len(), total, "the kernel forwarded {kernel:?}");
+        assert!(kernel.0.len() > 20 && kernel.1.len() > 20, "the paths share the flows");
+        assert_eq!(ours.0, kernel.0, "frames out of f1 differ (dissect: {dissect})");
+        assert_eq!(ours.1, kernel.1, "frames out of f2 differ (dissect: {dissect})");
+        assert!(stderr.contains("ECMP hash seed: with"), "{stderr}");
+        // With the port rule, the echo behind the extension header (twice) is the kernel's.
+        let passed = if dissect { 2 } else { 0 };
+        assert_eq!(xdp_counter(&stdout, "pass_fib"), passed, "{stdout}");
+        assert_eq!(xdpfwd_took(&stdout) as usize, total - passed as usize, "{stdout}");
+    }
 }

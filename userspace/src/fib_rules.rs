@@ -239,6 +239,15 @@ impl FibRules {
         self.rules.is_empty()
     }
 
+    /// Whether a rule makes the kernel dissect every packet before its lookup
+    /// (`fib_rule_requires_fldissect`: a protocol or port selector, unless `iif lo`).
+    pub fn require_dissect(&self) -> bool {
+        self.rules.iter().any(|r| {
+            r.iif.as_deref() != Some("lo")
+                && (r.proto.is_some_and(|p| p != 0) || r.sport.is_some() || r.dport.is_some())
+        })
+    }
+
     /// The tables the rules look up.
     pub fn tables(&self) -> impl Iterator<Item = u32> + '_ {
         self.rules.iter().filter_map(|r| match r.action {
@@ -546,6 +555,25 @@ mod tests {
         assert_eq!(tables, [255, 100, 101, 254, 253]);
         rules.remove(&a);
         assert_eq!(rules.tables().collect::<Vec<_>>(), [255, 101, 254, 253]);
+    }
+
+    #[test]
+    fn protocol_and_port_selectors_make_the_kernel_dissect_unless_for_lo() {
+        let mut rules = FibRules::default();
+        for spec in FibRuleSpec::defaults(true) {
+            rules.add(spec);
+        }
+        assert!(!rules.require_dissect(), "the default rules");
+        let base = FibRuleSpec::defaults(true)[0].clone();
+        let lo =
+            FibRuleSpec { priority: 10, iif: Some("lo".into()), proto: Some(6), ..base.clone() };
+        rules.add(lo);
+        assert!(!rules.require_dissect(), "iif lo: the host's own packets");
+        rules.add(FibRuleSpec { priority: 40000, dport: Some((80, 80)), ..base.clone() });
+        assert!(rules.require_dissect(), "a port rule, even one no lookup reaches");
+        let mut proto = FibRules::default();
+        proto.add(FibRuleSpec { priority: 5, proto: Some(6), ..base });
+        assert!(proto.require_dissect());
     }
 
     #[test]

@@ -6,20 +6,21 @@
 
 use aya_ebpf::programs::XdpContext;
 use xdpfwd_common::{
-    Counter, IfaceFlags, IfaceInfo, META_MAGIC, MetaFlags, NatFields, XskMeta, csum,
+    Counter, FIB_CTL_SEED, IfaceFlags, IfaceInfo, META_MAGIC, MetaFlags, NatFields, XskMeta, csum,
+    mp_hash::{kernel_l3_hash_v4, kernel_l3_hash_v6},
 };
 
 use crate::{
     decision::{Flow, FlowFlags, Ingress, NO_NAT, Packet, Parsed, Steer, SteerFlags, Vlan},
     flow_cache::{HIT, probe, xdpfwd_cache_fill},
-    maps::{FLOW, NATS, PARSED, iface},
+    maps::{FIB_CTL, FLOW, NATS, PARSED, iface},
     nat::l4_span,
     policy::{Policed, l4_ports, policy_stage},
     route::{route, to_local},
     wire::{
-        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, NEXTHDR_HOP, VLAN_HLEN, frame_len, ipv4,
-        ipv6, linear_len, ptr_at, words,
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, NEXTHDR_HOP, VLAN_HLEN,
+        frame_len, ipv4, ipv6, linear_len, ptr_at, words,
     },
 };
 
@@ -288,8 +289,9 @@ fn routed(
     // SAFETY: a per-CPU slot only this CPU uses while this program runs.
     let flow = unsafe { &mut *slot };
     *flow = Flow::new(at, packet, addrs, label, ports);
-    flow.flags.set(FlowFlags::ICMP_ERROR, icmp_error(ctx, packet));
-    if probe(flow, steer, at.l3, packet.ip_len, packet.expired) == HIT {
+    // An ICMP error is routed by the packet it quotes, which the cache's key does not hold.
+    let error = quoted_hash(ctx, packet, flow);
+    if !error && probe(flow, steer, at.l3, packet.ip_len, packet.expired) == HIT {
         return Ok(());
     }
     let parsed = PARSED.get_ptr_mut(0).ok_or(Counter::PassNoMeta)?;
@@ -351,20 +353,56 @@ fn decide(ctx: &XdpContext, steer: &mut Steer, info: &'static IfaceInfo) -> Resu
     Ok(())
 }
 
-/// Whether the frame is an ICMP error (IPv4 types 3, 4, 5, 11, 12, not a later fragment;
-/// ICMPv6 types 1-4 right behind the IPv6 header), which the kernel's multipath hash takes
-/// from the packet it quotes (`ip_multipath_l3_keys`, `ip6_multipath_l3_keys`). A header
-/// out of reach is none, as for the kernel.
+/// Whether the frame is an ICMP error that quotes a whole IP header within the packet
+/// (IPv4 types 3, 4, 5, 11, 12, not a later fragment; ICMPv6 types 1-4 right behind the
+/// IPv6 header), which the kernel's multipath hash takes from the quoted header instead
+/// (`ip_multipath_l3_keys`, `ip6_multipath_l3_keys`; it reads nothing beyond the IP length
+/// and hashes the outer header where the quote is cut short). If so, marks `flow`
+/// (`FlowFlags::ICMP_ERROR`) and keeps the kernel's hash of the quote in `flow.quoted`
+/// when `fib_multipath_hash_seed` is set.
 #[inline(always)]
-fn icmp_error(ctx: &XdpContext, packet: &Packet) -> bool {
+fn quoted_hash(ctx: &XdpContext, packet: &Packet, flow: &mut Flow) -> bool {
     let icmp = if packet.v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
-    if !packet.first_fragment || packet.proto != icmp {
+    let inner_len = if packet.v6 { IPV6_HLEN } else { IPV4_HLEN };
+    let inner = packet.l4 + ICMP_HLEN;
+    let end = packet.l4 - if packet.v6 { IPV6_HLEN } else { IPV4_HLEN } + packet.ip_len;
+    if !packet.first_fragment || packet.proto != icmp || inner + inner_len > end {
         return false;
     }
     let Ok(kind) = ptr_at::<u8>(ctx, packet.l4) else { return false };
     // SAFETY: `ptr_at` checked that the byte lies inside the frame.
     let kind = unsafe { *kind };
-    if packet.v6 { matches!(kind, 1..=4) } else { matches!(kind, 3 | 4 | 5 | 11 | 12) }
+    let error = if packet.v6 { matches!(kind, 1..=4) } else { matches!(kind, 3 | 4 | 5 | 11 | 12) };
+    if !error {
+        return false;
+    }
+    flow.flags.insert(FlowFlags::ICMP_ERROR);
+    let seed = FIB_CTL.get(FIB_CTL_SEED).copied().unwrap_or(0);
+    if seed == 0 {
+        return true;
+    }
+    flow.quoted = if packet.v6 {
+        let Ok(ip) = ptr_at::<[u8; IPV6_HLEN]>(ctx, inner) else { return true };
+        // SAFETY: `ptr_at` checked that the 40 bytes lie inside the frame.
+        let ip = unsafe { &*ip };
+        let w = |at: usize| u64::from_ne_bytes(ip_word(ip, at));
+        let label = u32::from_ne_bytes([0, ip[1] & 0x0f, ip[2], ip[3]]);
+        let (src, dst) = ([w(ipv6::SRC), w(ipv6::SRC + 8)], [w(ipv6::DST), w(ipv6::DST + 8)]);
+        kernel_l3_hash_v6(seed, &src, &dst, label, ip[ipv6::NEXT])
+    } else {
+        let Ok(ip) = ptr_at::<[u8; IPV4_HLEN]>(ctx, inner) else { return true };
+        // SAFETY: `ptr_at` checked that the 20 bytes lie inside the frame.
+        let ip = unsafe { &*ip };
+        let w = |at: usize| u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
+        kernel_l3_hash_v4(seed, w(ipv4::SRC), w(ipv4::DST))
+    };
+    true
+}
+
+/// The 8 bytes of an IPv6 header at `at`.
+#[inline(always)]
+fn ip_word(ip: &[u8; IPV6_HLEN], at: usize) -> [u8; 8] {
+    [ip[at], ip[at + 1], ip[at + 2], ip[at + 3], ip[at + 4], ip[at + 5], ip[at + 6], ip[at + 7]]
 }
 
 /// The L4 header a rewrite touches lies in the frame's first buffer (where `nat` reads it),

@@ -106,7 +106,14 @@ pub struct Flow {
     /// The flow cache's slot claimed for the decision (`flow_cache::NO_FILL`: none).
     /// Here rather than in a register: the stages' stack frames are at their limit.
     pub cache_slot: u32,
+    /// An ICMP error's (`FlowFlags::ICMP_ERROR`) multipath hash as the kernel computes it,
+    /// on the packet it quotes, with `fib_multipath_hash_seed`
+    /// (`classify::quoted_hash`); [`QUOTE_UNREAD`] where that is out of reach.
+    pub quoted: u32,
 }
+
+/// [`Flow::quoted`] of an ICMP error whose quoted header the program could not read.
+pub const QUOTE_UNREAD: u32 = u32::MAX;
 
 bitflags::bitflags! {
     /// What a [`Flow`] is (`Flow::flags`).
@@ -118,8 +125,8 @@ bitflags::bitflags! {
         const PORTS = 1 << 1;
         /// The packet is a fragment (the kernel's policy rules see no ports in it).
         const FRAGMENT = 1 << 2;
-        /// An ICMP error (`classify::icmp_error`): the kernel's multipath hash reads the
-        /// packet it quotes.
+        /// An ICMP error quoting a whole IP header (`classify::quoted_hash`): the kernel's
+        /// multipath hash reads the packet it quotes.
         const ICMP_ERROR = 1 << 3;
     }
 }
@@ -152,6 +159,7 @@ impl Flow {
             path: 0,
             rule: 0,
             cache_slot: crate::flow_cache::NO_FILL,
+            quoted: QUOTE_UNREAD,
         }
     }
 

@@ -17,7 +17,7 @@ use xdpfwd_common::{
 
 use crate::{
     classify::egress,
-    decision::{Flow, FlowFlags, Ingress, NO_NAT, Packet, Steer, SteerFlags},
+    decision::{Flow, FlowFlags, Ingress, NO_NAT, Packet, QUOTE_UNREAD, Steer, SteerFlags},
     maps::{
         FIB_CTL, FIB_RESULT, FIB_RULES, FLOW, NEIGH_V4, NEIGH_V6, NH_BUCKETS, NH_GROUPS, NH_SLOTS,
         ROUTES_V4, ROUTES_V6,
@@ -267,7 +267,7 @@ fn path(slot: u32, flow: &Flow, fib: &FibWord) -> Result<&'static NhPath, Counte
         return Err(Counter::PassFib);
     }
     let i = if group.count > 1 || group.buckets != 0 {
-        xdpfwd_path(flow, index | (fib.hash as u32) << 31)
+        xdpfwd_path(flow, index | (fib.dissect as u32) << 30 | (fib.hash as u32) << 31)
     } else {
         0
     };
@@ -281,16 +281,17 @@ fn path(slot: u32, flow: &Flow, fib: &FibWord) -> Result<&'static NhPath, Counte
 /// What [`xdpfwd_path`] returns for a frame whose path only the kernel can choose.
 const PATH_KERNEL: u32 = u32::MAX - 1;
 
-/// Index of the path of group `arg & 0x7fff_ffff` that the flow's hash (policy: the top bit)
-/// selects, or `u32::MAX`. A global function, as `policy::xdpfwd_rules`.
+/// Index of the path of group `arg & 0x3fff_ffff` that the flow's hash selects (policy: the
+/// top bit; bit 30: `FibWord::dissect`), `u32::MAX`, or [`PATH_KERNEL`]. A global function,
+/// as `policy::xdpfwd_rules`.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xdpfwd_path(flow: *const Flow, arg: u32) -> u32 {
     // SAFETY: as in `xdpfwd_fib`.
     let Some(flow) = (unsafe { flow.as_ref() }) else { return u32::MAX };
-    let Some(group) = NH_GROUPS.get(arg & 0x7fff_ffff) else { return u32::MAX };
+    let Some(group) = NH_GROUPS.get(arg & 0x3fff_ffff) else { return u32::MAX };
     let policy = if arg >> 31 == 1 { HashPolicy::L4 } else { HashPolicy::L3 };
-    let Some(hash) = hash(flow, policy) else { return PATH_KERNEL };
+    let Some(hash) = hash(flow, policy, (arg >> 30) & 1 == 1) else { return PATH_KERNEL };
     if group.buckets != 0 {
         // A resilient group: the bucket decides.
         let bucket = group.bucket_base.wrapping_add(hash % group.buckets);
@@ -327,32 +328,37 @@ pub extern "C" fn xdpfwd_path(flow: *const Flow, arg: u32) -> u32 {
 /// The flow's ECMP hash over the fields the kernel's `fib_multipath_hash_policy` names:
 /// addresses (IPv6 also flow label and next header), or addresses, protocol and ports.
 /// Policy 0 with `fib_multipath_hash_seed` set is the kernel's own hash, so each flow takes
-/// the kernel's path; `None` where the kernel hashes what the flow does not hold.
+/// the kernel's path; `None` where only the kernel can tell it. `dissect`: IPv6 policy
+/// rules make the kernel dissect packets early (`FibWord::dissect`).
 #[inline(always)]
-fn hash(flow: &Flow, policy: HashPolicy) -> Option<u32> {
+fn hash(flow: &Flow, policy: HashPolicy, dissect: bool) -> Option<u32> {
     let seed = FIB_CTL.get(FIB_CTL_SEED).copied().unwrap_or(0);
     if policy == HashPolicy::L3 && seed != 0 {
-        return kernel_hash(flow, seed);
+        return kernel_hash(flow, seed, dissect);
     }
     Some(own_hash(flow, policy))
 }
 
-/// The kernel's policy-0 hash of the flow (`mp_hash`). ICMP errors are hashed on the
-/// packet they quote, which the flow does not hold: the kernel's. So is ICMPv6 with a flow
-/// label, which the kernel keeps in one byte order or the other depending on its policy
-/// rules (`fib6_rules_early_flow_dissect`).
+/// The kernel's policy-0 hash of the flow (`mp_hash`): an ICMP error's is that of the
+/// packet it quotes (`Flow::quoted`). ICMPv6 carries its flow label in host order where the
+/// kernel's early dissection supplied it (`fib6_rules_early_flow_dissect`, then
+/// `ip6_route_input` hashes ICMPv6 with its keys); behind extension headers that dissection
+/// may find ICMPv6 too, which only the kernel knows.
 #[inline(always)]
-fn kernel_hash(flow: &Flow, seed: u32) -> Option<u32> {
+fn kernel_hash(flow: &Flow, seed: u32, dissect: bool) -> Option<u32> {
     if flow.flags.contains(FlowFlags::ICMP_ERROR) {
-        return None;
+        return (flow.quoted != QUOTE_UNREAD).then_some(flow.quoted);
     }
     if !flow.v6() {
         return Some(kernel_l3_hash_v4(seed, flow.src[0] as u32, flow.dst[0] as u32));
     }
-    if flow.proto == IPPROTO_ICMPV6 && flow.label != 0 {
+    if dissect && extension_header(flow.proto) {
         return None;
     }
-    Some(kernel_l3_hash_v6(seed, &flow.src, &flow.dst, flow.label, flow.proto))
+    // `tags.flow_label`: the header's bytes (`ip6_flowlabel`), or the dissector's value.
+    let label =
+        if dissect && flow.proto == IPPROTO_ICMPV6 { flow.label } else { flow.label.swap_bytes() };
+    Some(kernel_l3_hash_v6(seed, &flow.src, &flow.dst, label, flow.proto))
 }
 
 /// xdpfwd's own hash over the fields the policy names ([`flow_hash`]).

@@ -23,6 +23,8 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
+/// An ICMP / ICMPv6 header: type, code, checksum and 4 bytes that depend on the type.
+pub const ICMP_HLEN: usize = 8;
 
 /// Byte offsets inside an IPv4 header (RFC 791).
 pub mod ipv4 {

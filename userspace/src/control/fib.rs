@@ -221,6 +221,7 @@ impl Control {
         // The kernel's quick source check (own addresses only) holds with the default rules
         // and a `local` table of host routes: exactly when `local` is merged.
         word.full_check = !v6 && !merged;
+        word.dissect = v6 && fib.rules.require_dissect();
         let fib = &mut self.fib[v6 as usize];
         if kernel != fib.kernel {
             match kernel {

@@ -90,7 +90,10 @@ impl Control {
         if seed == 0 {
             tracing::info!("ECMP hash seed not set: paths by xdpfwd's own flow hash");
         } else {
-            tracing::info!(seed, "ECMP hash seed: policy 0 takes the kernel's paths");
+            tracing::info!(
+                seed,
+                "ECMP hash seed: with fib_multipath_hash_policy 0, flows take the kernel's paths"
+            );
         }
         self.mp_seed = Some(seed);
     }
