@@ -1377,14 +1377,18 @@ User-space work per packet on the AF_XDP path (read the metadata, rewrite in pla
   on the bench's tables): a hit went from 95-99 to 84-87 ns, a miss stayed where it was
   (241-271 ns with the harness's rules and rewrites; 204-211 ns on the bench's tables,
   after `decide` took the ingress interface as an argument rather than looking it up
-  again, which had cost 12 ns); this table's fast path went from 0.87-0.89× of the bare
-  redirect to 0.90-0.94× in the runs of `cargo xtask bench --xdp` since. A tail call,
+  again, which had cost 12 ns); the fast path went from 0.87-0.89× of the bare redirect
+  to 0.90-0.94× in the runs of `cargo xtask bench --xdp` then, and 0.91-0.97× in a full
+  bench. Where this table's ratio is lower, look at the generator's own column first: when
+  it moves from one frame size to the next (steady at 7.2-7.5 Mpps in a quiet run), the
+  VM was disturbed, and the program alone (the section above, stable to a nanosecond)
+  says whether the program changed. A tail call,
   tried before for the same purpose, gained a hit 1-3 ns and cost every miss 15-35 ns
   (checks made again, or handed over through a map, in a second program), so it was not
   kept. Left: `bpf_xdp_get_buff_len` (about 7 ns; the program cannot tell a frame in one
   buffer from one in several without it: the flag is in the kernel's `xdp_buff`, which a
-  program reaches only through a kfunc, and aya 0.14 cannot load kfunc calls), and the
-  program's own instructions.
+  program reaches only through a kfunc, and aya 0.14 cannot load kfunc calls; aya 0.16
+  can, but needs rustc 1.98), and the program's own instructions.
 - **Ping round trips.** With its worker polling (`--idle-spin 20000`), the AF_XDP path's
   round trip is testpmd's: traced with the `xdp:xdp_redirect`, `net:*` and `sendto`
   tracepoints (20 pings each, same topology), the request reaches the worker's socket about
