@@ -19,19 +19,6 @@
 //! order xdpfwd runs on: x86-64 and arm64), with addresses as the XDP program keeps them:
 //! the address's bytes loaded as native words (`wire::words`).
 
-/// SipHash-2-4 of a message of `N` 8-byte words (little-endian), keyed with `(k0, k1)`: the
-/// kernel's `siphash()` for a length that is a multiple of 8.
-#[inline(always)]
-pub const fn siphash24<const N: usize>(k0: u64, k1: u64, words: &[u64; N]) -> u64 {
-    let mut sip = Sip::new(k0, k1);
-    let mut i = 0;
-    while i < N {
-        sip = sip.word(words[i]);
-        i += 1;
-    }
-    sip.finish(N)
-}
-
 /// SipHash-2-4 fed one 8-byte word at a time, so that a caller can pass each word as it
 /// computes it: the XDP program keeps the state in registers, the message nowhere.
 #[derive(Clone, Copy)]
@@ -155,6 +142,18 @@ mod tests {
     use siphasher::sip::SipHasher24;
 
     use super::*;
+
+    /// SipHash-2-4 of a message of `N` 8-byte words (little-endian), keyed with `(k0, k1)`: the
+    /// kernel's `siphash()` for a length that is a multiple of 8.
+    fn siphash24<const N: usize>(k0: u64, k1: u64, words: &[u64; N]) -> u64 {
+        let mut sip = Sip::new(k0, k1);
+        let mut i = 0;
+        while i < N {
+            sip = sip.word(words[i]);
+            i += 1;
+        }
+        sip.finish(N)
+    }
 
     /// `struct flow_keys` as the kernel fills it for policy 0, byte for byte (80 bytes,
     /// `control.addr_type` at 2: 3 for IPv4 addresses, 4 for IPv6), its addresses already in

@@ -385,10 +385,10 @@ fn quoted_hash(ctx: &XdpContext, packet: &Packet, flow: &mut Flow) -> bool {
         let Ok(ip) = ptr_at::<[u8; IPV6_HLEN]>(ctx, inner) else { return true };
         // SAFETY: `ptr_at` checked that the 40 bytes lie inside the frame.
         let ip = unsafe { &*ip };
-        let w = |at: usize| u64::from_ne_bytes(ip_word(ip, at));
+        // SAFETY: both addresses lie within the 40 bytes `ptr_at` checked.
+        let addr = |at: usize| words(unsafe { &*ip.as_ptr().add(at).cast::<[u8; 16]>() });
         let label = u32::from_ne_bytes([0, ip[1] & 0x0f, ip[2], ip[3]]);
-        let (src, dst) = ([w(ipv6::SRC), w(ipv6::SRC + 8)], [w(ipv6::DST), w(ipv6::DST + 8)]);
-        kernel_l3_hash_v6(seed, &src, &dst, label, ip[ipv6::NEXT])
+        kernel_l3_hash_v6(seed, &addr(ipv6::SRC), &addr(ipv6::DST), label, ip[ipv6::NEXT])
     } else {
         let Ok(ip) = ptr_at::<[u8; IPV4_HLEN]>(ctx, inner) else { return true };
         // SAFETY: `ptr_at` checked that the 20 bytes lie inside the frame.
@@ -397,12 +397,6 @@ fn quoted_hash(ctx: &XdpContext, packet: &Packet, flow: &mut Flow) -> bool {
         kernel_l3_hash_v4(seed, w(ipv4::SRC), w(ipv4::DST))
     };
     true
-}
-
-/// The 8 bytes of an IPv6 header at `at`.
-#[inline(always)]
-fn ip_word(ip: &[u8; IPV6_HLEN], at: usize) -> [u8; 8] {
-    [ip[at], ip[at + 1], ip[at + 2], ip[at + 3], ip[at + 4], ip[at + 5], ip[at + 6], ip[at + 7]]
 }
 
 /// The L4 header a rewrite touches lies in the frame's first buffer (where `nat` reads it),
