@@ -284,11 +284,70 @@ pub enum HashPolicy {
     L3 = 0,
     /// 1: addresses, protocol and ports.
     L4 = 1,
+    /// 2: the innermost addresses the kernel's flow dissector finds (those of an
+    /// encapsulated packet; IPv6: also its flow label and next header).
+    L3Inner = 2,
+    /// 3: the fields `fib_multipath_hash_fields` names ([`HashFields`]).
+    Custom = 3,
+}
+
+impl HashPolicy {
+    /// The policy of the sysctl's value; `None` for one xdpfwd does not know.
+    pub const fn from_sysctl(value: u32) -> Option<HashPolicy> {
+        match value {
+            0 => Some(HashPolicy::L3),
+            1 => Some(HashPolicy::L4),
+            2 => Some(HashPolicy::L3Inner),
+            3 => Some(HashPolicy::Custom),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn from_bits(bits: u32) -> HashPolicy {
+        match bits & 3 {
+            0 => HashPolicy::L3,
+            1 => HashPolicy::L4,
+            2 => HashPolicy::L3Inner,
+            _ => HashPolicy::Custom,
+        }
+    }
+}
+
+bitflags::bitflags! {
+    /// The fields policy 3 hashes: `net.ipv4.fib_multipath_hash_fields` and its IPv6
+    /// twin (`FIB_MULTIPATH_HASH_FIELD_*` in the kernel's `include/net/ip_fib.h`).
+    #[repr(transparent)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct HashFields: u32 {
+        const SRC_IP = 1;
+        const DST_IP = 1 << 1;
+        const IP_PROTO = 1 << 2;
+        /// IPv6 only.
+        const FLOWLABEL = 1 << 3;
+        const SRC_PORT = 1 << 4;
+        const DST_PORT = 1 << 5;
+        const INNER_SRC_IP = 1 << 6;
+        const INNER_DST_IP = 1 << 7;
+        const INNER_IP_PROTO = 1 << 8;
+        const INNER_FLOWLABEL = 1 << 9;
+        const INNER_SRC_PORT = 1 << 10;
+        const INNER_DST_PORT = 1 << 11;
+        /// The outer header's fields (`FIB_MULTIPATH_HASH_FIELD_OUTER_MASK`).
+        const OUTER = 0x3f;
+        /// An encapsulated packet's (`FIB_MULTIPATH_HASH_FIELD_INNER_MASK`).
+        const INNER = 0xfc0;
+        const PORTS = Self::SRC_PORT.bits() | Self::DST_PORT.bits();
+    }
 }
 
 /// Index in `FIB_CTL` of the kernel's `net.ipv4.fib_multipath_hash_seed` (0: not set), which
 /// keys both families' multipath hash (`mp_hash`).
 pub const FIB_CTL_SEED: u32 = 2;
+/// Index in `FIB_CTL` of IPv4's [`HashFields`] (IPv6's follows it).
+pub const FIB_CTL_FIELDS: u32 = 3;
+/// Entries of `FIB_CTL`: one [`FibWord`] per family, the seed, one [`HashFields`] per family.
+pub const FIB_CTL_LEN: u32 = FIB_CTL_FIELDS + 2;
 
 /// The word of `FIB_CTL` (index 0: IPv4, 1: IPv6) that describes one family's FIB: which
 /// rule set is live and how many rules it has, the ECMP hash policy, and whether the family's
@@ -298,7 +357,7 @@ pub struct FibWord {
     pub set: u32,
     pub rules: u32,
     pub hash: HashPolicy,
-    /// ECMP is left to the kernel (a hash policy xdpfwd does not implement).
+    /// ECMP is left to the kernel (a hash policy xdpfwd does not know).
     pub ecmp_kernel: bool,
     /// Everything of this family goes to the kernel.
     pub kernel: bool,
@@ -318,12 +377,13 @@ impl FibWord {
     pub const fn encode(self) -> u32 {
         (self.set & 1)
             | (self.rules & 0xff) << 8
-            | (self.hash as u32) << 16
+            | (self.hash as u32 & 1) << 16
             | (self.ecmp_kernel as u32) << 17
             | (self.kernel as u32) << 18
             | (self.netfilter as u32) << 19
             | (self.full_check as u32) << 20
             | (self.dissect as u32) << 21
+            | (self.hash as u32 >> 1) << 22
     }
 
     #[inline(always)]
@@ -332,7 +392,7 @@ impl FibWord {
         FibWord {
             set: word & 1,
             rules: if rules > MAX_FIB_RULES { MAX_FIB_RULES } else { rules },
-            hash: if (word >> 16) & 1 == 1 { HashPolicy::L4 } else { HashPolicy::L3 },
+            hash: HashPolicy::from_bits((word >> 16) & 1 | (word >> 21) & 2),
             ecmp_kernel: (word >> 17) & 1 == 1,
             kernel: (word >> 18) & 1 == 1,
             netfilter: (word >> 19) & 1 == 1,
@@ -401,6 +461,12 @@ mod tests {
         assert_eq!(FibWord::decode(w.encode()), w);
         let w = FibWord { netfilter: false, kernel: true, dissect: true, ..w };
         assert_eq!(FibWord::decode(w.encode()), w);
+        for hash in [HashPolicy::L3, HashPolicy::L4, HashPolicy::L3Inner, HashPolicy::Custom] {
+            let w = FibWord { hash, ..w };
+            assert_eq!(FibWord::decode(w.encode()), w);
+            assert_eq!(HashPolicy::from_sysctl(hash as u32), Some(hash));
+        }
+        assert_eq!(HashPolicy::from_sysctl(4), None);
         assert_eq!(FibWord::decode(0xff << 8).rules, MAX_FIB_RULES, "clamped");
     }
 

@@ -937,16 +937,24 @@ fn seeded_stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
 /// The frames that left through f1 and through f2.
 type Links = (Vec<Vec<u8>>, Vec<Vec<u8>>);
 
-/// The kernel's forwarding of [`seeded_stream`], sent twice (the second time from the flow
-/// cache, for xdpfwd), then xdpfwd's; returns both and xdpfwd's report.
-fn kernel_and_ours(topo: &Topology, f2: &str, capture: &Capture) -> (Links, Links, String, String) {
+/// The frames a test sends, built for the client's and the router's MACs.
+type Stream = fn([u8; 6], [u8; 6]) -> Vec<Vec<u8>>;
+
+/// The kernel's forwarding of `stream`, sent twice (the second time from the flow cache, for
+/// xdpfwd), then xdpfwd's; returns both and xdpfwd's report.
+fn kernel_and_ours(
+    topo: &Topology,
+    f2: &str,
+    capture: &Capture,
+    stream: Stream,
+) -> (Links, Links, String, String) {
     let c0 = topo.c0.clone();
     let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
     let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
     let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
     let send = || {
         for _ in 0..2 {
-            for f in seeded_stream(c_mac, f_mac) {
+            for f in stream(c_mac, f_mac) {
                 sender.send(&f).unwrap();
                 thread::sleep(Duration::from_millis(2));
             }
@@ -988,7 +996,7 @@ fn with_a_hash_seed_every_flow_takes_the_kernels_path() {
         if dissect {
             ip(&topo, "-6 rule add pref 40000 ipproto tcp lookup main");
         }
-        let (kernel, ours, stdout, stderr) = kernel_and_ours(&topo, &f2, &capture);
+        let (kernel, ours, stdout, stderr) = kernel_and_ours(&topo, &f2, &capture, seeded_stream);
         assert_eq!(kernel.0.len() + kernel.1.len(), total, "the kernel forwarded {kernel:?}");
         assert!(kernel.0.len() > 20 && kernel.1.len() > 20, "the paths share the flows");
         assert_eq!(ours.0, kernel.0, "frames out of f1 differ (dissect: {dissect})");
@@ -998,5 +1006,153 @@ fn with_a_hash_seed_every_flow_takes_the_kernels_path() {
         let passed = if dissect { 2 } else { 0 };
         assert_eq!(xdp_counter(&stdout, "pass_fib"), passed, "{stdout}");
         assert_eq!(xdpfwd_took(&stdout) as usize, total - passed as usize, "{stdout}");
+    }
+}
+
+/// `frame` as an IPv4 fragment: the first (more fragments) or one at offset 64 bytes.
+fn fragment(mut f: Vec<u8>, first: bool) -> Vec<u8> {
+    let flags: u16 = if first { 0x2000 } else { 8 };
+    f[20..22].copy_from_slice(&flags.to_be_bytes());
+    ipv4_checksum(&mut f);
+    f
+}
+
+/// Sets the IPv4 header checksum of an Ethernet frame.
+fn ipv4_checksum(f: &mut [u8]) {
+    f[24..26].fill(0);
+    let sum: u32 = f[14..34].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    f[24..26].copy_from_slice(&(!((sum & 0xffff) + (sum >> 16)) as u16).to_be_bytes());
+}
+
+/// An IPv4 packet of protocol `proto` carrying `payload`.
+fn ipv4_proto(
+    (c_mac, f_mac): ([u8; 6], [u8; 6]),
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(c_mac, f_mac)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .write(&mut out, etherparse::IpNumber(proto), payload)
+        .expect("packet builds");
+    out
+}
+
+/// Flows that policies 2 and 3 tell apart: TCP and UDP with many ports, IPv4 fragments,
+/// IP-in-IP and GRE (the kernel's flow dissector finds an inner packet), SCTP (whose ports it
+/// reads too), labelled IPv6 UDP, IPv6 behind a destination options header, ICMP errors
+/// (hashed on their own header by these policies).
+fn policy_stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
+    let macs = (c_mac, f_mac);
+    let addrs = |i: u8, net: u8| {
+        (Ipv4Addr::new(198, 18, 1, 10 + i % 7), Ipv4Addr::new(198, 19, net, 7 + i % 5))
+    };
+    let mut out = Vec::new();
+    for i in 0..36u8 {
+        let ports = (1000 + u16::from(i) * 37, 2000 + u16::from(i) * 101 % 500);
+        out.push(frame(c_mac, f_mac, addrs(i, 70 + i % 3), i % 3 == 0, ports, 100));
+    }
+    for i in 0..4u8 {
+        let f =
+            frame(c_mac, f_mac, addrs(i + 3, 70 + i % 3), false, (5000 + u16::from(i), 53), 100);
+        out.push(fragment(f, i % 2 == 0));
+    }
+    let inner = frame(c_mac, f_mac, addrs(1, 72), false, (7, 7), 40);
+    for i in 0..4u8 {
+        out.push(ipv4_proto(macs, addrs(i, 70 + i % 3), 4, &inner[14..]));
+        let mut gre = vec![0, 0, 0x08, 0];
+        gre.extend_from_slice(&inner[14..]);
+        out.push(ipv4_proto(macs, addrs(i + 1, 70 + i % 3), 47, &gre));
+        // An SCTP common header: ports, verification tag, checksum; then a chunk.
+        let mut sctp = [(3000 + u16::from(i) * 7).to_be_bytes(), 80u16.to_be_bytes()].concat();
+        sctp.extend_from_slice(&[0; 24]);
+        out.push(ipv4_proto(macs, addrs(i + 2, 70 + i % 3), 132, &sctp));
+    }
+    for i in 0..16u32 {
+        let src = format!("2001:2:0:1::{:x}", 16 + i);
+        let f = frame6(c_mac, f_mac, &src, "2001:2:57::7", 9000 + i as u16 * 13);
+        out.push(with_label(f, 0x1_2345 + i * 0x1111));
+    }
+    // UDP behind a destination options header (8 bytes of padding).
+    let mut opts = out.last().unwrap().clone();
+    opts[20] = 60;
+    let len = u16::from_be_bytes([opts[18], opts[19]]) + 8;
+    opts[18..20].copy_from_slice(&len.to_be_bytes());
+    opts.splice(54..54, [17, 0, 1, 4, 0, 0, 0, 0]);
+    out.push(opts);
+    for k in 0..3u8 {
+        let host = format!("198.19.70.{}", 99 + k);
+        let inner = quote(&host, &format!("198.18.{}.5", 200 + k), 0);
+        out.push(icmp_error(c_mac, f_mac, "198.18.1.9", &host, &inner));
+        let host = format!("2001:2:57::{:x}", 0x99 + k);
+        let inner = quote(&host, &format!("2001:2:0:9::{k:x}"), 0x5_0000 + u32::from(k));
+        out.push(icmp_error(c_mac, f_mac, "2001:2:0:1::9", &host, &inner));
+    }
+    out
+}
+
+/// With `fib_multipath_hash_seed` set, policies 2 (innermost addresses) and 3 (the fields
+/// `fib_multipath_hash_fields` names, per family) are the kernel's own hash too: every flow
+/// leaves by the kernel's path, frame for frame. What the kernel's flow dissector reads
+/// beyond xdpfwd (an inner packet for policy 2 or inner fields, SCTP's ports, IPv6 behind an
+/// extension header) is the kernel's; outer fields of IP-in-IP and GRE are xdpfwd's.
+#[test]
+fn with_a_hash_seed_policies_2_and_3_take_the_kernels_paths() {
+    let topo = Topology::new("hp", true).unwrap();
+    if !std::path::Path::new("/proc/sys/net/ipv4/fib_multipath_hash_seed").exists() {
+        eprintln!("skipped: this kernel has no fib_multipath_hash_seed (Linux 6.11+)");
+        return;
+    }
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    neighbours_v6(&topo, &f2, &s2);
+    for conf in ["all", "default", topo.f0.as_str()] {
+        ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
+    }
+    ns_sh(&topo.fwd, &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_seed=314159"]).unwrap();
+    seeded_routes(&topo, &f2);
+    let capture = Capture::open(&topo, &s2);
+    let total = 2 * policy_stream([0; 6], [0; 6]).len();
+    // (policy, IPv4 fields, IPv6 fields, frames of the stream the kernel forwards): IP-in-IP
+    // and GRE 8, SCTP 4, the extension header 1.
+    for (policy, v4, v6, kernel_only) in [
+        (2, 0x7, 0x7, 9),
+        (3, 0x37, 0x3f, 5),
+        (3, 0xc3, 0x2c3, 9),
+        (3, 0x30, 0x28, 5),
+        (3, 0x7, 0x7, 1),
+        (3, 0xc0, 0x1c0, 9),
+    ] {
+        for (family, fields) in [("ipv4", v4), ("ipv6", v6)] {
+            for (name, value) in [("policy", policy), ("fields", fields)] {
+                let set = format!("net.{family}.fib_multipath_hash_{name}={value}");
+                ns_sh(&topo.fwd, &["sysctl", "-qw", &set]).unwrap();
+            }
+        }
+        let case = format!("policy {policy}, fields {v4:#x} / {v6:#x}");
+        let (kernel, ours, stdout, stderr) = kernel_and_ours(&topo, &f2, &capture, policy_stream);
+        assert_eq!(
+            kernel.0.len() + kernel.1.len(),
+            total,
+            "{case}: the kernel forwarded {kernel:?}"
+        );
+        if v4 & 0x3f != 0 {
+            assert!(
+                kernel.0.len() > 20 && kernel.1.len() > 20,
+                "{case}: the paths share the flows"
+            );
+        }
+        assert_eq!(ours.0, kernel.0, "{case}: frames out of f1 differ");
+        assert_eq!(ours.1, kernel.1, "{case}: frames out of f2 differ");
+        assert!(stderr.contains("ECMP hash seed: with"), "{stderr}");
+        assert_eq!(xdp_counter(&stdout, "pass_fib"), 2 * kernel_only, "{case}: {stdout}");
+        assert_eq!(
+            xdpfwd_took(&stdout) as usize,
+            total - 2 * kernel_only as usize,
+            "{case}: {stdout}"
+        );
     }
 }

@@ -388,7 +388,7 @@ fn quoted_hash(ctx: &XdpContext, packet: &Packet, flow: &mut Flow) -> bool {
         // SAFETY: both addresses lie within the 40 bytes `ptr_at` checked.
         let addr = |at: usize| words(unsafe { &*ip.as_ptr().add(at).cast::<[u8; 16]>() });
         let label = u32::from_ne_bytes([0, ip[1] & 0x0f, ip[2], ip[3]]);
-        kernel_l3_hash_v6(seed, &addr(ipv6::SRC), &addr(ipv6::DST), label, ip[ipv6::NEXT])
+        kernel_l3_hash_v6(seed, addr(ipv6::SRC), addr(ipv6::DST), label, ip[ipv6::NEXT])
     } else {
         let Ok(ip) = ptr_at::<[u8; IPV4_HLEN]>(ctx, inner) else { return true };
         // SAFETY: `ptr_at` checked that the 20 bytes lie inside the frame.

@@ -20,6 +20,7 @@
 mod capture;
 mod classify;
 mod decision;
+mod ecmp;
 mod egress;
 mod flow_cache;
 mod maps;

@@ -9,7 +9,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, XskMap},
 };
 use xdpfwd_common::{
-    CacheCtl, CacheStat, Counter, DEFAULT_CACHE_SLOTS, FIB_CTL_SEED, FibRule, IFINDEX_DIRECT,
+    CacheCtl, CacheStat, Counter, DEFAULT_CACHE_SLOTS, FIB_CTL_LEN, FibRule, IFINDEX_DIRECT,
     IfaceInfo, MAX_FIB_RULES, MAX_IFACES, MAX_NATS, MAX_NEIGHBOURS, MAX_NH_BUCKETS, MAX_NH_GROUPS,
     MAX_NH_SLOTS, MAX_ROUTES, MAX_RULES, Nat, NeighKeyV4, NeighKeyV6, Neighbour, NhGroup,
     RULESET_LEN, Route, Rule, XSK_MAP_SIZE,
@@ -36,10 +36,11 @@ pub static ROUTES_V6: LpmTrie<[u8; 20], Route> = LpmTrie::with_max_entries(MAX_R
 /// Policy rules: two sets of both families (`xdpfwd_common::fib_rule_index`).
 #[map]
 pub static FIB_RULES: Array<FibRule> = Array::with_max_entries(4 * MAX_FIB_RULES, 0);
-/// The `FibWord` of IPv4 (0) and IPv6 (1), and the kernel's `fib_multipath_hash_seed`
-/// ([`FIB_CTL_SEED`], 0: not set).
+/// The `FibWord` of IPv4 (0) and IPv6 (1), the kernel's `fib_multipath_hash_seed`
+/// (`FIB_CTL_SEED`, 0: not set) and the `HashFields` of IPv4 and IPv6 (from
+/// `FIB_CTL_FIELDS`).
 #[map]
-pub static FIB_CTL: Array<u32> = Array::with_max_entries(FIB_CTL_SEED + 1, 0);
+pub static FIB_CTL: Array<u32> = Array::with_max_entries(FIB_CTL_LEN, 0);
 /// Nexthop slot → index of its published group in `NH_GROUPS` (0: the kernel decides).
 #[map]
 pub static NH_SLOTS: Array<u32> = Array::with_max_entries(MAX_NH_SLOTS, 0);

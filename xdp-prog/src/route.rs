@@ -7,24 +7,23 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use xdpfwd_common::{
-    Counter, FIB_CTL_SEED, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy,
-    HopFlags, ICMP_QUOTE_FORWARDED, IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC,
-    MetaFlags, NeighKeyV4, NeighKeyV6, NhPath, Route, RouteKind, RuleFields, XskMeta,
-    fib_rule_index, flow_hash,
-    mp_hash::{kernel_l3_hash_v4, kernel_l3_hash_v6},
+    Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HopFlags,
+    ICMP_QUOTE_FORWARDED, IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags,
+    NeighKeyV4, NeighKeyV6, NhPath, Route, RouteKind, RuleFields, XskMeta, fib_rule_index,
     route_key_bits, route_key_v4, route_key_v6,
 };
 
 use crate::{
     classify::egress,
-    decision::{Flow, FlowFlags, Ingress, NO_NAT, Packet, QUOTE_UNREAD, Steer, SteerFlags},
+    decision::{Flow, FlowFlags, Ingress, NO_NAT, Packet, Steer, SteerFlags},
+    ecmp::{PATH_KERNEL, path_arg, xdpfwd_path},
     maps::{
-        FIB_CTL, FIB_RESULT, FIB_RULES, FLOW, NEIGH_V4, NEIGH_V6, NH_BUCKETS, NH_GROUPS, NH_SLOTS,
-        ROUTES_V4, ROUTES_V6,
+        FIB_CTL, FIB_RESULT, FIB_RULES, FLOW, NEIGH_V4, NEIGH_V6, NH_GROUPS, NH_SLOTS, ROUTES_V4,
+        ROUTES_V6,
     },
     policy::{PathChoice, rule_matches},
     vlan::egress_vlan,
-    wire::{IPPROTO_ICMPV6, bytes, copy_words, extension_header, zero_words},
+    wire::{bytes, copy_words, extension_header, zero_words},
 };
 
 /// `xdpfwd_fib`'s `word` for the source check's reverse lookup: the route goes into slot 1
@@ -267,7 +266,7 @@ fn path(slot: u32, flow: &Flow, fib: &FibWord) -> Result<&'static NhPath, Counte
         return Err(Counter::PassFib);
     }
     let i = if group.count > 1 || group.buckets != 0 {
-        xdpfwd_path(flow, index | (fib.dissect as u32) << 30 | (fib.hash as u32) << 31)
+        xdpfwd_path(flow, path_arg(index, fib))
     } else {
         0
     };
@@ -276,120 +275,6 @@ fn path(slot: u32, flow: &Flow, fib: &FibWord) -> Result<&'static NhPath, Counte
         None if i == PATH_KERNEL => Err(Counter::PassFib),
         None => Err(Counter::PassRoute),
     }
-}
-
-/// What [`xdpfwd_path`] returns for a frame whose path only the kernel can choose.
-const PATH_KERNEL: u32 = u32::MAX - 1;
-
-/// Index of the path of group `arg & 0x3fff_ffff` that the flow's hash selects (policy: the
-/// top bit; bit 30: `FibWord::dissect`), `u32::MAX`, or [`PATH_KERNEL`]. A global function,
-/// as `policy::xdpfwd_rules`.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn xdpfwd_path(flow: *const Flow, arg: u32) -> u32 {
-    // SAFETY: as in `xdpfwd_fib`.
-    let Some(flow) = (unsafe { flow.as_ref() }) else { return u32::MAX };
-    let Some(group) = NH_GROUPS.get(arg & 0x3fff_ffff) else { return u32::MAX };
-    let policy = if arg >> 31 == 1 { HashPolicy::L4 } else { HashPolicy::L3 };
-    let Some(hash) = hash(flow, policy, (arg >> 30) & 1 == 1) else { return PATH_KERNEL };
-    if group.buckets != 0 {
-        // A resilient group: the bucket decides.
-        let bucket = group.bucket_base.wrapping_add(hash % group.buckets);
-        return match NH_BUCKETS.get(bucket) {
-            Some(&path) if u32::from(path) < group.count => u32::from(path),
-            // Not one of the group's paths (never published so).
-            _ => u32::MAX,
-        };
-    }
-    // The kernel's `nexthop_select_path_hthr`: paths with a bad neighbour are skipped (a
-    // hash in their range goes on to the next good path), the first good path if none
-    // takes the hash, the first path if none is good.
-    let mut first = u32::MAX;
-    let mut i = 0;
-    while i < MAX_PATHS {
-        if i >= group.count {
-            break;
-        }
-        if let Some(p) = group.paths.get(i as usize)
-            && !p.hop.contains(HopFlags::BAD)
-        {
-            if first == u32::MAX {
-                first = i;
-            }
-            if hash <= p.bound {
-                return i;
-            }
-        }
-        i += 1;
-    }
-    if first == u32::MAX { 0 } else { first }
-}
-
-/// The flow's ECMP hash over the fields the kernel's `fib_multipath_hash_policy` names:
-/// addresses (IPv6 also flow label and next header), or addresses, protocol and ports.
-/// Policy 0 with `fib_multipath_hash_seed` set is the kernel's own hash, so each flow takes
-/// the kernel's path; `None` where only the kernel can tell it. `dissect`: IPv6 policy
-/// rules make the kernel dissect packets early (`FibWord::dissect`).
-#[inline(always)]
-fn hash(flow: &Flow, policy: HashPolicy, dissect: bool) -> Option<u32> {
-    let seed = FIB_CTL.get(FIB_CTL_SEED).copied().unwrap_or(0);
-    if policy == HashPolicy::L3 && seed != 0 {
-        return kernel_hash(flow, seed, dissect);
-    }
-    Some(own_hash(flow, policy))
-}
-
-/// The kernel's policy-0 hash of the flow (`mp_hash`): an ICMP error's is that of the
-/// packet it quotes (`Flow::quoted`). ICMPv6 carries its flow label in host order where the
-/// kernel's early dissection supplied it (`fib6_rules_early_flow_dissect`, then
-/// `ip6_route_input` hashes ICMPv6 with its keys); behind extension headers that dissection
-/// may find ICMPv6 too, which only the kernel knows.
-#[inline(always)]
-fn kernel_hash(flow: &Flow, seed: u32, dissect: bool) -> Option<u32> {
-    if flow.flags.contains(FlowFlags::ICMP_ERROR) {
-        return (flow.quoted != QUOTE_UNREAD).then_some(flow.quoted);
-    }
-    if !flow.v6() {
-        return Some(kernel_l3_hash_v4(seed, flow.src[0] as u32, flow.dst[0] as u32));
-    }
-    if dissect && extension_header(flow.proto) {
-        return None;
-    }
-    // `tags.flow_label`: the header's bytes (`ip6_flowlabel`), or the dissector's value.
-    let label =
-        if dissect && flow.proto == IPPROTO_ICMPV6 { flow.label } else { flow.label.swap_bytes() };
-    Some(kernel_l3_hash_v6(seed, &flow.src, &flow.dst, label, flow.proto))
-}
-
-/// xdpfwd's own hash over the fields the policy names ([`flow_hash`]).
-#[inline(always)]
-fn own_hash(flow: &Flow, policy: HashPolicy) -> u32 {
-    let s = flow.src;
-    let d = flow.dst;
-    let (a, b) = match policy {
-        HashPolicy::L3 if flow.v6() => (flow.label, flow.proto as u32),
-        HashPolicy::L3 => (0, 0),
-        HashPolicy::L4 => {
-            let ports = if flow.flags.contains(FlowFlags::PORTS) {
-                (flow.sport as u32) << 16 | flow.dport as u32
-            } else {
-                0
-            };
-            (flow.proto as u32, ports)
-        }
-    };
-    flow_hash(&[
-        s[0] as u32,
-        (s[0] >> 32) as u32,
-        s[1] as u32,
-        (s[1] >> 32) as u32,
-        d[0] as u32,
-        (d[0] >> 32) as u32,
-        d[1] as u32,
-        (d[1] >> 32) as u32,
-        a,
-        b,
-    ])
 }
 
 /// Walks the policy rules of the flow's family (`word`: its [`FibWord`]) as the kernel's

@@ -205,6 +205,8 @@ pub struct Control {
     paths: Vec<Option<EgressPath>>,
     /// The kernel's `fib_multipath_hash_seed` as last written to `FIB_CTL` (0: not set).
     mp_seed: Option<u32>,
+    /// Each family's `fib_multipath_hash_fields` as last written to `FIB_CTL`.
+    mp_fields: [Option<u32>; 2],
 }
 
 /// What the control plane hears from the rest of xdpfwd.
@@ -261,6 +263,7 @@ impl Control {
             slot_users: HashMap::new(),
             merged: [false; 2],
             mp_seed: None,
+            mp_fields: [None; 2],
         }
     }
 

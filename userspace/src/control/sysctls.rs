@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use xdpfwd_common::{FIB_CTL_SEED, HashPolicy};
+use xdpfwd_common::{FIB_CTL_FIELDS, FIB_CTL_SEED, HashFields, HashPolicy};
 
 use super::{Control, notice};
 use crate::netfilter::{self, Hooks, NetfilterMode};
@@ -40,24 +40,21 @@ impl Control {
         any
     }
 
-    /// Follows `fib_multipath_hash_policy`: 0 and 1 are implemented, other policies leave
-    /// ECMP to the kernel. And `fib_multipath_use_neigh` (IPv4) and
-    /// `fib_multipath_hash_seed`.
+    /// Follows each family's `fib_multipath_hash_policy` (and policy 3's
+    /// `fib_multipath_hash_fields`); a policy xdpfwd does not know leaves ECMP to the
+    /// kernel. And `fib_multipath_use_neigh` (IPv4) and `fib_multipath_hash_seed`.
     pub(super) fn poll_hash_policy(&mut self) {
         self.poll_hash_seed();
         let use_neigh = fs::read_to_string("/proc/sys/net/ipv4/fib_multipath_use_neigh")
             .is_ok_and(|s| s.trim() == "1");
         self.nexthops.set_use_neigh(use_neigh);
         for (v6, family) in [(false, "ipv4"), (true, "ipv6")] {
+            self.poll_hash_fields(v6, family);
             let policy =
-                fs::read_to_string(format!("/proc/sys/net/{family}/fib_multipath_hash_policy"))
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u32>().ok())
-                    .unwrap_or(0);
-            let (hash, ecmp_kernel) = match policy {
-                0 => (HashPolicy::L3, false),
-                1 => (HashPolicy::L4, false),
-                _ => (HashPolicy::L3, true),
+                read_u32(&format!("/proc/sys/net/{family}/fib_multipath_hash_policy")).unwrap_or(0);
+            let (hash, ecmp_kernel) = match HashPolicy::from_sysctl(policy) {
+                Some(hash) => (hash, false),
+                None => (HashPolicy::L3, true),
             };
             let fib = &mut self.fib[v6 as usize];
             if fib.word.hash != hash || fib.word.ecmp_kernel != ecmp_kernel {
@@ -71,15 +68,29 @@ impl Control {
         }
     }
 
+    /// Follows one family's `fib_multipath_hash_fields` (policy 3's), in `FIB_CTL`.
+    fn poll_hash_fields(&mut self, v6: bool, family: &str) {
+        let path = format!("/proc/sys/net/{family}/fib_multipath_hash_fields");
+        // Absent before Linux 5.12, where policy 3 does not exist either: the default.
+        let default = HashFields::SRC_IP | HashFields::DST_IP | HashFields::IP_PROTO;
+        let fields = read_u32(&path).unwrap_or(default.bits());
+        if self.mp_fields[v6 as usize] == Some(fields) {
+            return;
+        }
+        if let Err(err) = self.maps.fib_ctl.set(FIB_CTL_FIELDS + v6 as u32, fields, 0) {
+            tracing::warn!(%err, family, "writing the ECMP hash fields");
+            return;
+        }
+        tracing::info!(family, fields = format!("{fields:#06x}"), "ECMP hash fields (policy 3)");
+        self.mp_fields[v6 as usize] = Some(fields);
+    }
+
     /// Follows `net.ipv4.fib_multipath_hash_seed` (Linux 6.11+, both families): once it is
     /// set, policy 0 is hashed as the kernel hashes it, so every flow takes the kernel's path
     /// (`xdpfwd_common::mp_hash`); unset, the kernel's key is random and xdpfwd's own hash
     /// chooses.
     fn poll_hash_seed(&mut self) {
-        let seed = fs::read_to_string("/proc/sys/net/ipv4/fib_multipath_hash_seed")
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .unwrap_or(0);
+        let seed = read_u32("/proc/sys/net/ipv4/fib_multipath_hash_seed").unwrap_or(0);
         if self.mp_seed == Some(seed) {
             return;
         }
@@ -88,11 +99,15 @@ impl Control {
             return;
         }
         if seed == 0 {
-            tracing::info!("ECMP hash seed not set: paths by xdpfwd's own flow hash");
+            tracing::info!(
+                "ECMP hash seed not set: paths by xdpfwd's own flow hash (policies 0 and 1), \
+                 the kernel's (policies 2 and 3)"
+            );
         } else {
             tracing::info!(
                 seed,
-                "ECMP hash seed: with fib_multipath_hash_policy 0, flows take the kernel's paths"
+                "ECMP hash seed: with fib_multipath_hash_policy 0, 2 or 3, flows take the \
+                 kernel's paths"
             );
         }
         self.mp_seed = Some(seed);
@@ -177,4 +192,9 @@ impl IfaceSysctls {
                 .max(conf("ipv4", iface, "rp_filter").unwrap_or(1)),
         }
     }
+}
+
+/// A sysctl's value, if it can be read.
+fn read_u32(path: &str) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
