@@ -365,7 +365,8 @@ bitflags::bitflags! {
         const DST = 1 << 1;
         /// The TCP / UDP source port (the identifier of an ICMP echo request).
         const SPORT = 1 << 2;
-        /// The TCP / UDP destination port (the identifier of an ICMP echo reply).
+        /// The TCP / UDP destination port (the identifier of an ICMP echo reply); policy
+        /// rules and the ECMP hash see the new one, as they see the new address.
         const DPORT = 1 << 3;
     }
 }

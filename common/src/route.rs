@@ -371,6 +371,11 @@ pub struct FibWord {
     /// dissects every packet before the lookup (`fib6_rules_early_flow_dissect`), and hashes
     /// ICMPv6 with what that found (`mp_hash`).
     pub dissect: bool,
+    /// xdpfwd's own ECMP hash chooses where the kernel's cannot be computed, also for
+    /// frames arriving where the kernel forwards (`ecmp = "own-hash"`); otherwise those go
+    /// to the kernel, and only where the kernel's forwarding is off does xdpfwd's own hash
+    /// choose.
+    pub own_hash: bool,
 }
 
 impl FibWord {
@@ -384,6 +389,7 @@ impl FibWord {
             | (self.full_check as u32) << 20
             | (self.dissect as u32) << 21
             | (self.hash as u32 >> 1) << 22
+            | (self.own_hash as u32) << 23
     }
 
     #[inline(always)]
@@ -398,6 +404,7 @@ impl FibWord {
             netfilter: (word >> 19) & 1 == 1,
             full_check: (word >> 20) & 1 == 1,
             dissect: (word >> 21) & 1 == 1,
+            own_hash: (word >> 23) & 1 == 1,
         }
     }
 }
@@ -457,9 +464,10 @@ mod tests {
             netfilter: true,
             full_check: true,
             dissect: false,
+            own_hash: true,
         };
         assert_eq!(FibWord::decode(w.encode()), w);
-        let w = FibWord { netfilter: false, kernel: true, dissect: true, ..w };
+        let w = FibWord { netfilter: false, kernel: true, dissect: true, own_hash: false, ..w };
         assert_eq!(FibWord::decode(w.encode()), w);
         for hash in [HashPolicy::L3, HashPolicy::L4, HashPolicy::L3Inner, HashPolicy::Custom] {
             let w = FibWord { hash, ..w };

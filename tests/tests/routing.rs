@@ -941,12 +941,14 @@ type Links = (Vec<Vec<u8>>, Vec<Vec<u8>>);
 type Stream = fn([u8; 6], [u8; 6]) -> Vec<Vec<u8>>;
 
 /// The kernel's forwarding of `stream`, sent twice (the second time from the flow cache, for
-/// xdpfwd), then xdpfwd's; returns both and xdpfwd's report.
+/// xdpfwd), then xdpfwd's (started with `args`, or on the three interfaces); returns both
+/// and xdpfwd's report.
 fn kernel_and_ours(
     topo: &Topology,
     f2: &str,
     capture: &Capture,
     stream: Stream,
+    args: Option<&[&str]>,
 ) -> (Links, Links, String, String) {
     let c0 = topo.c0.clone();
     let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
@@ -962,8 +964,8 @@ fn kernel_and_ours(
         capture.take()
     };
     let kernel = send();
-    let mut fwd =
-        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, f2, "--stats-interval", "0"]).unwrap();
+    let all = [topo.f0.as_str(), topo.f1.as_str(), f2, "--stats-interval", "0"];
+    let mut fwd = Forwarder::start(&topo.fwd, args.unwrap_or(&all)).unwrap();
     let ours = send();
     let done = fwd.stop().unwrap();
     (kernel, ours, done.stdout, done.stderr)
@@ -996,7 +998,8 @@ fn with_a_hash_seed_every_flow_takes_the_kernels_path() {
         if dissect {
             ip(&topo, "-6 rule add pref 40000 ipproto tcp lookup main");
         }
-        let (kernel, ours, stdout, stderr) = kernel_and_ours(&topo, &f2, &capture, seeded_stream);
+        let (kernel, ours, stdout, stderr) =
+            kernel_and_ours(&topo, &f2, &capture, seeded_stream, None);
         assert_eq!(kernel.0.len() + kernel.1.len(), total, "the kernel forwarded {kernel:?}");
         assert!(kernel.0.len() > 20 && kernel.1.len() > 20, "the paths share the flows");
         assert_eq!(ours.0, kernel.0, "frames out of f1 differ (dissect: {dissect})");
@@ -1070,10 +1073,34 @@ fn policy_stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
         sctp.extend_from_slice(&[0; 24]);
         out.push(ipv4_proto(macs, addrs(i + 2, 70 + i % 3), 132, &sctp));
     }
+    // Sources that sort after the destination (the kernel swaps the addresses to hash).
+    for i in 0..4u8 {
+        let a = (Ipv4Addr::new(198, 19, 200, 1 + i), Ipv4Addr::new(198, 19, 70 + i % 3, 9));
+        out.push(frame(c_mac, f_mac, a, i % 2 == 0, (40000 - u16::from(i), 443), 60));
+    }
+    // UDP whose IP length ends inside its header (the rest is padding): no ports.
+    let mut short = frame(c_mac, f_mac, addrs(5, 71), false, (1234, 80), 10);
+    short[16..18].copy_from_slice(&22u16.to_be_bytes());
+    ipv4_checksum(&mut short);
+    out.push(short);
+    for i in 0..2u16 {
+        let mut echo = Vec::new();
+        PacketBuilder::ethernet2(c_mac, f_mac)
+            .ipv4([198, 18, 1, 30], [198, 19, 70 + i as u8, 5], 64)
+            .icmpv4_echo_request(77 + i, 1)
+            .write(&mut echo, &[1; 16])
+            .expect("echo builds");
+        out.push(echo);
+    }
     for i in 0..16u32 {
         let src = format!("2001:2:0:1::{:x}", 16 + i);
         let f = frame6(c_mac, f_mac, &src, "2001:2:57::7", 9000 + i as u16 * 13);
         out.push(with_label(f, 0x1_2345 + i * 0x1111));
+    }
+    for i in 0..4u32 {
+        let src = format!("2001:2:ff::{:x}", 1 + i);
+        let f = frame6(c_mac, f_mac, &src, "2001:2:57::9", 7000 + i as u16);
+        out.push(if i % 2 == 0 { with_label(f, 0xf_0000 + i) } else { f });
     }
     // UDP behind a destination options header (8 bytes of padding).
     let mut opts = out.last().unwrap().clone();
@@ -1117,13 +1144,15 @@ fn with_a_hash_seed_policies_2_and_3_take_the_kernels_paths() {
     let capture = Capture::open(&topo, &s2);
     let total = 2 * policy_stream([0; 6], [0; 6]).len();
     // (policy, IPv4 fields, IPv6 fields, frames of the stream the kernel forwards): IP-in-IP
-    // and GRE 8, SCTP 4, the extension header 1.
+    // and GRE 8 (policy 2, inner fields), SCTP 4 and the short UDP 1 (IPv4 ports), the
+    // extension header 1.
     for (policy, v4, v6, kernel_only) in [
         (2, 0x7, 0x7, 9),
-        (3, 0x37, 0x3f, 5),
+        (3, 0x37, 0x3f, 6),
         (3, 0xc3, 0x2c3, 9),
-        (3, 0x30, 0x28, 5),
+        (3, 0x30, 0x28, 6),
         (3, 0x7, 0x7, 1),
+        (3, 0x1, 0x10, 1),
         (3, 0xc0, 0x1c0, 9),
     ] {
         for (family, fields) in [("ipv4", v4), ("ipv6", v6)] {
@@ -1133,7 +1162,8 @@ fn with_a_hash_seed_policies_2_and_3_take_the_kernels_paths() {
             }
         }
         let case = format!("policy {policy}, fields {v4:#x} / {v6:#x}");
-        let (kernel, ours, stdout, stderr) = kernel_and_ours(&topo, &f2, &capture, policy_stream);
+        let (kernel, ours, stdout, stderr) =
+            kernel_and_ours(&topo, &f2, &capture, policy_stream, None);
         assert_eq!(
             kernel.0.len() + kernel.1.len(),
             total,
@@ -1155,4 +1185,63 @@ fn with_a_hash_seed_policies_2_and_3_take_the_kernels_paths() {
             "{case}: {stdout}"
         );
     }
+}
+
+/// Where the kernel forwards and its multipath hash cannot be computed (no
+/// `fib_multipath_hash_seed`, or policy 1, which takes the NIC's receive hash), ECMP is the
+/// kernel's: every flow leaves by the kernel's path because the kernel forwards it. With
+/// `ecmp = "own-hash"` xdpfwd's own hash chooses instead. (Where the kernel's forwarding is
+/// off, xdpfwd's own hash chooses: the FRR and BIRD tests above.)
+#[test]
+fn without_a_hash_seed_ecmp_where_the_kernel_forwards_is_the_kernels() {
+    let topo = Topology::new("hn", true).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    neighbours_v6(&topo, &f2, &s2);
+    for conf in ["all", "default", topo.f0.as_str()] {
+        ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
+    }
+    seeded_routes(&topo, &f2);
+    let capture = Capture::open(&topo, &s2);
+    let total = 2 * seeded_stream([0; 6], [0; 6]).len();
+    let config = std::env::temp_dir().join(format!("{}-ecmp.toml", topo.prefix));
+    let mut text = String::from("[defaults]\necmp = \"own-hash\"\n");
+    for name in [topo.f0.as_str(), topo.f1.as_str(), f2.as_str()] {
+        text += &format!("[[interface]]\nname = \"{name}\"\n");
+    }
+    std::fs::write(&config, text).unwrap();
+    let own = ["--config", config.to_str().unwrap(), "--stats-interval", "0"];
+    for (policy, seed) in [(0, 0), (1, 0), (1, 2718281), (2, 0), (3, 0)] {
+        for family in ["ipv4", "ipv6"] {
+            let set = format!("net.{family}.fib_multipath_hash_policy={policy}");
+            ns_sh(&topo.fwd, &["sysctl", "-qw", &set]).unwrap();
+        }
+        let set = format!("net.ipv4.fib_multipath_hash_seed={seed}");
+        ns_sh(&topo.fwd, &["sysctl", "-qw", &set]).unwrap();
+        let case = format!("policy {policy}, seed {seed}");
+        let (kernel, ours, stdout, stderr) =
+            kernel_and_ours(&topo, &f2, &capture, seeded_stream, None);
+        assert_eq!(
+            kernel.0.len() + kernel.1.len(),
+            total,
+            "{case}: the kernel forwarded {kernel:?}"
+        );
+        assert_eq!(ours, kernel, "{case}: the kernel's paths");
+        assert_eq!(xdp_counter(&stdout, "pass_fib"), total as u64, "{case}: {stdout}");
+        assert_eq!(xdpfwd_took(&stdout), 0, "{case}: {stdout}");
+        assert!(stderr.contains("ECMP left to the kernel where it forwards"), "{case}: {stderr}");
+        // xdpfwd's own hash: every frame forwarded, over both paths.
+        let (_, ours, stdout, stderr) =
+            kernel_and_ours(&topo, &f2, &capture, seeded_stream, Some(&own));
+        assert_eq!(ours.0.len() + ours.1.len(), total, "{case}, own hash: {ours:?}");
+        assert!(
+            ours.0.len() > 20 && ours.1.len() > 20,
+            "{case}, own hash: the paths share the flows"
+        );
+        assert_eq!(xdp_counter(&stdout, "pass_fib"), 0, "{case}, own hash: {stdout}");
+        assert_eq!(xdpfwd_took(&stdout) as usize, total, "{case}, own hash: {stdout}");
+        assert!(stderr.contains("ECMP paths by xdpfwd's own hash"), "{case}: {stderr}");
+    }
+    std::fs::remove_file(&config).unwrap();
 }

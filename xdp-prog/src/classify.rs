@@ -345,6 +345,9 @@ fn decide(ctx: &XdpContext, steer: &mut Steer, info: &'static IfaceInfo) -> Resu
             }
             flow.dst = words(&dst);
         }
+        if nat.set.contains(NatFields::DPORT) && flow.flags.contains(FlowFlags::PORTS) {
+            flow.dport = nat.dport;
+        }
     }
     flow.path = path as u8;
     flow.rule = rule;
@@ -365,8 +368,7 @@ fn quoted_hash(ctx: &XdpContext, packet: &Packet, flow: &mut Flow) -> bool {
     let icmp = if packet.v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
     let inner_len = if packet.v6 { IPV6_HLEN } else { IPV4_HLEN };
     let inner = packet.l4 + ICMP_HLEN;
-    let end = packet.l4 - if packet.v6 { IPV6_HLEN } else { IPV4_HLEN } + packet.ip_len;
-    if !packet.first_fragment || packet.proto != icmp || inner + inner_len > end {
+    if !packet.first_fragment || packet.proto != icmp || inner + inner_len > packet.ip_end() {
         return false;
     }
     let Ok(kind) = ptr_at::<u8>(ctx, packet.l4) else { return false };

@@ -6,7 +6,7 @@
 use aya_ebpf::bindings::xdp_action;
 use xdpfwd_common::{Counter, IfaceFlags, IfaceInfo, XskMeta};
 
-use crate::wire::ETH_HLEN;
+use crate::wire::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN};
 
 /// Where and how a frame arrived.
 pub struct Ingress {
@@ -64,6 +64,14 @@ pub struct Packet {
     pub no_fragmenting: bool,
     /// The DS field (IPv4 TOS byte, IPv6 traffic class).
     pub ds: u8,
+}
+
+impl Packet {
+    /// Offset of the end of the IP packet (the frame may be longer: Ethernet padding).
+    #[inline(always)]
+    pub fn ip_end(&self) -> usize {
+        self.l4 - if self.v6 { IPV6_HLEN } else { IPV4_HLEN } + self.ip_len
+    }
 }
 
 /// What `classify` found of a frame the flow cache did not know, for the stages after it

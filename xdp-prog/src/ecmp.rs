@@ -26,12 +26,14 @@ pub const PATH_KERNEL: u32 = u32::MAX - 1;
 const GROUP_BITS: u32 = 16;
 const _: () = assert!(MAX_NH_GROUPS <= 1 << GROUP_BITS);
 
-/// [`xdpfwd_path`]'s argument: group `index`, hashed as the family's `fib` word says.
+/// [`xdpfwd_path`]'s argument: group `index`, hashed as the family's `fib` word says;
+/// `own`: xdpfwd's own hash may choose where the kernel's cannot be computed.
 #[inline(always)]
-pub const fn path_arg(index: u32, fib: &FibWord) -> u32 {
+pub const fn path_arg(index: u32, fib: &FibWord, own: bool) -> u32 {
     index & ((1 << GROUP_BITS) - 1)
         | (fib.dissect as u32) << GROUP_BITS
         | (fib.hash as u32) << (GROUP_BITS + 1)
+        | (own as u32) << (GROUP_BITS + 3)
 }
 
 /// Index of the path of the group that the flow's hash selects ([`path_arg`]), `u32::MAX`,
@@ -44,7 +46,8 @@ pub extern "C" fn xdpfwd_path(flow: *const Flow, arg: u32) -> u32 {
     let Some(group) = NH_GROUPS.get(arg & ((1 << GROUP_BITS) - 1)) else { return u32::MAX };
     let policy = HashPolicy::from_bits(arg >> (GROUP_BITS + 1));
     let dissect = (arg >> GROUP_BITS) & 1 == 1;
-    let Some(hash) = hash(flow, policy, dissect) else { return PATH_KERNEL };
+    let own = (arg >> (GROUP_BITS + 3)) & 1 == 1;
+    let Some(hash) = hash(flow, policy, dissect, own) else { return PATH_KERNEL };
     if group.buckets != 0 {
         // A resilient group: the bucket decides.
         let bucket = group.bucket_base.wrapping_add(hash % group.buckets);
@@ -80,21 +83,24 @@ pub extern "C" fn xdpfwd_path(flow: *const Flow, arg: u32) -> u32 {
 
 /// The flow's ECMP hash over the fields the kernel's `fib_multipath_hash_policy` names.
 /// With `fib_multipath_hash_seed` set, policies 0, 2 and 3 are the kernel's own hash, so each
-/// flow takes the kernel's path; `None` where only the kernel can tell it (policies 2 and 3
-/// without a seed included). Policy 1, and policy 0 without a seed: xdpfwd's own hash.
-/// `dissect`: IPv6 policy rules make the kernel dissect packets early (`FibWord::dissect`).
-/// One SipHash for every policy and family: the program's stack has no room for more.
+/// flow takes the kernel's path. Otherwise (no seed, policy 1) the kernel's hash cannot be
+/// computed: with `own` xdpfwd's own hash chooses (over addresses for policies 0 and 2,
+/// also protocol and ports for 1 and 3), else `None`, the kernel's. `dissect`: IPv6 policy
+/// rules make the kernel dissect packets early (`FibWord::dissect`). One SipHash for every
+/// policy and family: the program's stack has no room for more.
 #[inline(always)]
-fn hash(flow: &Flow, policy: HashPolicy, dissect: bool) -> Option<u32> {
+fn hash(flow: &Flow, policy: HashPolicy, dissect: bool, own: bool) -> Option<u32> {
     let seed = FIB_CTL.get(FIB_CTL_SEED).copied().unwrap_or(0);
+    if seed == 0 || policy == HashPolicy::L4 {
+        return own.then(|| own_hash(flow, matches!(policy, HashPolicy::L4 | HashPolicy::Custom)));
+    }
     let keys = match policy {
-        HashPolicy::L3 if seed != 0 && flow.flags.contains(FlowFlags::ICMP_ERROR) => {
+        // Policy 1 returned above.
+        HashPolicy::L3 | HashPolicy::L4 if flow.flags.contains(FlowFlags::ICMP_ERROR) => {
             // Hashed on the packet it quotes (`Flow::quoted`).
             return (flow.quoted != QUOTE_UNREAD).then_some(flow.quoted);
         }
-        HashPolicy::L3 if seed != 0 => l3_keys(flow, dissect)?,
-        HashPolicy::L3 | HashPolicy::L4 => return Some(own_hash(flow, policy == HashPolicy::L4)),
-        _ if seed == 0 => return None,
+        HashPolicy::L3 | HashPolicy::L4 => l3_keys(flow, dissect)?,
         HashPolicy::L3Inner => inner_l3_keys(flow)?,
         HashPolicy::Custom => {
             let word = FIB_CTL.get(FIB_CTL_FIELDS + flow.v6() as u32).copied().unwrap_or(0);
@@ -134,7 +140,8 @@ fn l3_keys(flow: &Flow, dissect: bool) -> Option<Keys> {
     Some(keys)
 }
 
-/// xdpfwd's own hash ([`flow_hash`]) over the fields policy 0, or with `l4` policy 1, names.
+/// xdpfwd's own hash ([`flow_hash`]) over the addresses (IPv6: also the flow label and next
+/// header), or with `l4` the addresses, protocol and ports.
 #[inline(always)]
 fn own_hash(flow: &Flow, l4: bool) -> u32 {
     let s = flow.src;

@@ -31,6 +31,11 @@ pub fn l4_ports(ctx: &XdpContext, packet: &Packet) -> Option<(u16, u16)> {
     if !packet.first_fragment || (packet.proto != IPPROTO_TCP && packet.proto != IPPROTO_UDP) {
         return None;
     }
+    // Ports beyond the IP length (in the frame's padding) are none: the kernel trims the
+    // packet to that length before anything reads them.
+    if packet.l4 + 4 > packet.ip_end() {
+        return None;
+    }
     let p = ptr_at::<[u8; 4]>(ctx, packet.l4).ok()?;
     // SAFETY: `ptr_at` checked that the 4 bytes lie inside the frame.
     let p = unsafe { &*p };

@@ -73,7 +73,10 @@ pub fn route(
             (route.oif, &route.gateway, route.hop)
         }
         RouteKind::Nexthop => {
-            let path = path(route.nh, flow, &fib)?;
+            // Where the kernel forwards, its path is the reference; where it does not,
+            // xdpfwd is the router and its own hash may choose.
+            let own = fib.own_hash || !at.kernel_forwards(v6);
+            let path = path(route.nh, flow, &fib, own)?;
             (path.oif, &path.gateway, path.hop)
         }
         RouteKind::Unreachable => return refuse(at, packet, IcmpError::Unreachable, steer),
@@ -254,7 +257,7 @@ fn neighbour(oif: u32, addr: &[u8; 16], v6: bool) -> Option<[u8; 6]> {
 /// kernel's `nexthop_select_path_hthr` and `fib_select_multipath`, or a resilient group's
 /// bucket, as `nexthop_select_path_res`).
 #[inline(always)]
-fn path(slot: u32, flow: &Flow, fib: &FibWord) -> Result<&'static NhPath, Counter> {
+fn path(slot: u32, flow: &Flow, fib: &FibWord, own: bool) -> Result<&'static NhPath, Counter> {
     let index = NH_SLOTS.get(slot).copied().unwrap_or(0);
     if index == 0 {
         // A blackhole nexthop, a resilient group whose buckets are not read yet, a path
@@ -266,7 +269,7 @@ fn path(slot: u32, flow: &Flow, fib: &FibWord) -> Result<&'static NhPath, Counte
         return Err(Counter::PassFib);
     }
     let i = if group.count > 1 || group.buckets != 0 {
-        xdpfwd_path(flow, path_arg(index, fib))
+        xdpfwd_path(flow, path_arg(index, fib, own))
     } else {
         0
     };

@@ -27,6 +27,7 @@ pub(super) struct Defaults {
     pub unmatched: Option<Spanned<String>>,
     pub netfilter: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
+    pub ecmp: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

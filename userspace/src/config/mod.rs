@@ -143,6 +143,29 @@ pub struct RewriteSpec {
     pub set_dst_port: Option<u16>,
 }
 
+/// `ecmp = ...`: who chooses a path of a nexthop group or multipath route where the kernel's
+/// multipath hash cannot be computed (no `fib_multipath_hash_seed`, or hash policy 1), for
+/// frames arriving where the kernel forwards. Where its forwarding is off, xdpfwd is the
+/// router and its own hash chooses either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EcmpMode {
+    /// The kernel forwards those frames: every path xdpfwd takes is the kernel's.
+    #[default]
+    Exact,
+    /// xdpfwd's own hash chooses (stable per flow, weighted, but not the kernel's path).
+    OwnHash,
+}
+
+impl EcmpMode {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "exact" => Some(EcmpMode::Exact),
+            "own-hash" => Some(EcmpMode::OwnHash),
+            _ => None,
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
@@ -154,6 +177,8 @@ pub struct Config {
     pub netfilter: NetfilterMode,
     /// The path of plain forwarding (`--default-path` overrides it; `auto` if neither).
     pub path: Option<DefaultPath>,
+    /// Who chooses an ECMP path where the kernel's hash cannot be computed.
+    pub ecmp: EcmpMode,
     pub routes: Vec<RouteSpec>,
     pub xconnects: Vec<XconnectSpec>,
     pub rewrites: Vec<RewriteSpec>,
@@ -189,11 +214,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let unmatched = validate::unmatched(&loc, &parsed.defaults)?;
     let netfilter = validate::netfilter(&loc, &parsed.defaults)?;
     let path = validate::path(&loc, &parsed.defaults)?;
+    let ecmp = validate::ecmp(&loc, &parsed.defaults)?;
     let xconnects = validate::xconnects(&loc, &parsed.xconnect, &interfaces)?;
     let rules = validate::rules(&loc, &parsed.rule, &interfaces, &xconnects)?;
     let routes = validate::routes(&loc, &parsed.route, &interfaces, &xconnects)?;
     let rewrites = validate::rewrites(&loc, &parsed.rewrite, &interfaces, &xconnects)?;
-    Ok(Config { interfaces, rules, unmatched, netfilter, path, routes, xconnects, rewrites })
+    Ok(Config { interfaces, rules, unmatched, netfilter, path, ecmp, routes, xconnects, rewrites })
 }
 
 #[cfg(test)]
@@ -246,6 +272,17 @@ mod tests {
         let e = err("[defaults]\npath = \"kernel\"\n");
         assert_eq!((e.line, e.field.as_str()), (2, "defaults.path"), "{e}");
         assert!(e.message.contains("auto, af_xdp or fast"), "{e}");
+    }
+
+    #[test]
+    fn the_ecmp_mode_is_read() {
+        assert_eq!(parse("f.toml", "").unwrap().ecmp, EcmpMode::Exact, "the kernel's paths");
+        let c = parse("f.toml", "[defaults]\necmp = \"own-hash\"\n").unwrap();
+        assert_eq!(c.ecmp, EcmpMode::OwnHash);
+        assert_eq!(parse("example.toml", EXAMPLE).unwrap().ecmp, EcmpMode::Exact);
+        let e = err("[defaults]\necmp = \"fast\"\n");
+        assert_eq!((e.line, e.field.as_str()), (2, "defaults.ecmp"), "{e}");
+        assert!(e.message.contains("exact or own-hash"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,8 @@ use toml::Spanned;
 use xdpfwd_common::{Action, MAX_NATS, MAX_QUEUES, MAX_RULES};
 
 use super::{
-    ConfigError, InterfaceSpec, MatchSpec, RewriteSpec, RouteSpec, RuleSpec, XconnectSpec,
+    ConfigError, EcmpMode, InterfaceSpec, MatchSpec, RewriteSpec, RouteSpec, RuleSpec,
+    XconnectSpec,
     file::{Defaults, InterfaceCfg, MatchCfg, RewriteCfg, RouteCfg, RuleCfg, XconnectCfg},
 };
 use crate::{egress_path::DefaultPath, loader::ModeArg, netfilter::NetfilterMode};
@@ -221,6 +222,20 @@ pub(super) fn unmatched(loc: &Locator, defaults: &Defaults) -> Result<Action, Co
     match &defaults.unmatched {
         Some(a) => loc.action(a, "defaults.unmatched".into()),
         None => Ok(Action::Forward),
+    }
+}
+
+/// `[defaults]`: who chooses an ECMP path where the kernel's hash cannot be computed.
+pub(super) fn ecmp(loc: &Locator, defaults: &Defaults) -> Result<EcmpMode, ConfigError> {
+    match &defaults.ecmp {
+        Some(v) => EcmpMode::from_name(v.get_ref()).ok_or_else(|| {
+            loc.at(
+                v.span(),
+                "defaults.ecmp",
+                format!("unknown ecmp mode {:?}: expected exact or own-hash", v.get_ref()),
+            )
+        }),
+        None => Ok(EcmpMode::Exact),
     }
 }
 

@@ -52,6 +52,7 @@ use xdpfwd_common::{
 };
 
 use crate::{
+    config::EcmpMode,
     egress_path::{
         self, DefaultPath, EgressPath, Path,
         features::{self, FeatureEvent},
@@ -207,6 +208,8 @@ pub struct Control {
     mp_seed: Option<u32>,
     /// Each family's `fib_multipath_hash_fields` as last written to `FIB_CTL`.
     mp_fields: [Option<u32>; 2],
+    /// Each family's ECMP notice as last reported: why its paths are not the kernel's.
+    ecmp_notes: [Option<String>; 2],
 }
 
 /// What the control plane hears from the rest of xdpfwd.
@@ -232,6 +235,10 @@ impl Control {
         nexthops: Nexthops,
         redump: Arc<AtomicBool>,
     ) -> Self {
+        let mut fib: [Fib; 2] = Default::default();
+        for f in &mut fib {
+            f.word.own_hash = policy.ecmp == EcmpMode::OwnHash;
+        }
         Self {
             xdp_features: tuning.reports_features.then(HashMap::new),
             paths: vec![None; ifaces.len()],
@@ -249,7 +256,7 @@ impl Control {
             statics: Vec::new(),
             inactive: Vec::new(),
             routes_dumped: false,
-            fib: Default::default(),
+            fib,
             netfilter: None,
             nexthops,
             resync: false,
@@ -264,6 +271,7 @@ impl Control {
             merged: [false; 2],
             mp_seed: None,
             mp_fields: [None; 2],
+            ecmp_notes: [None, None],
         }
     }
 
@@ -724,9 +732,13 @@ impl Control {
     /// A reload's interface settings and static routes.
     fn set_policy(&mut self, policy: ControlPolicy) {
         let netfilter_changed = policy.netfilter != self.policy.netfilter;
+        let ecmp_changed = policy.ecmp != self.policy.ecmp;
         self.policy = policy;
         if netfilter_changed {
             self.apply_netfilter();
+        }
+        if ecmp_changed {
+            self.apply_ecmp_mode();
         }
         for i in 0..self.ifaces.len() {
             self.update_iface(i);

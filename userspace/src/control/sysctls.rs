@@ -4,10 +4,13 @@
 
 use std::fs;
 
-use xdpfwd_common::{FIB_CTL_FIELDS, FIB_CTL_SEED, HashFields, HashPolicy};
+use xdpfwd_common::{FIB_CTL_FIELDS, FIB_CTL_SEED, HashPolicy};
 
 use super::{Control, notice};
-use crate::netfilter::{self, Hooks, NetfilterMode};
+use crate::{
+    config::EcmpMode,
+    netfilter::{self, Hooks, NetfilterMode},
+};
 
 impl Control {
     /// Reads every setting polled for below.
@@ -52,7 +55,11 @@ impl Control {
             self.poll_hash_fields(v6, family);
             let policy =
                 read_u32(&format!("/proc/sys/net/{family}/fib_multipath_hash_policy")).unwrap_or(0);
+            // Policy 3 hashes fields xdpfwd must know (and have written) first.
             let (hash, ecmp_kernel) = match HashPolicy::from_sysctl(policy) {
+                Some(HashPolicy::Custom) if self.mp_fields[v6 as usize].is_none() => {
+                    (HashPolicy::Custom, true)
+                }
                 Some(hash) => (hash, false),
                 None => (HashPolicy::L3, true),
             };
@@ -66,19 +73,76 @@ impl Control {
                 }
             }
         }
+        self.report_ecmp();
+    }
+
+    /// A reload changed `ecmp = ...`: both families' words follow.
+    pub(super) fn apply_ecmp_mode(&mut self) {
+        let own = self.policy.ecmp == EcmpMode::OwnHash;
+        for v6 in [false, true] {
+            self.fib[v6 as usize].word.own_hash = own;
+            if self.routes_dumped {
+                self.write_fib(v6);
+            }
+        }
+        self.report_ecmp();
+    }
+
+    /// Logs, per family, why ECMP paths cannot be the kernel's, and what
+    /// happens to them: the kernel's where it forwards (`ecmp = "exact"`), or xdpfwd's own
+    /// hash (`own-hash`). Where the kernel's forwarding is off, xdpfwd's own hash anyway.
+    fn report_ecmp(&mut self) {
+        let seed = self.mp_seed.unwrap_or(0);
+        for (v6, family) in [(false, "ipv4"), (true, "ipv6")] {
+            let word = self.fib[v6 as usize].word;
+            let (why, fix) = match word.hash {
+                _ if word.ecmp_kernel => (None, ""),
+                HashPolicy::L4 => (
+                    Some("hash policy 1 takes the NIC's receive hash, which xdpfwd cannot see"),
+                    "policy 0, 2 or 3 with the seed",
+                ),
+                _ if seed == 0 => (
+                    Some("no net.ipv4.fib_multipath_hash_seed: the kernel's hash key is random"),
+                    "set the seed",
+                ),
+                _ => (None, ""),
+            };
+            let text = why.map(|why| {
+                if word.own_hash {
+                    format!("ECMP paths by xdpfwd's own hash, not the kernel's ({why})")
+                } else {
+                    format!(
+                        "ECMP left to the kernel where it forwards ({why}): {fix}, or \
+                         ecmp = \"own-hash\""
+                    )
+                }
+            });
+            if self.ecmp_notes[v6 as usize] == text {
+                continue;
+            }
+            match &text {
+                Some(text) => tracing::info!(family, "{text}"),
+                None => tracing::info!(family, "ECMP paths are the kernel's"),
+            }
+            self.ecmp_notes[v6 as usize] = text;
+        }
     }
 
     /// Follows one family's `fib_multipath_hash_fields` (policy 3's), in `FIB_CTL`.
     fn poll_hash_fields(&mut self, v6: bool, family: &str) {
         let path = format!("/proc/sys/net/{family}/fib_multipath_hash_fields");
-        // Absent before Linux 5.12, where policy 3 does not exist either: the default.
-        let default = HashFields::SRC_IP | HashFields::DST_IP | HashFields::IP_PROTO;
-        let fields = read_u32(&path).unwrap_or(default.bits());
+        // Absent before Linux 5.12, where policy 3 does not exist either. Unknown fields
+        // leave policy 3 to the kernel.
+        let Some(fields) = read_u32(&path) else {
+            self.mp_fields[v6 as usize] = None;
+            return;
+        };
         if self.mp_fields[v6 as usize] == Some(fields) {
             return;
         }
         if let Err(err) = self.maps.fib_ctl.set(FIB_CTL_FIELDS + v6 as u32, fields, 0) {
             tracing::warn!(%err, family, "writing the ECMP hash fields");
+            self.mp_fields[v6 as usize] = None;
             return;
         }
         tracing::info!(family, fields = format!("{fields:#06x}"), "ECMP hash fields (policy 3)");

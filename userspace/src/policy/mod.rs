@@ -11,7 +11,12 @@ use aya::maps::{Array, MapData};
 use ipnet::IpNet;
 use xdpfwd_common::{MAX_NATS, MAX_RULES, Nat, Policy, Rule, map_names};
 
-use crate::{config::Config, egress_path::DefaultPath, iface::Iface, netfilter::NetfilterMode};
+use crate::{
+    config::{Config, EcmpMode},
+    egress_path::DefaultPath,
+    iface::Iface,
+    netfilter::NetfilterMode,
+};
 
 mod compile;
 mod hits;
@@ -55,6 +60,8 @@ pub struct ControlPolicy {
     pub netfilter: NetfilterMode,
     /// The configuration's path of plain forwarding, if it names one.
     pub path: Option<DefaultPath>,
+    /// Who chooses ECMP paths the kernel's hash cannot be computed for.
+    pub ecmp: EcmpMode,
 }
 
 fn ifindex_of(ifaces: &[Iface], name: &str) -> anyhow::Result<u32> {
@@ -99,7 +106,13 @@ impl ControlPolicy {
                 vlan: r.vlan.unwrap_or(0),
             });
         }
-        Ok(Self { ifaces: opts, routes, netfilter: config.netfilter, path: config.path })
+        Ok(Self {
+            ifaces: opts,
+            routes,
+            netfilter: config.netfilter,
+            path: config.path,
+            ecmp: config.ecmp,
+        })
     }
 }
 
