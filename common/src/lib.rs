@@ -366,7 +366,7 @@ bitflags::bitflags! {
         /// The TCP / UDP source port (the identifier of an ICMP echo request).
         const SPORT = 1 << 2;
         /// The TCP / UDP destination port (the identifier of an ICMP echo reply); policy
-        /// rules and the ECMP hash see the new one, as they see the new address.
+        /// rules and the ECMP hash see a new TCP / UDP port, as they see the new address.
         const DPORT = 1 << 3;
     }
 }

@@ -405,7 +405,9 @@ fn quoted_hash(ctx: &XdpContext, packet: &Packet, flow: &mut Flow) -> bool {
 /// so that applying it cannot fail.
 #[inline(always)]
 fn nat_fits(ctx: &XdpContext, packet: &Packet) -> Result<(), Counter> {
-    if packet.l4 + l4_span(packet.proto) > linear_len(ctx) {
+    let end = packet.l4 + l4_span(packet.proto);
+    // Within the IP packet too: a write into the padding would be trimmed away.
+    if end > linear_len(ctx) || end > packet.ip_end() {
         return Err(Counter::PassNat);
     }
     Ok(())

@@ -1,9 +1,11 @@
 //! ECMP: which path of a nexthop group or multipath route a flow takes, hashed as the
 //! kernel's `fib_multipath_hash_policy` says. With `net.ipv4.fib_multipath_hash_seed` set
 //! (Linux 6.11+), policies 0, 2 and 3 are the kernel's own hash (`mp_hash`), so every flow
-//! takes the kernel's path; what only the kernel's flow dissector sees (encapsulations,
-//! IPv6 extension headers, the ports of other protocols than TCP and UDP) goes to the
-//! kernel. Without a seed, or with policy 1, xdpfwd's own hash ([`flow_hash`]) chooses.
+//! takes the kernel's path. Where the kernel's hash cannot be computed (no seed, policy 1,
+//! or what only its flow dissector reads: encapsulations, IPv6 extension headers, the ports
+//! of other protocols than TCP and UDP), a frame the kernel would forward as it is goes to
+//! the kernel; where xdpfwd is the router (the kernel's forwarding off, a popped tag, a
+//! rewrite), or with `ecmp = "own-hash"`, xdpfwd's own hash ([`flow_hash`]) chooses.
 //!
 //! Reads `FIB_CTL` (the seed, the hash fields), `NH_GROUPS` and `NH_BUCKETS`; decides only.
 
@@ -83,16 +85,25 @@ pub extern "C" fn xdpfwd_path(flow: *const Flow, arg: u32) -> u32 {
 
 /// The flow's ECMP hash over the fields the kernel's `fib_multipath_hash_policy` names.
 /// With `fib_multipath_hash_seed` set, policies 0, 2 and 3 are the kernel's own hash, so each
-/// flow takes the kernel's path. Otherwise (no seed, policy 1) the kernel's hash cannot be
-/// computed: with `own` xdpfwd's own hash chooses (over addresses for policies 0 and 2,
-/// also protocol and ports for 1 and 3), else `None`, the kernel's. `dissect`: IPv6 policy
-/// rules make the kernel dissect packets early (`FibWord::dissect`). One SipHash for every
-/// policy and family: the program's stack has no room for more.
+/// flow takes the kernel's path. Where the kernel's hash cannot be computed (no seed,
+/// policy 1, or what only its flow dissector reads), with `own` xdpfwd's own hash chooses
+/// (over addresses for policies 0 and 2, also protocol and ports for 1 and 3), else `None`,
+/// the kernel's. `dissect`: IPv6 policy rules make the kernel dissect packets early
+/// (`FibWord::dissect`).
 #[inline(always)]
 fn hash(flow: &Flow, policy: HashPolicy, dissect: bool, own: bool) -> Option<u32> {
+    kernel_hash(flow, policy, dissect).or_else(|| {
+        own.then(|| own_hash(flow, matches!(policy, HashPolicy::L4 | HashPolicy::Custom)))
+    })
+}
+
+/// The kernel's hash of the flow, where it can be computed (`mp_hash`). One SipHash for
+/// every policy and family: the program's stack has no room for more.
+#[inline(always)]
+fn kernel_hash(flow: &Flow, policy: HashPolicy, dissect: bool) -> Option<u32> {
     let seed = FIB_CTL.get(FIB_CTL_SEED).copied().unwrap_or(0);
     if seed == 0 || policy == HashPolicy::L4 {
-        return own.then(|| own_hash(flow, matches!(policy, HashPolicy::L4 | HashPolicy::Custom)));
+        return None;
     }
     let keys = match policy {
         // Policy 1 returned above.

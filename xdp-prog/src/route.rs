@@ -7,7 +7,7 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use xdpfwd_common::{
-    Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HopFlags,
+    Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy, HopFlags,
     ICMP_QUOTE_FORWARDED, IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags,
     NeighKeyV4, NeighKeyV6, NhPath, Route, RouteKind, RuleFields, XskMeta, fib_rule_index,
     route_key_bits, route_key_v4, route_key_v6,
@@ -73,9 +73,10 @@ pub fn route(
             (route.oif, &route.gateway, route.hop)
         }
         RouteKind::Nexthop => {
-            // Where the kernel forwards, its path is the reference; where it does not,
-            // xdpfwd is the router and its own hash may choose.
-            let own = fib.own_hash || !at.kernel_forwards(v6);
+            // Where the kernel would forward the frame as it is, its path is the reference;
+            // where it would not (its forwarding off, a tag it has no device for, a rewrite
+            // only xdpfwd applies), xdpfwd is the router and its own hash may choose.
+            let own = fib.own_hash || !at.kernel_forwards(v6) || at.tagged() || nat != NO_NAT;
             let path = path(route.nh, flow, &fib, own)?;
             (path.oif, &path.gateway, path.hop)
         }
@@ -265,11 +266,16 @@ fn path(slot: u32, flow: &Flow, fib: &FibWord, own: bool) -> Result<&'static NhP
         return Err(Counter::PassRoute);
     }
     let group = NH_GROUPS.get(index).ok_or(Counter::PassRoute)?;
+    let mut fib = *fib;
     if (group.count > 1 || group.buckets != 0) && fib.ecmp_kernel {
-        return Err(Counter::PassFib);
+        if !own {
+            return Err(Counter::PassFib);
+        }
+        // A policy xdpfwd does not know (or policy 3 before its fields): its own hash.
+        fib.hash = HashPolicy::L4;
     }
     let i = if group.count > 1 || group.buckets != 0 {
-        xdpfwd_path(flow, path_arg(index, fib, own))
+        xdpfwd_path(flow, path_arg(index, &fib, own))
     } else {
         0
     };

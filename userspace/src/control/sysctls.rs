@@ -150,9 +150,9 @@ impl Control {
     }
 
     /// Follows `net.ipv4.fib_multipath_hash_seed` (Linux 6.11+, both families): once it is
-    /// set, policy 0 is hashed as the kernel hashes it, so every flow takes the kernel's path
-    /// (`xdpfwd_common::mp_hash`); unset, the kernel's key is random and xdpfwd's own hash
-    /// chooses.
+    /// set, policies 0, 2 and 3 are hashed as the kernel hashes them, so every flow takes the
+    /// kernel's path (`xdpfwd_common::mp_hash`); unset, the kernel's key is random: ECMP
+    /// traffic is the kernel's where it forwards, else xdpfwd's own hash chooses.
     fn poll_hash_seed(&mut self) {
         let seed = read_u32("/proc/sys/net/ipv4/fib_multipath_hash_seed").unwrap_or(0);
         if self.mp_seed == Some(seed) {
@@ -163,10 +163,7 @@ impl Control {
             return;
         }
         if seed == 0 {
-            tracing::info!(
-                "ECMP hash seed not set: paths by xdpfwd's own flow hash (policies 0 and 1), \
-                 the kernel's (policies 2 and 3)"
-            );
+            tracing::info!("ECMP hash seed not set: the kernel's multipath hash is unknown");
         } else {
             tracing::info!(
                 seed,
