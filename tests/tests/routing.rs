@@ -1316,3 +1316,51 @@ fn a_rewrite_is_routed_by_its_new_destination_port_and_address() {
     }
     assert_eq!(xdpfwd_took(&done.stdout), 30, "{}", done.stdout);
 }
+
+/// A frame whose VLAN tag xdpfwd pops is not one the kernel would forward (it has no device
+/// for the tag): to an ECMP route, xdpfwd forwards it by its own hash even where the kernel
+/// forwards untagged frames and its multipath hash is unknown (no seed).
+#[test]
+fn ecmp_frames_whose_tag_is_popped_are_forwarded_by_xdpfwd() {
+    let topo = Topology::new("vp", true).unwrap();
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(&topo, &f2, &s2);
+    for conf in ["all", "default", topo.f0.as_str()] {
+        ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
+    }
+    let f1 = topo.f1.clone();
+    ip(
+        &topo,
+        &format!(
+            "route add 198.19.82.0/24 nexthop via 198.18.2.2 dev {f1} nexthop via 198.18.3.2 dev {f2}"
+        ),
+    );
+    let config = std::env::temp_dir().join(format!("{}-vlan.toml", topo.prefix));
+    let text = format!(
+        "[[interface]]\nname = \"{}\"\nvlan_pop = true\n[[interface]]\nname = \"{f1}\"\n\
+         [[interface]]\nname = \"{f2}\"\n",
+        topo.f0
+    );
+    std::fs::write(&config, text).unwrap();
+    let capture = Capture::open(&topo, &s2);
+    let c0 = topo.c0.clone();
+    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    let args = ["--config", config.to_str().unwrap(), "--stats-interval", "0"];
+    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
+    for i in 0..20u8 {
+        let addrs = (Ipv4Addr::new(198, 18, 1, 2 + i), Ipv4Addr::new(198, 19, 82, 7 + i));
+        let mut f = frame(c_mac, f_mac, addrs, false, (7000, 53), 40);
+        f.splice(12..12, [0x81, 0x00, 0x00, 10]);
+        sender.send(&f).unwrap();
+        thread::sleep(Duration::from_millis(2));
+    }
+    let (a, b) = capture.take();
+    let done = fwd.stop().unwrap();
+    std::fs::remove_file(&config).unwrap();
+    assert_eq!(a.len() + b.len(), 20, "forwarded, untagged: {}", done.stdout);
+    assert!(a.iter().chain(&b).all(|f| f[12..14] == [8, 0]), "untagged");
+    assert_eq!(xdpfwd_took(&done.stdout), 20, "{}", done.stdout);
+}
