@@ -16,7 +16,7 @@ use std::{
 use anyhow::Context as _;
 use xdpfwd_tests::{
     CLIENT_V4, CLIENT_V6, Forwarder, SERVER_V4, SERVER_V6, Topology, daemons::Frr, in_netns, ns_sh,
-    sh, wait_for,
+    sh, wait_for, xdp_counter, xdpfwd_took,
 };
 
 pub fn run(bin: &Path) -> anyhow::Result<()> {
@@ -194,7 +194,7 @@ fn frr(topo: &Topology) -> anyhow::Result<()> {
     println!(
         "== FRR: BGP over two links, ECMP through a nexthop group, kernel forwarding still OFF"
     );
-    let (f2, _) = topo.second_link()?;
+    let (f2, s2) = topo.second_link()?;
     ns_sh(&topo.server, &["ip", "addr", "add", "198.19.70.1/32", "dev", "lo"])?;
     let _server =
         Frr::start(&topo.server, &topo.server, &["zebra", "staticd", "bgpd"], FRR_SERVER)?;
@@ -229,6 +229,7 @@ fn frr(topo: &Topology) -> anyhow::Result<()> {
                 "ports too: flows spread"
             }
         );
+        let before = [received(topo, &topo.s0), received(topo, &s2)];
         in_netns(&topo.client, || -> std::io::Result<()> {
             let sockets: Vec<UdpSocket> =
                 (0..16).map(|_| UdpSocket::bind("198.18.1.2:0")).collect::<Result<_, _>>()?;
@@ -242,12 +243,24 @@ fn frr(topo: &Topology) -> anyhow::Result<()> {
         })??;
         thread::sleep(Duration::from_millis(300));
         let done = fwd.stop()?;
-        for line in done.stdout.lines().filter(|l| l.contains("/q0:") && !l.contains(&topo.f0)) {
-            let port = line.trim().split(':').next().unwrap_or("");
-            let tx = line.split("tx ").nth(1).and_then(|t| t.split(',').next()).unwrap_or("?");
-            println!("   {port} sent {tx}");
-        }
+        let after = [received(topo, &topo.s0), received(topo, &s2)];
+        println!(
+            "   arrived at the server: {} over the link of {}, {} over the link of {f2}; \
+             xdpfwd forwarded {} (fast path {}, AF_XDP path {})",
+            after[0].saturating_sub(before[0]),
+            topo.f1,
+            after[1].saturating_sub(before[1]),
+            xdpfwd_took(&done.stdout),
+            xdp_counter(&done.stdout, "fast_forwarded"),
+            xdp_counter(&done.stdout, "steered"),
+        );
     }
     println!("== stopping FRR");
     Ok(())
+}
+
+/// Packets `dev` in the server's namespace has received (BGP's own included).
+fn received(topo: &Topology, dev: &str) -> u64 {
+    let path = format!("/sys/class/net/{dev}/statistics/rx_packets");
+    ns_sh(&topo.server, &["cat", &path]).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
