@@ -424,6 +424,7 @@ fn the_fast_path_applies_the_same_nat_cross_connect_and_vlan_handling() {
     let (echo, peer) = tcp_through_nat(&topo, IpAddr::V4(VIP4), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     assert_eq!((echo.as_slice(), peer), (&b"through nat"[..], SocketAddr::from((VIP4, 80))));
     let done = fwd.stop().unwrap();
+    let _ = std::fs::remove_file(&config);
     assert!(done.success, "{done:?}");
     assert!(
         xdpfwd_tests::xdp_counter(&done.stdout, "fast_forwarded") >= 4,
