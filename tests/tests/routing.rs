@@ -937,6 +937,19 @@ fn seeded_stream(c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
 /// The frames that left through f1 and through f2.
 type Links = (Vec<Vec<u8>>, Vec<Vec<u8>>);
 
+/// The second link, GRO on the peers, permanent neighbours of both families on both links
+/// and `rp_filter` off: the setting of the ECMP tests. Returns the second link's ends.
+fn two_links(topo: &Topology) -> (String, String) {
+    topo.enable_gro().unwrap();
+    let (f2, s2) = topo.second_link().unwrap();
+    neighbours(topo, &f2, &s2);
+    neighbours_v6(topo, &f2, &s2);
+    for conf in ["all", "default", topo.f0.as_str()] {
+        ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
+    }
+    (f2, s2)
+}
+
 /// The frames a test sends, built for the client's and the router's MACs.
 type Stream = fn([u8; 6], [u8; 6]) -> Vec<Vec<u8>>;
 
@@ -983,13 +996,7 @@ fn with_a_hash_seed_every_flow_takes_the_kernels_path() {
         eprintln!("skipped: this kernel has no fib_multipath_hash_seed (Linux 6.11+)");
         return;
     }
-    topo.enable_gro().unwrap();
-    let (f2, s2) = topo.second_link().unwrap();
-    neighbours(&topo, &f2, &s2);
-    neighbours_v6(&topo, &f2, &s2);
-    for conf in ["all", "default", topo.f0.as_str()] {
-        ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
-    }
+    let (f2, s2) = two_links(&topo);
     ns_sh(&topo.fwd, &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_seed=2718281"]).unwrap();
     seeded_routes(&topo, &f2);
     let capture = Capture::open(&topo, &s2);
@@ -1132,13 +1139,7 @@ fn with_a_hash_seed_policies_2_and_3_take_the_kernels_paths() {
         eprintln!("skipped: this kernel has no fib_multipath_hash_seed (Linux 6.11+)");
         return;
     }
-    topo.enable_gro().unwrap();
-    let (f2, s2) = topo.second_link().unwrap();
-    neighbours(&topo, &f2, &s2);
-    neighbours_v6(&topo, &f2, &s2);
-    for conf in ["all", "default", topo.f0.as_str()] {
-        ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
-    }
+    let (f2, s2) = two_links(&topo);
     ns_sh(&topo.fwd, &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_seed=314159"]).unwrap();
     seeded_routes(&topo, &f2);
     let capture = Capture::open(&topo, &s2);
@@ -1199,13 +1200,7 @@ fn without_a_hash_seed_ecmp_where_the_kernel_forwards_is_the_kernels() {
         eprintln!("skipped: this kernel has no fib_multipath_hash_seed (Linux 6.11+)");
         return;
     }
-    topo.enable_gro().unwrap();
-    let (f2, s2) = topo.second_link().unwrap();
-    neighbours(&topo, &f2, &s2);
-    neighbours_v6(&topo, &f2, &s2);
-    for conf in ["all", "default", topo.f0.as_str()] {
-        ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
-    }
+    let (f2, s2) = two_links(&topo);
     seeded_routes(&topo, &f2);
     let capture = Capture::open(&topo, &s2);
     let total = 2 * seeded_stream([0; 6], [0; 6]).len();
@@ -1258,12 +1253,7 @@ fn without_a_hash_seed_ecmp_where_the_kernel_forwards_is_the_kernels() {
 #[test]
 fn a_rewrite_is_routed_by_its_new_destination_port_and_address() {
     let topo = Topology::new("np", true).unwrap();
-    topo.enable_gro().unwrap();
-    let (f2, s2) = topo.second_link().unwrap();
-    neighbours(&topo, &f2, &s2);
-    for conf in ["all", "default", topo.f0.as_str()] {
-        ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
-    }
+    let (f2, s2) = two_links(&topo);
     ip(&topo, "route add 198.19.80.0/24 via 198.18.2.2");
     ip(&topo, "route add 198.19.80.0/24 via 198.18.3.2 table 100");
     ip(&topo, "rule add pref 100 ipproto tcp dport 8080 lookup 100");
@@ -1323,12 +1313,7 @@ fn a_rewrite_is_routed_by_its_new_destination_port_and_address() {
 #[test]
 fn ecmp_frames_whose_tag_is_popped_are_forwarded_by_xdpfwd() {
     let topo = Topology::new("vp", true).unwrap();
-    topo.enable_gro().unwrap();
-    let (f2, s2) = topo.second_link().unwrap();
-    neighbours(&topo, &f2, &s2);
-    for conf in ["all", "default", topo.f0.as_str()] {
-        ns_sh(&topo.fwd, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]).unwrap();
-    }
+    let (f2, s2) = two_links(&topo);
     let f1 = topo.f1.clone();
     ip(
         &topo,
