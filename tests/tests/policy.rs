@@ -239,6 +239,47 @@ fn routed_vlans_are_popped_and_pushed_and_vlan_rules_match() {
     let _ = std::fs::remove_file(config);
 }
 
+#[test]
+fn a_tagged_frame_to_an_unresolved_next_hop_is_held_where_the_kernel_forwards() {
+    // The kernel's forwarding is on: a frame to a next hop it has not resolved yet is the
+    // kernel's to forward (and resolve), unless xdpfwd pops its tag. The kernel has no
+    // device for the tag: passed to it, the frame would be dropped and nothing resolved.
+    let topo = Topology::new("vh", true).unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f0_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    let config = write_config(
+        &topo,
+        "vlanneigh",
+        &format!(
+            "[[interface]]\nname = \"{}\"\nvlan_pop = true\n\n[[interface]]\nname = \"{}\"\n",
+            topo.f0, topo.f1
+        ),
+    );
+    let mut fwd = start(&topo, &config);
+    let c0 = topo.c0.clone();
+    let client = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let rx = in_netns(&topo.server, || UdpSocket::bind("0.0.0.0:9000")).unwrap().unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 128];
+    let mut once = |frame: &[u8], l3: usize| {
+        client.send(frame).unwrap();
+        rx.recv(&mut buf).is_ok_and(|n| buf[..n] == frame[l3 + 28..])
+    };
+    // One datagram each, nothing resolved before it: a retry would pass on a neighbour the
+    // first resolved.
+    assert!(once(&tagged_udp(c_mac, f0_mac, 10, 9000), 18), "the tagged datagram arrived");
+    sh(&["ip", "-n", &topo.fwd, "neigh", "flush", "dev", &topo.f1]).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let mut untagged = tagged_udp(c_mac, f0_mac, 10, 9000);
+    untagged.drain(12..16);
+    assert!(once(&untagged, 14), "the untagged datagram arrived (forwarded by the kernel)");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{done:?}");
+    let passed = xdpfwd_tests::xdp_counter(&done.stdout, "pass_neigh_miss");
+    assert_eq!(passed, 1, "only the untagged datagram went to the kernel\n{}", done.stdout);
+    let _ = std::fs::remove_file(config);
+}
+
 const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 100);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x100);
 

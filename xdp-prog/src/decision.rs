@@ -35,6 +35,14 @@ impl Ingress {
         self.info.flags.contains(flag)
     }
 
+    /// The kernel would forward the frame as it arrived: its forwarding is on for the family
+    /// here and no tag is being popped (a popped tag makes xdpfwd the frame's router: the
+    /// kernel would hand it to a VLAN device, if it has one, not route it from here).
+    #[inline(always)]
+    pub fn kernel_forwards_as_is(&self, v6: bool) -> bool {
+        self.kernel_forwards(v6) && !self.tagged()
+    }
+
     /// xdpfwd owes the frame the router's ICMP errors: the kernel's forwarding is off on
     /// this interface, so the kernel would drop the frame silently. Not for frames whose
     /// tag is popped (the kernel's reply would leave by its own routes, untagged).

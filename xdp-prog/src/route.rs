@@ -50,6 +50,7 @@ pub fn route(
     steer: &mut Steer,
 ) -> Result<(), Counter> {
     let v6 = flow.v6();
+    let kernels = kernels_frame(at, v6, nat);
     let word = FIB_CTL.get(v6 as u32).copied().unwrap_or(0);
     let fib = FibWord::decode(word);
     if fib.netfilter {
@@ -74,9 +75,8 @@ pub fn route(
         }
         RouteKind::Nexthop => {
             // Where the kernel would forward the frame as it is, its path is the reference;
-            // where it would not (its forwarding off, a tag it has no device for, a rewrite
-            // only xdpfwd applies), xdpfwd is the router and its own hash may choose.
-            let own = fib.own_hash || !at.kernel_forwards(v6) || at.tagged() || nat != NO_NAT;
+            // where it would not, xdpfwd is the router and its own hash may choose.
+            let own = fib.own_hash || !kernels;
             let path = path(route.nh, flow, &fib, own)?;
             (path.oif, &path.gateway, path.hop)
         }
@@ -125,8 +125,8 @@ pub fn route(
         match neighbour(oif, &next_hop, hop_v6) {
             Some(mac) => mac,
             // The kernel forwards the packet itself, as it would without xdpfwd, unless the
-            // route or a rewrite is xdpfwd's own.
-            None if at.kernel_forwards(v6) && kind.is_kernel_route() && nat == NO_NAT => {
+            // route is xdpfwd's own.
+            None if kernels && kind.is_kernel_route() => {
                 return Err(Counter::PassNeighMiss);
             }
             None => {
@@ -145,6 +145,14 @@ pub fn route(
     steer.meta.addr[6..12].copy_from_slice(&out.mac);
     steer.mtu = mtu;
     Ok(())
+}
+
+/// The kernel would forward the frame as it is: its forwarding is on for the ingress, no
+/// tag is popped, and no rewrite only xdpfwd applies changes it. Elsewhere xdpfwd is the
+/// frame's router (passed to the kernel, the frame would be dropped or routed otherwise).
+#[inline(always)]
+fn kernels_frame(at: &Ingress, v6: bool, nat: u32) -> bool {
+    at.kernel_forwards_as_is(v6) && nat == NO_NAT
 }
 
 /// A destination the FIB refuses (no route, `unreachable`, `prohibit`): IPv4 routers answer
