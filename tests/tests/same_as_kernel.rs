@@ -257,3 +257,40 @@ fn jumbo_frames_through_the_af_xdp_path_equal_the_kernels() {
     assert!(!done.stderr.contains("do not fit"), "{}", done.stderr);
     assert!(done.stderr.contains("multi-buffer (frames up to 61412 bytes)"), "{}", done.stderr);
 }
+
+/// The Subnet-Router anycast address of a prefix (here 2001:2:0:2::, of the server's link)
+/// is a Linux router's own: it takes packets to it in. With the kernel's forwarding off
+/// (the kernel then drops its anycast route), xdpfwd, the router in its place, leaves them
+/// to the kernel all the same: it neither forwards them nor answers them with "time
+/// exceeded", as it does for the server's address.
+#[test]
+fn packets_to_the_subnet_router_anycast_address_are_not_forwarded() {
+    let topo = Topology::new("an", false).unwrap();
+    topo.static_neighbours().unwrap();
+    let args = [topo.f0.as_str(), topo.f1.as_str(), "--stats-interval", "0"];
+    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
+    let c0 = topo.c0.clone();
+    let client = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    let anycast: std::net::Ipv6Addr = "2001:2:0:2::".parse().unwrap();
+    let to = |dst: std::net::Ipv6Addr, hop: u8| {
+        let ip = PacketBuilder::ethernet2(c_mac, f_mac).ipv6(CLIENT_V6.octets(), dst.octets(), hop);
+        w(ip.udp(4000, 9000), &[1, 2, 3, 4])
+    };
+    for frame in [to(anycast, 64), to(anycast, 1), to(SERVER_V6, 1)] {
+        client.send(&frame).unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    let back = client.drain(Duration::from_millis(500), 100);
+    let exceeded: Vec<&Vec<u8>> = back
+        .iter()
+        .filter(|f| f.len() >= 102 && f[12..14] == [0x86, 0xdd] && f[20] == 58 && f[54] == 3)
+        .collect();
+    assert_eq!(exceeded.len(), 1, "one \"time exceeded\": {exceeded:02x?}");
+    assert_eq!(exceeded[0][86..102], SERVER_V6.octets(), "for the packet to the server");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{done:?}");
+    assert_eq!(xdp_counter(&done.stdout, "steered_icmp"), 1, "{}", done.stdout);
+    assert_eq!(xdp_counter(&done.stdout, "steered_neigh_miss"), 0, "{}", done.stdout);
+}

@@ -167,6 +167,39 @@ impl Route {
     }
 }
 
+impl Route {
+    /// The Subnet-Router anycast address (RFC 4291, 2.6.1) of `self`, parsed from `msg`, when
+    /// it is the prefix route the kernel made for an IPv6 address (`proto kernel`, on-link,
+    /// in `main`): a host route to the prefix's own address, left to the kernel. A Linux
+    /// router (forwarding on for the interface) holds that address as an `anycast` route in
+    /// `local` and takes packets to it in; while its forwarding is off the kernel removes the
+    /// route, but xdpfwd, then the router in its place, must not forward them. Not for /127
+    /// and /128 prefixes (RFC 6164) or one whose address is `::`, as in the kernel's
+    /// `addrconf_join_anycast`. Its metric, one per interface, is no kernel route's.
+    pub fn subnet_router_anycast(&self, msg: &RouteMessage) -> Option<Route> {
+        let IpNet::V6(net) = self.prefix else { return None };
+        let on_link = matches!(self.action, Action::Unicast { gateway: None, .. });
+        if msg.header.protocol != RouteProtocol::Kernel
+            || self.table != TABLE_MAIN
+            || !on_link
+            || net.prefix_len() >= 127
+            || net.network().is_unspecified()
+        {
+            return None;
+        }
+        let Action::Unicast { oif, .. } = self.action else { return None };
+        Some(Route {
+            prefix: IpNet::V6(ipnet::Ipv6Net::new(net.network(), 128).ok()?),
+            table: TABLE_LOCAL,
+            metric: u32::MAX - oif,
+            tos: 0,
+            action: Action::Kernel,
+            mtu: 0,
+            weight: 1,
+        })
+    }
+}
+
 /// The paths of an `RTA_MULTIPATH` route; `None` when one of them cannot be mirrored.
 fn multipath(hops: &[RouteNextHop]) -> Option<Vec<Path>> {
     hops.iter()
@@ -662,6 +695,38 @@ mod parse_tests {
         assert_eq!(parse(&ra).action, Action::Kernel, "never an ECMP set, chosen by the kernel");
         ra.header.protocol = RouteProtocol::Static;
         assert!(matches!(parse(&ra).action, Action::Unicast { .. }));
+    }
+
+    #[test]
+    fn an_ipv6_address_prefix_route_brings_its_subnet_router_anycast() {
+        let prefix = |len: u8, protocol, gateway: Option<&str>| {
+            let mut attrs = vec![
+                RouteAttribute::Destination(RouteAddress::Inet6("2001:2:0:2::".parse().unwrap())),
+                RouteAttribute::Oif(7),
+            ];
+            if let Some(g) = gateway {
+                attrs.push(RouteAttribute::Gateway(RouteAddress::Inet6(g.parse().unwrap())));
+            }
+            let mut msg = message(254, RouteType::Unicast, attrs);
+            msg.header.address_family = AddressFamily::Inet6;
+            msg.header.destination_prefix_length = len;
+            msg.header.protocol = protocol;
+            msg
+        };
+        let msg = prefix(64, RouteProtocol::Kernel, None);
+        let anycast = parse(&msg).subnet_router_anycast(&msg).unwrap();
+        assert_eq!(anycast.prefix, "2001:2::2:0:0:0:0/128".parse::<IpNet>().unwrap());
+        assert_eq!((anycast.table, anycast.action), (TABLE_LOCAL, Action::Kernel));
+        assert_eq!(anycast.metric, u32::MAX - 7, "one per interface");
+        for (msg, why) in [
+            (prefix(127, RouteProtocol::Kernel, None), "RFC 6164"),
+            (prefix(64, RouteProtocol::Static, None), "a route a user added"),
+            (prefix(64, RouteProtocol::Kernel, Some("fe80::1")), "through a gateway"),
+        ] {
+            assert_eq!(parse(&msg).subnet_router_anycast(&msg), None, "{why}");
+        }
+        let v4 = message(254, RouteType::Unicast, vec![dst(), RouteAttribute::Oif(3)]);
+        assert_eq!(parse(&v4).subnet_router_anycast(&v4), None, "IPv4");
     }
 
     #[test]

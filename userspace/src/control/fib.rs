@@ -56,7 +56,8 @@ impl Control {
     }
 
     /// A route message as [`Route`]s: one, with an IPv4 multipath route's paths registered as a
-    /// set; an IPv6 multipath route as its siblings.
+    /// set; an IPv6 multipath route as its siblings; an IPv6 address's prefix route and its
+    /// Subnet-Router anycast address ([`Route::subnet_router_anycast`]).
     pub(super) fn parse_routes(&mut self, msg: &RouteMessage) -> Vec<Route> {
         if msg.header.kind == RouteType::Unspec {
             return Vec::new();
@@ -64,7 +65,10 @@ impl Control {
         let Some(parsed) = Route::from_message(msg) else { return Vec::new() };
         let mut route = parsed.route;
         if parsed.paths.is_empty() {
-            return vec![route];
+            return match route.subnet_router_anycast(msg) {
+                Some(anycast) => vec![route, anycast],
+                None => vec![route],
+            };
         }
         if route.prefix.addr().is_ipv6() {
             // The kernel keeps an IPv6 multipath route as sibling routes of one path each, and

@@ -104,6 +104,35 @@ pub fn answerable_v6(packet: &[u8]) -> bool {
     }
 }
 
+/// Whether the kernel's `ip6_find_1stfragopt` finds where a fragment header would go in
+/// `packet` (from its IPv6 header; `ip_len` is the packet's IP length, of which `packet`
+/// may hold only the start): it walks hop-by-hop and routing headers and destination options
+/// up to a routing header, and fails on a chain that runs past the packet. `ip6_fragment`
+/// walks before it compares the packet with the route's MTU, so a packet too big for its
+/// route with such a chain is dropped without an error. A chain that leaves the bytes at
+/// hand but not the packet counts as found (the kernel's answer is likelier).
+pub fn fragmentable_v6(packet: &[u8], ip_len: usize) -> bool {
+    let Some(&first) = packet.get(6) else { return false };
+    let (mut next, mut at, mut routing) = (first, 40usize, false);
+    while at <= ip_len {
+        match next {
+            0 => {}
+            43 => routing = true,
+            60 if !routing => {}
+            _ => return true,
+        }
+        if at + 2 > ip_len {
+            return false;
+        }
+        let Some(&[header_next, header_len]) = packet.get(at..at + 2) else { return true };
+        (next, at) = (header_next, at + (usize::from(header_len) + 1) * 8);
+        if at > usize::from(u16::MAX) {
+            return false;
+        }
+    }
+    false
+}
+
 /// The IPv4 error for `packet` into `out`: the ICMP header with its checksum, then the quote
 /// (the packet as it arrived, at most `quote_max` bytes). Returns the message's length.
 pub fn build_v4(
@@ -220,6 +249,35 @@ mod tests {
         assert_eq!(&out[8..n], &packet[..QUOTE_V6]);
         let n = build_v6(IcmpError::TimeExceeded, 0, &packet[..48], &mut out);
         assert_eq!((n, out[0], out[1]), (56, 3, 0));
+    }
+
+    #[test]
+    fn a_header_chain_past_the_packet_is_not_fragmentable() {
+        // UDP behind a routing header (8 bytes), then behind one whose length runs past the
+        // packet (hdr ext len 188: 1512 bytes), then past the bytes at hand only.
+        let mut p = vec![0x60, 0, 0, 0, 0, 16, 43, 64];
+        p.resize(40, 0);
+        p.extend_from_slice(&[17, 0, 0, 0, 0, 0, 0, 0]);
+        p.extend_from_slice(&[0; 8]);
+        assert!(fragmentable_v6(&p, p.len()));
+        p[41] = 188;
+        assert!(!fragmentable_v6(&p, p.len()));
+        assert!(fragmentable_v6(&p, 40 + 1520), "beyond the quote: the kernel's likely answer");
+        // Destination options before a routing header are walked; after one, they end it.
+        let mut d = vec![0x60, 0, 0, 0, 0, 16, 60, 64];
+        d.resize(40, 0);
+        d.extend_from_slice(&[43, 0, 0, 0, 0, 0, 0, 0]);
+        d.extend_from_slice(&[60, 200, 0, 0, 0, 0, 0, 0]);
+        assert!(!fragmentable_v6(&d, d.len()), "the routing header's length runs past it");
+        d[49] = 0;
+        d.extend_from_slice(&[17, 250, 0, 0, 0, 0, 0, 0]);
+        assert!(fragmentable_v6(&d, d.len()), "found at the options after the routing header");
+        // A chain that never ends within the packet, and a runt.
+        let mut h = vec![0x60, 0, 0, 0, 0, 8, 0, 64];
+        h.resize(40, 0);
+        h.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(!fragmentable_v6(&h, h.len()));
+        assert!(!fragmentable_v6(&h[..6], 6));
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Job {
     /// The packet from its IP header on, as much as an error quotes (or less if shorter).
     pub packet: [u8; QUOTE_V6],
     pub len: usize,
+    /// The kernel drops the packet without an answer: too big for its route's MTU, with
+    /// an extension header chain `ip6_fragment` cannot walk.
+    pub silent: bool,
 }
 
 impl Job {
@@ -68,7 +71,11 @@ impl Job {
             packet.get(2..4).map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])))
         };
         let len = ip_len.min(packet.len()).min(QUOTE_V6);
-        let mut job = Job { error, v6, mtu, ingress, packet: [0; QUOTE_V6], len };
+        let silent = v6
+            && forwarded
+            && error == IcmpError::TooBig
+            && !message::fragmentable_v6(&packet[..ip_len.min(packet.len())], ip_len);
+        let mut job = Job { error, v6, mtu, ingress, packet: [0; QUOTE_V6], len, silent };
         job.packet[..len].copy_from_slice(&packet[..len]);
         if v6 && forwarded && len >= 8 {
             job.packet[7] = job.packet[7].saturating_sub(1);
@@ -210,8 +217,13 @@ impl Responder {
 
     fn answer(&mut self, job: &Job) {
         let packet = &job.packet[..job.len];
-        let outcome =
-            if job.v6 { self.answer_v6(job, packet) } else { self.answer_v4(job, packet) };
+        let outcome = if job.silent {
+            Outcome::NotAnswered
+        } else if job.v6 {
+            self.answer_v6(job, packet)
+        } else {
+            self.answer_v4(job, packet)
+        };
         let counter = match outcome {
             Outcome::Sent => &self.counters.sent,
             Outcome::Limited => &self.counters.rate_limited,
@@ -331,5 +343,13 @@ mod tests {
         assert_eq!((big.len, big.packet[7]), (QUOTE_V6, 1));
         let after = Job::new(IcmpError::TooBig, (true, true), 1280, 3, &v6);
         assert_eq!(after.packet[7], 0, "the hop limit as forwarding left it");
+        assert!(!big.silent && !after.silent);
+        // Too big for the route's MTU behind a routing header that runs past the packet.
+        let mut chain = v6.clone();
+        (chain[6], chain[40], chain[41]) = (43, 17, 255);
+        chain.truncate(40 + 0x100);
+        (chain[4], chain[5]) = (0x01, 0);
+        assert!(Job::new(IcmpError::TooBig, (true, true), 1280, 3, &chain).silent);
+        assert!(!Job::new(IcmpError::TooBig, (true, false), 1280, 3, &chain).silent, "link MTU");
     }
 }
