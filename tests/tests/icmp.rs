@@ -388,3 +388,75 @@ fn jumbo_frames_get_the_kernels_errors_with_forwarding_off() {
     assert!(xdp_counter(&done.stdout, "steered_icmp") >= 4, "{}", done.stdout);
     assert_eq!(xdp_counter(&done.stdout, "pass_too_long"), 0, "{}", done.stdout);
 }
+
+/// An ICMPv6 error to a source on another link than the one its packet came in by (routing
+/// that is not symmetric, or a spoofed source) comes, as the kernel's (`icmp6_send`), from
+/// the address the ingress would use towards that source, not from the link the error
+/// leaves by; unless the route back has a preferred source, which then wins.
+#[test]
+fn icmpv6_errors_come_from_the_ingress_unless_the_route_back_says() {
+    let topo = Topology::new("icmp6src", true).unwrap();
+    let f = |args: &[&str]| ns_sh(&topo.fwd, args).unwrap();
+    let s_mac = xdpfwd_tests::fmt_mac(topo.mac(&topo.server, &topo.s0).unwrap());
+    topo.permanent_neighbour("2001:2:0:2::7", &s_mac, &topo.f1).unwrap();
+    f(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:2:0:9::/64",
+        "via",
+        "2001:2:0:2::7",
+        "src",
+        "2001:2:0:2::1",
+    ]);
+    topo.permanent_neighbour("2001:2:0:2::2", &s_mac, &topo.f1).unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    let expired = |src: &str| {
+        let src: Ipv6Addr = src.parse().unwrap();
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(c_mac, f_mac)
+            .ipv6(src.octets(), SERVER_V6.octets(), 1)
+            .udp(4000, 9000)
+            .write(&mut v, &[7; 16])
+            .unwrap();
+        v
+    };
+    let frames = [expired("2001:2:0:2::7"), expired("2001:2:0:9::9")];
+    let errors_at_server = || {
+        let s0 = topo.s0.clone();
+        let capture = in_netns(&topo.server, move || RawSocket::open(&s0)).unwrap().unwrap();
+        let c0 = topo.c0.clone();
+        let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+        for frame in &frames {
+            sender.send(frame).unwrap();
+            thread::sleep(Duration::from_millis(20));
+        }
+        let mut got: Vec<Vec<u8>> = capture
+            .drain(Duration::from_millis(500), 100)
+            .into_iter()
+            .filter(|f| f.len() >= 62 && f[12..14] == [0x86, 0xdd] && f[20] == 58 && f[54] == 3)
+            .map(|mut f| {
+                f[15] &= 0xf0;
+                f[16..18].fill(0);
+                f
+            })
+            .collect();
+        got.sort();
+        got
+    };
+    let kernel = errors_at_server();
+    let sources: Vec<Ipv6Addr> =
+        kernel.iter().map(|e| <[u8; 16]>::try_from(&e[22..38]).unwrap().into()).collect();
+    let expected: Vec<Ipv6Addr> =
+        ["2001:2:0:1::1", "2001:2:0:2::1"].map(|a| a.parse().unwrap()).into();
+    assert_eq!(sources, expected, "the kernel's: the ingress's, then the route's source");
+    topo.set_forwarding(false).unwrap();
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    let ours = errors_at_server();
+    let done = fwd.stop().unwrap();
+    assert_eq!(xdp_counter(&done.stdout, "steered_icmp"), 2, "{}", done.stdout);
+    assert_eq!(ours, kernel, "the same errors, byte for byte");
+}

@@ -10,6 +10,7 @@
 pub mod limit;
 pub mod message;
 mod output;
+mod source;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -302,7 +303,14 @@ impl Responder {
             }
         }
         let n = message::build_v6(job.error, job.mtu, packet, &mut self.message);
-        match self.output.send_v6(&self.message[..n], src) {
+        // `icmp6_send`: a route's preferred source, else the address the ingress would send
+        // to `src` from.
+        let source = if self.output.route_has_prefsrc(src) {
+            None
+        } else {
+            source::select(&self.output.addresses_v6(), src, job.ingress)
+        };
+        match self.output.send_v6(&self.message[..n], src, source) {
             Ok(_) => {
                 if limited {
                     self.limiter.consume();

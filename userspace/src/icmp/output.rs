@@ -23,7 +23,15 @@ use netlink_packet_route::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, SockaddrIn6, sendmsg};
 
+use super::source::{self, Candidate};
 use crate::sockopt::set_timeout;
+
+/// The `use_tempaddr` of the interface `ifindex` (0 when it cannot be read).
+fn use_tempaddr(ifindex: u32) -> i32 {
+    let Ok(name) = nix::net::if_::if_indextoname(ifindex) else { return 0 };
+    let path = format!("/proc/sys/net/ipv6/conf/{}/use_tempaddr", name.to_string_lossy());
+    std::fs::read_to_string(path).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
 
 /// `ICMP_FILTER` (`linux/icmp.h`), on `SOL_RAW`: the ICMP types a raw socket does not
 /// receive.
@@ -110,16 +118,69 @@ impl Output {
         sendmsg(self.v4.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_DONTWAIT, Some(&to))
     }
 
-    /// Sends an ICMPv6 message to `dst`; the kernel fills in the checksum and the source.
-    pub fn send_v6(&self, message: &[u8], dst: Ipv6Addr) -> nix::Result<usize> {
+    /// Sends an ICMPv6 message to `dst`, from `src` if given (else the kernel picks the
+    /// source as for any packet it sends); the kernel fills in the checksum.
+    pub fn send_v6(
+        &self,
+        message: &[u8],
+        dst: Ipv6Addr,
+        src: Option<Ipv6Addr>,
+    ) -> nix::Result<usize> {
         let to = SockaddrIn6::from(std::net::SocketAddrV6::new(dst, 0, 0, 0));
         let iov = [IoSlice::new(message)];
-        sendmsg(self.v6.as_raw_fd(), &iov, &[], MsgFlags::MSG_DONTWAIT, Some(&to))
+        let info = libc::in6_pktinfo {
+            ipi6_addr: libc::in6_addr { s6_addr: src.unwrap_or(Ipv6Addr::UNSPECIFIED).octets() },
+            ipi6_ifindex: 0,
+        };
+        let info_msg = [ControlMessage::Ipv6PacketInfo(&info)];
+        let cmsgs: &[ControlMessage] = if src.is_some() { &info_msg } else { &[] };
+        sendmsg(self.v6.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_DONTWAIT, Some(&to))
+    }
+
+    /// The namespace's IPv6 addresses, as [`source::select`] wants them (in the kernel's
+    /// order); empty when the kernel does not answer in time.
+    pub fn addresses_v6(&mut self) -> Vec<Candidate> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        let mut out = Vec::new();
+        self.ask(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP, |reply| {
+            let RouteNetlinkMessage::NewAddress(a) = reply else { return };
+            let mut flags = u32::from(a.header.flags.bits());
+            let (mut local, mut address) = (None, None);
+            for attr in &a.attributes {
+                match attr {
+                    AddressAttribute::Local(IpAddr::V6(l)) => local = Some(*l),
+                    AddressAttribute::Address(IpAddr::V6(l)) => address = Some(*l),
+                    AddressAttribute::Flags(f) => flags = f.bits(),
+                    _ => {}
+                }
+            }
+            if let Some(addr) = local.or(address) {
+                let (ifindex, prefix_len) = (a.header.index, a.header.prefix_len);
+                out.push(Candidate { addr, ifindex, prefix_len, flags, prefer_temporary: false });
+            }
+        });
+        for c in out.iter_mut().filter(|c| c.flags & source::TEMPORARY != 0) {
+            c.prefer_temporary = use_tempaddr(c.ifindex) >= 2;
+        }
+        out
+    }
+
+    /// Whether the route the kernel sends to `dst` by has a preferred source (`src`): then
+    /// `icmp6_send` leaves the choice to the route.
+    pub fn route_has_prefsrc(&mut self, dst: Ipv6Addr) -> bool {
+        self.fib_match(IpAddr::V6(dst)).is_some_and(|(_, prefsrc)| prefsrc)
     }
 
     /// The prefix length of the route the kernel sends to `dst` by (`ip route get fibmatch`),
     /// or `None` when there is none or the kernel does not answer in time.
     pub fn route_prefix_len(&mut self, dst: IpAddr) -> Option<u8> {
+        self.fib_match(dst).map(|(len, _)| len)
+    }
+
+    /// The prefix length of the route to `dst` (`ip route get fibmatch`) and whether it
+    /// has a preferred source.
+    fn fib_match(&mut self, dst: IpAddr) -> Option<(u8, bool)> {
         let mut msg = RouteMessage::default();
         msg.header.address_family =
             if dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
@@ -132,7 +193,9 @@ impl Output {
         let mut found = None;
         self.ask(RouteNetlinkMessage::GetRoute(msg), 0, |reply| {
             if let RouteNetlinkMessage::NewRoute(r) = reply {
-                found = Some(r.header.destination_prefix_length);
+                let prefsrc =
+                    r.attributes.iter().any(|a| matches!(a, RouteAttribute::PrefSource(_)));
+                found = Some((r.header.destination_prefix_length, prefsrc));
             }
         });
         found
