@@ -180,7 +180,16 @@ pub fn iperf3(topo: &Topology, port: &str, args: &[&str]) -> anyhow::Result<Stri
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    thread::sleep(Duration::from_millis(400));
+    // Until it listens (a fixed pause was not always enough on a loaded machine).
+    let filter = format!("sport = :{port}");
+    let listening = crate::wait_for(Duration::from_secs(5), || {
+        ns_sh(&topo.server, &["ss", "-Hltn", &filter]).is_ok_and(|out| !out.trim().is_empty())
+    });
+    if !listening {
+        let _ = server.kill();
+        let _ = server.wait();
+        anyhow::bail!("iperf3 -s -p {port} did not listen within 5 s");
+    }
     let mut all = vec!["iperf3"];
     all.extend_from_slice(args);
     let report = ns_sh(&topo.client, &all);
