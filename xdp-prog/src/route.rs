@@ -9,7 +9,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use xdpfwd_common::{
     Counter, FIB_NO_SUPPRESS, FibAction, FibFlags, FibRule, FibWord, HashPolicy, HopFlags,
     ICMP_QUOTE_FORWARDED, IcmpError, IfaceFlags, MAX_FIB_RULES, MAX_PATHS, META_MAGIC, MetaFlags,
-    NeighKeyV4, NeighKeyV6, NhPath, Route, RouteKind, RuleFields, XskMeta, fib_rule_index,
+    NeighKeyV4, NeighKeyV6, NhPath, Route, RouteKind, Rule, RuleFields, XskMeta, fib_rule_index,
     route_key_bits, route_key_v4, route_key_v6,
 };
 
@@ -321,7 +321,7 @@ pub extern "C" fn xdpfwd_fib(flow: *const Flow, word: u32) -> u32 {
         let masked_ports = rule.sport_mask | rule.dport_mask != 0;
         let fields =
             if masked_ports { rule.sel.fields.union(RuleFields::PORTS) } else { rule.sel.fields };
-        if needs_kernel(fields, flow) {
+        if needs_kernel(fields, flow) && !other_protocol(&rule.sel, flow) {
             return FIB_KERNEL;
         }
         if (rule_matches(&rule.sel, flow) && fib_rule_extra_matches(rule, flow))
@@ -366,6 +366,17 @@ fn fib_rule_extra_matches(rule: &FibRule, flow: &Flow) -> bool {
     (flow.ds ^ rule.ds) & rule.ds_mask == 0
         && (flow.sport ^ rule.sel.sport_lo) & rule.sport_mask == 0
         && (flow.dport ^ rule.sel.dport_lo) & rule.dport_mask == 0
+}
+
+/// The rule selects a protocol and the flow, as the kernel sees it, has another: the rule
+/// does not match, whatever its ports (`fib4_rule_match` / `fib6_rule_match` compare the
+/// protocol first). Not behind IPv6 extension headers, where the kernel's dissector may
+/// find another protocol.
+#[inline(always)]
+fn other_protocol(rule: &Rule, flow: &Flow) -> bool {
+    rule.fields.contains(RuleFields::PROTO)
+        && rule.proto != u16::from(flow.proto)
+        && !(flow.v6() && extension_header(flow.proto))
 }
 
 /// Selectors the kernel evaluates on what its flow dissector finds, where this program sees
