@@ -280,6 +280,36 @@ fn a_tagged_frame_to_an_unresolved_next_hop_is_held_where_the_kernel_forwards() 
     let _ = std::fs::remove_file(config);
 }
 
+#[test]
+fn priority_tagged_frames_are_routed_as_untagged_ones() {
+    // An 802.1Q tag with VLAN id 0 (802.1p priority only) is no VLAN: the kernel strips it
+    // and routes the frame as untagged, on interfaces without VLAN devices too. With the
+    // kernel's forwarding off, xdpfwd does the same (no `vlan_pop` needed): the datagram
+    // arrives, untagged. A tag with a VLAN id still goes to the kernel (which drops it).
+    let topo = Topology::new("vp", false).unwrap();
+    topo.static_neighbours().unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f0_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    let mut fwd =
+        Forwarder::start(&topo.fwd, &[&topo.f0, &topo.f1, "--stats-interval", "0"]).unwrap();
+    let c0 = topo.c0.clone();
+    let client = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    let rx = in_netns(&topo.server, || UdpSocket::bind("0.0.0.0:9000")).unwrap().unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut buf = [0u8; 128];
+    let mut once = |frame: &[u8]| {
+        client.send(frame).unwrap();
+        rx.recv(&mut buf).is_ok_and(|n| buf[..n] == frame[46..])
+    };
+    let mut priority = tagged_udp(c_mac, f0_mac, 0, 9000);
+    priority[14] |= 0xa0; // PCP 5
+    assert!(once(&priority), "the priority-tagged datagram arrived");
+    assert!(!once(&tagged_udp(c_mac, f0_mac, 10, 9000)), "VLAN 10: not xdpfwd's");
+    let done = fwd.stop().unwrap();
+    assert!(done.success, "{done:?}");
+    assert_eq!(xdpfwd_tests::xdp_counter(&done.stdout, "pass_vlan"), 1, "{}", done.stdout);
+}
+
 const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 100);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x100);
 

@@ -52,18 +52,26 @@ pub fn classify(ctx: &XdpContext, steer: &mut Steer) -> Result<(), Counter> {
     let mut l3 = ETH_HLEN;
     let mut vlan = 0;
     let mut ethertype = ethertype;
-    if ethertype == ETH_P_8021Q && ingress.flags.contains(IfaceFlags::VLAN_POP) {
+    if ethertype == ETH_P_8021Q {
+        let pop = ingress.flags.contains(IfaceFlags::VLAN_POP);
+        let tag = ptr_at::<[u8; VLAN_HLEN]>(ctx, ETH_HLEN)
+            .map_err(|e| if pop { e } else { Counter::PassVlan })?;
         // SAFETY: `ptr_at` checked that the 4 bytes lie inside the frame.
-        let tag = unsafe { &*ptr_at::<[u8; VLAN_HLEN]>(ctx, ETH_HLEN)? };
-        vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
-        l3 = ETH_HLEN + VLAN_HLEN;
+        let tag = unsafe { &*tag };
+        let vid = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
+        // A priority tag (VLAN id 0) is popped everywhere: the kernel strips it and routes the
+        // frame as untagged, which then leaves untagged.
+        if pop || vid == 0 {
+            vlan = vid;
+            ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+            l3 = ETH_HLEN + VLAN_HLEN;
+        }
     }
     let at = Ingress { ifindex, info: ingress, l3, vlan, len };
     match ethertype {
         ETH_P_IP => ipv4(ctx, &at, steer)?,
         ETH_P_IPV6 => ipv6(ctx, &at, steer)?,
-        _ if at.tagged() => return Err(Counter::PassVlan),
+        _ if at.popped() => return Err(Counter::PassVlan),
         ETH_P_8021Q | ETH_P_8021AD => return Err(Counter::PassVlan),
         _ => return Err(Counter::PassNotIp),
     }

@@ -21,10 +21,18 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    /// The frame arrived with a tag that is being popped.
+    /// The frame arrived with a tag that is being popped: a VLAN's, or a priority tag.
+    #[inline(always)]
+    pub fn popped(&self) -> bool {
+        self.l3 != ETH_HLEN
+    }
+
+    /// The frame arrived in a VLAN: its popped tag has a VLAN id. A priority tag (802.1p,
+    /// VLAN id 0) is none: the kernel strips it and routes the frame as it routes an
+    /// untagged one.
     #[inline(always)]
     pub fn tagged(&self) -> bool {
-        self.l3 != ETH_HLEN
+        self.vlan != 0
     }
 
     /// The kernel forwards the family on this interface: what xdpfwd passes it, it forwards
@@ -36,16 +44,17 @@ impl Ingress {
     }
 
     /// The kernel would forward the frame as it arrived: its forwarding is on for the family
-    /// here and no tag is being popped (a popped tag makes xdpfwd the frame's router: the
-    /// kernel would hand it to a VLAN device, if it has one, not route it from here).
+    /// here and it did not arrive in a VLAN (a popped VLAN tag makes xdpfwd the frame's
+    /// router: the kernel would hand it to a VLAN device, if it has one, not route it from
+    /// here).
     #[inline(always)]
     pub fn kernel_forwards_as_is(&self, v6: bool) -> bool {
         self.kernel_forwards(v6) && !self.tagged()
     }
 
     /// xdpfwd owes the frame the router's ICMP errors: the kernel's forwarding is off on
-    /// this interface, so the kernel would drop the frame silently. Not for frames whose
-    /// tag is popped (the kernel's reply would leave by its own routes, untagged).
+    /// this interface, so the kernel would drop the frame silently. Not for frames that
+    /// arrived in a VLAN (the kernel's reply would leave by its own routes, untagged).
     #[inline(always)]
     pub fn answers_icmp(&self, v6: bool) -> bool {
         !self.kernel_forwards(v6) && !self.tagged()

@@ -11,12 +11,12 @@ use crate::{
     wire::{ETH_HLEN, ETH_P_8021Q, VLAN_HLEN, field16, move_macs, ptr_at},
 };
 
-/// The VLAN handling of a routed frame: the ingress tag is popped, the route's or the egress
-/// interface's VLAN id pushed. (`classify` checks that a pushed tag still fits the path.)
+/// The VLAN handling of a routed frame: the ingress tag (a VLAN's or a priority tag) is
+/// popped, the route's or the egress interface's VLAN id pushed. (`classify` checks that a pushed tag still fits the path.)
 #[inline(always)]
 pub fn egress_vlan(at: &Ingress, route_vlan: u16, out: &IfaceInfo) -> Vlan {
     let push = if route_vlan != 0 { route_vlan } else { out.push_vlan };
-    Vlan { pop: at.tagged(), push }
+    Vlan { pop: at.popped(), push }
 }
 
 /// Pops, pushes or rewrites the 802.1Q tag; returns the new offset of the IP header. On
