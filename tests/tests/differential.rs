@@ -11,7 +11,10 @@
 //!   leaves out is only counted (the kernel, not forwarding, drops it).
 //!
 //! `XDPFWD_DIFF_SEED=N` runs another stream (the default seed is fixed, so a failure
-//! reproduces); `XDPFWD_DIFF_FRAMES` sets its length.
+//! reproduces); `XDPFWD_DIFF_FRAMES` sets its length; `XDPFWD_DIFF_SHOW=KIND` prints the
+//! frames of that kind (as the figures name them) that xdpfwd leaves to a kernel that does
+//! not forward; `XDPFWD_DIFF_IDS=8ae7,...` keeps only the IPv4 frames with these
+//! identifications; `XDPFWD_DIFF_VERBOSE` prints xdpfwd's report of each run.
 
 use std::{collections::HashMap, thread, time::Duration};
 
@@ -411,7 +414,15 @@ fn stream(seed: u64, c_mac: [u8; 6], f_mac: [u8; 6]) -> Vec<Vec<u8>> {
         c_mac,
         f_mac,
     };
-    (0..frames.unwrap_or(FRAMES)).map(|_| g.frame()).collect()
+    let all = (0..frames.unwrap_or(FRAMES)).map(|_| g.frame());
+    // `XDPFWD_DIFF_IDS=8ae7,63b4`: only the IPv4 frames with these identifications.
+    let ids = std::env::var("XDPFWD_DIFF_IDS").unwrap_or_default();
+    let ids: Vec<u16> = ids.split(',').filter_map(|i| u16::from_str_radix(i, 16).ok()).collect();
+    all.filter(|f| {
+        ids.is_empty()
+            || f.get(18..20).is_some_and(|i| ids.contains(&u16::from_be_bytes([i[0], i[1]])))
+    })
+    .collect()
 }
 
 fn seed_bytes(seed: u64) -> [u8; 32] {
@@ -509,6 +520,29 @@ fn surplus<'a>(ours: &'a [Vec<u8>], reference: &[Vec<u8>]) -> Vec<&'a Vec<u8>> {
             _ => true,
         })
         .collect()
+}
+
+/// What kind of frame `f` is, for the figures of what a kernel that does not forward drops.
+fn kind_of(f: &[u8]) -> &'static str {
+    match (f.get(12..14), f.get(14).map(|v| v & 0x0f)) {
+        (Some([8, 0]), Some(ihl)) if ihl > 5 => "IPv4 options",
+        (Some([8, 0]), _) if f.len() > 34 && f[20..22] != [0, 0] && f[20..22] != [0x40, 0] => {
+            "IPv4 fragment"
+        }
+        (Some([8, 0]), _)
+            if f.get(23) == Some(&1) && f.get(34).is_some_and(|t| [3, 11, 12].contains(t)) =>
+        {
+            "ICMP error"
+        }
+        (Some([8, 0]), _) => "IPv4, other",
+        (Some([0x86, 0xdd]), _) => match f.get(20) {
+            Some(0) => "IPv6 hop-by-hop",
+            Some(44) => "IPv6 fragment",
+            Some(58) if f.get(54).is_some_and(|t| *t < 128) => "ICMPv6 error",
+            _ => "IPv6, other",
+        },
+        _ => "other",
+    }
 }
 
 /// Sets up the forwarder's namespace for the stream: routes, rules, neighbours, no ICMP rate
@@ -679,12 +713,26 @@ fn random_frames_through_xdpfwd_arrive_as_through_the_kernel() {
                 with_nearest(&extra, k),
                 done.stdout
             );
+            if std::env::var_os("XDPFWD_DIFF_VERBOSE").is_some() {
+                eprintln!("{}", done.stdout);
+            }
+            let mut left: Vec<(&str, usize)> = Vec::new();
+            let show = std::env::var("XDPFWD_DIFF_SHOW").unwrap_or_default();
+            for f in surplus(k, o) {
+                if kind_of(f) == show {
+                    eprintln!("left: {f:02x?}");
+                }
+                match left.iter_mut().find(|(kind, _)| *kind == kind_of(f)) {
+                    Some((_, n)) => *n += 1,
+                    None => left.push((kind_of(f), 1)),
+                }
+            }
+            left.sort();
             eprintln!(
-                "{path}, forwarding off, at the {end}: {} of the kernel's {} frames (left to a \
-                 kernel that does not forward: {})",
+                "{path}, forwarding off, at the {end}: {} of the kernel's {} frames; left to a \
+                 kernel that does not forward: {left:?}",
                 o.len(),
                 k.len(),
-                surplus(k, o).len()
             );
         }
         assert!(

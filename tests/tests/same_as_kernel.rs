@@ -294,3 +294,47 @@ fn packets_to_the_subnet_router_anycast_address_are_not_forwarded() {
     assert_eq!(xdp_counter(&done.stdout, "steered_icmp"), 1, "{}", done.stdout);
     assert_eq!(xdp_counter(&done.stdout, "steered_neigh_miss"), 0, "{}", done.stdout);
 }
+
+/// A policy rule on a protocol and its ports (`ipproto udp dport 7000`) cannot match a
+/// packet of another protocol, ports or not (the kernel compares the protocol first): with
+/// the kernel's forwarding off, xdpfwd forwards ICMP and GRE past it, and only the UDP
+/// datagram to port 7000 meets the rule's unreachable table.
+#[test]
+fn a_port_rule_of_another_protocol_lets_packets_through() {
+    let topo = Topology::new("pp", false).unwrap();
+    topo.static_neighbours().unwrap();
+    for args in [
+        &["ip", "route", "add", "unreachable", "default", "table", "200"][..],
+        &["ip", "rule", "add", "ipproto", "udp", "dport", "7000", "lookup", "200", "pref", "200"],
+    ] {
+        ns_sh(&topo.fwd, args).unwrap();
+    }
+    let args = [topo.f0.as_str(), topo.f1.as_str(), "--stats-interval", "0"];
+    let mut fwd = Forwarder::start(&topo.fwd, &args).unwrap();
+    let c_mac = topo.mac(&topo.client, &topo.c0).unwrap();
+    let f_mac = topo.mac(&topo.fwd, &topo.f0).unwrap();
+    let v4 =
+        || PacketBuilder::ethernet2(c_mac, f_mac).ipv4(CLIENT_V4.octets(), SERVER_V4.octets(), 64);
+    let echo = w(v4().icmpv4_echo_request(7, 1), &[1; 16]);
+    let mut gre = w(v4().udp(4000, 7000), &[2; 16]);
+    gre[23] = 47;
+    fix_ipv4_checksum(&mut gre);
+    let udp = w(v4().udp(4000, 7000), &[3; 16]);
+    let s0 = topo.s0.clone();
+    let capture = in_netns(&topo.server, move || RawSocket::open(&s0)).unwrap().unwrap();
+    let c0 = topo.c0.clone();
+    let sender = in_netns(&topo.client, move || RawSocket::open(&c0)).unwrap().unwrap();
+    for frame in [&echo, &gre, &udp] {
+        sender.send(frame).unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    let arrived: Vec<u8> = capture
+        .drain(Duration::from_millis(500), 100)
+        .iter()
+        .filter(|f| f.len() > 34 && f[12..14] == [8, 0] && f[26..30] == CLIENT_V4.octets())
+        .map(|f| f[23])
+        .collect();
+    let done = fwd.stop().unwrap();
+    assert_eq!(arrived, [1, 47], "ICMP and GRE arrived, UDP to 7000 did not\n{}", done.stdout);
+    assert_eq!(xdp_counter(&done.stdout, "pass_fib"), 0, "{}", done.stdout);
+}
