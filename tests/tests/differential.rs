@@ -39,10 +39,10 @@ const FWD_V4: [[u8; 4]; 2] = [[198, 18, 1, 1], [198, 18, 2, 1]];
 /// sends to an unreachable route.
 const V4_REFUSED: &[[u8; 4]] = &[[198, 19, 2, 1], [198, 19, 3, 1], [10, 1, 2, 3]];
 const REFUSED_PORT: u16 = 7000;
-/// Client addresses 198.18.1.100 and up, one per frame the route refuses: the kernel answers
-/// at most five of them per source in a burst, then one a second (`ip_error`, not tunable in
-/// a namespace), so each source is used once per run and the answers do not depend on
-/// timing.
+/// Client addresses 198.18.1.100 and up, the source of every frame the route refuses (odd
+/// sources included: the server's address would get the answers too): the kernel answers at
+/// most five of them per source in a burst, then one a second (`ip_error`, not tunable in a
+/// namespace), so each source is used once per run and the answers do not depend on timing.
 const POOL: (u8, u8) = (100, 120);
 
 /// A host on each link with a permanent neighbour entry (frames to it are forwarded with its
@@ -284,8 +284,8 @@ impl Gen {
         let refused = V4_REFUSED.contains(&dst)
             || (proto == 17
                 && f.get(ihl_end + 2..ihl_end + 4) == Some(&REFUSED_PORT.to_be_bytes()));
-        if refused && V4_SOURCES.contains(&src) {
-            f[l3 + 15] = POOL.0 + self.pool;
+        if refused {
+            f[l3 + 12..l3 + 16].copy_from_slice(&[198, 18, 1, POOL.0 + self.pool]);
             self.pool = (self.pool + 1) % POOL.1;
         }
         let ip_len = f.len() - l3;
