@@ -290,11 +290,15 @@ impl Responder {
         let now = self.now();
         let (icmp_type, code) = message::type_code(job.error, true);
         let limited = self.settings.limited(true, icmp_type, code);
+        // The route back (prefix length, preferred source), asked once, after the global
+        // limit has let the error through.
+        let mut back = None;
         if limited {
             if !self.limiter.global_allow(&self.settings, now) {
                 return Outcome::Limited;
             }
-            let Some(prefix_len) = self.output.route_prefix_len(IpAddr::V6(src)) else {
+            back = self.output.route_back(src);
+            let Some((prefix_len, _)) = back else {
                 return Outcome::Failed;
             };
             let interval = self.settings.v6_interval(prefix_len);
@@ -305,7 +309,10 @@ impl Responder {
         let n = message::build_v6(job.error, job.mtu, packet, &mut self.message);
         // `icmp6_send`: a route's preferred source, else the address the ingress would send
         // to `src` from.
-        let source = if self.output.route_has_prefsrc(src) {
+        if !limited {
+            back = self.output.route_back(src);
+        }
+        let source = if back.is_some_and(|(_, prefsrc)| prefsrc) {
             None
         } else {
             source::select(&self.output.addresses_v6(), src, job.ingress)

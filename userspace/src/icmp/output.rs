@@ -166,20 +166,15 @@ impl Output {
         out
     }
 
-    /// Whether the route the kernel sends to `dst` by has a preferred source (`src`): then
-    /// `icmp6_send` leaves the choice to the route.
-    pub fn route_has_prefsrc(&mut self, dst: Ipv6Addr) -> bool {
-        self.fib_match(IpAddr::V6(dst)).is_some_and(|(_, prefsrc)| prefsrc)
+    /// The route the kernel sends to `dst` by (`ip route get fibmatch`): its prefix length
+    /// and whether it has a preferred source (`src`, with which `icmp6_send` leaves the
+    /// choice of the source to the route); `None` when there is none or the kernel does not
+    /// answer in time.
+    pub fn route_back(&mut self, dst: Ipv6Addr) -> Option<(u8, bool)> {
+        self.fib_match(IpAddr::V6(dst))
     }
 
-    /// The prefix length of the route the kernel sends to `dst` by (`ip route get fibmatch`),
-    /// or `None` when there is none or the kernel does not answer in time.
-    pub fn route_prefix_len(&mut self, dst: IpAddr) -> Option<u8> {
-        self.fib_match(dst).map(|(len, _)| len)
-    }
-
-    /// The prefix length of the route to `dst` (`ip route get fibmatch`) and whether it
-    /// has a preferred source.
+    /// `RTM_GETROUTE` with `RTM_F_FIB_MATCH` for `dst`: (prefix length, preferred source).
     fn fib_match(&mut self, dst: IpAddr) -> Option<(u8, bool)> {
         let mut msg = RouteMessage::default();
         msg.header.address_family =
